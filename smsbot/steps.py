@@ -1,0 +1,118 @@
+"""The contract between the dispatcher and the flow runtime: one event in, one step result out.
+
+The dispatcher locks a conversation, hands its snapshot and one event to a StepHandler, and
+writes the StepResult (state, data, replies, timers, opt-out change) in ONE transaction with the
+event marked done. A handler never touches the database, the network or the wall clock.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+from typing import Any, Protocol
+
+from smsbot.store.models import EventKind, Origin
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ConversationKey:
+    """Who is talking to whom: our virtual number and the other side's phone, both E.164."""
+
+    virtual_number: str
+    phone: str
+
+    def __str__(self) -> str:
+        return f"{self.virtual_number}<->{self.phone}"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class DispatchEvent:
+    """One inbox event for a conversation: an inbound SMS, an outside start, a timer firing."""
+
+    id: int
+    kind: EventKind
+    payload: dict[str, Any]
+    received_at: dt.datetime
+
+
+@dataclasses.dataclass(slots=True)
+class ConversationSnapshot:
+    """The locked conversation as the handler sees it; `data` is a private copy."""
+
+    id: int
+    key: ConversationKey
+    flow: str | None
+    state: str | None
+    data: dict[str, Any]
+    version: int
+    state_token: str | None
+    opted_out: bool
+    started_at: dt.datetime | None
+    last_activity_at: dt.datetime | None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class OutgoingSms:
+    """A reply or notification to queue in the outbox with the step's commit."""
+
+    text: str
+    origin: Origin
+    send_after: dt.datetime | None = None  # quiet hours defer a message, never drop it
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class TimerRequest:
+    """Schedule (or replace, by name) a timer for this conversation."""
+
+    name: str
+    kind: str  # remind | call | timeout | expiry
+    due_at: dt.datetime
+    payload: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(slots=True)
+class StepResult:
+    """What a step changes; the dispatcher applies all of it atomically."""
+
+    flow: str | None
+    state: str | None
+    data: dict[str, Any]
+    replies: list[OutgoingSms] = dataclasses.field(default_factory=list)
+    timers: list[TimerRequest] = dataclasses.field(default_factory=list)
+    cancel_timers: list[str] = dataclasses.field(default_factory=list)
+    cancel_all_timers: bool = False  # the conversation ended or was replaced
+    opt_out: bool | None = None  # True: record an opt-out; False: remove it; None: unchanged
+    opt_keyword: str | None = None
+    state_entered: bool = False  # a new state was entered: issue a new state token
+    end_reason: str | None = None  # set when the conversation ended
+    contact_timezone: str | None = None  # remember the contact's zone (quiet hours)
+
+    @classmethod
+    def unchanged(cls, convo: ConversationSnapshot) -> StepResult:
+        """A result that changes nothing."""
+        return cls(flow=convo.flow, state=convo.state, data=convo.data)
+
+
+class StepHandler(Protocol):
+    """Turns one event on one locked conversation into a StepResult."""
+
+    async def handle(
+        self, event: DispatchEvent, convo: ConversationSnapshot, now: dt.datetime
+    ) -> StepResult:
+        """Decide what this event does to this conversation; must not do I/O."""
+        ...
+
+
+class EchoHandler:
+    """The built-in minimal handler: answers every inbound SMS with "You said: …"."""
+
+    async def handle(
+        self, event: DispatchEvent, convo: ConversationSnapshot, now: dt.datetime
+    ) -> StepResult:
+        """Echo inbound text back; ignore every other event."""
+        result = StepResult.unchanged(convo)
+        if event.kind is EventKind.INBOUND:
+            n = int(convo.data.get("seen", 0)) + 1
+            result.data = {**convo.data, "seen": n}
+            result.replies.append(OutgoingSms(f"You said: {event.payload['body']}", Origin.REPLY))
+        return result

@@ -1,0 +1,215 @@
+"""The tables: contacts, conversations, messages (in and out), the inbox, opt-outs and timers."""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+import uuid
+from typing import Any
+
+from sqlalchemy import JSON, Column, Index, Text, UniqueConstraint
+from sqlalchemy import Enum as SAEnum
+from sqlmodel import Field, SQLModel
+
+from smsbot.status import DeliveryStatus
+from smsbot.store.types import UTCDateTime
+
+
+def new_id() -> str:
+    """Return a fresh message id; it is also the clientReference sent to the provider."""
+    return uuid.uuid4().hex
+
+
+def _ts(nullable: bool = True, index: bool = False) -> Any:
+    return Field(default=None, sa_type=UTCDateTime, nullable=nullable, index=index)
+
+
+def _enum(enum_type: type[enum.StrEnum], default: Any = None, nullable: bool = True) -> Any:
+    # Stored as the member's value in a plain VARCHAR: readable in SQL, and no native
+    # PostgreSQL enum type to migrate whenever a member is added.
+    sa_type = SAEnum(
+        enum_type,
+        native_enum=False,
+        create_constraint=False,
+        length=16,
+        values_callable=lambda members: [m.value for m in members],
+    )
+    return Field(default=default, sa_type=sa_type, nullable=nullable)
+
+
+class Direction(enum.StrEnum):
+    """Which way a message travelled."""
+
+    INBOUND = "in"
+    OUTBOUND = "out"
+
+
+class Origin(enum.StrEnum):
+    """Why an outbound message exists; decides quiet-hours and opt-out treatment."""
+
+    REPLY = "reply"  # a direct answer to an inbound message: exempt from quiet hours
+    FLOW = "flow"  # a flow started from outside, or a timer handler
+    REMINDER = "reminder"
+    OPERATOR = "operator"
+    COMPLIANCE = "compliance"  # STOP / START / HELP answers: the only thing sent after STOP
+
+
+class OutboxState(enum.StrEnum):
+    """Where an outbound message is in our outbox (the provider's view is DeliveryStatus)."""
+
+    PENDING = "pending"
+    INFLIGHT = "inflight"  # claimed by a sender; lease_until says when the claim lapses
+    DONE = "done"
+
+
+class EventKind(enum.StrEnum):
+    """What an inbox event asks the dispatcher to do."""
+
+    INBOUND = "inbound"
+    RECEIPT = "receipt"
+    START = "start"  # start a flow from outside (operator API, CLI, Python)
+    TIMER = "timer"
+    SEND_FAILED = "send_failed"  # tell the flow a reply could not be sent
+
+
+class EventState(enum.StrEnum):
+    """Inbox event lifecycle."""
+
+    PENDING = "pending"
+    DONE = "done"
+    FAILED = "failed"  # parked after its retries; visible with `smsbot events failed`
+    UNMATCHED = "unmatched"  # a receipt for a message we do not know; kept for reconciliation
+    IGNORED = "ignored"
+
+
+class Contact(SQLModel, table=True):
+    """A person we text; their time zone (when known) drives quiet hours."""
+
+    __tablename__ = "contacts"
+
+    id: int | None = Field(default=None, primary_key=True)
+    phone: str = Field(max_length=32, unique=True)
+    name: str | None = Field(default=None, max_length=200)
+    timezone: str | None = Field(default=None, max_length=64)
+    created_at: dt.datetime = _ts(nullable=False)
+
+
+class Conversation(SQLModel, table=True):
+    """The one conversation slot of a (virtual number, phone) key; its row is the key's lock."""
+
+    __tablename__ = "conversations"
+    __table_args__ = (UniqueConstraint("virtual_number", "phone", name="uq_conversation_key"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    virtual_number: str = Field(max_length=32)
+    phone: str = Field(max_length=32, index=True)
+    flow: str | None = Field(default=None, max_length=100)  # None: no active conversation
+    state: str | None = Field(default=None, max_length=100)
+    data: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    version: int = Field(default=0)
+    state_token: str | None = Field(default=None, max_length=32)  # new on every state entry
+    started_at: dt.datetime | None = _ts()
+    last_activity_at: dt.datetime | None = _ts()
+    ended_at: dt.datetime | None = _ts()
+    end_reason: str | None = Field(default=None, max_length=100)
+
+
+class Message(SQLModel, table=True):
+    """An inbound or outbound SMS; outbound rows are also the outbox."""
+
+    __tablename__ = "messages"
+    __table_args__ = (
+        Index("ix_messages_outbox", "outbox", "send_after"),
+        Index("ix_messages_key", "virtual_number", "phone", "created_at"),
+    )
+
+    id: str = Field(default_factory=new_id, primary_key=True, max_length=32)
+    direction: Direction = _enum(Direction, nullable=False)
+    virtual_number: str = Field(max_length=32)
+    phone: str = Field(max_length=32)
+    body: str = Field(sa_column=Column(Text, nullable=False))
+    origin: Origin | None = _enum(Origin)
+    status: DeliveryStatus | None = _enum(DeliveryStatus)
+    provider_message_id: str | None = Field(default=None, max_length=100, index=True)
+    client_reference: str | None = Field(default=None, max_length=100, index=True)
+    batch_id: str | None = Field(default=None, max_length=100)
+    segments: int = Field(default=1)
+    encoding: str = Field(default="GSM-7", max_length=8)
+    error: str | None = Field(default=None, max_length=500)
+    event_id: int | None = Field(default=None)  # the inbox event that produced or carried it
+    # outbox bookkeeping (outbound only)
+    outbox: OutboxState | None = _enum(OutboxState)
+    send_after: dt.datetime | None = _ts()
+    attempts: int = Field(default=0)
+    lease_until: dt.datetime | None = _ts()
+    created_at: dt.datetime = _ts(nullable=False)
+    sent_at: dt.datetime | None = _ts()
+    status_at: dt.datetime | None = _ts()
+
+
+class WebhookEvent(SQLModel, table=True):
+    """The inbox: every accepted webhook, timer firing and outside start, in arrival order."""
+
+    __tablename__ = "webhook_events"
+    __table_args__ = (
+        UniqueConstraint("source", "event_id", name="uq_event_source_id"),
+        Index("ix_events_pending", "state", "virtual_number", "phone", "id"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)  # arrival order
+    source: str = Field(max_length=16)  # divergent | puresms | timer | api
+    event_id: str = Field(max_length=200)
+    kind: EventKind = _enum(EventKind, nullable=False)
+    virtual_number: str | None = Field(default=None, max_length=32)
+    phone: str | None = Field(default=None, max_length=32)
+    body_sha256: str | None = Field(default=None, max_length=64)
+    payload: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    state: EventState = _enum(EventState, EventState.PENDING, nullable=False)
+    attempts: int = Field(default=0)
+    next_attempt_at: dt.datetime | None = _ts()
+    last_error: str | None = Field(default=None, sa_column=Column(Text))
+    received_at: dt.datetime = _ts(nullable=False, index=True)
+    processed_at: dt.datetime | None = _ts()
+
+
+class OptOut(SQLModel, table=True):
+    """A phone that said STOP to a virtual number; nothing but the confirmation goes out."""
+
+    __tablename__ = "opt_outs"
+    __table_args__ = (UniqueConstraint("virtual_number", "phone", name="uq_optout_key"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    virtual_number: str = Field(max_length=32)
+    phone: str = Field(max_length=32, index=True)
+    keyword: str = Field(max_length=50)
+    created_at: dt.datetime = _ts(nullable=False)
+
+
+class TimerState(enum.StrEnum):
+    """Timer lifecycle; only a SCHEDULED timer with a matching token may fire."""
+
+    SCHEDULED = "scheduled"
+    FIRED = "fired"
+    CANCELLED = "cancelled"
+    MISSED = "missed"  # fell due while we were down for longer than the allowed lateness
+
+
+class Timer(SQLModel, table=True):
+    """A reminder, wait timeout or expiry; the guard that makes a double firing a no-op."""
+
+    __tablename__ = "timers"
+    __table_args__ = (
+        UniqueConstraint("conversation_id", "name", name="uq_timer_name"),
+        Index("ix_timers_due", "state", "due_at"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    conversation_id: int = Field(foreign_key="conversations.id")
+    name: str = Field(max_length=100)
+    kind: str = Field(max_length=16)  # remind | call | timeout | expiry
+    token: str = Field(max_length=32)  # new on every (re)schedule; a firing must match it
+    due_at: dt.datetime = _ts(nullable=False)
+    payload: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    state: TimerState = _enum(TimerState, TimerState.SCHEDULED, nullable=False)
+    created_at: dt.datetime = _ts(nullable=False)
+    fired_at: dt.datetime | None = _ts()
