@@ -60,7 +60,7 @@ async def test_datetimes_round_trip_as_aware_utc(db: Database) -> None:
             )
         )
     async with db.session() as s:
-        msg = (await s.exec(select(Message))).one()
+        msg = (await s.execute(select(Message))).scalar_one()
     assert msg.created_at == T0
     assert msg.created_at.tzinfo is dt.UTC
     assert msg.status is DeliveryStatus.QUEUED
@@ -84,14 +84,14 @@ async def test_inbox_is_unique_by_source_and_event_id(db: Database) -> None:
         async with db.session() as s, s.begin():
             s.add(event())
     async with db.session() as s:
-        assert len((await s.exec(select(WebhookEvent))).all()) == 1
+        assert len((await s.execute(select(WebhookEvent))).scalars().all()) == 1
 
 
 async def test_conversation_data_is_json(db: Database) -> None:
     async with db.session() as s, s.begin():
         s.add(Conversation(virtual_number="+1", phone="+2", data={"n": 1, "tags": ["a"]}))
     async with db.session() as s:
-        convo = (await s.exec(select(Conversation))).one()
+        convo = (await s.execute(select(Conversation))).scalar_one()
     assert convo.data == {"n": 1, "tags": ["a"]}
 
 

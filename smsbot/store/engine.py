@@ -7,9 +7,13 @@ from typing import Any
 
 from sqlalchemy import event, text
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
 from sqlmodel import SQLModel
-from sqlmodel.ext.asyncio.session import AsyncSession
 
 from smsbot.store import models  # noqa: F401  (registers the tables on SQLModel.metadata)
 
@@ -28,9 +32,7 @@ class Database:
         self.engine: AsyncEngine = create_async_engine(url, **kwargs)
         if not self.is_postgres:
             _configure_sqlite(self.engine)
-        self.sessions = async_sessionmaker(
-            self.engine, class_=AsyncSession, expire_on_commit=False
-        )
+        self.sessions = async_sessionmaker(self.engine, class_=AsyncSession, expire_on_commit=False)
 
     def session(self) -> AsyncSession:
         """Open a session; use as `async with db.session() as s, s.begin(): ...`."""

@@ -7,7 +7,7 @@ import enum
 import uuid
 from typing import Any
 
-from sqlalchemy import JSON, Column, Index, Text, UniqueConstraint
+from sqlalchemy import JSON, Column, Index, Table, Text, UniqueConstraint
 from sqlalchemy import Enum as SAEnum
 from sqlmodel import Field, SQLModel
 
@@ -213,3 +213,17 @@ class Timer(SQLModel, table=True):
     state: TimerState = _enum(TimerState, TimerState.SCHEDULED, nullable=False)
     created_at: dt.datetime = _ts(nullable=False)
     fired_at: dt.datetime | None = _ts()
+
+
+def table(model: type[SQLModel]) -> Table:
+    """Return a model's Core table, for the few set-based queries that claim work."""
+    t = getattr(model, "__table__")  # noqa: B009  (SQLModel declares no type for it)
+    assert isinstance(t, Table)
+    return t
+
+
+events_t = table(WebhookEvent)
+messages_t = table(Message)
+conversations_t = table(Conversation)
+opt_outs_t = table(OptOut)
+timers_t = table(Timer)

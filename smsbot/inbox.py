@@ -1,0 +1,169 @@
+"""The durable inbox: webhooks are stored (deduplicated by event id) before they are answered.
+
+Concurrent webhook handlers share one writer task that commits everything waiting in one
+transaction (group commit): each request still gets its 2xx only after its row is durable,
+but SQLite pays one fsync for many requests instead of one each.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import enum
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+from smsbot.clock import Clock
+from smsbot.store.engine import Database
+from smsbot.store.models import EventKind, events_t
+
+log = logging.getLogger(__name__)
+
+MAX_GROUP = 500
+
+
+class AcceptOutcome(enum.StrEnum):
+    """What the inbox did with one event."""
+
+    NEW = "new"
+    DUPLICATE = "duplicate"  # same id, same body: answered 2xx, no second effect
+    CONFLICT = "conflict"  # same id, different body: answered 2xx, warned, ignored
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class InboxEntry:
+    """One event to store."""
+
+    source: str
+    event_id: str
+    kind: EventKind
+    payload: dict[str, Any]
+    virtual_number: str | None = None
+    phone: str | None = None
+    body_sha256: str | None = None
+
+
+def insert_ignoring_conflicts(db: Database, model: Any) -> Any:
+    """Return an INSERT for `model` in the database's dialect, ready for on_conflict_do_nothing."""
+    return pg_insert(model) if db.is_postgres else sqlite_insert(model)
+
+
+class Inbox:
+    """Stores events durably and exactly once per (source, event id)."""
+
+    def __init__(self, db: Database, clock: Clock) -> None:
+        self.db = db
+        self.clock = clock
+        self._queue: asyncio.Queue[tuple[InboxEntry, asyncio.Future[AcceptOutcome]]] | None = None
+        self._writer: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        """Start the group-commit writer; without it, accept() writes directly."""
+        self._queue = asyncio.Queue()
+        self._writer = asyncio.create_task(self._write_loop(), name="smsbot-inbox-writer")
+
+    async def stop(self) -> None:
+        """Flush what is waiting, then stop the writer."""
+        if self._writer is None or self._queue is None:
+            return
+        await self._queue.join()
+        self._writer.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._writer
+        self._writer = None
+
+    async def accept(self, entry: InboxEntry) -> AcceptOutcome:
+        """Store one event; returns once it is committed (raises if the database fails)."""
+        if self._queue is None:
+            return (await self.accept_many([entry]))[0]
+        future: asyncio.Future[AcceptOutcome] = asyncio.get_running_loop().create_future()
+        await self._queue.put((entry, future))
+        return await future
+
+    async def accept_many(self, entries: Sequence[InboxEntry]) -> list[AcceptOutcome]:
+        """Store several events in one transaction; outcomes are in the same order."""
+        if not entries:
+            return []
+        now = self.clock.now()
+        first: dict[tuple[str, str], InboxEntry] = {}
+        for e in entries:
+            first.setdefault((e.source, e.event_id), e)
+        rows = [
+            {
+                "source": e.source,
+                "event_id": e.event_id,
+                "kind": e.kind,
+                "virtual_number": e.virtual_number,
+                "phone": e.phone,
+                "body_sha256": e.body_sha256,
+                "payload": e.payload,
+                "received_at": now,
+                "attempts": 0,
+                "state": "pending",
+            }
+            for e in first.values()
+        ]
+        stmt = (
+            insert_ignoring_conflicts(self.db, events_t)
+            .values(rows)
+            .on_conflict_do_nothing(index_elements=["source", "event_id"])
+            .returning(events_t.c.source, events_t.c.event_id)
+        )
+        async with self.db.session() as s, s.begin():
+            inserted = {(r[0], r[1]) for r in (await s.execute(stmt)).all()}
+            missing = [k for k in first if k not in inserted]
+            known: dict[tuple[str, str], str | None] = {}
+            for source, event_id in missing:
+                found = await s.execute(
+                    select(events_t.c.body_sha256).where(
+                        events_t.c.source == source, events_t.c.event_id == event_id
+                    )
+                )
+                known[(source, event_id)] = found.scalar_one_or_none()
+        outcomes: list[AcceptOutcome] = []
+        claimed: set[tuple[str, str]] = set()
+        for e in entries:
+            k = (e.source, e.event_id)
+            if k in inserted and k not in claimed and first[k] is e:
+                claimed.add(k)
+                outcomes.append(AcceptOutcome.NEW)
+                continue
+            stored_hash = first[k].body_sha256 if k in inserted else known.get(k)
+            if (
+                stored_hash is not None
+                and e.body_sha256 is not None
+                and stored_hash != e.body_sha256
+            ):
+                log.warning("event %s:%s redelivered with a different body; ignored", *k)
+                outcomes.append(AcceptOutcome.CONFLICT)
+            else:
+                outcomes.append(AcceptOutcome.DUPLICATE)
+        return outcomes
+
+    async def _write_loop(self) -> None:
+        assert self._queue is not None
+        queue = self._queue
+        while True:
+            batch = [await queue.get()]
+            while len(batch) < MAX_GROUP and not queue.empty():
+                batch.append(queue.get_nowait())
+            live = [(entry, fut) for entry, fut in batch if not fut.cancelled()]
+            try:
+                outcomes = await self.accept_many([entry for entry, _ in live])
+            except Exception as exc:  # the database is down: every waiter answers 503
+                for _, fut in live:
+                    if not fut.done():
+                        fut.set_exception(exc)
+            else:
+                for (_, fut), outcome in zip(live, outcomes, strict=True):
+                    if not fut.done():
+                        fut.set_result(outcome)
+            finally:
+                for _ in batch:
+                    queue.task_done()

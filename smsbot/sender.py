@@ -1,0 +1,304 @@
+"""The outbox sender: claims queued messages and hands them to the provider, once each.
+
+A message is claimed (outbox `inflight`, with a lease) in one short transaction, sent outside
+any transaction, and its outcome recorded in another. A process that dies mid-send leaves a
+lapsed lease; the message is then claimed again. That is the one crash window that can send
+twice, and the `clientReference` (our message id) lets the delivery receipt reconcile it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import datetime as dt
+import logging
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from sqlalchemy import and_, exists, select, update
+
+from smsbot.clock import Clock
+from smsbot.inbox import Inbox, InboxEntry
+from smsbot.metrics import Metrics
+from smsbot.providers.base import BulkOutcome, OutboundSms, SmsProvider
+from smsbot.providers.errors import PermanentError, ProviderError, RateLimitedError
+from smsbot.status import DeliveryStatus
+from smsbot.store.engine import Database
+from smsbot.store.models import EventKind, Origin, OutboxState, messages_t, opt_outs_t
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Claimed:
+    """One outbound message claimed for sending."""
+
+    id: str
+    sender: str
+    recipient: str
+    body: str
+    encoding: str
+    attempts: int
+    created_at: dt.datetime
+
+
+class RateLimiter:
+    """A token bucket per sender: at most `rate` messages a second, bursts of one second."""
+
+    def __init__(self, rate: float, monotonic: Callable[[], float] = time.monotonic) -> None:
+        self.rate = rate
+        self.monotonic = monotonic
+        self._buckets: dict[str, tuple[float, float]] = {}
+
+    def take(self, sender: str) -> bool:
+        """Take one token for `sender` if there is one."""
+        if self.rate <= 0:
+            return True
+        now = self.monotonic()
+        tokens, last = self._buckets.get(sender, (self.rate, now))
+        tokens = min(max(self.rate, 1.0), tokens + (now - last) * self.rate)
+        if tokens < 1.0:
+            self._buckets[sender] = (tokens, now)
+            return False
+        self._buckets[sender] = (tokens - 1.0, now)
+        return True
+
+    def wait_hint(self) -> float:
+        """Seconds until some sender has a token again."""
+        return 1.0 / self.rate if self.rate > 0 else 0.0
+
+
+class Sender:
+    """Sends what the outbox holds: bulk calls when several are ready, retries with backoff."""
+
+    def __init__(
+        self,
+        db: Database,
+        provider: SmsProvider,
+        clock: Clock,
+        inbox: Inbox,
+        *,
+        metrics: Metrics | None = None,
+        batch_size: int = 500,
+        rate_per_second: float = 10.0,
+        lease_seconds: float = 30.0,
+        poll_interval: float = 0.2,
+        give_up_after: dt.timedelta = dt.timedelta(hours=24),
+        on_event: Callable[[], None] | None = None,
+    ) -> None:
+        self.db = db
+        self.provider = provider
+        self.clock = clock
+        self.inbox = inbox
+        self.metrics = metrics or Metrics()
+        self.batch_size = max(1, min(batch_size, provider.max_batch * 4))
+        self.limiter = RateLimiter(rate_per_second)
+        self.lease = dt.timedelta(seconds=lease_seconds)
+        self.poll_interval = poll_interval
+        self.give_up_after = give_up_after
+        self.on_event = on_event
+        self._wakeup = asyncio.Event()
+        self._stopping = False
+
+    def notify(self) -> None:
+        """Wake the sender: new messages were queued."""
+        self._wakeup.set()
+
+    def stop(self) -> None:
+        """Ask run() to return after the batch in flight."""
+        self._stopping = True
+        self._wakeup.set()
+
+    async def run(self) -> None:
+        """Send until stop() is called."""
+        self._stopping = False
+        while not self._stopping:
+            try:
+                sent = await self.send_once()
+            except Exception:  # database or provider trouble: log, back off, go on
+                log.exception("sender round failed; retrying")
+                sent = 0
+                await asyncio.sleep(self.poll_interval * 5)
+            if sent == 0 and not self._stopping:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wakeup.wait(), self.poll_interval)
+                self._wakeup.clear()
+
+    async def send_until_idle(self, max_rounds: int = 10_000) -> int:
+        """Send everything that is due now; return how many were handed over (tests, CLI)."""
+        total = 0
+        for _ in range(max_rounds):
+            n = await self.send_once()
+            if n == 0:
+                return total
+            total += n
+        raise RuntimeError("send_until_idle: still sending after max_rounds")
+
+    async def send_once(self) -> int:
+        """Claim one batch, send it, record the outcome; return how many were claimed."""
+        claimed = await self.claim()
+        if not claimed:
+            return 0
+        messages = [
+            OutboundSms(
+                sender=c.sender,
+                recipient=c.recipient,
+                content=c.body,
+                client_reference=c.id,
+                unicode=c.encoding == "UCS-2",
+            )
+            for c in claimed
+        ]
+        by_ref = {c.id: c for c in claimed}
+        if len(messages) == 1:
+            outcomes = [await self._send_single(messages[0])]
+        else:
+            outcomes = await self.provider.send_many(messages)
+        await self._record(outcomes, by_ref)
+        return len(claimed)
+
+    async def _send_single(self, message: OutboundSms) -> BulkOutcome:
+        try:
+            result = await self.provider.send(message)
+        except ProviderError as exc:
+            return BulkOutcome(messages=[message], error=exc)
+        return BulkOutcome(messages=[message], batch_id=result.provider_message_id, message_count=1)
+
+    async def claim(self) -> list[Claimed]:
+        """Claim up to a batch of due messages, within each sender's rate limit."""
+        now = self.clock.now()
+        m = messages_t
+        pending = m.c.outbox == OutboxState.PENDING.value
+        async with self.db.session() as s, s.begin():
+            await s.execute(  # claims of a process that died lapse and are taken again
+                update(m)
+                .where(m.c.outbox == OutboxState.INFLIGHT.value, m.c.lease_until < now)
+                .values(outbox=OutboxState.PENDING.value)
+            )
+            opted_out = exists().where(
+                and_(
+                    opt_outs_t.c.virtual_number == m.c.virtual_number,
+                    opt_outs_t.c.phone == m.c.phone,
+                )
+            )
+            suppressed = await s.execute(
+                update(m)
+                .where(pending, m.c.origin != Origin.COMPLIANCE.value, opted_out)
+                .values(
+                    outbox=OutboxState.DONE.value,
+                    status=DeliveryStatus.SUPPRESSED.value,
+                    status_at=now,
+                )
+            )
+            if suppressed.rowcount:  # type: ignore[attr-defined]
+                self.metrics.inc("smsbot_messages_suppressed_total", suppressed.rowcount)  # type: ignore[attr-defined]
+            query = (
+                select(
+                    m.c.id,
+                    m.c.virtual_number,
+                    m.c.phone,
+                    m.c.body,
+                    m.c.encoding,
+                    m.c.attempts,
+                    m.c.created_at,
+                )
+                .where(pending, m.c.send_after <= now)
+                .order_by(m.c.send_after, m.c.created_at)
+                .limit(self.batch_size)
+            )
+            if self.db.is_postgres:
+                query = query.with_for_update(skip_locked=True)
+            rows = (await s.execute(query)).all()
+            taken = [r for r in rows if self.limiter.take(r.virtual_number)]
+            if not taken:
+                if rows:
+                    await asyncio.sleep(self.limiter.wait_hint())
+                return []
+            await s.execute(
+                update(m)
+                .where(m.c.id.in_([r.id for r in taken]))
+                .values(
+                    outbox=OutboxState.INFLIGHT.value,
+                    lease_until=now + self.lease,
+                    attempts=m.c.attempts + 1,
+                )
+            )
+        return [
+            Claimed(
+                r.id, r.virtual_number, r.phone, r.body, r.encoding, r.attempts + 1, r.created_at
+            )
+            for r in taken
+        ]
+
+    async def _record(self, outcomes: Sequence[BulkOutcome], by_ref: dict[str, Claimed]) -> None:
+        now = self.clock.now()
+        m = messages_t
+        failed: list[tuple[Claimed, str]] = []
+        async with self.db.session() as s, s.begin():
+            for outcome in outcomes:
+                ids = [msg.client_reference for msg in outcome.messages if msg.client_reference]
+                if outcome.error is None:
+                    await s.execute(
+                        update(m)
+                        .where(m.c.id.in_(ids))
+                        .values(
+                            outbox=OutboxState.DONE.value,
+                            sent_at=now,
+                            batch_id=outcome.batch_id if len(ids) > 1 else None,
+                            provider_message_id=outcome.batch_id if len(ids) == 1 else None,
+                            error=None,
+                        )
+                    )
+                    # A receipt may have arrived before this answer: never move status back.
+                    await s.execute(
+                        update(m)
+                        .where(m.c.id.in_(ids), m.c.status == DeliveryStatus.QUEUED.value)
+                        .values(status=DeliveryStatus.ACCEPTED.value, status_at=now)
+                    )
+                    self.metrics.inc("smsbot_messages_sent_total", len(ids))
+                    continue
+                error = outcome.error
+                reason = str(error)[:500]
+                for ref in ids:
+                    claimed = by_ref[ref]
+                    values = self._after_error(claimed, error, now)
+                    await s.execute(update(m).where(m.c.id == ref).values(error=reason, **values))
+                    if values.get("status") == DeliveryStatus.FAILED.value:
+                        failed.append((claimed, reason))
+                log.warning("provider refused %d message(s): %s", len(ids), type(error).__name__)
+        if failed:
+            self.metrics.inc("smsbot_messages_failed_total", len(failed))
+            await self._tell_flows(failed)
+
+    def _after_error(self, c: Claimed, error: ProviderError, now: dt.datetime) -> dict[str, Any]:
+        give_up = now - c.created_at > self.give_up_after
+        if isinstance(error, PermanentError) or give_up:
+            return {
+                "outbox": OutboxState.DONE.value,
+                "status": DeliveryStatus.FAILED.value,
+                "status_at": now,
+            }
+        if isinstance(error, RateLimitedError) and error.retry_after is not None:
+            delay = dt.timedelta(seconds=error.retry_after)
+        else:
+            delay = dt.timedelta(seconds=min(60.0, 2.0 ** min(c.attempts, 6)))
+        self.metrics.inc("smsbot_send_retries_total")
+        return {"outbox": OutboxState.PENDING.value, "send_after": now + delay}
+
+    async def _tell_flows(self, failed: list[tuple[Claimed, str]]) -> None:
+        entries = [
+            InboxEntry(
+                source="internal",
+                event_id=f"send-failed:{c.id}",
+                kind=EventKind.SEND_FAILED,
+                payload={"message_id": c.id, "error": reason, "text": c.body},
+                virtual_number=c.sender,
+                phone=c.recipient,
+            )
+            for c, reason in failed
+        ]
+        await self.inbox.accept_many(entries)
+        if self.on_event is not None:
+            self.on_event()

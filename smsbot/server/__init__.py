@@ -1,0 +1,1 @@
+"""The aiohttp application: webhook intake, health, metrics and the operator API."""

@@ -1,0 +1,135 @@
+"""Helpers shared by the pipeline tests: signed webhook bodies and a bot wired to a sandbox."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import uuid
+from pathlib import Path
+from typing import Any
+
+from aiohttp.test_utils import TestClient
+
+from smsbot.bot import Bot
+from smsbot.clock import Clock
+from smsbot.config import Settings
+from smsbot.providers.divergent import DivergentClient
+from smsbot.providers.retry import RetryPolicy
+from smsbot.sandbox import Sandbox
+from smsbot.steps import StepHandler
+from smsbot.store.engine import Database
+from smsbot.webhooks.signature import sign
+
+SECRET = "whsec_pipeline_test"
+API_KEY = "test-api-key"
+VN = "+447700900100"
+PHONE = "+447700900123"
+
+
+def inbound_body(event_id: str | None = None, text: str = "hi", sender: str = PHONE,
+                 to: str = VN) -> bytes:
+    """Return an eventType 2 envelope, compact JSON as the provider sends it."""
+    event_id = event_id or f"evt_{uuid.uuid4().hex}"
+    envelope = {
+        "id": event_id,
+        "timestamp": "2026-01-15T14:22:30Z",
+        "workspaceId": "ws_test",
+        "eventType": 2,
+        "data": {
+            "messageId": f"inb_{event_id}",
+            "inboundNumber": to,
+            "sender": sender,
+            "body": text,
+            "receivedAt": "2026-01-15T14:22:30Z",
+        },
+    }
+    return json.dumps(envelope, separators=(",", ":")).encode()
+
+
+def receipt_body(client_reference: str | None, status: str, event_id: str | None = None,
+                 message_id: str | None = None) -> bytes:
+    """Return an eventType 1 envelope."""
+    envelope = {
+        "id": event_id or f"evt_dr_{uuid.uuid4().hex}",
+        "timestamp": "2026-01-15T10:30:00Z",
+        "workspaceId": "ws_test",
+        "eventType": 1,
+        "data": {
+            "messageId": message_id or f"m_{uuid.uuid4().hex[:8]}",
+            "clientReference": client_reference,
+            "deliveryStatus": status,
+            "errorCode": None,
+            "processedAt": "2026-01-15T10:29:55Z",
+            "deliveredAt": "2026-01-15T10:30:00Z",
+        },
+    }
+    return json.dumps(envelope, separators=(",", ":")).encode()
+
+
+def signed(body: bytes, clock: Clock, secret: str = SECRET) -> dict[str, str]:
+    """Headers the provider would send with `body` at the clock's current time."""
+    ts = str(int(clock.now().timestamp()))
+    return {
+        "Content-Type": "application/json",
+        "X-Webhook-Timestamp": ts,
+        "X-Webhook-Signature": sign(secret, ts, body),
+    }
+
+
+def settings_for(db_url: str, sandbox_url: str, **extra: str) -> Settings:
+    """Settings for a bot that sends through the sandbox at `sandbox_url`."""
+    env = {
+        "SMSBOT_DATABASE_URL": db_url,
+        "SMSBOT_PROVIDER": "divergent",
+        "SMSBOT_DIVERGENT_API_KEY": API_KEY,
+        "SMSBOT_DIVERGENT_URL": sandbox_url,
+        "SMSBOT_WEBHOOK_SECRET": SECRET,
+        "SMSBOT_SEND_RATE": "1000",
+        **extra,
+    }
+    return Settings.from_env(env, toml_path=Path("/nonexistent/smsbot.toml"))
+
+
+async def no_sleep(_seconds: float) -> None:
+    """A RetryPolicy sleep that returns at once: tests never wait for backoff."""
+
+
+@dataclasses.dataclass
+class Harness:
+    """A bot behind its real aiohttp app, sending to a real sandbox on loopback."""
+
+    bot: Bot
+    client: TestClient[Any, Any]
+    sandbox: Sandbox
+    clock: Clock
+
+    async def post(self, body: bytes, headers: dict[str, str] | None = None) -> Any:
+        """POST a webhook, signed now unless headers are given."""
+        # aiohttp warns about large raw bodies; a file-like object is streamed instead
+        data: Any = io.BytesIO(body) if len(body) > 1_000_000 else body
+        return await self.client.post(
+            "/webhooks/divergent", data=data, headers=headers or signed(body, self.clock)
+        )
+
+    async def event_count(self) -> int:
+        """How many events the inbox holds."""
+        from sqlalchemy import func, select
+
+        from smsbot.store.models import events_t
+
+        async with self.bot.db.session() as s:
+            return int((await s.execute(select(func.count()).select_from(events_t))).scalar_one())
+
+
+async def make_bot(db_url: str, sandbox: Sandbox, handler: StepHandler, clock: Clock,
+                   **extra: str) -> Bot:
+    """A Bot on a fresh schema that sends to `sandbox`."""
+    assert sandbox.url is not None
+    settings = settings_for(db_url, sandbox.url, **extra)
+    db = Database(db_url)
+    await db.create_all()
+    provider = DivergentClient(API_KEY, sandbox.url, timeout=2.0,
+                               retry=RetryPolicy(attempts=2, sleep=no_sleep))
+    return Bot(settings, provider=provider, handler=handler, clock=clock, db=db,
+               poll_interval=0.01)

@@ -1,0 +1,317 @@
+"""The message path through the real application: webhook → inbox → step → outbox → provider."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+
+from smsbot.clock import VirtualClock
+from smsbot.server.app import create_app
+from smsbot.sandbox import Sandbox
+from smsbot.status import DeliveryStatus
+from smsbot.steps import (
+    ConversationSnapshot,
+    DispatchEvent,
+    EchoHandler,
+    OutgoingSms,
+    StepResult,
+)
+from smsbot.store.models import EventState, Origin, events_t, messages_t
+from tests.support import PHONE, VN, Harness, inbound_body, make_bot, receipt_body, signed
+
+T0 = dt.datetime(2026, 1, 15, 14, 22, 30, tzinfo=dt.UTC)
+
+
+@pytest.fixture
+async def sandbox() -> AsyncIterator[Sandbox]:
+    from tests.support import API_KEY
+
+    sb = Sandbox(api_key=API_KEY)
+    await sb.start()
+    yield sb
+    await sb.stop()
+
+
+@pytest.fixture
+async def harness(db_url: str, sandbox: Sandbox, aiohttp_client: Any) -> Harness:
+    """Workers off: tests drive the dispatcher and sender themselves, on a virtual clock."""
+    clock = VirtualClock(T0)
+    bot = await make_bot(db_url, sandbox, EchoHandler(), clock)
+    client = await aiohttp_client(create_app(bot, run_workers=False))
+    return Harness(bot, client, sandbox, clock)
+
+
+async def test_a_signed_inbound_webhook_gets_one_reply(harness: Harness) -> None:
+    resp = await harness.post(inbound_body("evt_1", "hello"))
+    assert resp.status == 200
+    assert (await resp.json())["status"] == "new"
+    await harness.bot.run_until_idle()
+    [sent] = harness.sandbox.messages
+    assert (sent.sender, sent.recipient, sent.content) == (VN, PHONE, "You said: hello")
+    async with harness.bot.db.session() as s:
+        rows = (await s.execute(select(messages_t).order_by(messages_t.c.created_at))).all()
+    assert [(r.direction, r.body) for r in rows] == [("in", "hello"), ("out", "You said: hello")]
+    assert sent.client_reference == rows[1].id  # clientReference is our message id
+    assert rows[1].status == DeliveryStatus.ACCEPTED
+
+
+def _bad_requests() -> list[Any]:
+    body = inbound_body("evt_bad")
+    return [
+        pytest.param(body, {"X-Webhook-Timestamp": "1"}, 401, id="missing-signature"),
+        pytest.param(body, {"X-Webhook-Signature": "x"}, 401, id="missing-timestamp"),
+        pytest.param(body, "wrong-secret", 401, id="bad-signature"),
+        pytest.param(body, "stale", 401, id="stale-timestamp"),
+        pytest.param(body, "future", 401, id="future-timestamp"),
+        pytest.param(b"not json", None, 400, id="not-json"),
+        pytest.param(b'{"id":"e","eventType":2,"data":{}}', None, 400, id="wrong-shape"),
+        pytest.param(inbound_body("evt_x", sender="garbage"), None, 400, id="bad-phone"),
+        pytest.param(b"x" * (1_048_576 + 1), None, 413, id="too-large"),
+    ]
+
+
+@pytest.mark.parametrize(("body", "headers", "status"), _bad_requests())
+async def test_bad_input_gets_a_clear_4xx_and_changes_nothing(
+    harness: Harness, body: bytes, headers: Any, status: int
+) -> None:
+    clock = harness.clock
+    if headers is None:
+        headers = signed(body, clock)
+    elif headers == "wrong-secret":
+        headers = signed(body, clock, secret="another-secret")
+    elif headers in ("stale", "future"):
+        skew = dt.timedelta(seconds=301 if headers == "future" else -301)
+        headers = signed(body, VirtualClock(clock.now() + skew))
+    resp = await harness.post(body, headers)
+    assert resp.status == status
+    assert (await resp.json())["error"]  # a reason, not a bare status
+    await harness.bot.run_until_idle()
+    assert await harness.event_count() == 0
+    assert harness.sandbox.messages == []
+
+
+async def test_an_oversized_chunked_body_is_refused_too(harness: Harness) -> None:
+    body = b"x" * (1_048_576 + 1)
+
+    async def chunks() -> AsyncIterator[bytes]:  # no Content-Length: the limit applies on read
+        for i in range(0, len(body), 65_536):
+            yield body[i : i + 65_536]
+
+    resp = await harness.client.post(
+        "/webhooks/divergent", data=chunks(), headers=signed(body, harness.clock)
+    )
+    assert resp.status == 413
+    assert await harness.event_count() == 0
+
+
+async def test_unknown_event_type_is_acknowledged_and_ignored(harness: Harness) -> None:
+    body = b'{"id":"evt_9","timestamp":"2026-01-15T10:30:00Z","eventType":9,"data":{}}'
+    resp = await harness.post(body)
+    assert resp.status == 200
+    assert (await resp.json())["status"] == "ignored"
+    assert await harness.event_count() == 0
+
+
+async def test_the_same_event_three_times_concurrently_gets_one_reply(harness: Harness) -> None:
+    body = inbound_body("evt_dup", "once")
+    responses = await asyncio.gather(*(harness.post(body) for _ in range(3)))
+    assert [r.status for r in responses] == [200, 200, 200]
+    statuses = sorted([(await r.json())["status"] for r in responses])
+    assert statuses == ["duplicate", "duplicate", "new"]
+    await harness.bot.run_until_idle()
+    assert await harness.event_count() == 1
+    assert [m.content for m in harness.sandbox.messages] == ["You said: once"]
+
+
+async def test_a_duplicate_a_day_later_is_still_a_duplicate(harness: Harness) -> None:
+    body = inbound_body("evt_late", "hi")
+    assert (await harness.post(body)).status == 200
+    await harness.bot.run_until_idle()
+    harness.clock.advance(dt.timedelta(hours=26))
+    resp = await harness.post(body)
+    assert (await resp.json())["status"] == "duplicate"
+    await harness.bot.run_until_idle()
+    assert len(harness.sandbox.messages) == 1
+
+
+async def test_same_id_with_a_different_body_is_acknowledged_not_processed(
+    harness: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    assert (await harness.post(inbound_body("evt_c", "first"))).status == 200
+    resp = await harness.post(inbound_body("evt_c", "second"))
+    assert resp.status == 200
+    assert (await resp.json())["status"] == "conflict"
+    assert "different body" in caplog.text
+    await harness.bot.run_until_idle()
+    assert [m.content for m in harness.sandbox.messages] == ["You said: first"]
+
+
+class OrderRecorder:
+    """A handler that records the order it sees events in and any overlap per conversation."""
+
+    def __init__(self) -> None:
+        self.seen: list[str] = []
+        self.active = 0
+        self.max_active = 0
+
+    async def handle(
+        self, event: DispatchEvent, convo: ConversationSnapshot, now: dt.datetime
+    ) -> StepResult:
+        self.active += 1
+        self.max_active = max(self.max_active, self.active)
+        try:
+            await asyncio.sleep(0.001)  # give any concurrent step of this key a chance to overlap
+            self.seen.append(event.payload["body"])
+            result = StepResult.unchanged(convo)
+            result.data = {**convo.data, "n": int(convo.data.get("n", 0)) + 1}
+            result.replies.append(OutgoingSms(f"ack {event.payload['body']}", Origin.REPLY))
+            return result
+        finally:
+            self.active -= 1
+
+
+async def test_fifty_replies_from_one_phone_run_one_at_a_time_in_order(
+    db_url: str, sandbox: Sandbox, aiohttp_client: Any
+) -> None:
+    from smsbot.clock import SystemClock
+
+    recorder = OrderRecorder()
+    bot = await make_bot(db_url, sandbox, recorder, SystemClock(), SMSBOT_WORKERS="8")
+    client = await aiohttp_client(create_app(bot, run_workers=True))
+    harness = Harness(bot, client, sandbox, SystemClock())
+    bodies = [inbound_body(f"evt_{i:02d}", f"m{i:02d}") for i in range(50)]
+    responses = await asyncio.gather(*(harness.post(b) for b in bodies))
+    assert all(r.status == 200 for r in responses)
+    async with bot.db.session() as s:
+        arrival = [
+            row.payload["body"]
+            for row in (await s.execute(select(events_t).order_by(events_t.c.id))).all()
+        ]
+    async with asyncio.timeout(30):
+        while len(sandbox.messages) < 50:
+            await asyncio.sleep(0.02)
+    assert recorder.seen == arrival  # arrival order, each exactly once
+    assert recorder.max_active == 1
+    assert sorted(m.content for m in sandbox.messages) == sorted(f"ack {b}" for b in arrival)
+    async with bot.db.session() as s:
+        states = (await s.execute(select(events_t.c.state))).scalars().all()
+    assert set(states) == {EventState.DONE}
+
+
+async def test_delivery_receipts_move_status_forward_never_back(harness: Harness) -> None:
+    harness.sandbox.webhook_url = str(harness.client.make_url("/webhooks/divergent"))
+    harness.sandbox.webhook_secret = "whsec_pipeline_test"
+    harness.sandbox.clock = harness.clock
+    await harness.post(inbound_body("evt_r", "hi"))
+    await harness.bot.run_until_idle()
+    await harness.sandbox.wait_for_receipts()  # the sandbox posts Dispatched, then Delivered
+    await harness.bot.run_until_idle()
+    async with harness.bot.db.session() as s:
+        out = (await s.execute(select(messages_t).where(messages_t.c.direction == "out"))).one()
+    assert out.status == DeliveryStatus.DELIVERED
+    late = receipt_body(out.id, "Dispatched")
+    assert (await harness.post(late)).status == 200
+    await harness.bot.run_until_idle()
+    async with harness.bot.db.session() as s:
+        again = (await s.execute(select(messages_t.c.status).where(messages_t.c.id == out.id)))
+        assert again.scalar_one() == DeliveryStatus.DELIVERED
+
+
+async def test_a_receipt_for_an_unknown_message_is_kept_for_reconciliation(
+    harness: Harness,
+) -> None:
+    resp = await harness.post(receipt_body("no-such-message", "Delivered"))
+    assert resp.status == 200
+    await harness.bot.run_until_idle()
+    async with harness.bot.db.session() as s:
+        state = (await s.execute(select(events_t.c.state))).scalar_one()
+    assert state == EventState.UNMATCHED
+
+
+async def test_provider_outage_then_recovery_sends_each_reply_once(harness: Harness) -> None:
+    harness.sandbox.set_failure(503)  # down until cleared
+    for i in range(3):
+        await harness.post(inbound_body(f"evt_o{i}", f"o{i}", sender=f"+4477009001{i:02d}"))
+    await harness.bot.run_until_idle()
+    assert harness.sandbox.messages == []
+    for _ in range(3):  # time passes; each retry meets the outage again
+        harness.clock.advance(dt.timedelta(minutes=2))
+        await harness.bot.run_until_idle()
+    assert harness.sandbox.messages == []
+    harness.sandbox.set_failure(None)
+    harness.clock.advance(dt.timedelta(minutes=2))
+    await harness.bot.run_until_idle()
+    assert sorted(m.content for m in harness.sandbox.messages) == [
+        "You said: o0", "You said: o1", "You said: o2",
+    ]
+    harness.clock.advance(dt.timedelta(hours=1))
+    await harness.bot.run_until_idle()
+    assert len(harness.sandbox.messages) == 3
+
+
+async def test_429_waits_for_retry_after(harness: Harness) -> None:
+    harness.sandbox.set_failure(429, retry_after=120)
+    await harness.post(inbound_body("evt_429", "x"))
+    await harness.bot.run_until_idle()
+    harness.sandbox.set_failure(None)
+    harness.clock.advance(dt.timedelta(seconds=119))
+    await harness.bot.run_until_idle()
+    assert harness.sandbox.messages == []  # still inside Retry-After
+    harness.clock.advance(dt.timedelta(seconds=2))
+    await harness.bot.run_until_idle()
+    assert len(harness.sandbox.messages) == 1
+
+
+async def test_a_permanent_provider_error_fails_the_message_and_tells_the_flow(
+    harness: Harness,
+) -> None:
+    harness.sandbox.set_failure(400)
+    await harness.post(inbound_body("evt_400", "x"))
+    await harness.bot.run_until_idle()
+    async with harness.bot.db.session() as s:
+        out = (await s.execute(select(messages_t).where(messages_t.c.direction == "out"))).one()
+        kinds = (await s.execute(select(events_t.c.kind).order_by(events_t.c.id))).scalars().all()
+    assert out.status == DeliveryStatus.FAILED
+    assert kinds == ["inbound", "send_failed"]
+
+
+class Exploding:
+    """A handler that always raises: the event is retried, then parked."""
+
+    async def handle(self, event: DispatchEvent, convo: ConversationSnapshot,
+                     now: dt.datetime) -> StepResult:
+        raise RuntimeError("flow bug")
+
+
+async def test_a_step_that_keeps_failing_is_parked_and_the_conversation_moves_on(
+    db_url: str, sandbox: Sandbox, aiohttp_client: Any
+) -> None:
+    clock = VirtualClock(T0)
+    bot = await make_bot(db_url, sandbox, Exploding(), clock, SMSBOT_STEP_MAX_ATTEMPTS="3")
+    client = await aiohttp_client(create_app(bot, run_workers=False))
+    h = Harness(bot, client, sandbox, clock)
+    await h.post(inbound_body("evt_f1", "a"))
+    await h.post(inbound_body("evt_f2", "b"))
+    for _ in range(5):
+        await bot.run_until_idle()
+        clock.advance(dt.timedelta(minutes=5))
+    async with bot.db.session() as s:
+        rows = (await s.execute(select(events_t).order_by(events_t.c.id))).all()
+    assert [(r.state, r.attempts) for r in rows] == [("failed", 3), ("failed", 3)]
+    assert "RuntimeError: flow bug" in rows[0].last_error
+
+
+async def test_healthz_and_metrics(harness: Harness) -> None:
+    assert (await harness.client.get("/healthz")).status == 200
+    await harness.post(inbound_body("evt_m", "x"))
+    await harness.bot.run_until_idle()
+    text = await (await harness.client.get("/metrics")).text()
+    assert 'smsbot_webhooks_total{result="new",source="divergent"} 1' in text
+    assert "smsbot_messages_sent_total 1" in text
+    assert 'smsbot_queue_depth{queue="inbox"} 0' in text
+    assert "smsbot_step_seconds_count 1" in text
