@@ -52,6 +52,7 @@ class Bot:
             batch_size=settings.send_batch_size,
             rate_per_second=settings.send_rate_per_second,
             lease_seconds=settings.lease_seconds,
+            resend_grace=settings.resend_grace,
             poll_interval=poll_interval,
         )
         self.dispatcher = Dispatcher(

@@ -5,13 +5,15 @@ SMSBOT_CONFIG), then the default. An empty value counts as unset. Every error na
 setting and the fix, and never contains a secret or a database password.
 """
 
+# _var() returns a dataclasses.field(), which RUF009 cannot see through
+# ruff: noqa: RUF009
+
 from __future__ import annotations
 
 import dataclasses
 import datetime as dt
 import difflib
 import hmac
-import math
 import os
 import re
 import tomllib
@@ -23,13 +25,12 @@ from urllib.parse import urlsplit
 
 import phonenumbers
 
-ENV_PREFIX = "SMSBOT_"
 DEFAULT_TOML = Path("smsbot.toml")
 # Read by tests and tools rather than by Settings, so they are not typos.
-_ENV_NOT_SETTINGS = frozenset({"SMSBOT_CONFIG", "SMSBOT_SHARED_DIR"})
-_ENV_NOT_SETTINGS_PREFIX = "SMSBOT_TEST_"
+_NOT_SETTINGS = re.compile(r"SMSBOT_(CONFIG|SHARED_DIR|TEST_.*)")
 
 Provider = Literal["sandbox", "divergent", "puresms"]
+SegmentPolicy = Literal["warn", "fail"]
 
 
 class ConfigError(Exception):
@@ -61,75 +62,76 @@ class Secret:
             other = other._value
         if not isinstance(other, str):
             return NotImplemented
-        # Constant time, so checking a caller's token does not reveal how much of it matched.
-        return hmac.compare_digest(self._value.encode(), other.encode())
+        # Constant time, so checking a caller's token does not reveal how much of it matched;
+        # surrogatepass, so a token decoded with surrogateescape compares instead of raising.
+        mine, theirs = (v.encode("utf-8", "surrogatepass") for v in (self._value, other))
+        return hmac.compare_digest(mine, theirs)
 
     def __hash__(self) -> int:
         return hash(self._value)
 
 
-# --- converters: (label, text) -> value; label is "SMSBOT_PORT" or "port in smsbot.toml" ----
+# --- converters: text -> value, or ValueError(what the setting must be) ---------------------
 
-_Convert = Callable[[str, str], Any]
-
-
-def _bad(label: str, expected: str, shown: str) -> ConfigError:
-    return ConfigError(f"{label} must be {expected}, got {shown!r}")
+_Convert = Callable[[str], Any]
 
 
-def _text(label: str, text: str) -> str:
-    return text
+def _checked(expected: str, check: Callable[[str], object]) -> _Convert:
+    """A converter that keeps the text if `check` passes and does not raise."""
 
-
-def _secret(label: str, text: str) -> Secret:
-    return Secret(text)
-
-
-def _path(label: str, text: str) -> Path:
-    return Path(text)
-
-
-def _int(low: int, high: int) -> _Convert:
-    def convert(label: str, text: str) -> int:
-        value = int(text) if re.fullmatch(r"[+-]?[0-9]{1,12}", text) else None
-        if value is None or not low <= value <= high:
-            raise _bad(label, f"an integer between {low} and {high}", text)
-        return value
+    def convert(text: str) -> str:
+        try:
+            ok = check(text)
+        except (ValueError, LookupError, OSError):  # ZoneInfoNotFoundError is a KeyError
+            ok = False
+        if not ok:
+            raise ValueError(expected)
+        return text
 
     return convert
 
 
-def _positive_float(label: str, text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not (math.isfinite(value) and value > 0):
-        raise _bad(label, "a number greater than 0", text)
-    return value
+def _int(low: int, high: int) -> _Convert:
+    def convert(text: str) -> int:
+        if not (re.fullmatch(r"[+-]?[0-9]{1,12}", text) and low <= int(text) <= high):
+            raise ValueError(f"an integer between {low} and {high}")
+        return int(text)
+
+    return convert
 
 
-_BOOLS = {"true": True, "1": True, "yes": True, "on": True}
-_BOOLS |= {"false": False, "0": False, "no": False, "off": False}
+def _positive_float(text: str) -> float:
+    if not re.fullmatch(r"[0-9]+(\.[0-9]*)?|\.[0-9]+", text) or float(text) <= 0:
+        raise ValueError("a number greater than 0")
+    return float(text)
 
 
-def _bool(label: str, text: str) -> bool:
+_BOOLS = dict.fromkeys(("true", "1", "yes", "on"), True)
+_BOOLS |= dict.fromkeys(("false", "0", "no", "off"), False)
+
+
+def _bool(text: str) -> bool:
     if text.lower() not in _BOOLS:
-        raise _bad(label, "one of true/false, 1/0, yes/no, on/off", text)
+        raise ValueError("one of true/false, 1/0, yes/no, on/off")
     return _BOOLS[text.lower()]
 
 
 def _choice(*choices: str) -> _Convert:
-    def convert(label: str, text: str) -> str:
-        for choice in choices:
-            if text.lower() == choice.lower():
-                return choice
-        raise _bad(label, "one of " + ", ".join(choices), text)
-
-    return convert
+    return _checked("one of " + ", ".join(choices), choices.__contains__)
 
 
-# Group 2 is a password in the URL's user info: up to the last '@', so a stray '@' over-masks.
+def _url(text: str) -> str:
+    try:
+        parts = urlsplit(text)
+        ok = parts.scheme in ("http", "https") and bool(parts.hostname) and parts.port != 0
+    except ValueError:  # a bad port or IPv6 literal
+        ok = False
+    if not ok:
+        raise ValueError("an http(s) URL such as https://api.example.com")
+    return text.rstrip("/")  # clients append "/sms/send" and the like
+
+
+# Group 2 is the password in the user info: up to the last '@', so a stray '@' over-masks.
 _URL_PASSWORD = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://[^:/@]*:)(.*)@")
 _QUERY_PASSWORD = re.compile(r"(?i)([?&]password=)[^&]*")
 
@@ -139,25 +141,10 @@ def _mask_url(url: str) -> str:
     return _QUERY_PASSWORD.sub(r"\1***", _URL_PASSWORD.sub(r"\1***@", url, count=1))
 
 
-def _http_url(label: str, text: str) -> str:
-    try:
-        parts = urlsplit(text)
-        ok = parts.scheme in ("http", "https") and bool(parts.hostname) and parts.port != 0
-    except ValueError:  # a bad port or IPv6 literal
-        ok = False
-    if not ok:
-        raise _bad(label, "an http(s) URL such as https://api.example.com", _mask_url(text))
-    return text.rstrip("/")  # clients append "/sms/send" etc.
-
-
-_ASYNC_DRIVER = {
-    "sqlite": "sqlite+aiosqlite",
-    "sqlite+aiosqlite": "sqlite+aiosqlite",
-    "postgresql": "postgresql+asyncpg",
-    "postgres": "postgresql+asyncpg",
-    "postgresql+psycopg": "postgresql+asyncpg",
-    "postgresql+asyncpg": "postgresql+asyncpg",
-}
+_ASYNC_DRIVER = dict.fromkeys(("sqlite", "sqlite+aiosqlite"), "sqlite+aiosqlite")
+_ASYNC_DRIVER |= dict.fromkeys(
+    ("postgresql", "postgres", "postgresql+psycopg", "postgresql+asyncpg"), "postgresql+asyncpg"
+)
 
 
 def _rename_query(rest: str, old: str, new: str) -> str:
@@ -165,152 +152,110 @@ def _rename_query(rest: str, old: str, new: str) -> str:
     return base + sep + re.sub(rf"(^|&){old}=", rf"\g<1>{new}=", query)
 
 
-def _database_url(label: str, text: str) -> str:
-    scheme, sep, rest = text.partition("://")
-    driver = _ASYNC_DRIVER.get(scheme.lower()) if sep else None
-    if driver is None or not rest or (driver.startswith("sqlite") and not rest.startswith("/")):
-        raise ConfigError(
-            f"{label} must be sqlite:///path/to/file.db or postgresql://user:password@host/db"
-            f" (postgres://, postgresql+psycopg://, postgresql+asyncpg:// and sqlite+aiosqlite://"
-            f" are also accepted), got {_mask_url(text)!r}"
+def _db_url(text: str) -> str:
+    scheme, _, rest = text.partition("://")
+    driver = _ASYNC_DRIVER.get(scheme.lower(), "") if rest else ""
+    if not driver or (driver.startswith("sqlite") and not rest.startswith("/")):
+        raise ValueError(
+            "sqlite:///path/to/file.db or postgresql://user:password@host/db (postgres://,"
+            " postgresql+psycopg://, postgresql+asyncpg:// and sqlite+aiosqlite:// also work)"
         )
     if driver == "postgresql+asyncpg":  # asyncpg spells libpq's sslmode= as ssl=
         rest = _rename_query(rest, "sslmode", "ssl")
     return f"{driver}://{rest}"
 
 
-def _region(label: str, text: str) -> str:
-    if text.upper() not in phonenumbers.SUPPORTED_REGIONS:
-        raise _bad(label, "a two-letter region code such as GB, IE or US", text)
-    return text.upper()
-
-
-def _timezone(label: str, text: str) -> str:
-    try:
-        zoneinfo.ZoneInfo(text)
-    except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError):
-        raise _bad(label, "an IANA time zone such as Europe/London or UTC", text) from None
-    return text
-
-
 _QUIET = re.compile(r"([01]?[0-9]|2[0-3]):([0-5][0-9])-([01]?[0-9]|2[0-3]):([0-5][0-9])")
 
 
-def _parse_quiet(text: str) -> tuple[dt.time, dt.time] | None:
-    """Return (start, end) for "HH:MM-HH:MM" (end may be past midnight), None for ""; else raise."""
-    if not text:
-        return None
+def _parse_quiet(text: str) -> tuple[dt.time, dt.time]:
+    """Return (start, end) for "HH:MM-HH:MM"; an end before the start means past midnight."""
     match = _QUIET.fullmatch(text)
-    if match is None:
+    h1, m1, h2, m2 = (int(group) for group in match.groups()) if match else (0,) * 4
+    # start == end is an empty or a 24-hour window: a mistake either way
+    if not match or (h1, m1) == (h2, m2):
         raise ValueError(text)
-    h1, m1, h2, m2 = (int(group) for group in match.groups())
-    if (h1, m1) == (h2, m2):
-        raise ValueError(text)  # an empty or 24-hour window is surely a mistake
     return dt.time(h1, m1), dt.time(h2, m2)
 
 
-def _quiet_hours(label: str, text: str) -> str:
-    try:
-        _parse_quiet(text)
-    except ValueError:
-        raise _bad(label, 'a window "HH:MM-HH:MM" such as 21:00-08:00 (empty for none)', text) from None
-    return text
+_DURATION = re.compile(r"(?:([0-9]{1,6})d)?(?:([0-9]{1,7})h)?(?:([0-9]{1,9})m)?(?:([0-9]{1,10})s)?")
 
 
-_DURATION = re.compile(r"(?:([0-9]{1,6})d)?(?:([0-9]{1,7})h)?(?:([0-9]{1,9})m)?(?:([0-9]{1,10})s?)?")
-
-
-def _duration(label: str, text: str) -> dt.timedelta:
-    match = _DURATION.fullmatch(text.lower())
-    days, hours, minutes, seconds = (int(g or 0) for g in (match.groups() if match else ()))
+def _duration(text: str) -> dt.timedelta:
+    # Bare digits are seconds only on their own: "1h30" is likelier a typo than 1h + 30s.
+    match = _DURATION.fullmatch(text.lower() + ("s" if text.isdecimal() else ""))
+    days, hours, minutes, seconds = (int(g or 0) for g in match.groups()) if match else (0,) * 4
     value = dt.timedelta(days=days, hours=hours, minutes=minutes, seconds=seconds)
-    if not match or value <= dt.timedelta(0):
-        raise _bad(label, "a positive duration such as 7d, 12h, 30m, 3600s or 3600", text)
+    if value <= dt.timedelta(0):
+        raise ValueError("a positive duration such as 7d, 12h, 30m, 3600s or 3600")
     return value
 
 
-# --- the table: environment variable, Settings field, converter ---------------------------
-
-_VARS: tuple[tuple[str, str, _Convert], ...] = (
-    ("SMSBOT_DATABASE_URL", "database_url", _database_url),
-    ("SMSBOT_PROVIDER", "provider", _choice("sandbox", "divergent", "puresms")),
-    ("SMSBOT_DIVERGENT_API_KEY", "divergent_api_key", _secret),
-    ("SMSBOT_DIVERGENT_URL", "divergent_url", _http_url),
-    ("SMSBOT_PURESMS_API_KEY", "puresms_api_key", _secret),
-    ("SMSBOT_PURESMS_URL", "puresms_url", _http_url),
-    ("SMSBOT_PURESMS_TEST_MODE", "puresms_test_mode", _bool),
-    ("SMSBOT_WEBHOOK_SECRET", "webhook_secret", _secret),
-    ("SMSBOT_WEBHOOK_SECRET_PREVIOUS", "webhook_secret_previous", _secret),
-    ("SMSBOT_WEBHOOK_TOLERANCE", "webhook_tolerance_seconds", _int(1, 86_400)),
-    ("SMSBOT_INSECURE_NO_SIGNATURE", "insecure_no_signature", _bool),
-    ("SMSBOT_PURESMS_WEBHOOK_TOKEN", "puresms_webhook_token", _secret),
-    ("SMSBOT_SANDBOX_WEBHOOK_SECRET", "sandbox_webhook_secret", _secret),
-    ("SMSBOT_API_KEY", "api_key", _secret),
-    ("SMSBOT_DEFAULT_SENDER", "default_sender", _text),
-    ("SMSBOT_DEFAULT_REGION", "default_region", _region),
-    ("SMSBOT_HOST", "host", _text),
-    ("SMSBOT_PORT", "port", _int(1, 65_535)),
-    ("SMSBOT_SANDBOX_PORT", "sandbox_port", _int(0, 65_535)),
-    ("SMSBOT_WORKERS", "workers", _int(1, 256)),
-    ("SMSBOT_STEP_MAX_ATTEMPTS", "step_max_attempts", _int(1, 100)),
-    ("SMSBOT_LEASE_SECONDS", "lease_seconds", _positive_float),
-    ("SMSBOT_SEND_RATE", "send_rate_per_second", _positive_float),
-    ("SMSBOT_SEND_BATCH", "send_batch_size", _int(1, 15_000)),  # the provider's bulk limit
-    ("SMSBOT_MAX_BODY_BYTES", "max_body_bytes", _int(1_024, 104_857_600)),
-    ("SMSBOT_QUIET_HOURS", "quiet_hours", _quiet_hours),
-    ("SMSBOT_DEFAULT_TIMEZONE", "default_timezone", _timezone),
-    ("SMSBOT_CONVERSATION_EXPIRY", "conversation_expiry", _duration),
-    ("SMSBOT_REMINDER_MAX_LATENESS", "reminder_max_lateness", _duration),
-    ("SMSBOT_MAX_SEGMENTS", "max_segments", _int(1, 255)),
-    ("SMSBOT_SEGMENT_POLICY", "segment_policy", _choice("warn", "fail")),
-    ("SMSBOT_SMART_CHARACTERS", "smart_characters", _bool),
-    ("SMSBOT_FLOWS_DIR", "flows_dir", _path),
-    ("SMSBOT_TEMPLATES_DIR", "templates_dir", _path),
-    ("SMSBOT_LOG_LEVEL", "log_level", _choice("DEBUG", "INFO", "WARNING", "ERROR")),
+_provider = _choice("sandbox", "divergent", "puresms")
+_segment_policy = _choice("warn", "fail")
+_log_level = _choice("DEBUG", "INFO", "WARNING", "ERROR")
+_region = _checked(
+    "a two-letter ISO 3166 code such as GB (not UK) or US",
+    phonenumbers.SUPPORTED_REGIONS.__contains__,
 )
-_ENV_NAMES = [env for env, _, _ in _VARS]
-_TOML_KEYS = [env.removeprefix(ENV_PREFIX).lower() for env in _ENV_NAMES] + ["numbers"]
+_timezone = _checked("an IANA time zone such as Europe/London or UTC", zoneinfo.ZoneInfo)
+_quiet_hours = _checked('a window "HH:MM-HH:MM" such as 21:00-08:00', _parse_quiet)
+
+
+def _var(env: str, default: Any, convert: _Convert = str) -> Any:
+    """Declare a Settings field read from the environment variable `env`."""
+    return dataclasses.field(default=default, metadata={"env": env, "convert": convert})
+
+
+_SANDBOX_SECRET = Secret("sandbox-secret")  # well known on purpose: the sandbox is local only
 
 
 @dataclasses.dataclass(frozen=True, repr=False)
 class Settings:
     """Every smsbot setting, typed and validated; build it with Settings.from_env()."""
 
-    database_url: str = "sqlite+aiosqlite:///./smsbot.db"
-    provider: Provider = "sandbox"
-    divergent_api_key: Secret | None = None
-    divergent_url: str = "https://connect-api.divergent.cloud"
-    puresms_api_key: Secret | None = None
-    puresms_url: str = "https://api.puresms.uk"
-    puresms_test_mode: bool = False
-    webhook_secret: Secret | None = None
-    webhook_secret_previous: Secret | None = None
-    webhook_tolerance_seconds: int = 300
-    insecure_no_signature: bool = False
-    puresms_webhook_token: Secret | None = None
-    sandbox_webhook_secret: Secret = Secret("sandbox-secret")  # well known: local use only
-    api_key: Secret | None = None
-    default_sender: str | None = None
-    default_region: str = "GB"
-    host: str = "127.0.0.1"
-    port: int = 8080
-    sandbox_port: int = 8081
-    workers: int = 8
-    step_max_attempts: int = 5
-    lease_seconds: float = 30.0
-    send_rate_per_second: float = 10.0
-    send_batch_size: int = 500
-    max_body_bytes: int = 1_048_576
-    quiet_hours: str = ""
-    default_timezone: str = "Europe/London"
-    conversation_expiry: dt.timedelta = dt.timedelta(days=7)
-    reminder_max_lateness: dt.timedelta = dt.timedelta(hours=6)
-    max_segments: int = 6
-    segment_policy: Literal["warn", "fail"] = "warn"
-    smart_characters: bool = True
-    flows_dir: Path = Path("flows")
-    templates_dir: Path = Path("templates")
-    log_level: str = "INFO"
+    database_url: str = _var("SMSBOT_DATABASE_URL", "sqlite+aiosqlite:///./smsbot.db", _db_url)
+    provider: Provider = _var("SMSBOT_PROVIDER", "sandbox", _provider)
+    divergent_api_key: Secret | None = _var("SMSBOT_DIVERGENT_API_KEY", None, Secret)
+    divergent_url: str = _var("SMSBOT_DIVERGENT_URL", "https://connect-api.divergent.cloud", _url)
+    puresms_api_key: Secret | None = _var("SMSBOT_PURESMS_API_KEY", None, Secret)
+    puresms_url: str = _var("SMSBOT_PURESMS_URL", "https://api.puresms.uk", _url)
+    puresms_test_mode: bool = _var("SMSBOT_PURESMS_TEST_MODE", False, _bool)
+    webhook_secret: Secret | None = _var("SMSBOT_WEBHOOK_SECRET", None, Secret)
+    webhook_secret_previous: Secret | None = _var("SMSBOT_WEBHOOK_SECRET_PREVIOUS", None, Secret)
+    webhook_tolerance_seconds: int = _var("SMSBOT_WEBHOOK_TOLERANCE", 300, _int(1, 86_400))
+    insecure_no_signature: bool = _var("SMSBOT_INSECURE_NO_SIGNATURE", False, _bool)
+    puresms_webhook_token: Secret | None = _var("SMSBOT_PURESMS_WEBHOOK_TOKEN", None, Secret)
+    sandbox_webhook_secret: Secret = _var("SMSBOT_SANDBOX_WEBHOOK_SECRET", _SANDBOX_SECRET, Secret)
+    api_key: Secret | None = _var("SMSBOT_API_KEY", None, Secret)
+    default_sender: str | None = _var("SMSBOT_DEFAULT_SENDER", None)
+    default_region: str = _var("SMSBOT_DEFAULT_REGION", "GB", _region)
+    host: str = _var("SMSBOT_HOST", "127.0.0.1")
+    port: int = _var("SMSBOT_PORT", 8080, _int(1, 65_535))
+    sandbox_port: int = _var("SMSBOT_SANDBOX_PORT", 8081, _int(0, 65_535))  # 0: any free port
+    workers: int = _var("SMSBOT_WORKERS", 8, _int(1, 256))
+    step_max_attempts: int = _var("SMSBOT_STEP_MAX_ATTEMPTS", 5, _int(1, 100))
+    lease_seconds: float = _var("SMSBOT_LEASE_SECONDS", 30.0, _positive_float)
+    resend_grace: dt.timedelta = _var("SMSBOT_RESEND_GRACE", dt.timedelta(minutes=2), _duration)
+    send_rate_per_second: float = _var("SMSBOT_SEND_RATE", 10.0, _positive_float)
+    # 15,000 is the provider's limit for one bulk call
+    send_batch_size: int = _var("SMSBOT_SEND_BATCH", 500, _int(1, 15_000))
+    max_body_bytes: int = _var("SMSBOT_MAX_BODY_BYTES", 1_048_576, _int(1_024, 104_857_600))
+    quiet_hours: str = _var("SMSBOT_QUIET_HOURS", "", _quiet_hours)
+    default_timezone: str = _var("SMSBOT_DEFAULT_TIMEZONE", "Europe/London", _timezone)
+    conversation_expiry: dt.timedelta = _var(
+        "SMSBOT_CONVERSATION_EXPIRY", dt.timedelta(days=7), _duration
+    )
+    reminder_max_lateness: dt.timedelta = _var(
+        "SMSBOT_REMINDER_MAX_LATENESS", dt.timedelta(hours=6), _duration
+    )
+    max_segments: int = _var("SMSBOT_MAX_SEGMENTS", 6, _int(1, 255))
+    segment_policy: SegmentPolicy = _var("SMSBOT_SEGMENT_POLICY", "warn", _segment_policy)
+    smart_characters: bool = _var("SMSBOT_SMART_CHARACTERS", True, _bool)
+    flows_dir: Path = _var("SMSBOT_FLOWS_DIR", Path("flows"), Path)
+    templates_dir: Path = _var("SMSBOT_TEMPLATES_DIR", Path("templates"), Path)
+    log_level: str = _var("SMSBOT_LOG_LEVEL", "INFO", _log_level)
+    # Per-number settings from [numbers."+44…"] tables; the router validates them.
     numbers: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -336,17 +281,29 @@ class Settings:
         while a missing SMSBOT_CONFIG file is an error.
         """
         env = os.environ if environ is None else environ
-        _reject_unknown_env(env)
+        unknown = [n for n in env if n.startswith("SMSBOT_") and n not in _ENV_FIELDS]
+        if unknown := sorted(n for n in unknown if not _NOT_SETTINGS.fullmatch(n)):
+            names = "; ".join(_suggest(name, _ENV_FIELDS) for name in unknown)
+            raise ConfigError(
+                f"unknown environment variable {names}: fix the spelling or remove it"
+                " (docs/configuration.md lists every setting)"
+            )
         required = toml_path is None and bool(env.get("SMSBOT_CONFIG"))
         path = toml_path or (Path(env["SMSBOT_CONFIG"]) if required else DEFAULT_TOML)
         table = _read_toml(path, required=required)
         values: dict[str, Any] = {}
-        for env_name, name, convert in _VARS:
-            key = env_name.removeprefix(ENV_PREFIX).lower()
-            if text := env.get(env_name, "").strip():
-                values[name] = convert(env_name, text)
-            elif text := _toml_text(f"{key} in {path}", table.get(key, "")):
-                values[name] = convert(f"{key} in {path} ({env_name})", text)
+        for env_name, (name, convert) in _ENV_FIELDS.items():
+            label, text = env_name, env.get(env_name, "").strip()
+            if not text:
+                key = _toml_key(env_name)
+                label = f"{key} in {path} ({env_name})"
+                text = _toml_text(label, table.get(key, ""))
+            if text:
+                try:
+                    values[name] = convert(text)
+                except ValueError as exc:
+                    # secrets never fail to convert, so `text` is not one; URLs are masked
+                    raise ConfigError(f"{label} must be {exc}, got {_mask_url(text)!r}") from None
         if "numbers" in table:
             values["numbers"] = _numbers(path, table["numbers"])
         if "provider" not in values:
@@ -371,8 +328,8 @@ class Settings:
 
     @property
     def quiet_window(self) -> tuple[dt.time, dt.time] | None:
-        """Quiet hours as (start, end) local times; end < start means it spans midnight."""
-        return _parse_quiet(self.quiet_hours)
+        """Quiet hours as (start, end) local times, or None; end < start spans midnight."""
+        return _parse_quiet(self.quiet_hours) if self.quiet_hours else None
 
     def webhook_secrets(self) -> list[str]:
         """Secrets a webhook may be signed with: current, then previous (during a rotation)."""
@@ -383,7 +340,8 @@ class Settings:
 
     def check_serve(self) -> None:
         """Raise ConfigError if `smsbot serve` would accept webhooks it cannot verify."""
-        if not self.webhook_secret and not self.insecure_no_signature and self.provider != "sandbox":
+        unverified = not self.webhook_secret and not self.insecure_no_signature
+        if unverified and self.provider != "sandbox":
             raise ConfigError(
                 "SMSBOT_WEBHOOK_SECRET is not set: webhooks cannot be verified; set it or pass"
                 " --insecure-no-signature for local testing"
@@ -398,24 +356,22 @@ class Settings:
         return f"Settings({fields})"
 
 
-def _reject_unknown_env(env: Mapping[str, str]) -> None:
-    unknown = sorted(
-        name
-        for name in env
-        if name.startswith(ENV_PREFIX)
-        and name not in _ENV_NAMES
-        and name not in _ENV_NOT_SETTINGS
-        and not name.startswith(_ENV_NOT_SETTINGS_PREFIX)
-    )
-    if unknown:
-        raise ConfigError(
-            "unknown environment variable " + "; ".join(map(_suggest, unknown))
-            + ": fix the spelling or remove it (docs/configuration.md lists every setting)"
-        )  # fmt: skip
+def _toml_key(env: str) -> str:
+    """TOML keys are the variable names without the prefix, in lower case."""
+    return env.removeprefix("SMSBOT_").lower()
 
 
-def _suggest(name: str, known: list[str] = _ENV_NAMES) -> str:
-    close = difflib.get_close_matches(name, known, n=1)
+# environment variable -> (Settings field, converter)
+_ENV_FIELDS = {
+    f.metadata["env"]: (f.name, f.metadata["convert"])
+    for f in dataclasses.fields(Settings)
+    if f.metadata
+}
+_TOML_KEYS = [*map(_toml_key, _ENV_FIELDS), "numbers"]
+
+
+def _suggest(name: str, known: Mapping[str, object] | list[str]) -> str:
+    close = difflib.get_close_matches(name, list(known), n=1)
     return f"{name} (did you mean {close[0]}?)" if close else name
 
 
@@ -424,25 +380,21 @@ def _read_toml(path: Path, *, required: bool) -> dict[str, Any]:
         with path.open("rb") as file:
             table = tomllib.load(file)
     except FileNotFoundError:
-        if required:
-            raise ConfigError(
-                f"SMSBOT_CONFIG names {path}, which does not exist: fix the path or unset it"
-            ) from None
-        return {}
-    # `from None` throughout: the underlying errors can quote bytes of the file.
+        if not required:
+            return {}
+        raise ConfigError(f"SMSBOT_CONFIG names {path}, which does not exist") from None
+    # `from None` throughout: the underlying errors may quote bytes of the file.
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path} is not valid TOML: {exc}") from None
     except UnicodeDecodeError:
-        raise ConfigError(f"{path} is not valid TOML: it must be saved as UTF-8") from None
+        raise ConfigError(f"{path} is not valid TOML: save it as UTF-8") from None
     except OSError as exc:
         raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
-    for key in table:
-        if key not in _TOML_KEYS:
-            close = difflib.get_close_matches(key, _TOML_KEYS, n=1)
-            hint = f"did you mean {close[0]!r}? " if close else ""
-            raise ConfigError(
-                f"unknown key {key!r} in {path}: {hint}(docs/configuration.md lists every setting)"
-            )
+    if unknown := [key for key in table if key not in _TOML_KEYS]:
+        raise ConfigError(
+            f"unknown key {_suggest(unknown[0], _TOML_KEYS)} in {path}:"
+            " fix the spelling or remove it (docs/configuration.md lists every setting)"
+        )
     return table
 
 
@@ -451,12 +403,10 @@ def _toml_text(label: str, value: object) -> str:
         return "true" if value else "false"
     if isinstance(value, str | int | float):
         return str(value).strip()
-    raise ConfigError(f"{label} must be a string, number or boolean, not a TOML table or array")
+    raise ConfigError(f"{label} must be a string, number or boolean, not {type(value).__name__}")
 
 
 def _numbers(path: Path, value: object) -> Mapping[str, Mapping[str, Any]]:
     if not isinstance(value, dict) or not all(isinstance(v, dict) for v in value.values()):
-        raise ConfigError(
-            f'numbers in {path} must hold one table per number, like [numbers."+447700900100"]'
-        )
+        raise ConfigError(f'numbers in {path} must be tables like [numbers."+447700900100"]')
     return value

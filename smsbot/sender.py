@@ -2,8 +2,10 @@
 
 A message is claimed (outbox `inflight`, with a lease) in one short transaction, sent outside
 any transaction, and its outcome recorded in another. A process that dies mid-send leaves a
-lapsed lease; the message is then claimed again. That is the one crash window that can send
-twice, and the `clientReference` (our message id) lets the delivery receipt reconcile it.
+lapsed lease. A delivery receipt carrying the message's `clientReference` (our message id)
+proves the provider has it, and it is never sent again; without one, it is sent again once the
+lease and a grace period for late receipts (SMSBOT_RESEND_GRACE) have passed. Only a message
+the provider accepted but never sent a receipt for within that grace can go twice.
 """
 
 from __future__ import annotations
@@ -84,6 +86,7 @@ class Sender:
         batch_size: int = 500,
         rate_per_second: float = 10.0,
         lease_seconds: float = 30.0,
+        resend_grace: dt.timedelta = dt.timedelta(minutes=2),
         poll_interval: float = 0.2,
         give_up_after: dt.timedelta = dt.timedelta(hours=24),
         on_event: Callable[[], None] | None = None,
@@ -96,6 +99,7 @@ class Sender:
         self.batch_size = max(1, min(batch_size, provider.max_batch * 4))
         self.limiter = RateLimiter(rate_per_second)
         self.lease = dt.timedelta(seconds=lease_seconds)
+        self.resend_grace = resend_grace
         self.poll_interval = poll_interval
         self.give_up_after = give_up_after
         self.on_event = on_event
@@ -172,9 +176,19 @@ class Sender:
         m = messages_t
         pending = m.c.outbox == OutboxState.PENDING.value
         async with self.db.session() as s, s.begin():
-            await s.execute(  # claims of a process that died lapse and are taken again
+            lapsed = and_(m.c.outbox == OutboxState.INFLIGHT.value, m.c.lease_until < now)
+            # A claim whose process died. If a receipt (matched by clientReference) has moved
+            # the status on, the provider has the message: it must not go again. With no
+            # receipt we cannot tell whether the call got through, so wait `resend_grace` for
+            # one (the provider retries receipts) before sending it again.
+            await s.execute(
                 update(m)
-                .where(m.c.outbox == OutboxState.INFLIGHT.value, m.c.lease_until < now)
+                .where(lapsed, m.c.status != DeliveryStatus.QUEUED.value)
+                .values(outbox=OutboxState.DONE.value)
+            )
+            await s.execute(
+                update(m)
+                .where(lapsed, m.c.lease_until < now - self.resend_grace)
                 .values(outbox=OutboxState.PENDING.value)
             )
             opted_out = exists().where(

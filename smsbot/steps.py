@@ -112,7 +112,13 @@ class EchoHandler:
         """Echo inbound text back; ignore every other event."""
         result = StepResult.unchanged(convo)
         if event.kind is EventKind.INBOUND:
-            n = int(convo.data.get("seen", 0)) + 1
-            result.data = {**convo.data, "seen": n}
-            result.replies.append(OutgoingSms(f"You said: {event.payload['body']}", Origin.REPLY))
+            body = str(event.payload["body"])
+            # `seen` and `recent` let a test prove steps ran once each, in arrival order
+            recent = [*convo.data.get("recent", []), body][-50:]
+            result.data = {
+                **convo.data,
+                "seen": int(convo.data.get("seen", 0)) + 1,
+                "recent": recent,
+            }
+            result.replies.append(OutgoingSms(f"You said: {body}", Origin.REPLY))
         return result

@@ -315,3 +315,64 @@ async def test_healthz_and_metrics(harness: Harness) -> None:
     assert "smsbot_messages_sent_total 1" in text
     assert 'smsbot_queue_depth{queue="inbox"} 0' in text
     assert "smsbot_step_seconds_count 1" in text
+
+
+async def test_legacy_puresms_receipts_need_the_url_token_and_apply_in_batches(
+    db_url: str, sandbox: Sandbox, aiohttp_client: Any
+) -> None:
+    clock = VirtualClock(T0)
+    bot = await make_bot(db_url, sandbox, EchoHandler(), clock,
+                         SMSBOT_PURESMS_WEBHOOK_TOKEN="tok-123")
+    client = await aiohttp_client(create_app(bot, run_workers=False))
+    h = Harness(bot, client, sandbox, clock)
+    await h.post(inbound_body("evt_p", "hi"))
+    await bot.run_until_idle()
+    async with bot.db.session() as s:
+        out_id = (
+            await s.execute(select(messages_t.c.id).where(messages_t.c.direction == "out"))
+        ).scalar_one()
+    batch = (
+        '[{"reference":"R1","clientReference":"%s","batchReference":null,"deliveryStatus":1},'
+        ' {"reference":"R1","clientReference":"%s","batchReference":null,"deliveryStatus":2}]'
+        % (out_id, out_id)
+    ).encode()
+    assert (await client.post("/webhooks/puresms/wrong", data=batch)).status == 401
+    resp = await client.post("/webhooks/puresms/tok-123", data=batch)
+    assert resp.status == 200
+    assert (await resp.json())["new"] == 2
+    assert (await client.post("/webhooks/puresms/tok-123", data=batch)).status == 200  # replay
+    await bot.run_until_idle()
+    async with bot.db.session() as s:
+        row = (await s.execute(select(messages_t).where(messages_t.c.id == out_id))).one()
+        receipts = (
+            await s.execute(select(events_t.c.id).where(events_t.c.kind == "receipt"))
+        ).all()
+    assert row.status == DeliveryStatus.DELIVERED
+    assert row.provider_message_id == "R1"
+    assert len(receipts) == 2
+    bad = b'[{"reference":"R1","deliveryStatus":12}]'
+    resp = await client.post("/webhooks/puresms/tok-123", data=bad)
+    assert resp.status == 400
+    assert "deliveryStatus" in (await resp.json())["error"]
+
+
+async def test_storage_down_answers_503_so_the_provider_retries(
+    sandbox: Sandbox, aiohttp_client: Any, tmp_path: Any
+) -> None:
+    from smsbot.bot import Bot
+    from smsbot.providers.divergent import DivergentClient
+    from smsbot.store.engine import Database
+    from tests.support import settings_for
+
+    down = "postgresql+asyncpg://postgres@127.0.0.1:1/nowhere"  # nothing listens on port 1
+    assert sandbox.url is not None
+    settings = settings_for(down, sandbox.url)
+    clock = VirtualClock(T0)
+    bot = Bot(settings, provider=DivergentClient("k", sandbox.url), handler=EchoHandler(),
+              clock=clock, db=Database(down))
+    client = await aiohttp_client(create_app(bot, run_workers=False))
+    assert (await client.get("/healthz")).status == 503
+    body = inbound_body("evt_down")
+    resp = await client.post("/webhooks/divergent", data=body, headers=signed(body, clock))
+    assert resp.status == 503
+    assert "retry" in (await resp.json())["error"]

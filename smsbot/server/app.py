@@ -7,6 +7,7 @@ import logging
 from collections.abc import AsyncIterator
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from smsbot.bot import Bot
 from smsbot.server import health, webhooks
@@ -16,7 +17,7 @@ log = logging.getLogger(__name__)
 
 
 @web.middleware
-async def json_errors(request: web.Request, handler: web.Handler) -> web.StreamResponse:
+async def json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Turn aiohttp's plain-text HTTP errors (404, 405, 413) into JSON with a reason."""
     try:
         return await handler(request)

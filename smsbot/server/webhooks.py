@@ -71,8 +71,10 @@ async def puresms_webhook(request: web.Request) -> web.Response:
     bot = request.app[BOT]
     expected = bot.settings.puresms_webhook_token
     given = request.match_info.get("token", "")
+    if expected is None:
+        return problem(404, "the legacy receipts route is off: set SMSBOT_PURESMS_WEBHOOK_TOKEN")
     # The legacy API signs nothing, so the URL carries a secret token; compare in constant time.
-    if expected is None or not hmac.compare_digest(given.encode(), expected.get().encode()):
+    if not hmac.compare_digest(given.encode(), expected.get().encode()):
         bot.metrics.inc("smsbot_webhooks_total", source="puresms", result="unauthorized")
         return problem(
             401, "unknown receipts token; the URL must end with SMSBOT_PURESMS_WEBHOOK_TOKEN"

@@ -1,0 +1,7 @@
+"""`python -m smsbot` runs the CLI."""
+
+import sys
+
+from smsbot.cli import main
+
+sys.exit(main())

@@ -1,0 +1,63 @@
+"""`smsbot serve`: migrate, assemble the bot, serve until SIGTERM, stop cleanly."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from smsbot.assembly import SANDBOX_API_KEY, build_handler, build_provider
+from smsbot.bot import Bot
+from smsbot.config import Settings
+from smsbot.sandbox import Sandbox
+from smsbot.server.app import create_app
+from smsbot.steps import EchoHandler, StepHandler
+from smsbot.store.migrate import upgrade
+
+log = logging.getLogger("smsbot")
+
+SHUTDOWN_TIMEOUT = 2.0  # aiohttp's wait for open requests; the bot then gets the rest of 10 s
+
+
+def serve(settings: Settings, *, echo: bool = False) -> None:
+    """Run smsbot in the foreground on settings.host:settings.port until SIGINT/SIGTERM."""
+    settings.check_serve()
+    upgrade(settings.sync_database_url)  # `make run` needs no manual migration step
+    handler: StepHandler = EchoHandler() if echo else build_handler(settings)
+    web.run_app(
+        _app(settings, handler),
+        host=settings.host,
+        port=settings.port,
+        shutdown_timeout=SHUTDOWN_TIMEOUT,
+        access_log=None,
+        print=lambda text: log.info("%s", text.strip()),
+    )
+
+
+async def _app(settings: Settings, handler: StepHandler) -> web.Application:
+    sandbox: Sandbox | None = None
+    sandbox_url = None
+    if settings.provider == "sandbox":
+        webhook_host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host  # noqa: S104
+        sandbox = Sandbox(
+            api_key=SANDBOX_API_KEY,
+            webhook_url=f"http://{webhook_host}:{settings.port}/webhooks/divergent",
+            webhook_secret=settings.webhook_secrets()[0],
+        )
+        sandbox_url = await sandbox.start("127.0.0.1", settings.sandbox_port)
+        log.info(
+            "sandbox provider on %s: text the bot with POST %s/sandbox/inbound",
+            sandbox_url,
+            sandbox_url,
+        )
+    bot = Bot(settings, provider=build_provider(settings, sandbox_url=sandbox_url), handler=handler)
+    app = create_app(bot)
+
+    async def sandbox_lifecycle(_app: web.Application) -> AsyncIterator[None]:
+        yield
+        if sandbox is not None:
+            await sandbox.stop()
+
+    app.cleanup_ctx.insert(0, sandbox_lifecycle)  # stopped after the bot
+    return app
