@@ -7,7 +7,7 @@ from smsbot.providers.base import SmsProvider
 from smsbot.providers.divergent import DivergentClient
 from smsbot.providers.puresms import PureSmsClient
 from smsbot.providers.retry import RetryPolicy
-from smsbot.steps import EchoHandler, StepHandler
+from smsbot.steps import StepHandler
 
 SANDBOX_API_KEY = "sandbox"
 
@@ -31,11 +31,15 @@ def build_provider(
         )
     if settings.provider == "divergent":
         assert settings.divergent_api_key is not None
-        return DivergentClient(settings.divergent_api_key.get(), settings.divergent_url, retry=retry)
+        return DivergentClient(
+            settings.divergent_api_key.get(), settings.divergent_url, retry=retry
+        )
     url = sandbox_url or f"http://127.0.0.1:{settings.sandbox_port}"
     return DivergentClient(SANDBOX_API_KEY, url, retry=retry)
 
 
 def build_handler(settings: Settings) -> StepHandler:
     """Return the step handler that runs the flows under settings.flows_dir."""
-    return EchoHandler()
+    from smsbot.runtime import FlowRuntime  # loads user code: only when serving
+
+    return FlowRuntime.from_settings(settings)

@@ -6,9 +6,11 @@ import argparse
 import asyncio
 import logging
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
+from pathlib import Path
 
 from smsbot.config import ConfigError, Settings
+from smsbot.flowloader import FlowLoadError
 from smsbot.operator import OperatorError
 
 log = logging.getLogger("smsbot")
@@ -95,6 +97,34 @@ def _cmd_events_retry(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_check(args: argparse.Namespace) -> int:
+    from smsbot.runtime import FlowRuntime
+
+    settings = Settings.from_env()
+    runtime = FlowRuntime.from_settings(settings)
+    names = ", ".join(sorted(runtime.flows)) or "none"
+    print(f"configuration OK; provider {settings.provider}; flows: {names}")
+    return 0
+
+
+def _cmd_start(args: argparse.Namespace) -> int:
+    from smsbot.bulk_cli import start_from_csv
+
+    settings = Settings.from_env()
+    if args.sender:
+        settings = settings.replace(default_sender=args.sender)
+    print(asyncio.run(start_from_csv(settings, args.flow, args.csv, args.skip_invalid)))
+    return 0
+
+
+def _cmd_chat(args: argparse.Namespace) -> int:
+    from smsbot.chat import run_chat
+
+    settings = Settings.from_env()
+    asyncio.run(run_chat(settings, flow=args.flow, phone=args.phone, data=args.data))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Return the argument parser for every subcommand."""
     parser = argparse.ArgumentParser(
@@ -139,13 +169,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("event_id", type=int)
     p.set_defaults(func=_cmd_events_retry)
 
-    for register in _EXTRA_COMMANDS:
-        register(sub)
+    p = sub.add_parser("start", help="start a flow for every row of a CSV file")
+    p.add_argument("flow", help="the flow's name, e.g. appointment")
+    p.add_argument("--csv", required=True, type=Path, help="header row: to[,from],data columns…")
+    p.add_argument("--from", dest="sender", help="sender for rows without a 'from' column")
+    p.add_argument("--skip-invalid", action="store_true", help="start the good rows anyway")
+    p.set_defaults(func=_cmd_start)
+
+    p = sub.add_parser("chat", help="talk to your flows from the terminal, through the sandbox")
+    p.add_argument("--flow", help="start this flow first (as the operator API would)")
+    p.add_argument("--as", dest="phone", default="+447700900123", help="your phone number")
+    p.add_argument("--data", default="{}", help="JSON data for --flow")
+    p.set_defaults(func=_cmd_chat)
+
+    p = sub.add_parser("check", help="load settings, flows and templates; report problems")
+    p.set_defaults(func=_cmd_check)
     return parser
-
-
-# Commands that live in their own modules add themselves here (chat, start, check).
-_EXTRA_COMMANDS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]] = []
 
 
 def _logging(level: str) -> None:
@@ -165,7 +204,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         code: int = args.func(args)
         return code
-    except (ConfigError, UsageError, OperatorError) as exc:
+    except (ConfigError, UsageError, OperatorError, FlowLoadError) as exc:
         print(f"smsbot: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

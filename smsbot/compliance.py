@@ -14,6 +14,7 @@ import enum
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from smsbot.config import ConfigError
 from smsbot.keywords import first_word, normalize_keyword
 
 __all__ = ["ComplianceAction", "ComplianceConfigError", "ComplianceRules"]
@@ -29,9 +30,7 @@ OPT_OUT_TEXT = (
     "You have been unsubscribed from {service} and will receive no more messages."
     " Reply START to resubscribe."
 )
-OPT_IN_TEXT = (
-    "You are subscribed to {service} again. Reply HELP for help or STOP to unsubscribe."
-)
+OPT_IN_TEXT = "You are subscribed to {service} again. Reply HELP for help or STOP to unsubscribe."
 HELP_TEXT = "{service}: automated messages. Reply STOP to unsubscribe, START to resubscribe."
 SERVICE = "this service"
 
@@ -39,7 +38,7 @@ _WORD_KEYS = ("opt_out_words", "soft_opt_out_words", "opt_in_words", "help_words
 _TEXT_KEYS = ("opt_out_text", "opt_in_text", "help_text", "service")
 
 
-class ComplianceConfigError(ValueError):
+class ComplianceConfigError(ConfigError):
     """A [numbers."…".compliance] table is invalid; the message names the key and the fix."""
 
 
@@ -121,9 +120,7 @@ class ComplianceRules:
     def looks_like_opt_out(self, normalized: str) -> bool:
         """Whether a message that is not itself an opt-out word starts with one ("stop please")."""
         words = self.opt_out_words | self.soft_opt_out_words
-        return normalized not in words and first_word(normalized) in {
-            first_word(w) for w in words
-        }
+        return normalized not in words and first_word(normalized) in {first_word(w) for w in words}
 
     def text_for(self, action: ComplianceAction) -> str:
         """The answer to `action`, with {service} filled in."""

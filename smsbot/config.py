@@ -181,7 +181,8 @@ def _parse_quiet(text: str) -> tuple[dt.time, dt.time]:
 _DURATION = re.compile(r"(?:([0-9]{1,6})d)?(?:([0-9]{1,7})h)?(?:([0-9]{1,9})m)?(?:([0-9]{1,10})s)?")
 
 
-def _duration(text: str) -> dt.timedelta:
+def parse_duration(text: str) -> dt.timedelta:
+    """Parse "7d", "12h", "30m", "3600s", "1d12h" or bare seconds; ValueError if not positive."""
     # Bare digits are seconds only on their own: "1h30" is likelier a typo than 1h + 30s.
     match = _DURATION.fullmatch(text.lower() + ("s" if text.isdecimal() else ""))
     days, hours, minutes, seconds = (int(g or 0) for g in match.groups()) if match else (0,) * 4
@@ -236,7 +237,9 @@ class Settings:
     workers: int = _var("SMSBOT_WORKERS", 8, _int(1, 256))
     step_max_attempts: int = _var("SMSBOT_STEP_MAX_ATTEMPTS", 5, _int(1, 100))
     lease_seconds: float = _var("SMSBOT_LEASE_SECONDS", 30.0, _positive_float)
-    resend_grace: dt.timedelta = _var("SMSBOT_RESEND_GRACE", dt.timedelta(minutes=2), _duration)
+    resend_grace: dt.timedelta = _var(
+        "SMSBOT_RESEND_GRACE", dt.timedelta(minutes=2), parse_duration
+    )
     send_rate_per_second: float = _var("SMSBOT_SEND_RATE", 10.0, _positive_float)
     # 15,000 is the provider's limit for one bulk call
     send_batch_size: int = _var("SMSBOT_SEND_BATCH", 500, _int(1, 15_000))
@@ -244,10 +247,10 @@ class Settings:
     quiet_hours: str = _var("SMSBOT_QUIET_HOURS", "", _quiet_hours)
     default_timezone: str = _var("SMSBOT_DEFAULT_TIMEZONE", "Europe/London", _timezone)
     conversation_expiry: dt.timedelta = _var(
-        "SMSBOT_CONVERSATION_EXPIRY", dt.timedelta(days=7), _duration
+        "SMSBOT_CONVERSATION_EXPIRY", dt.timedelta(days=7), parse_duration
     )
     reminder_max_lateness: dt.timedelta = _var(
-        "SMSBOT_REMINDER_MAX_LATENESS", dt.timedelta(hours=6), _duration
+        "SMSBOT_REMINDER_MAX_LATENESS", dt.timedelta(hours=6), parse_duration
     )
     max_segments: int = _var("SMSBOT_MAX_SEGMENTS", 6, _int(1, 255))
     segment_policy: SegmentPolicy = _var("SMSBOT_SEGMENT_POLICY", "warn", _segment_policy)

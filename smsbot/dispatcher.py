@@ -321,7 +321,9 @@ class Dispatcher:
         self, s: AsyncSession, row: Any, exc: BaseException, now: dt.datetime
     ) -> bool:
         attempts = int(row.attempts) + 1
-        parked: bool = attempts >= self.max_attempts
+        # An error that says it will never succeed (e.g. a rejected start) is parked at once.
+        retryable = getattr(exc, "retryable", True)
+        parked: bool = attempts >= self.max_attempts or retryable is False
         error = f"{type(exc).__name__}: {exc}"[:2000]
         log.warning(
             "event %s (%s) failed, attempt %d/%d: %s",

@@ -148,7 +148,7 @@ class State:
         return normalized in self.keywords
 
     def select(self, msg: Message) -> tuple[Handler, Message] | None:
-        """Pick the handler for `msg`: keywords, then regexes and predicates in order, then otherwise."""
+        """Pick the handler: keywords, then regexes and predicates in order, then otherwise."""
         if (word := match_keyword(msg.normalized, self.keywords)) is not None:
             return self.keywords[word], msg
         for rule in self.rules:
@@ -183,12 +183,30 @@ class Flow:
         cls.states = states
 
     @classmethod
+    def check_start_data(cls, data: Mapping[str, Any]) -> None:
+        """Raise ValueError if `data` cannot start this flow (checked before a START is queued)."""
+        if missing := [key for key in cls.required_data if key not in data]:
+            raise ValueError(f"flow {cls.name!r} needs data {', '.join(missing)} to start")
+
+    @classmethod
     def initial_state(cls) -> State:
         """The one state marked initial=True."""
         initial = [s for s in cls.states.values() if s.initial]
         if len(initial) != 1:
             raise FlowError(f"flow {cls.name!r} needs exactly one State(initial=True)")
         return initial[0]
+
+    def next_state(self, value: object, handler: str) -> State | None:
+        """Check what `handler` returned: one of this flow's States, or None to stay."""
+        if value is None or (isinstance(value, State) and value in self.states.values()):
+            return value
+        where = f"{type(self).__name__}.{handler}"
+        if isinstance(value, str) and value in self.states:
+            raise FlowError(f"{where} returned {value!r}: return self.{value} (a State) instead")
+        raise FlowError(
+            f"{where} returned {value!r}, which is not a State of flow {self.name!r}:"
+            f" return one of self.{', self.'.join(self.states)} or None to stay"
+        )
 
     async def start(self, convo: Conversation) -> State | None:
         """Run when the flow begins; return a state to go to instead of the initial one."""
@@ -200,10 +218,6 @@ class Flow:
     async def on_send_failed(self, convo: Conversation, error: str) -> State | None:
         """Run when a reply of this conversation could not be sent."""
         return None
-
-
-# Names every template can use besides the conversation data and the call's own variables.
-ALWAYS_AVAILABLE = frozenset({"phone", "virtual_number", "now"})
 
 
 def _json(value: object, what: str) -> None:
@@ -290,15 +304,16 @@ class Conversation:
     async def reply(self, template: str, **variables: Any) -> None:
         """Render `template` (under templates/) now and queue it to the contact."""
         rendered = self._templates.render(template, self.context(variables), timezone=self._zone)
-        self.send(rendered.text, self.origin)
+        self._send(rendered.text)
 
     async def say(self, text: str) -> None:
         """Queue plain text (no template) to the contact."""
-        self.send(self._templates.check_text(text).text, self.origin)
+        self._send(self._templates.check_text(text).text)
 
-    def send(self, text: str, origin: Origin) -> None:
-        """Queue rendered text with `origin`; quiet hours may set its send_after."""
-        self.outbox.append(OutgoingSms(text, origin, send_after=self._defer(origin, self._zone)))
+    def _send(self, text: str) -> None:
+        # Quiet hours may hold it back, depending on why it is sent (its origin).
+        send_after = self._defer(self.origin, self._zone)
+        self.outbox.append(OutgoingSms(text, self.origin, send_after=send_after))
 
     def remind(
         self, template: str, *, at: dt.datetime, name: str = "reminder", **variables: Any

@@ -18,7 +18,7 @@ _APOSTROPHES = frozenset("'\u2018\u2019\u02bc`\u00b4")
 
 
 def normalize_text(text: str) -> str:
-    """Casefold, drop punctuation and symbols, and collapse whitespace: " Yes, PLEASE! " -> "yes please"."""
+    """Casefold, drop punctuation and symbols, collapse spaces: " Yes, PLEASE! " -> "yes please"."""
     # NFKC first so full-width letters and compatibility forms match their plain spelling.
     folded = unicodedata.normalize("NFKC", text).casefold()
     out: list[str] = []

@@ -21,14 +21,14 @@ import enum
 from collections.abc import Mapping
 from typing import Any
 
-from smsbot.compliance import ComplianceAction, ComplianceConfigError, ComplianceRules
+from smsbot.compliance import ComplianceAction, ComplianceRules
 from smsbot.config import ConfigError, Settings
-from smsbot.flow import Flow, State
+from smsbot.flow import Flow, FlowError, State
 from smsbot.keywords import match_keyword, normalize_keyword
 from smsbot.phone import PhoneNumberError, normalize
 from smsbot.quiet_hours import Window, parse_window
 
-__all__ = ["NumberBinding", "Route", "RouteKind", "Router"]
+__all__ = ["NumberBinding", "Route", "RouteKind", "Router", "StartRequest"]
 
 DEFAULT_CATCH_ALL = "keywords"
 NUMBER_KEYS = ("flows", "keywords", "catch_all", "quiet_hours", "compliance")
@@ -62,6 +62,15 @@ class NumberBinding:
     catch_all: str | None
     quiet_window: Window | None
     compliance: ComplianceRules
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class StartRequest:
+    """A checked START: which flow, with what data, and what to do if one is running."""
+
+    flow: str
+    data: dict[str, Any]
+    policy: str  # interrupt | reject
 
 
 def _suggest(name: str, known: list[str]) -> str:
@@ -114,6 +123,25 @@ class Router:
             return Route(RouteKind.CATCH_ALL, flow=binding.catch_all)
         return Route(RouteKind.IGNORE)
 
+    def check_start(self, binding: NumberBinding, payload: Mapping[str, Any]) -> StartRequest:
+        """Check a START event's payload against the loaded flows and the number's bindings."""
+        name, data = payload.get("flow"), payload.get("data")
+        data = {} if data is None else data
+        policy = payload.get("policy") or "interrupt"
+        if policy not in ("interrupt", "reject"):
+            raise FlowError(f'START policy must be "interrupt" or "reject", got {policy!r}')
+        if not isinstance(name, str) or name not in self._flows:
+            raise FlowError(f"cannot start flow {_suggest(str(name), list(self._flows))}")
+        if name not in binding.flows:
+            raise FlowError(f"flow {name!r} is not bound to this number (see its flows setting)")
+        if not isinstance(data, dict):
+            raise FlowError(f"START data for flow {name!r} must be a JSON object")
+        try:
+            self._flows[name].check_start_data(data)
+        except (ValueError, TypeError, KeyError) as exc:
+            raise FlowError(f"cannot start flow {name!r}: {exc}") from None
+        return StartRequest(name, data, policy)
+
     # --- building bindings from config --------------------------------------------------------
 
     def _flow_name(self, where: str, name: object) -> str:
@@ -129,12 +157,9 @@ class Router:
                 raise ConfigError(
                     f"unknown key {key!r}{hint} in {where}: use {', '.join(NUMBER_KEYS)}"
                 )
-        try:
-            compliance = ComplianceRules.from_config(
-                table.get("compliance"), where=f"{where}.compliance"
-            )
-        except ComplianceConfigError as exc:
-            raise ConfigError(str(exc)) from None
+        compliance = ComplianceRules.from_config(
+            table.get("compliance"), where=f"{where}.compliance"
+        )
         flows = self._bound_flows(where, table.get("flows"))
         keywords = self._keywords(where, flows, table.get("keywords", {}), compliance)
         catch_all = table.get("catch_all")

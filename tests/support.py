@@ -27,8 +27,9 @@ VN = "+447700900100"
 PHONE = "+447700900123"
 
 
-def inbound_body(event_id: str | None = None, text: str = "hi", sender: str = PHONE,
-                 to: str = VN) -> bytes:
+def inbound_body(
+    event_id: str | None = None, text: str = "hi", sender: str = PHONE, to: str = VN
+) -> bytes:
     """Return an eventType 2 envelope, compact JSON as the provider sends it."""
     event_id = event_id or f"evt_{uuid.uuid4().hex}"
     envelope = {
@@ -47,8 +48,12 @@ def inbound_body(event_id: str | None = None, text: str = "hi", sender: str = PH
     return json.dumps(envelope, separators=(",", ":")).encode()
 
 
-def receipt_body(client_reference: str | None, status: str, event_id: str | None = None,
-                 message_id: str | None = None) -> bytes:
+def receipt_body(
+    client_reference: str | None,
+    status: str,
+    event_id: str | None = None,
+    message_id: str | None = None,
+) -> bytes:
     """Return an eventType 1 envelope."""
     envelope = {
         "id": event_id or f"evt_dr_{uuid.uuid4().hex}",
@@ -122,14 +127,15 @@ class Harness:
             return int((await s.execute(select(func.count()).select_from(events_t))).scalar_one())
 
 
-async def make_bot(db_url: str, sandbox: Sandbox, handler: StepHandler, clock: Clock,
-                   **extra: str) -> Bot:
+async def make_bot(
+    db_url: str, sandbox: Sandbox, handler: StepHandler, clock: Clock, **extra: str
+) -> Bot:
     """A Bot on a fresh schema that sends to `sandbox`."""
     assert sandbox.url is not None
     settings = settings_for(db_url, sandbox.url, **extra)
     db = Database(db_url)
     await db.create_all()
-    provider = DivergentClient(API_KEY, sandbox.url, timeout=2.0,
-                               retry=RetryPolicy(attempts=2, sleep=no_sleep))
-    return Bot(settings, provider=provider, handler=handler, clock=clock, db=db,
-               poll_interval=0.01)
+    provider = DivergentClient(
+        API_KEY, sandbox.url, timeout=2.0, retry=RetryPolicy(attempts=2, sleep=no_sleep)
+    )
+    return Bot(settings, provider=provider, handler=handler, clock=clock, db=db, poll_interval=0.01)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import json
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -11,8 +12,8 @@ import pytest
 from sqlalchemy import select
 
 from smsbot.clock import VirtualClock
-from smsbot.server.app import create_app
 from smsbot.sandbox import Sandbox
+from smsbot.server.app import create_app
 from smsbot.status import DeliveryStatus
 from smsbot.steps import (
     ConversationSnapshot,
@@ -218,7 +219,7 @@ async def test_delivery_receipts_move_status_forward_never_back(harness: Harness
     assert (await harness.post(late)).status == 200
     await harness.bot.run_until_idle()
     async with harness.bot.db.session() as s:
-        again = (await s.execute(select(messages_t.c.status).where(messages_t.c.id == out.id)))
+        again = await s.execute(select(messages_t.c.status).where(messages_t.c.id == out.id))
         assert again.scalar_one() == DeliveryStatus.DELIVERED
 
 
@@ -247,7 +248,9 @@ async def test_provider_outage_then_recovery_sends_each_reply_once(harness: Harn
     harness.clock.advance(dt.timedelta(minutes=2))
     await harness.bot.run_until_idle()
     assert sorted(m.content for m in harness.sandbox.messages) == [
-        "You said: o0", "You said: o1", "You said: o2",
+        "You said: o0",
+        "You said: o1",
+        "You said: o2",
     ]
     harness.clock.advance(dt.timedelta(hours=1))
     await harness.bot.run_until_idle()
@@ -283,8 +286,9 @@ async def test_a_permanent_provider_error_fails_the_message_and_tells_the_flow(
 class Exploding:
     """A handler that always raises: the event is retried, then parked."""
 
-    async def handle(self, event: DispatchEvent, convo: ConversationSnapshot,
-                     now: dt.datetime) -> StepResult:
+    async def handle(
+        self, event: DispatchEvent, convo: ConversationSnapshot, now: dt.datetime
+    ) -> StepResult:
         raise RuntimeError("flow bug")
 
 
@@ -321,8 +325,9 @@ async def test_legacy_puresms_receipts_need_the_url_token_and_apply_in_batches(
     db_url: str, sandbox: Sandbox, aiohttp_client: Any
 ) -> None:
     clock = VirtualClock(T0)
-    bot = await make_bot(db_url, sandbox, EchoHandler(), clock,
-                         SMSBOT_PURESMS_WEBHOOK_TOKEN="tok-123")
+    bot = await make_bot(
+        db_url, sandbox, EchoHandler(), clock, SMSBOT_PURESMS_WEBHOOK_TOKEN="tok-123"
+    )
     client = await aiohttp_client(create_app(bot, run_workers=False))
     h = Harness(bot, client, sandbox, clock)
     await h.post(inbound_body("evt_p", "hi"))
@@ -331,10 +336,16 @@ async def test_legacy_puresms_receipts_need_the_url_token_and_apply_in_batches(
         out_id = (
             await s.execute(select(messages_t.c.id).where(messages_t.c.direction == "out"))
         ).scalar_one()
-    batch = (
-        '[{"reference":"R1","clientReference":"%s","batchReference":null,"deliveryStatus":1},'
-        ' {"reference":"R1","clientReference":"%s","batchReference":null,"deliveryStatus":2}]'
-        % (out_id, out_id)
+    batch = json.dumps(
+        [
+            {
+                "reference": "R1",
+                "clientReference": out_id,
+                "batchReference": None,
+                "deliveryStatus": status,
+            }
+            for status in (1, 2)
+        ]
     ).encode()
     assert (await client.post("/webhooks/puresms/wrong", data=batch)).status == 401
     resp = await client.post("/webhooks/puresms/tok-123", data=batch)
@@ -368,8 +379,13 @@ async def test_storage_down_answers_503_so_the_provider_retries(
     assert sandbox.url is not None
     settings = settings_for(down, sandbox.url)
     clock = VirtualClock(T0)
-    bot = Bot(settings, provider=DivergentClient("k", sandbox.url), handler=EchoHandler(),
-              clock=clock, db=Database(down))
+    bot = Bot(
+        settings,
+        provider=DivergentClient("k", sandbox.url),
+        handler=EchoHandler(),
+        clock=clock,
+        db=Database(down),
+    )
     client = await aiohttp_client(create_app(bot, run_workers=False))
     assert (await client.get("/healthz")).status == 503
     body = inbound_body("evt_down")

@@ -34,8 +34,9 @@ def _sync(url: str) -> str:
     return url.replace("+aiosqlite", "").replace("+asyncpg", "+psycopg")
 
 
-async def _post_phone(http: aiohttp.ClientSession, urls: list[str], phone: int, n: int,
-                      accepted: list[str]) -> None:
+async def _post_phone(
+    http: aiohttp.ClientSession, urls: list[str], phone: int, n: int, accepted: list[str]
+) -> None:
     """One phone texting n times, each after the previous was acknowledged (as a phone does)."""
     for j in range(n):
         event_id = f"evt_p{phone:03d}_m{j:02d}"
@@ -99,8 +100,10 @@ async def test_two_processes_share_one_postgres_database(
         phones, n = 100, 10
         async with aiohttp.ClientSession() as http:
             await asyncio.gather(
-                *(_post_phone(http, [s.url for s in servers], p, n, accepted)
-                  for p in range(phones))
+                *(
+                    _post_phone(http, [s.url for s in servers], p, n, accepted)
+                    for p in range(phones)
+                )
             )
         assert len(accepted) == phones * n
         await _wait_for(lambda: len(sandbox.messages) >= phones * n, 120)

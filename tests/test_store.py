@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import os
+import subprocess
+import sys
 
 import pytest
 from alembic.autogenerate import compare_metadata
@@ -12,6 +15,7 @@ from sqlalchemy import create_engine, inspect
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import SQLModel, select
 
+from smsbot.status import DeliveryStatus
 from smsbot.store.engine import Database
 from smsbot.store.migrate import upgrade
 from smsbot.store.models import (
@@ -22,7 +26,6 @@ from smsbot.store.models import (
     OutboxState,
     WebhookEvent,
 )
-from smsbot.status import DeliveryStatus
 
 T0 = dt.datetime(2026, 1, 15, 9, 0, tzinfo=dt.UTC)
 
@@ -75,8 +78,9 @@ async def test_naive_datetimes_are_refused(db: Database) -> None:
 
 async def test_inbox_is_unique_by_source_and_event_id(db: Database) -> None:
     def event() -> WebhookEvent:
-        return WebhookEvent(source="divergent", event_id="evt_1", kind=EventKind.INBOUND,
-                            received_at=T0)
+        return WebhookEvent(
+            source="divergent", event_id="evt_1", kind=EventKind.INBOUND, received_at=T0
+        )
 
     async with db.session() as s, s.begin():
         s.add(event())
@@ -97,3 +101,27 @@ async def test_conversation_data_is_json(db: Database) -> None:
 
 async def test_ping(db: Database) -> None:
     assert await db.ping() is True
+
+
+@pytest.mark.postgres
+def test_concurrent_upgrades_from_several_processes_take_turns(pg_database: str) -> None:
+    # several `smsbot serve` replicas start at once; each runs the migrations
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SMSBOT_")}
+    env["SMSBOT_DATABASE_URL"] = pg_database
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "smsbot", "db", "upgrade"],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+        for _ in range(3)
+    ]
+    outputs = [p.communicate(timeout=60)[0].decode() for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], outputs
+    engine = create_engine(pg_database.replace("postgresql://", "postgresql+psycopg://"))
+    try:
+        with engine.connect() as conn:
+            assert "webhook_events" in inspect(conn).get_table_names()
+    finally:
+        engine.dispose()

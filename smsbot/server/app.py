@@ -11,6 +11,7 @@ from aiohttp.typedefs import Handler
 
 from smsbot.bot import Bot
 from smsbot.server import health, webhooks
+from smsbot.server.api import create_api
 from smsbot.server.keys import BOT
 
 log = logging.getLogger(__name__)
@@ -36,6 +37,7 @@ def create_app(bot: Bot, *, run_workers: bool = True) -> web.Application:
     app.router.add_post("/webhooks/puresms/{token}", webhooks.puresms_webhook)
     app.router.add_get("/healthz", health.healthz)
     app.router.add_get("/metrics", health.metrics)
+    app.add_subapp("/api", create_api())
 
     async def lifecycle(_app: web.Application) -> AsyncIterator[None]:
         if bot.settings.insecure_no_signature:

@@ -6,8 +6,11 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
+from sqlalchemy import create_engine, pool, text
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+# Several `smsbot serve` processes may start at once; on PostgreSQL they take turns.
+MIGRATION_LOCK_KEY = 0x736D73626F74  # "smsbot"
 
 
 def alembic_config(sync_url: str) -> Config:
@@ -20,4 +23,21 @@ def alembic_config(sync_url: str) -> Config:
 
 def upgrade(sync_url: str, revision: str = "head") -> None:
     """Bring the database at `sync_url` up to `revision` (blocking: call it off the event loop)."""
-    command.upgrade(alembic_config(sync_url), revision)
+    cfg = alembic_config(sync_url)
+    if not sync_url.startswith("postgresql"):
+        command.upgrade(cfg, revision)
+        return
+    engine = create_engine(sync_url, poolclass=pool.NullPool)
+    try:
+        with engine.connect() as conn:
+            conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": MIGRATION_LOCK_KEY})
+            conn.commit()
+            try:
+                cfg.attributes["connection"] = conn
+                command.upgrade(cfg, revision)
+                conn.commit()
+            finally:
+                conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": MIGRATION_LOCK_KEY})
+                conn.commit()
+    finally:
+        engine.dispose()

@@ -70,6 +70,7 @@ class EventKind(enum.StrEnum):
     START = "start"  # start a flow from outside (operator API, CLI, Python)
     TIMER = "timer"
     SEND_FAILED = "send_failed"  # tell the flow a reply could not be sent
+    SEND = "send"  # an operator's message (operator API), serialised with the conversation
 
 
 class EventState(enum.StrEnum):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from alembic import context
-from sqlalchemy import engine_from_config, pool
+from sqlalchemy import Connection, engine_from_config, pool
 from sqlmodel import SQLModel
 
 from smsbot.store import models  # noqa: F401  (registers the tables)
@@ -12,21 +12,29 @@ config = context.config
 target_metadata = SQLModel.metadata
 
 
+def _run(connection: Connection) -> None:
+    context.configure(
+        connection=connection,
+        target_metadata=target_metadata,
+        render_as_batch=connection.dialect.name == "sqlite",
+    )
+    with context.begin_transaction():
+        context.run_migrations()
+
+
 def run_migrations_online() -> None:
-    """Run every pending migration on the configured database."""
+    """Run every pending migration, on the caller's connection when it passes one."""
+    given = config.attributes.get("connection")
+    if given is not None:  # smsbot.store.migrate holds an advisory lock on it
+        _run(given)
+        return
     connectable = engine_from_config(
         config.get_section(config.config_ini_section, {}),
         prefix="sqlalchemy.",
         poolclass=pool.NullPool,
     )
     with connectable.connect() as connection:
-        context.configure(
-            connection=connection,
-            target_metadata=target_metadata,
-            render_as_batch=connection.dialect.name == "sqlite",
-        )
-        with context.begin_transaction():
-            context.run_migrations()
+        _run(connection)
 
 
 run_migrations_online()
