@@ -1,70 +1,48 @@
 """The dispatcher: claims inbox events and runs them one at a time per conversation.
 
-For each conversation key (virtual number, phone) the oldest pending event is processed inside
-one transaction that holds the conversation row's lock: on PostgreSQL `FOR UPDATE SKIP LOCKED`
-(a key another process is working on is skipped), on SQLite the single writer plus an
-in-process lock per key. The claim *is* the transaction, so a process killed mid-step leaves
-nothing claimed: its transaction rolls back and another process takes the event at once.
-Delivery receipts have no conversation and are applied in batches.
+A round takes conversations whose oldest pending event is due and steps a batch of them in ONE
+transaction: each conversation's row is locked (on PostgreSQL `FOR UPDATE SKIP LOCKED`, so a
+conversation another process holds is skipped; on SQLite the single writer serialises), its
+oldest event runs through the step handler, and every effect is written before the commit. A
+conversation thus sees one event at a time, in arrival order, while a batch of many
+conversations costs one commit. The claim *is* the transaction: a process killed mid-step leaves
+nothing claimed, and another process takes the events at once. Delivery receipts, which belong
+to no conversation, are applied in batches of their own.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import datetime as dt
-import functools
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
-from sqlalchemy import and_, delete, func, select, update
+from sqlalchemy import func, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from smsbot.clock import Clock
+from smsbot.effects import StepOutcome, Stepped, finish_events, write_effects
 from smsbot.inbox import insert_ignoring_conflicts
 from smsbot.metrics import Metrics
 from smsbot.receipts import apply_receipts
-from smsbot.status import DeliveryStatus
-from smsbot.steps import (
-    ConversationKey,
-    ConversationSnapshot,
-    DispatchEvent,
-    StepHandler,
-    StepResult,
-)
+from smsbot.steps import ConversationKey, ConversationSnapshot, DispatchEvent, StepHandler
 from smsbot.store.engine import Database
 from smsbot.store.models import (
-    Direction,
     EventKind,
     EventState,
-    Origin,
-    OutboxState,
     TimerState,
     conversations_t,
     events_t,
-    messages_t,
-    new_id,
     opt_outs_t,
     timers_t,
 )
-from smsbot.text import analyze
 
 log = logging.getLogger(__name__)
 
-KEYED_KINDS = (EventKind.INBOUND, EventKind.START, EventKind.TIMER, EventKind.SEND_FAILED)
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class StepOutcome:
-    """What one committed step did; passed to the after-commit listeners."""
-
-    key: ConversationKey
-    event_id: int
-    queued_messages: int
-    timers_changed: bool
+__all__ = ["Dispatcher", "StepOutcome", "backoff"]
 
 
 class Dispatcher:
@@ -78,6 +56,7 @@ class Dispatcher:
         *,
         metrics: Metrics | None = None,
         workers: int = 8,
+        batch_size: int = 200,
         max_attempts: int = 5,
         step_timeout: float = 30.0,
         poll_interval: float = 0.2,
@@ -87,21 +66,24 @@ class Dispatcher:
         self.handler = handler
         self.clock = clock
         self.metrics = metrics or Metrics()
-        self.workers = workers
+        # SQLite has one writer: concurrent batches would only queue behind each other.
+        self.workers = workers if db.is_postgres else 1
+        self.batch_size = batch_size
         self.max_attempts = max_attempts
         self.step_timeout = step_timeout
         self.poll_interval = poll_interval
         self.on_commit = on_commit
         self._wakeup = asyncio.Event()
         self._stopping = False
-        self._busy: dict[ConversationKey, asyncio.Task[None]] = {}
+        self._busy: set[ConversationKey] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
 
     def notify(self) -> None:
         """Wake the dispatcher: new events were committed."""
         self._wakeup.set()
 
     async def run(self) -> None:
-        """Dispatch until stop() is called; in-flight steps are finished, never abandoned."""
+        """Dispatch until stop() is called; batches in flight are finished, never abandoned."""
         self._stopping = False
         try:
             while not self._stopping:
@@ -111,30 +93,26 @@ class Dispatcher:
                         await asyncio.wait_for(self._wakeup.wait(), self.poll_interval)
                     self._wakeup.clear()
         finally:
-            if self._busy:
-                await asyncio.gather(*self._busy.values(), return_exceptions=True)
+            if self._tasks:
+                await asyncio.gather(*self._tasks, return_exceptions=True)
 
     def stop(self) -> None:
-        """Ask run() to stop claiming new work; it returns once steps in flight are done."""
+        """Ask run() to stop claiming new work; it returns once batches in flight are done."""
         self._stopping = True
         self._wakeup.set()
 
-    async def run_until_idle(self, max_rounds: int = 10_000) -> int:
-        """Process everything that is due now, then return how many steps ran (tests, CLI)."""
+    async def run_until_idle(self, max_rounds: int = 100_000) -> int:
+        """Process everything that is due now, then return how many events finished."""
         done = 0
         for _ in range(max_rounds):
-            n = await self._drain_once()
+            n = await apply_receipts(self.db, self.clock, self.metrics)
+            keys = await self.due_keys(limit=self.batch_size)
+            if keys:
+                n += await self.step_batch(keys)
             if n == 0:
                 return done
             done += n
         raise RuntimeError("run_until_idle: still busy after max_rounds; is a step looping?")
-
-    async def _drain_once(self) -> int:
-        done = await apply_receipts(self.db, self.clock, self.metrics)
-        for key in await self.due_keys(limit=self.workers * 8):
-            while await self.step(key):
-                done += 1
-        return done
 
     async def _guarded(self, fn: Callable[[], Any]) -> bool:
         try:
@@ -145,37 +123,41 @@ class Dispatcher:
             return False
 
     async def dispatch_round(self) -> bool:
-        """Start steps for due conversations (up to the worker limit); apply receipts."""
+        """Start batches for due conversations (up to the worker limit); apply receipts."""
         applied = await apply_receipts(self.db, self.clock, self.metrics)
-        free = self.workers - len(self._busy)
-        started = 0
-        if free > 0:
-            for key in await self.due_keys(limit=free + len(self._busy)):
-                if key in self._busy:
-                    continue
-                task = asyncio.create_task(self._work_key(key), name=f"smsbot-step-{key}")
-                self._busy[key] = task
-                task.add_done_callback(functools.partial(self._done, key))
-                started += 1
-                if started >= free:
-                    break
-        elif self._busy:
-            await asyncio.wait(list(self._busy.values()), return_when=asyncio.FIRST_COMPLETED)
-        return applied > 0 or started > 0
+        free = self.workers - len(self._tasks)
+        if free <= 0:
+            await asyncio.wait(self._tasks, return_when=asyncio.FIRST_COMPLETED)
+            return True
+        keys = await self.due_keys(limit=self.batch_size * free + len(self._busy))
+        keys = [k for k in keys if k not in self._busy]
+        size = max(1, min(self.batch_size, -(-len(keys) // free)))  # spread over free workers
+        for start in range(0, len(keys), size):
+            batch = keys[start : start + size]
+            self._busy.update(batch)
+            task = asyncio.create_task(self._run_batch(batch), name="smsbot-step-batch")
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        return applied > 0 or bool(keys)
 
-    def _done(self, key: ConversationKey, _task: asyncio.Task[None]) -> None:
-        self._busy.pop(key, None)
-        self._wakeup.set()
-
-    async def _work_key(self, key: ConversationKey) -> None:
-        # Drain this key's due events in order, a bounded number so other keys get a turn.
-        for _ in range(50):
+    async def _run_batch(self, keys: list[ConversationKey]) -> None:
+        try:
             try:
-                if not await self.step(key):
-                    return
+                await self.step_batch(keys)
             except Exception:
-                log.exception("step for %s failed outside the handler; will retry", key)
-                return
+                if len(keys) == 1:
+                    raise
+                # One conversation's effects may not fit the database (a bug in a flow, say):
+                # step them one by one so the others still go through.
+                log.warning("a batch of %d steps failed; stepping them one by one", len(keys))
+                for key in keys:
+                    await self.step_batch([key])
+        except Exception:
+            log.exception("stepping failed outside the handler; will retry")
+            await asyncio.sleep(self.poll_interval * 5)
+        finally:
+            self._busy.difference_update(keys)
+            self._wakeup.set()
 
     async def due_keys(self, limit: int) -> list[ConversationKey]:
         """Return keys whose oldest pending event is due, oldest first."""
@@ -205,100 +187,141 @@ class Dispatcher:
         return [ConversationKey(vn, phone) for vn, phone, due in rows if due is None or due <= now]
 
     async def step(self, key: ConversationKey) -> bool:
-        """Run the oldest due event of `key`; return True when an event was finished."""
+        """Run the oldest due event of one conversation; True when an event finished."""
+        return await self.step_batch([key]) > 0
+
+    async def step_batch(self, keys: Sequence[ConversationKey]) -> int:
+        """Run the oldest due event of each conversation in one transaction; return how many."""
         started = time.perf_counter()
-        outcome: StepOutcome | None = None
+        now = self.clock.now()
         async with self.db.session() as s, s.begin():
-            convo = await self._lock_conversation(s, key)
-            if convo is None:
-                return False  # another process holds this conversation right now
-            row = (
-                await s.execute(
-                    select(events_t)
-                    .where(
-                        events_t.c.state == EventState.PENDING.value,
-                        events_t.c.virtual_number == key.virtual_number,
-                        events_t.c.phone == key.phone,
-                    )
-                    .order_by(events_t.c.id)
-                    .limit(1)
-                )
-            ).first()
-            now = self.clock.now()
-            if row is None or (row.next_attempt_at is not None and row.next_attempt_at > now):
-                return False
-            event = DispatchEvent(
-                id=row.id,
-                kind=EventKind(row.kind),
-                payload=row.payload,
-                received_at=row.received_at,
-            )
-            if event.kind is EventKind.TIMER and not await self._claim_timer(s, convo, event, now):
-                await self._finish_event(s, event.id, now, EventState.IGNORED)
-                self.metrics.inc("smsbot_events_processed_total", kind="timer", result="stale")
-                return True
-            snapshot = await self._snapshot(s, convo, key)
-            try:
-                result = await asyncio.wait_for(
-                    self.handler.handle(event, snapshot, now), self.step_timeout
-                )
-            except Exception as exc:
-                parked = await self._record_failure(s, row, exc, now)
-                self.metrics.inc(
-                    "smsbot_events_processed_total",
-                    kind=event.kind.value,
-                    result="failed" if parked else "retry",
-                )
-                return parked
-            outcome = await self._apply(s, convo, snapshot, event, result, now)
-        self.metrics.inc("smsbot_events_processed_total", kind=event.kind.value, result="ok")
-        self.metrics.observe("smsbot_step_seconds", time.perf_counter() - started)
-        if self.on_commit is not None and outcome is not None:
-            self.on_commit(outcome)
-        return True
+            convos = await self._lock_conversations(s, keys)
+            events = await self._oldest_events(s, list(convos), now)
+            if not events:
+                return 0
+            opted = await self._opted_out(s, list(events))
+            stepped: list[Stepped] = []
+            stale: list[int] = []
+            failed: list[tuple[Any, BaseException]] = []
+            for key, row in events.items():
+                event = DispatchEvent(row.id, EventKind(row.kind), row.payload, row.received_at)
+                convo = convos[key]
+                if event.kind is EventKind.TIMER and not await self._claim_timer(
+                    s, convo, event, now
+                ):
+                    stale.append(event.id)
+                    continue
+                snapshot = _snapshot(convo, key, key in opted)
+                try:
+                    async with asyncio.timeout(self.step_timeout):
+                        result = await self.handler.handle(event, snapshot, now)
+                except Exception as exc:
+                    failed.append((row, exc))
+                    continue
+                stepped.append(Stepped(convo, snapshot, event, result))
+            outcomes = await write_effects(s, self.db, stepped, now)
+            await finish_events(s, stale, EventState.IGNORED, now)
+            parked = await self._record_failures(s, failed, now)
+        self._count(stepped, stale, failed, parked, time.perf_counter() - started)
+        if self.on_commit is not None:
+            for outcome in outcomes:
+                self.on_commit(outcome)
+        return len(stepped) + len(stale) + parked
 
-    async def _lock_conversation(self, s: AsyncSession, key: ConversationKey) -> Any | None:
-        where = and_(
-            conversations_t.c.virtual_number == key.virtual_number,
-            conversations_t.c.phone == key.phone,
-        )
-        locking = select(conversations_t).where(where)
-        if self.db.is_postgres:
-            locking = locking.with_for_update(skip_locked=True)
-        row = (await s.execute(locking)).first()
-        if row is not None:
-            return row
-        if self.db.is_postgres:
-            exists = (await s.execute(select(conversations_t.c.id).where(where))).first()
-            if exists is not None:
-                return None  # it exists, so SKIP LOCKED skipped it: someone else holds it
-        await s.execute(
-            insert_ignoring_conflicts(self.db, conversations_t)
-            .values(virtual_number=key.virtual_number, phone=key.phone, data={}, version=0)
-            .on_conflict_do_nothing(index_elements=["virtual_number", "phone"])
-        )
-        return (await s.execute(locking)).first()
+    def _count(
+        self,
+        stepped: list[Stepped],
+        stale: list[int],
+        failed: list[Any],
+        parked: int,
+        seconds: float,
+    ) -> None:
+        for item in stepped:
+            self.metrics.inc(
+                "smsbot_events_processed_total", kind=item.event.kind.value, result="ok"
+            )
+        if stale:
+            self.metrics.inc(
+                "smsbot_events_processed_total", len(stale), kind="timer", result="stale"
+            )
+        if failed:
+            self.metrics.inc("smsbot_events_processed_total", parked, result="failed")
+            self.metrics.inc("smsbot_events_processed_total", len(failed) - parked, result="retry")
+        if stepped:  # a batch's time spread over its steps
+            per_step = seconds / len(stepped)
+            for _ in stepped:
+                self.metrics.observe("smsbot_step_seconds", per_step)
 
-    async def _snapshot(
-        self, s: AsyncSession, convo: Any, key: ConversationKey
-    ) -> ConversationSnapshot:
-        opted = await s.execute(
-            select(opt_outs_t.c.id).where(
-                opt_outs_t.c.virtual_number == key.virtual_number, opt_outs_t.c.phone == key.phone
+    async def _lock_conversations(
+        self, s: AsyncSession, keys: Sequence[ConversationKey]
+    ) -> dict[ConversationKey, Any]:
+        c = conversations_t
+        wanted = {(k.virtual_number, k.phone) for k in keys}
+
+        def locking(pairs: set[tuple[str, str]]) -> Any:
+            query = select(c).where(tuple_(c.c.virtual_number, c.c.phone).in_(list(pairs)))
+            return query.with_for_update(skip_locked=True) if self.db.is_postgres else query
+
+        rows = {(r.virtual_number, r.phone): r for r in (await s.execute(locking(wanted))).all()}
+        missing = wanted - set(rows)
+        if missing and self.db.is_postgres:
+            # Rows that exist but SKIP LOCKED skipped belong to another process right now.
+            held = await s.execute(
+                select(c.c.virtual_number, c.c.phone).where(
+                    tuple_(c.c.virtual_number, c.c.phone).in_(list(missing))
+                )
+            )
+            missing -= {(vn, phone) for vn, phone in held.all()}
+        if missing:
+            await s.execute(
+                insert_ignoring_conflicts(self.db, c)
+                .values(
+                    [
+                        {"virtual_number": vn, "phone": p, "data": {}, "version": 0}
+                        for vn, p in missing
+                    ]
+                )
+                .on_conflict_do_nothing(index_elements=["virtual_number", "phone"])
+            )
+            for r in (await s.execute(locking(missing))).all():
+                rows[(r.virtual_number, r.phone)] = r
+        return {ConversationKey(vn, phone): r for (vn, phone), r in rows.items()}
+
+    async def _oldest_events(
+        self, s: AsyncSession, keys: list[ConversationKey], now: dt.datetime
+    ) -> dict[ConversationKey, Any]:
+        if not keys:
+            return {}
+        e = events_t
+        oldest = (
+            select(func.min(e.c.id))
+            .where(
+                e.c.state == EventState.PENDING.value,
+                tuple_(e.c.virtual_number, e.c.phone).in_(
+                    [(k.virtual_number, k.phone) for k in keys]
+                ),
+            )
+            .group_by(e.c.virtual_number, e.c.phone)
+        )
+        rows = (await s.execute(select(e).where(e.c.id.in_(oldest)).order_by(e.c.id))).all()
+        return {
+            ConversationKey(r.virtual_number, r.phone): r
+            for r in rows
+            if r.next_attempt_at is None or r.next_attempt_at <= now
+        }
+
+    async def _opted_out(
+        self, s: AsyncSession, keys: list[ConversationKey]
+    ) -> set[ConversationKey]:
+        o = opt_outs_t
+        rows = await s.execute(
+            select(o.c.virtual_number, o.c.phone).where(
+                tuple_(o.c.virtual_number, o.c.phone).in_(
+                    [(k.virtual_number, k.phone) for k in keys]
+                )
             )
         )
-        return ConversationSnapshot(
-            id=convo.id,
-            key=key,
-            flow=convo.flow,
-            state=convo.state,
-            data=dict(convo.data or {}),
-            version=convo.version,
-            state_token=convo.state_token,
-            opted_out=opted.first() is not None,
-            started_at=convo.started_at,
-            last_activity_at=convo.last_activity_at,
-        )
+        return {ConversationKey(vn, phone) for vn, phone in rows.all()}
 
     async def _claim_timer(
         self, s: AsyncSession, convo: Any, event: DispatchEvent, now: dt.datetime
@@ -317,177 +340,46 @@ class Dispatcher:
         )
         return bool(result.rowcount)  # type: ignore[attr-defined]
 
-    async def _record_failure(
-        self, s: AsyncSession, row: Any, exc: BaseException, now: dt.datetime
-    ) -> bool:
-        attempts = int(row.attempts) + 1
-        # An error that says it will never succeed (e.g. a rejected start) is parked at once.
-        retryable = getattr(exc, "retryable", True)
-        parked: bool = attempts >= self.max_attempts or retryable is False
-        error = f"{type(exc).__name__}: {exc}"[:2000]
-        log.warning(
-            "event %s (%s) failed, attempt %d/%d: %s",
-            row.id,
-            row.kind,
-            attempts,
-            self.max_attempts,
-            type(exc).__name__,
-        )
-        await s.execute(
-            update(events_t)
-            .where(events_t.c.id == row.id)
-            .values(
-                attempts=attempts,
-                last_error=error,
-                state=EventState.FAILED.value if parked else EventState.PENDING.value,
-                next_attempt_at=None if parked else now + backoff(attempts),
-                processed_at=now if parked else None,
-            )
-        )
-        return parked
-
-    async def _finish_event(
-        self, s: AsyncSession, event_id: int, now: dt.datetime, state: EventState
-    ) -> None:
-        await s.execute(
-            update(events_t)
-            .where(events_t.c.id == event_id)
-            .values(state=state.value, processed_at=now)
-        )
-
-    async def _apply(
-        self,
-        s: AsyncSession,
-        convo: Any,
-        snapshot: ConversationSnapshot,
-        event: DispatchEvent,
-        result: StepResult,
-        now: dt.datetime,
-    ) -> StepOutcome:
-        key = snapshot.key
-        values: dict[str, Any] = {
-            "flow": result.flow,
-            "state": result.state if result.flow is not None else None,
-            "data": dict(result.data),
-            "version": convo.version + 1,
-            "last_activity_at": now,
-        }
-        if result.state_entered:
-            values["state_token"] = new_id()[:16]
-        if result.flow is not None and result.flow != convo.flow:
-            values.update(started_at=now, ended_at=None, end_reason=None)
-        elif result.flow is None and convo.flow is not None:
-            values.update(ended_at=now, end_reason=(result.end_reason or "ended")[:100])
-        await s.execute(
-            update(conversations_t).where(conversations_t.c.id == convo.id).values(**values)
-        )
-        if event.kind is EventKind.INBOUND:
-            body = str(event.payload.get("body", ""))
-            sms = analyze(body)
+    async def _record_failures(
+        self, s: AsyncSession, failed: list[tuple[Any, BaseException]], now: dt.datetime
+    ) -> int:
+        parked_count = 0
+        for row, exc in failed:
+            attempts = int(row.attempts) + 1
+            # An error that says it will never succeed (e.g. a rejected start) is parked at once.
+            parked = attempts >= self.max_attempts or getattr(exc, "retryable", True) is False
+            parked_count += parked
+            log.warning(
+                "event %s (%s) failed, attempt %d/%d: %s",
+                row.id, row.kind, attempts, self.max_attempts, type(exc).__name__,
+            )  # fmt: skip
             await s.execute(
-                messages_t.insert().values(
-                    id=new_id(),
-                    direction=Direction.INBOUND.value,
-                    virtual_number=key.virtual_number,
-                    phone=key.phone,
-                    body=body,
-                    provider_message_id=event.payload.get("message_id"),
-                    segments=sms.segments,
-                    encoding=sms.encoding.value,
-                    event_id=event.id,
-                    created_at=event.received_at,
-                    attempts=0,
-                )
-            )
-        opted_out = snapshot.opted_out
-        if result.opt_out is True:
-            await s.execute(
-                insert_ignoring_conflicts(self.db, opt_outs_t)
+                update(events_t)
+                .where(events_t.c.id == row.id)
                 .values(
-                    virtual_number=key.virtual_number,
-                    phone=key.phone,
-                    keyword=(result.opt_keyword or "STOP")[:50],
-                    created_at=now,
-                )
-                .on_conflict_do_nothing(index_elements=["virtual_number", "phone"])
-            )
-            opted_out = True
-        elif result.opt_out is False:
-            await s.execute(
-                delete(opt_outs_t).where(
-                    opt_outs_t.c.virtual_number == key.virtual_number,
-                    opt_outs_t.c.phone == key.phone,
+                    attempts=attempts,
+                    last_error=f"{type(exc).__name__}: {exc}"[:2000],
+                    state=EventState.FAILED.value if parked else EventState.PENDING.value,
+                    next_attempt_at=None if parked else now + backoff(attempts),
+                    processed_at=now if parked else None,
                 )
             )
-            opted_out = False
-        queued = 0
-        rows = []
-        for reply in result.replies:
-            # Opt-out is enforced here as well as in the router: after STOP only the
-            # compliance confirmation is ever queued, whatever a flow asks for.
-            suppressed = opted_out and reply.origin is not Origin.COMPLIANCE
-            sms = analyze(reply.text)
-            queued += not suppressed
-            rows.append(
-                {
-                    "id": new_id(),
-                    "direction": Direction.OUTBOUND.value,
-                    "virtual_number": key.virtual_number,
-                    "phone": key.phone,
-                    "body": reply.text,
-                    "origin": reply.origin.value,
-                    "status": (
-                        DeliveryStatus.SUPPRESSED if suppressed else DeliveryStatus.QUEUED
-                    ).value,
-                    "outbox": (OutboxState.DONE if suppressed else OutboxState.PENDING).value,
-                    "send_after": reply.send_after or now,
-                    "segments": sms.segments,
-                    "encoding": sms.encoding.value,
-                    "event_id": event.id,
-                    "created_at": now,
-                    "status_at": now,
-                    "attempts": 0,
-                }
-            )
-        if rows:
-            await s.execute(messages_t.insert(), rows)
-        timers_changed = await self._apply_timers(s, convo.id, result, now)
-        await self._finish_event(s, event.id, now, EventState.DONE)
-        return StepOutcome(key, event.id, queued, timers_changed)
+        return parked_count
 
-    async def _apply_timers(
-        self, s: AsyncSession, convo_id: int, result: StepResult, now: dt.datetime
-    ) -> bool:
-        scheduled = timers_t.c.state == TimerState.SCHEDULED.value
-        mine = timers_t.c.conversation_id == convo_id
-        if result.cancel_all_timers:
-            await s.execute(
-                update(timers_t).where(mine, scheduled).values(state=TimerState.CANCELLED.value)
-            )
-        if result.cancel_timers:
-            await s.execute(
-                update(timers_t)
-                .where(mine, scheduled, timers_t.c.name.in_(result.cancel_timers))
-                .values(state=TimerState.CANCELLED.value)
-            )
-        for t in result.timers:
-            values = {
-                "kind": t.kind,
-                "token": new_id()[:16],
-                "due_at": t.due_at,
-                "payload": dict(t.payload),
-                "state": TimerState.SCHEDULED.value,
-                "created_at": now,
-                "fired_at": None,
-            }
-            updated = await s.execute(
-                update(timers_t).where(mine, timers_t.c.name == t.name).values(**values)
-            )
-            if not updated.rowcount:  # type: ignore[attr-defined]
-                await s.execute(
-                    timers_t.insert().values(conversation_id=convo_id, name=t.name, **values)
-                )
-        return bool(result.timers or result.cancel_timers or result.cancel_all_timers)
+
+def _snapshot(convo: Any, key: ConversationKey, opted_out: bool) -> ConversationSnapshot:
+    return ConversationSnapshot(
+        id=convo.id,
+        key=key,
+        flow=convo.flow,
+        state=convo.state,
+        data=dict(convo.data or {}),
+        version=convo.version,
+        state_token=convo.state_token,
+        opted_out=opted_out,
+        started_at=convo.started_at,
+        last_activity_at=convo.last_activity_at,
+    )
 
 
 def backoff(attempt: int, base: float = 1.0, cap: float = 300.0) -> dt.timedelta:
