@@ -10,11 +10,13 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
+from sqlalchemy import select
 
 from smsbot.assembly import SANDBOX_API_KEY, build_provider
 from smsbot.bot import Bot
@@ -25,7 +27,7 @@ from smsbot.operator import OperatorError, resolve_recipient, resolve_sender
 from smsbot.runtime import FlowRuntime
 from smsbot.sandbox import Sandbox
 from smsbot.server.app import create_app
-from smsbot.store.models import EventKind
+from smsbot.store.models import EventKind, conversations_t
 from smsbot.text import analyze
 
 HELP = (
@@ -102,6 +104,22 @@ class ChatSession:
             await fire_due()
         return await self._settle()
 
+    async def conversation(self) -> dict[str, Any]:
+        """This phone's conversation row: flow, state and data."""
+        assert self.bot is not None
+        async with self.bot.db.session() as s:
+            row = (
+                await s.execute(
+                    select(conversations_t).where(
+                        conversations_t.c.virtual_number == self.virtual_number,
+                        conversations_t.c.phone == self.phone,
+                    )
+                )
+            ).first()
+        if row is None:
+            return {}
+        return {"flow": row.flow, "state": row.state, "data": row.data}
+
     async def _settle(self) -> list[str]:
         assert self.bot is not None
         await self.bot.run_until_idle()
@@ -136,16 +154,22 @@ async def run_chat(settings: Settings, *, flow: str | None, phone: str, data: st
             print(f"You are {me}, texting {session.virtual_number}. {HELP}")
             if flow:
                 show(await session.start_flow(flow, initial))
+            interactive = sys.stdin.isatty()
             while True:
                 try:
-                    line = await asyncio.to_thread(input, "you> ")
+                    line = await asyncio.to_thread(input, "you> " if interactive else "")
                 except EOFError:
                     break
                 line = line.strip()
+                if not interactive:  # piped input: echo it, so the output reads as a transcript
+                    print(f"you> {line}")
                 if not line:
                     continue
                 if line in ("/quit", "/exit"):
                     break
+                if line == "/data":
+                    print(f"     {json.dumps(await session.conversation(), default=str)}")
+                    continue
                 if line == "/time":
                     print(f"     virtual time {session.clock.now():%Y-%m-%d %H:%M} UTC")
                     continue
