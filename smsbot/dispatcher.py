@@ -160,31 +160,33 @@ class Dispatcher:
             self._wakeup.set()
 
     async def due_keys(self, limit: int) -> list[ConversationKey]:
-        """Return keys whose oldest pending event is due, oldest first."""
+        """Return up to `limit` keys whose oldest pending event is due, oldest first."""
         now = self.clock.now()
-        older = events_t.alias("older")
-        oldest_pending = (
-            select(func.min(older.c.id))
-            .where(
-                older.c.state == EventState.PENDING.value,
-                older.c.virtual_number == events_t.c.virtual_number,
-                older.c.phone == events_t.c.phone,
-            )
-            .scalar_subquery()
-        )
+        # Pending events in arrival order (an index range scan on (state, id)): the first time
+        # a key appears is its oldest pending event. A key whose oldest event waits for a retry
+        # is skipped entirely, so its later events wait too: per-conversation order holds.
         stmt = (
             select(events_t.c.virtual_number, events_t.c.phone, events_t.c.next_attempt_at)
             .where(
                 events_t.c.state == EventState.PENDING.value,
                 events_t.c.virtual_number.is_not(None),
-                events_t.c.id == oldest_pending,
             )
             .order_by(events_t.c.id)
-            .limit(limit)
+            .limit(limit * 8)
         )
         async with self.db.session() as s:
             rows = (await s.execute(stmt)).all()
-        return [ConversationKey(vn, phone) for vn, phone, due in rows if due is None or due <= now]
+        seen: set[tuple[str, str]] = set()
+        keys: list[ConversationKey] = []
+        for vn, phone, due in rows:
+            if (vn, phone) in seen:
+                continue
+            seen.add((vn, phone))
+            if due is None or due <= now:
+                keys.append(ConversationKey(vn, phone))
+                if len(keys) >= limit:
+                    break
+        return keys
 
     async def step(self, key: ConversationKey) -> bool:
         """Run the oldest due event of one conversation; True when an event finished."""

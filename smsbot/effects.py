@@ -133,13 +133,17 @@ async def write_effects(
             messages.append(_inbound_row(key, event))
         opted_out = await _apply_opt_out(s, db, key, item, now)
         queued = 0
-        for reply in result.replies:
+        for n, reply in enumerate(result.replies):
             # Opt-out is enforced here as well as in the router: after STOP only the
             # compliance confirmation is ever queued, whatever a flow asks for.
             suppressed = opted_out and reply.origin is not Origin.COMPLIANCE
             queued += not suppressed
+            # The sender goes by (send_after, created_at): a microsecond apart, one step's
+            # replies keep the order the flow queued them in.
+            created = now + dt.timedelta(microseconds=n)
+            send_after = reply.send_after or now
             messages.append(
-                _reply_row(key, event, reply.text, reply.origin, reply.send_after, suppressed, now)
+                _reply_row(key, event, reply.text, reply.origin, send_after, suppressed, created)
             )
         timers = bool(result.timers or result.cancel_timers or result.cancel_all_timers)
         outcomes.append(StepOutcome(key, event.id, queued, timers))

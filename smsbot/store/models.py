@@ -120,7 +120,7 @@ class Message(SQLModel, table=True):
 
     __tablename__ = "messages"
     __table_args__ = (
-        Index("ix_messages_outbox", "outbox", "send_after"),
+        Index("ix_messages_outbox", "outbox", "send_after", "created_at"),
         Index("ix_messages_key", "virtual_number", "phone", "created_at"),
     )
 
@@ -155,6 +155,8 @@ class WebhookEvent(SQLModel, table=True):
     __table_args__ = (
         UniqueConstraint("source", "event_id", name="uq_event_source_id"),
         Index("ix_events_pending", "state", "virtual_number", "phone", "id"),
+        Index("ix_events_state_id", "state", "id"),  # the oldest pending events, in order
+        Index("ix_events_state_kind", "state", "kind", "id"),  # pending receipts
     )
 
     id: int | None = Field(default=None, primary_key=True)  # arrival order
