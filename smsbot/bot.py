@@ -13,13 +13,14 @@ from smsbot.dispatcher import Dispatcher, StepOutcome
 from smsbot.inbox import Inbox
 from smsbot.metrics import Metrics
 from smsbot.providers.base import SmsProvider
+from smsbot.scheduler import TimerScheduler
 from smsbot.sender import Sender
 from smsbot.steps import StepHandler
 from smsbot.store.engine import Database
 
 log = logging.getLogger(__name__)
 
-STOP_TIMEOUT = 8.0  # SIGTERM must finish within 10 s; leave room for the HTTP server
+STOP_TIMEOUT = 6.0  # SIGTERM must finish within 10 s: aiohttp and the timers need the rest
 
 
 class Bot:
@@ -66,6 +67,14 @@ class Bot:
             on_commit=self._after_step,
         )
         self.sender.on_event = self.dispatcher.notify
+        self.scheduler = TimerScheduler(
+            settings,
+            self.db,
+            self.inbox,
+            self.clock,
+            metrics=self.metrics,
+            on_fired=self.dispatcher.notify,
+        )
         self._tasks: list[asyncio.Task[None]] = []
         # read once: the webhook path should not rebuild this list per request
         self.webhook_secrets = settings.webhook_secrets()
@@ -73,11 +82,14 @@ class Bot:
     def _after_step(self, outcome: StepOutcome) -> None:
         if outcome.queued_messages:
             self.sender.notify()
+        if outcome.timers_changed:
+            self.scheduler.notify()
 
     async def start(self, *, background: bool = True) -> None:
-        """Start the inbox writer and, with `background`, the dispatcher and sender loops."""
+        """Start the inbox writer and, with `background`, the dispatcher, sender and timers."""
         await self.inbox.start()
         if background:
+            await self.scheduler.start()  # campaigns for leadership; the leader runs APScheduler
             self._tasks = [
                 asyncio.create_task(self._supervise(self.dispatcher.run()), name="dispatcher"),
                 asyncio.create_task(self._supervise(self.sender.run()), name="sender"),
@@ -92,9 +104,11 @@ class Bot:
             log.exception("a background loop crashed")
 
     async def stop(self) -> None:
-        """Stop claiming work, finish steps in flight, flush the inbox, close connections."""
+        """Stop timers and claiming work, finish steps in flight, flush the inbox, close."""
         self.dispatcher.stop()
         self.sender.stop()
+        # Timers first (the loops wind down meanwhile): no firing may outlive the database.
+        await self.scheduler.stop()
         if self._tasks:
             _, pending = await asyncio.wait(self._tasks, timeout=STOP_TIMEOUT)
             for task in pending:
@@ -105,6 +119,10 @@ class Bot:
         await self.inbox.stop()
         await self.provider.close()
         await self.db.dispose()
+
+    async def fire_due_timers(self) -> int:
+        """Fire the timers due by the bot's clock (test kit, `smsbot chat`); return how many."""
+        return await self.scheduler.fire_due(self.clock.now())
 
     async def run_until_idle(self) -> int:
         """Dispatch and send until nothing is due (tests, `smsbot chat`): steps + sends done."""

@@ -77,6 +77,7 @@ class Inbox:
         with contextlib.suppress(asyncio.CancelledError):
             await self._writer
         self._writer = None
+        self._queue = None  # accept() writes directly again
 
     async def accept(self, entry: InboxEntry) -> AcceptOutcome:
         """Store one event; returns once it is committed (raises if the database fails)."""

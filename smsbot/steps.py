@@ -109,8 +109,13 @@ class EchoHandler:
     async def handle(
         self, event: DispatchEvent, convo: ConversationSnapshot, now: dt.datetime
     ) -> StepResult:
-        """Echo inbound text back; ignore every other event."""
+        """Echo inbound text back; send a timer's payload "text" as a reminder; ignore the rest."""
         result = StepResult.unchanged(convo)
+        if event.kind is EventKind.TIMER:
+            # lets `serve --echo` prove in process tests that a timer fired once
+            text = (event.payload.get("payload") or {}).get("text")
+            if text:
+                result.replies.append(OutgoingSms(str(text), Origin.REMINDER))
         if event.kind is EventKind.INBOUND:
             body = str(event.payload["body"])
             # `seen` and `recent` let a test prove steps ran once each, in arrival order

@@ -204,6 +204,7 @@ class Timer(SQLModel, table=True):
     __table_args__ = (
         UniqueConstraint("conversation_id", "name", name="uq_timer_name"),
         Index("ix_timers_due", "state", "due_at"),
+        Index("ix_timers_changed", "state", "created_at"),  # the scheduler mirrors new ones
     )
 
     id: int | None = Field(default=None, primary_key=True)

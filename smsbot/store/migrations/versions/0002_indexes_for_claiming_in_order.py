@@ -2,7 +2,7 @@
 
 Revision ID: 0002
 Revises: 0001
-Create Date: 2026-11-25 15:52:48.390737
+Create Date: 2026-11-25 16:00:48.607379
 """
 
 from collections.abc import Sequence
@@ -23,6 +23,9 @@ def upgrade() -> None:
             "ix_messages_outbox", ["outbox", "send_after", "created_at"], unique=False
         )
 
+    with op.batch_alter_table("timers", schema=None) as batch_op:
+        batch_op.create_index("ix_timers_changed", ["state", "created_at"], unique=False)
+
     with op.batch_alter_table("webhook_events", schema=None) as batch_op:
         batch_op.create_index("ix_events_state_id", ["state", "id"], unique=False)
         batch_op.create_index("ix_events_state_kind", ["state", "kind", "id"], unique=False)
@@ -35,6 +38,9 @@ def downgrade() -> None:
     with op.batch_alter_table("webhook_events", schema=None) as batch_op:
         batch_op.drop_index("ix_events_state_kind")
         batch_op.drop_index("ix_events_state_id")
+
+    with op.batch_alter_table("timers", schema=None) as batch_op:
+        batch_op.drop_index("ix_timers_changed")
 
     with op.batch_alter_table("messages", schema=None) as batch_op:
         batch_op.drop_index("ix_messages_outbox")
