@@ -17,6 +17,7 @@ import contextlib
 import datetime as dt
 import logging
 import time
+import traceback
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -351,16 +352,19 @@ class Dispatcher:
             # An error that says it will never succeed (e.g. a rejected start) is parked at once.
             parked = attempts >= self.max_attempts or getattr(exc, "retryable", True) is False
             parked_count += parked
+            # The traceback shows the line in the flow; it holds code, not message bodies.
             log.warning(
                 "event %s (%s) failed, attempt %d/%d: %s",
                 row.id, row.kind, attempts, self.max_attempts, type(exc).__name__,
+                exc_info=exc,
             )  # fmt: skip
+            detail = "".join(traceback.format_exception(exc, limit=-4))
             await s.execute(
                 update(events_t)
                 .where(events_t.c.id == row.id)
                 .values(
                     attempts=attempts,
-                    last_error=f"{type(exc).__name__}: {exc}"[:2000],
+                    last_error=detail[-4000:],
                     state=EventState.FAILED.value if parked else EventState.PENDING.value,
                     next_attempt_at=None if parked else now + backoff(attempts),
                     processed_at=now if parked else None,
