@@ -20,7 +20,7 @@ def build_provider(
     The outbox retries durably, so the client itself tries only `attempts` times: a send then
     always ends well inside the outbox lease (SMSBOT_LEASE_SECONDS).
     """
-    retry = RetryPolicy(attempts=attempts, max_delay=5.0)
+    retry = RetryPolicy(attempts=attempts, max_delay=5.0, max_retry_after=5.0)
     if settings.provider == "puresms":
         assert settings.puresms_api_key is not None  # Settings checks this at start-up
         return PureSmsClient(

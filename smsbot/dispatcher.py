@@ -22,6 +22,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from sqlalchemy import func, select, tuple_, update
+from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from smsbot.clock import Clock
@@ -42,6 +43,9 @@ from smsbot.store.models import (
 )
 
 log = logging.getLogger(__name__)
+
+# The database cannot be reached: retry the whole batch later, count nothing against events.
+_UNAVAILABLE = (OperationalError, InterfaceError, OSError, TimeoutError)
 
 __all__ = ["Dispatcher", "StepOutcome", "backoff"]
 
@@ -109,7 +113,7 @@ class Dispatcher:
             n = await apply_receipts(self.db, self.clock, self.metrics)
             keys = await self.due_keys(limit=self.batch_size)
             if keys:
-                n += await self.step_batch(keys)
+                n += await self.step_safely(keys)
             if n == 0:
                 return done
             done += n
@@ -143,22 +147,38 @@ class Dispatcher:
 
     async def _run_batch(self, keys: list[ConversationKey]) -> None:
         try:
-            try:
-                await self.step_batch(keys)
-            except Exception:
-                if len(keys) == 1:
-                    raise
-                # One conversation's effects may not fit the database (a bug in a flow, say):
-                # step them one by one so the others still go through.
-                log.warning("a batch of %d steps failed; stepping them one by one", len(keys))
-                for key in keys:
-                    await self.step_batch([key])
-        except Exception:
-            log.exception("stepping failed outside the handler; will retry")
+            await self.step_safely(keys)
+        except Exception:  # the database is away: nothing was claimed, try again later
+            log.exception("stepping failed; will retry")
             await asyncio.sleep(self.poll_interval * 5)
         finally:
             self._busy.difference_update(keys)
             self._wakeup.set()
+
+    async def step_safely(self, keys: list[ConversationKey]) -> int:
+        """step_batch, but one conversation whose effects the database refuses cannot block others.
+
+        A batch that fails for any reason but an unreachable database is stepped again key by
+        key; a key that fails alone has the failure counted on its event (retried, then parked)
+        in a fresh transaction, so the conversation moves on like after a failing handler.
+        """
+        try:
+            return await self.step_batch(keys)
+        except _UNAVAILABLE:
+            raise
+        except Exception as exc:
+            if len(keys) > 1:
+                log.warning("a batch of %d steps failed; stepping them one by one", len(keys))
+                return sum([await self.step_safely([key]) for key in keys])
+            return await self._record_write_failure(keys[0], exc)
+
+    async def _record_write_failure(self, key: ConversationKey, exc: Exception) -> int:
+        now = self.clock.now()
+        async with self.db.session() as s, s.begin():
+            events = await self._oldest_events(s, [key], now)
+            if key not in events:
+                return 0
+            return await self._record_failures(s, [(events[key], exc)], now)
 
     async def due_keys(self, limit: int) -> list[ConversationKey]:
         """Return up to `limit` keys whose oldest pending event is due, oldest first."""

@@ -105,6 +105,9 @@ class Sender:
         self.on_event = on_event
         self._wakeup = asyncio.Event()
         self._stopping = False
+        # After a 429 with Retry-After the provider wants silence from this account, not just
+        # for the refused messages: nothing is claimed before this time.
+        self._quiet_until: dt.datetime | None = None
 
     def notify(self) -> None:
         """Wake the sender: new messages were queued."""
@@ -173,6 +176,8 @@ class Sender:
     async def claim(self) -> list[Claimed]:
         """Claim up to a batch of due messages, within each sender's rate limit."""
         now = self.clock.now()
+        if self._quiet_until is not None and now < self._quiet_until:
+            return []
         m = messages_t
         pending = m.c.outbox == OutboxState.PENDING.value
         async with self.db.session() as s, s.begin():
@@ -208,6 +213,18 @@ class Sender:
             )
             if suppressed.rowcount:  # type: ignore[attr-defined]
                 self.metrics.inc("smsbot_messages_suppressed_total", suppressed.rowcount)  # type: ignore[attr-defined]
+            # One send at a time per conversation, across processes: a message waits while
+            # another to the same phone from the same number is in flight. So a reply claimed
+            # just before a STOP reaches the provider before the STOP's confirmation, never after.
+            other = m.alias("other")
+            in_flight = exists().where(
+                and_(
+                    other.c.virtual_number == m.c.virtual_number,
+                    other.c.phone == m.c.phone,
+                    other.c.outbox == OutboxState.INFLIGHT.value,
+                    other.c.lease_until >= now,
+                )
+            )
             query = (
                 select(
                     m.c.id,
@@ -218,7 +235,7 @@ class Sender:
                     m.c.attempts,
                     m.c.created_at,
                 )
-                .where(pending, m.c.send_after <= now)
+                .where(pending, m.c.send_after <= now, ~in_flight)
                 .order_by(m.c.send_after, m.c.created_at)
                 .limit(self.batch_size)
             )
@@ -296,6 +313,8 @@ class Sender:
             }
         if isinstance(error, RateLimitedError) and error.retry_after is not None:
             delay = dt.timedelta(seconds=error.retry_after)
+            until = now + delay
+            self._quiet_until = max(self._quiet_until or until, until)
         else:
             delay = dt.timedelta(seconds=min(60.0, 2.0 ** min(c.attempts, 6)))
         self.metrics.inc("smsbot_send_retries_total")

@@ -377,6 +377,20 @@ def test_retry_after_is_capped() -> None:
     assert RetryPolicy(random=lambda: 1.0).delay(0, RateLimitedError("slow down")) == 0.5
 
 
+async def test_a_retry_after_longer_than_the_cap_goes_to_the_caller(sleeps: Sleeps) -> None:
+    calls = 0
+
+    async def slow_down() -> None:
+        nonlocal calls
+        calls += 1
+        raise RateLimitedError("slow down", retry_after=600)
+
+    policy = RetryPolicy(max_retry_after=5.0, sleep=sleeps)
+    with pytest.raises(RateLimitedError):
+        await policy.run(slow_down)
+    assert calls == 1  # not retried: the outbox waits the 600 s durably
+
+
 async def test_permanent_errors_are_never_retried(sleeps: Sleeps) -> None:
     calls = 0
 

@@ -29,7 +29,8 @@ class RetryPolicy:
     max_delay: float = 30.0
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
     random: Callable[[], float] = _random.random
-    # A provider asking for an hour would stall a whole outbox batch; past this we just wait this.
+    # A provider asking for longer than this is not waited for here: the error goes to the
+    # caller, whose outbox waits durably instead of holding a send (and its lease) open.
     max_retry_after: float = 300.0
 
     def __post_init__(self) -> None:
@@ -53,6 +54,11 @@ class RetryPolicy:
                 return await call()
             except TransientError as error:
                 if attempt == self.attempts:
+                    raise
+                long_wait = isinstance(error, RateLimitedError) and (
+                    (error.retry_after or 0.0) > self.max_retry_after
+                )
+                if long_wait:
                     raise
                 wait = self.delay(attempt - 1, error)
                 log.warning(

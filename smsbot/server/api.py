@@ -5,8 +5,8 @@ Every route needs `Authorization: Bearer <SMSBOT_API_KEY>`. Bad input is a 400 n
 
 from __future__ import annotations
 
+import csv
 import hmac
-import json
 import logging
 import uuid
 from typing import Any
@@ -24,6 +24,7 @@ from smsbot.server.openapi import OPENAPI
 from smsbot.server.responses import problem
 from smsbot.store.models import EventKind, conversations_t, messages_t, opt_outs_t
 from smsbot.templates import TemplateError
+from smsbot.webhooks.events import WebhookFormatError, load_json
 
 log = logging.getLogger(__name__)
 
@@ -60,11 +61,38 @@ async def bearer_auth(request: web.Request, handler: Handler) -> web.StreamRespo
         return problem(400, str(exc))
 
 
-async def _json_object(request: web.Request) -> dict[str, Any]:
+async def _json(request: web.Request) -> object:
+    # The webhook parser's reader: UTF-8 only, no NaN, no absurd nesting or numbers.
     try:
-        body = await request.json(loads=json.loads)
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise FieldError("body", "must be a JSON object") from None
+        value = load_json(await request.read())
+    except WebhookFormatError as exc:
+        raise FieldError("body", exc.reason) from None
+    _check_storable(value, "body")
+    return value
+
+
+def _check_storable(value: object, where: str) -> None:
+    """Refuse strings the database cannot store (NUL, lone surrogates) while we can say where."""
+    stack: list[tuple[object, str]] = [(value, where)]
+    while stack:
+        node, path = stack.pop()
+        if isinstance(node, dict):
+            for key, child in node.items():
+                stack.append((key, path))
+                stack.append((child, f"{path}.{key}" if path != "body" else str(key)))
+        elif isinstance(node, list):
+            stack.extend((child, f"{path}[{i}]") for i, child in enumerate(node))
+        elif isinstance(node, str):
+            if "\x00" in node:
+                raise FieldError(path, "contains a NUL character")
+            try:
+                node.encode("utf-8")
+            except UnicodeEncodeError:
+                raise FieldError(path, "is not valid Unicode (a lone surrogate)") from None
+
+
+async def _json_object(request: web.Request) -> dict[str, Any]:
+    body = await _json(request)
     if not isinstance(body, dict):
         raise FieldError("body", "must be a JSON object")
     return body
@@ -164,11 +192,15 @@ async def start_many(request: web.Request) -> web.Response:
     skip_invalid = request.query.get("skip_invalid", "").lower() in ("1", "true", "yes")
     try:
         if request.content_type in ("text/csv", "application/csv"):
-            rows = rows_from_csv((await request.read()).decode("utf-8-sig"))
+            text = (await request.read()).decode("utf-8-sig")
+            _check_storable(text, "body")
+            rows = rows_from_csv(text)
         else:
-            rows = rows_from_json(await request.json())
-    except (BulkInputError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        return problem(400, str(exc) if isinstance(exc, BulkInputError) else "unreadable body")
+            rows = rows_from_json(await _json(request))
+    except (BulkInputError, csv.Error) as exc:
+        return problem(400, str(exc), field="body")
+    except UnicodeDecodeError:
+        return problem(400, "the CSV is not UTF-8", field="body")
     good, bad = validate(rows, bot.settings, getattr(runtime.flows[name], "check_start_data", None))
     if bad and not skip_invalid:
         return web.json_response(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
@@ -19,6 +20,9 @@ from smsbot.store import models  # noqa: F401  (registers the tables on SQLModel
 
 log = logging.getLogger(__name__)
 
+CONNECT_TIMEOUT = 5.0  # seconds
+COMMAND_TIMEOUT = 15.0
+
 
 class Database:
     """One engine and session factory for the life of the process."""
@@ -28,7 +32,15 @@ class Database:
         self.is_postgres = url.startswith("postgresql")
         kwargs: dict[str, Any] = {}
         if self.is_postgres:
-            kwargs.update(pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
+            kwargs.update(
+                pool_size=pool_size,
+                max_overflow=pool_size,
+                pool_pre_ping=True,
+                pool_timeout=CONNECT_TIMEOUT,
+                # A server that accepts connections but answers nothing must not hang a webhook
+                # past the provider's 45 s: connect and every statement give up in seconds.
+                connect_args={"timeout": CONNECT_TIMEOUT, "command_timeout": COMMAND_TIMEOUT},
+            )
         self.engine: AsyncEngine = create_async_engine(url, **kwargs)
         if not self.is_postgres:
             _configure_sqlite(self.engine)
@@ -46,10 +58,10 @@ class Database:
     async def ping(self) -> bool:
         """Return True when the database answers a trivial query."""
         try:
-            async with self.engine.connect() as conn:
+            async with asyncio.timeout(CONNECT_TIMEOUT), self.engine.connect() as conn:
                 await conn.execute(text("SELECT 1"))
             return True
-        except (SQLAlchemyError, OSError) as exc:
+        except (SQLAlchemyError, OSError, TimeoutError) as exc:
             log.warning("database ping failed: %s", type(exc).__name__)
             return False
 
