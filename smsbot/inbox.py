@@ -15,7 +15,7 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, tuple_
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
@@ -60,6 +60,11 @@ class Inbox:
     def __init__(self, db: Database, clock: Clock) -> None:
         self.db = db
         self.clock = clock
+        self._insert = (
+            insert_ignoring_conflicts(db, events_t)
+            .on_conflict_do_nothing(index_elements=["source", "event_id"])
+            .returning(events_t.c.source, events_t.c.event_id)
+        )
         self._queue: asyncio.Queue[tuple[InboxEntry, asyncio.Future[AcceptOutcome]]] | None = None
         self._writer: asyncio.Task[None] | None = None
 
@@ -99,7 +104,7 @@ class Inbox:
             {
                 "source": e.source,
                 "event_id": e.event_id,
-                "kind": e.kind,
+                "kind": e.kind.value,
                 "virtual_number": e.virtual_number,
                 "phone": e.phone,
                 "body_sha256": e.body_sha256,
@@ -110,23 +115,20 @@ class Inbox:
             }
             for e in first.values()
         ]
-        stmt = (
-            insert_ignoring_conflicts(self.db, events_t)
-            .values(rows)
-            .on_conflict_do_nothing(index_elements=["source", "event_id"])
-            .returning(events_t.c.source, events_t.c.event_id)
-        )
         async with self.db.session() as s, s.begin():
-            inserted = {(r[0], r[1]) for r in (await s.execute(stmt)).all()}
+            # One statement for any group size, executed with a parameter list: SQLAlchemy
+            # caches its compiled form (a multi-VALUES insert would be compiled per group).
+            result = await s.execute(self._insert, rows)
+            inserted = {(r[0], r[1]) for r in result.all()}
             missing = [k for k in first if k not in inserted]
             known: dict[tuple[str, str], str | None] = {}
-            for source, event_id in missing:
+            if missing:
                 found = await s.execute(
-                    select(events_t.c.body_sha256).where(
-                        events_t.c.source == source, events_t.c.event_id == event_id
+                    select(events_t.c.source, events_t.c.event_id, events_t.c.body_sha256).where(
+                        tuple_(events_t.c.source, events_t.c.event_id).in_(missing)
                     )
                 )
-                known[(source, event_id)] = found.scalar_one_or_none()
+                known = {(src, eid): digest for src, eid, digest in found.all()}
         outcomes: list[AcceptOutcome] = []
         claimed: set[tuple[str, str]] = set()
         for e in entries:
