@@ -223,15 +223,14 @@ class Dispatcher:
             if not events:
                 return 0
             opted = await self._opted_out(s, list(events))
+            live_timers = await self._claim_timers(s, convos, events, now)
             stepped: list[Stepped] = []
             stale: list[int] = []
             failed: list[tuple[Any, BaseException]] = []
             for key, row in events.items():
                 event = DispatchEvent(row.id, EventKind(row.kind), row.payload, row.received_at)
                 convo = convos[key]
-                if event.kind is EventKind.TIMER and not await self._claim_timer(
-                    s, convo, event, now
-                ):
+                if event.kind is EventKind.TIMER and event.id not in live_timers:
                     stale.append(event.id)
                     continue
                 snapshot = _snapshot(convo, key, key in opted)
@@ -346,22 +345,37 @@ class Dispatcher:
         )
         return {ConversationKey(vn, phone) for vn, phone in rows.all()}
 
-    async def _claim_timer(
-        self, s: AsyncSession, convo: Any, event: DispatchEvent, now: dt.datetime
-    ) -> bool:
-        # The guard that makes a timer fire once: only a still-scheduled timer whose token
-        # matches the firing may run; it is marked fired in this same transaction.
-        result = await s.execute(
-            update(timers_t)
+    async def _claim_timers(
+        self,
+        s: AsyncSession,
+        convos: dict[ConversationKey, Any],
+        events: dict[ConversationKey, Any],
+        now: dt.datetime,
+    ) -> set[int]:
+        """Mark the batch's timer firings FIRED in one statement; return the live event ids.
+
+        The guard that makes a timer fire once: only a still-scheduled timer whose name and
+        token match the firing may run, and it is marked fired in the step's own transaction.
+        """
+        wanted: dict[tuple[int, str, str], int] = {}
+        for key, row in events.items():
+            if row.kind == EventKind.TIMER.value:
+                name, token = row.payload.get("name"), row.payload.get("token")
+                if isinstance(name, str) and isinstance(token, str):
+                    wanted[(convos[key].id, name, token)] = row.id
+        if not wanted:
+            return set()
+        t = timers_t
+        claimed = await s.execute(
+            update(t)
             .where(
-                timers_t.c.conversation_id == convo.id,
-                timers_t.c.name == event.payload.get("name"),
-                timers_t.c.token == event.payload.get("token"),
-                timers_t.c.state == TimerState.SCHEDULED.value,
+                tuple_(t.c.conversation_id, t.c.name, t.c.token).in_(list(wanted)),
+                t.c.state == TimerState.SCHEDULED.value,
             )
             .values(state=TimerState.FIRED.value, fired_at=now)
+            .returning(t.c.conversation_id, t.c.name, t.c.token)
         )
-        return bool(result.rowcount)  # type: ignore[attr-defined]
+        return {wanted[(c, n, tok)] for c, n, tok in claimed.all()}
 
     async def _record_failures(
         self, s: AsyncSession, failed: list[tuple[Any, BaseException]], now: dt.datetime

@@ -55,9 +55,9 @@ JOBSTORE_TABLE = "apscheduler_jobs"
 FIRE_JOB = "smsbot.scheduler:fire_timer"  # by text: the job store keeps a reference, not code
 SYNC_INTERVAL = 1.0  # how often the leader mirrors new timers into jobs (sooner when notified)
 SWEEP_INTERVAL = 5.0  # the safety net: fire whatever is due that no job fired
-# A step stamps created_at when it starts and commits up to its timeout later, so a sync looks
-# back this far (also covering clock skew between processes) and skips what it has mirrored.
-SYNC_OVERLAP = dt.timedelta(minutes=2)
+# Timers due within this become APScheduler jobs; later ones wait in our table until then.
+MIRROR_HORIZON = dt.timedelta(minutes=10)
+SYNC_OVERLAP = dt.timedelta(minutes=2)  # how long a mirrored job is remembered after its time
 STOP_TIMEOUT = 2.0
 BATCH = 500
 JOBS_PER_PAUSE = 100
@@ -130,7 +130,7 @@ class TimerScheduler:
         self._changed = asyncio.Event()
         self._requested: set[int] = set()  # timer ids whose jobs ran, to fire in one batch
         self._fire_wanted = asyncio.Event()
-        self._mirrored: dict[int, tuple[str, dt.datetime]] = {}  # timer id -> (token, created_at)
+        self._mirrored: dict[int, tuple[str, dt.datetime]] = {}  # timer id -> (token, due_at)
 
     @property
     def is_leader(self) -> bool:
@@ -306,32 +306,38 @@ class TimerScheduler:
                 log.warning("APScheduler did not shut down cleanly: %s", type(exc).__name__)
 
     async def _lead(self) -> None:
-        since: dt.datetime | None = None  # None: mirror every scheduled timer
         next_sweep = 0.0  # at once: the catch-up for what fell due while nobody led
         while not self._resigning:
             try:
                 if time.monotonic() >= next_sweep:
                     await self._fire(self.clock.now(), true(), via="sweep")
                     next_sweep = time.monotonic() + self.sweep_interval
-                since = await self._mirror(since)
+                synced = await self._mirror()
                 if not self._resigning:
-                    self.last_sync = since
+                    self.last_sync = synced
             except Exception:  # the database is away: keep leading, retry on the next tick
                 log.exception("timer sync failed; retrying")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._changed.wait(), self.sync_interval)
             self._changed.clear()
 
-    async def _mirror(self, since: dt.datetime | None) -> dt.datetime:
-        """Add a job for each scheduled timer changed since `since`; return the next `since`."""
+    async def _mirror(self) -> dt.datetime:
+        """Add a job for each scheduled timer due within MIRROR_HORIZON; return when it ran.
+
+        Only near timers become jobs: our timers table is the durable record of the rest, and a
+        deployment with 100,000 appointments next month keeps a small job store (and its single
+        SQLite writer free) instead of copying every timer the moment it is created.
+        """
         started = self.clock.now()
-        conditions = [timers_t.c.state == TimerState.SCHEDULED.value, ~_fired_already()]
-        if since is not None:
-            conditions.append(timers_t.c.created_at >= since - SYNC_OVERLAP)
+        conditions = [
+            timers_t.c.state == TimerState.SCHEDULED.value,
+            ~_fired_already(),
+            timers_t.c.due_at < started + MIRROR_HORIZON,
+        ]
         last_id = 0
         while not self._resigning:
             query = (
-                select(timers_t.c.id, timers_t.c.token, timers_t.c.due_at, timers_t.c.created_at)
+                select(timers_t.c.id, timers_t.c.token, timers_t.c.due_at)
                 .where(*conditions, timers_t.c.id > last_id)
                 .order_by(timers_t.c.id)
                 .limit(BATCH)
@@ -341,13 +347,13 @@ class TimerScheduler:
             fresh = [r for r in rows if self._mirrored.get(r.id, ("",))[0] != r.token]
             if fresh:
                 await asyncio.to_thread(self._add_jobs, self._aps, fresh)
-                self._mirrored.update({r.id: (r.token, r.created_at) for r in fresh})
+                self._mirrored.update({r.id: (r.token, r.due_at) for r in fresh})
             if len(rows) < BATCH:
                 break
             last_id = rows[-1].id
-        # Entries older than the next look-back will not be read again: forget them.
-        horizon = started - SYNC_OVERLAP
-        self._mirrored = {k: v for k, v in self._mirrored.items() if v[1] >= horizon}
+        # A job whose time has passed has run (or been reported missed): forget it.
+        past = started - SYNC_OVERLAP
+        self._mirrored = {k: v for k, v in self._mirrored.items() if v[1] >= past}
         return started
 
     def _add_jobs(self, aps: Any, rows: list[Any]) -> None:

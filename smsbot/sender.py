@@ -20,6 +20,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from sqlalchemy import and_, exists, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from smsbot.clock import Clock
 from smsbot.inbox import Inbox, InboxEntry
@@ -31,6 +32,8 @@ from smsbot.store.engine import Database
 from smsbot.store.models import EventKind, Origin, OutboxState, messages_t, opt_outs_t
 
 log = logging.getLogger(__name__)
+
+SWEEP_EVERY = dt.timedelta(seconds=1)  # how often lapsed claims are looked for
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -108,6 +111,7 @@ class Sender:
         # After a 429 with Retry-After the provider wants silence from this account, not just
         # for the refused messages: nothing is claimed before this time.
         self._quiet_until: dt.datetime | None = None
+        self._last_sweep: dt.datetime | None = None
 
     def notify(self) -> None:
         """Wake the sender: new messages were queued."""
@@ -181,38 +185,15 @@ class Sender:
         m = messages_t
         pending = m.c.outbox == OutboxState.PENDING.value
         async with self.db.session() as s, s.begin():
-            lapsed = and_(m.c.outbox == OutboxState.INFLIGHT.value, m.c.lease_until < now)
-            # A claim whose process died. If a receipt (matched by clientReference) has moved
-            # the status on, the provider has the message: it must not go again. With no
-            # receipt we cannot tell whether the call got through, so wait `resend_grace` for
-            # one (the provider retries receipts) before sending it again.
-            await s.execute(
-                update(m)
-                .where(lapsed, m.c.status != DeliveryStatus.QUEUED.value)
-                .values(outbox=OutboxState.DONE.value)
-            )
-            await s.execute(
-                update(m)
-                .where(lapsed, m.c.lease_until < now - self.resend_grace)
-                .values(outbox=OutboxState.PENDING.value)
-            )
+            if self._last_sweep is None or now - self._last_sweep >= SWEEP_EVERY:
+                self._last_sweep = now
+                await self._recover_lapsed(s, now)
             opted_out = exists().where(
                 and_(
                     opt_outs_t.c.virtual_number == m.c.virtual_number,
                     opt_outs_t.c.phone == m.c.phone,
                 )
             )
-            suppressed = await s.execute(
-                update(m)
-                .where(pending, m.c.origin != Origin.COMPLIANCE.value, opted_out)
-                .values(
-                    outbox=OutboxState.DONE.value,
-                    status=DeliveryStatus.SUPPRESSED.value,
-                    status_at=now,
-                )
-            )
-            if suppressed.rowcount:  # type: ignore[attr-defined]
-                self.metrics.inc("smsbot_messages_suppressed_total", suppressed.rowcount)  # type: ignore[attr-defined]
             # One send at a time per conversation, across processes: a message waits while
             # another to the same phone from the same number is in flight. So a reply claimed
             # just before a STOP reaches the provider before the STOP's confirmation, never after.
@@ -234,14 +215,31 @@ class Sender:
                     m.c.encoding,
                     m.c.attempts,
                     m.c.created_at,
+                    m.c.origin,
+                    opted_out.label("opted_out"),
                 )
                 .where(pending, m.c.send_after <= now, ~in_flight)
                 .order_by(m.c.send_after, m.c.created_at)
                 .limit(self.batch_size)
             )
             if self.db.is_postgres:
-                query = query.with_for_update(skip_locked=True)
+                query = query.with_for_update(of=m, skip_locked=True)
             rows = (await s.execute(query)).all()
+            # Opt-out is checked as the message is claimed: only the STOP confirmation itself
+            # goes to a phone that opted out; everything else is marked suppressed, never sent.
+            blocked = [r.id for r in rows if r.opted_out and r.origin != Origin.COMPLIANCE.value]
+            if blocked:
+                await s.execute(
+                    update(m)
+                    .where(m.c.id.in_(blocked))
+                    .values(
+                        outbox=OutboxState.DONE.value,
+                        status=DeliveryStatus.SUPPRESSED.value,
+                        status_at=now,
+                    )
+                )
+                self.metrics.inc("smsbot_messages_suppressed_total", len(blocked))
+                rows = [r for r in rows if r.id not in set(blocked)]
             taken = [r for r in rows if self.limiter.take(r.virtual_number)]
             if not taken:
                 if rows:
@@ -302,6 +300,24 @@ class Sender:
         if failed:
             self.metrics.inc("smsbot_messages_failed_total", len(failed))
             await self._tell_flows(failed)
+
+    async def _recover_lapsed(self, s: AsyncSession, now: dt.datetime) -> None:
+        m = messages_t
+        lapsed = and_(m.c.outbox == OutboxState.INFLIGHT.value, m.c.lease_until < now)
+        # A claim whose process died. If a receipt (matched by clientReference) has moved the
+        # status on, the provider has the message: it must not go again. With no receipt we
+        # cannot tell whether the call got through, so wait `resend_grace` for one (the
+        # provider retries receipts) before sending it again.
+        await s.execute(
+            update(m)
+            .where(lapsed, m.c.status != DeliveryStatus.QUEUED.value)
+            .values(outbox=OutboxState.DONE.value)
+        )
+        await s.execute(
+            update(m)
+            .where(lapsed, m.c.lease_until < now - self.resend_grace)
+            .values(outbox=OutboxState.PENDING.value)
+        )
 
     def _after_error(self, c: Claimed, error: ProviderError, now: dt.datetime) -> dict[str, Any]:
         give_up = now - c.created_at > self.give_up_after

@@ -13,7 +13,7 @@ from smsbot.config import Settings
 from smsbot.sandbox import Sandbox
 from smsbot.server.app import create_app
 from smsbot.steps import EchoHandler, StepHandler
-from smsbot.store.migrate import upgrade
+from smsbot.store.migrate import upgrade_if_needed
 
 log = logging.getLogger("smsbot")
 
@@ -23,7 +23,7 @@ SHUTDOWN_TIMEOUT = 2.0  # aiohttp's wait for open requests; the bot then gets th
 def serve(settings: Settings, *, echo: bool = False) -> None:
     """Run smsbot in the foreground on settings.host:settings.port until SIGINT/SIGTERM."""
     settings.check_serve()
-    upgrade(settings.sync_database_url)  # `make run` needs no manual migration step
+    upgrade_if_needed(settings.sync_database_url)  # `make run` needs no manual migration step
     handler: StepHandler = EchoHandler() if echo else build_handler(settings)
     web.run_app(
         _app(settings, handler),

@@ -28,7 +28,7 @@ from smsbot.webhooks import (
 
 log = logging.getLogger(__name__)
 
-STORE_TIMEOUT = 10.0  # seconds
+STORE_TIMEOUT = 5.0  # seconds: an outage, not a slow commit, takes longer
 
 
 class _EveryFewSeconds:

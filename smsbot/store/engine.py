@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+from collections.abc import AsyncIterator
 from typing import Any
 
 from sqlalchemy import event, text
@@ -44,11 +46,31 @@ class Database:
         self.engine: AsyncEngine = create_async_engine(url, **kwargs)
         if not self.is_postgres:
             _configure_sqlite(self.engine)
+        self._writer = None if self.is_postgres else asyncio.Lock()
+        self._writer_task: asyncio.Task[Any] | None = None
         self.sessions = async_sessionmaker(self.engine, class_=AsyncSession, expire_on_commit=False)
 
-    def session(self) -> AsyncSession:
+    @contextlib.asynccontextmanager
+    async def session(self) -> AsyncIterator[AsyncSession]:
         """Open a session; use as `async with db.session() as s, s.begin(): ...`."""
-        return self.sessions()
+        if self._writer is None:
+            async with self.sessions() as s:
+                yield s
+            return
+        # SQLite has one writer and every transaction here begins IMMEDIATE: take turns in
+        # the event loop rather than in SQLite's busy handler, which sleeps up to 100 ms.
+        task = asyncio.current_task()
+        if self._writer_task is task:  # already ours (a nested session in the same task)
+            async with self.sessions() as s:
+                yield s
+            return
+        async with self._writer:
+            self._writer_task = task
+            try:
+                async with self.sessions() as s:
+                    yield s
+            finally:
+                self._writer_task = None
 
     async def create_all(self) -> None:
         """Create every table directly (tests); deployments use `smsbot db upgrade`."""

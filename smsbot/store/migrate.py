@@ -1,28 +1,60 @@
-"""Schema migrations with Alembic: `smsbot db upgrade`, also run by `smsbot serve` at start-up."""
+"""Schema migrations with Alembic: `smsbot db upgrade`, also run by `smsbot serve` at start-up.
+
+Alembic (and Mako) cost about 10 MB of memory, so `smsbot serve` first asks the database for its
+revision with plain SQL and imports Alembic only when a migration is actually due.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from alembic import command
-from alembic.config import Config
-from sqlalchemy import create_engine, pool, text
+from sqlalchemy import create_engine, inspect, pool, text
+
+if TYPE_CHECKING:
+    from alembic.config import Config
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+HEAD = "0002"  # the newest revision in migrations/versions (a test keeps this true)
 # Several `smsbot serve` processes may start at once; on PostgreSQL they take turns.
 MIGRATION_LOCK_KEY = 0x736D73626F74  # "smsbot"
 
 
 def alembic_config(sync_url: str) -> Config:
     """Return an Alembic config for smsbot's migrations on `sync_url` (a sync driver URL)."""
+    from alembic.config import Config
+
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS))
     cfg.set_main_option("sqlalchemy.url", sync_url.replace("%", "%%"))
     return cfg
 
 
+def current_revision(sync_url: str) -> str | None:
+    """Return the database's schema revision, or None for a database smsbot never migrated."""
+    engine = create_engine(sync_url, poolclass=pool.NullPool)
+    try:
+        with engine.connect() as conn:
+            if not inspect(conn).has_table("alembic_version"):
+                return None
+            row = conn.execute(text("SELECT version_num FROM alembic_version")).first()
+            return str(row[0]) if row else None
+    finally:
+        engine.dispose()
+
+
+def upgrade_if_needed(sync_url: str) -> bool:
+    """Migrate to HEAD unless the database is there already; return True if it migrated."""
+    if current_revision(sync_url) == HEAD:
+        return False
+    upgrade(sync_url)
+    return True
+
+
 def upgrade(sync_url: str, revision: str = "head") -> None:
     """Bring the database at `sync_url` up to `revision` (blocking: call it off the event loop)."""
+    from alembic import command
+
     cfg = alembic_config(sync_url)
     if not sync_url.startswith("postgresql"):
         command.upgrade(cfg, revision)
