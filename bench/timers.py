@@ -290,8 +290,10 @@ async def _insert_reminders(db_url: str, due: list[float]) -> None:
 
 
 async def mirror(o: Options, n: int) -> list[Figure]:
-    """n reminders due in 30 days appear in a running server's database: how long until its
-    timer leader has mirrored every one into an APScheduler job (the rest of "scheduling")."""
+    """n reminders due in about 5 minutes appear in a running server's database: how long until
+    its timer leader has mirrored every one into an APScheduler job (the rest of "scheduling").
+    Only timers due within the scheduler's MIRROR_HORIZON (10 minutes) become jobs; later ones
+    wait in the timers table, so they must be due soon to be measured here."""
     db_url = sqlite_url(o.workdir)
     async with Provider(o.workdir) as provider:
         port = free_port()
@@ -303,7 +305,7 @@ async def mirror(o: Options, n: int) -> list[Figure]:
         try:
             await server.wait_http(f"http://127.0.0.1:{port}/healthz")
             await asyncio.sleep(2)  # the leader's first (empty) sync
-            due = [time.time() + 30 * 86_400 + i for i in range(n)]
+            due = [time.time() + 300 + i * 0.002 for i in range(n)]
             t = time.monotonic()
             await _insert_reminders(db_url, due)
             inserted = time.monotonic() - t

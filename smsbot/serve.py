@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import logging
+import os
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 
 from aiohttp import web
 
 from smsbot.assembly import SANDBOX_API_KEY, build_handler, build_provider
 from smsbot.bot import Bot
-from smsbot.config import Settings
+from smsbot.config import ConfigError, Settings
 from smsbot.sandbox import Sandbox
 from smsbot.server.app import create_app
 from smsbot.steps import EchoHandler, StepHandler
-from smsbot.store.migrate import upgrade_if_needed
+from smsbot.store.migrate import HEAD, current_revision
 
 log = logging.getLogger("smsbot")
 
@@ -23,7 +26,7 @@ SHUTDOWN_TIMEOUT = 2.0  # aiohttp's wait for open requests; the bot then gets th
 def serve(settings: Settings, *, echo: bool = False) -> None:
     """Run smsbot in the foreground on settings.host:settings.port until SIGINT/SIGTERM."""
     settings.check_serve()
-    upgrade_if_needed(settings.sync_database_url)  # `make run` needs no manual migration step
+    migrate(settings)  # `make run` needs no manual migration step
     handler: StepHandler = EchoHandler() if echo else build_handler(settings)
     web.run_app(
         _app(settings, handler),
@@ -33,6 +36,23 @@ def serve(settings: Settings, *, echo: bool = False) -> None:
         access_log=None,
         print=lambda text: log.info("%s", text.strip()),
     )
+
+
+def migrate(settings: Settings) -> None:
+    """Bring the schema up to date; Alembic runs in a child process, so serving never loads it."""
+    if current_revision(settings.sync_database_url) == HEAD:
+        return
+    log.info("migrating the database schema to revision %s", HEAD)
+    # The child reads the same environment; Alembic's ~10 MB stay out of this long-lived process.
+    done = subprocess.run(
+        [sys.executable, "-m", "smsbot", "db", "upgrade"],
+        env={**os.environ, "SMSBOT_DATABASE_URL": settings.database_url},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise ConfigError(f"the database migration failed: {done.stderr.strip()[-500:]}")
 
 
 async def _app(settings: Settings, handler: StepHandler) -> web.Application:

@@ -11,6 +11,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from smsbot.sandbox import Sandbox
 from smsbot.store.engine import Database
 
 REPO = Path(__file__).resolve().parents[1]
@@ -85,3 +86,14 @@ async def db(db_url: str) -> AsyncIterator[Database]:
         yield database
     finally:
         await database.dispose()
+
+
+@pytest.fixture
+async def sandbox() -> AsyncIterator[Sandbox]:
+    """The fake provider on a loopback port, accepting tests.support.API_KEY."""
+    from tests.support import API_KEY
+
+    sb = Sandbox(api_key=API_KEY)
+    await sb.start()
+    yield sb
+    await sb.stop()

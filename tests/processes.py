@@ -76,8 +76,8 @@ class ServerProcess:
         self.proc.send_signal(signal.SIGKILL)
         self.proc.wait(10)
 
-    async def terminate(self, timeout: float = 15.0) -> int:
-        """SIGTERM and wait; return the exit code."""
+    async def terminate(self, timeout: float = 10.0) -> int:
+        """SIGTERM and wait; return the exit code (smsbot promises to exit within 10 s)."""
         assert self.proc is not None
         self.proc.send_signal(signal.SIGTERM)
         for _ in range(int(timeout * 20)):
@@ -86,7 +86,7 @@ class ServerProcess:
                 return code
             await asyncio.sleep(0.05)
         self.proc.kill()
-        raise TimeoutError("smsbot serve did not exit after SIGTERM")
+        raise TimeoutError(f"smsbot serve did not exit within {timeout} s of SIGTERM")
 
     def close(self) -> None:
         """Make sure the child is gone (test teardown)."""

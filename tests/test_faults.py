@@ -13,7 +13,7 @@ import dataclasses
 import datetime as dt
 import random
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -68,14 +68,6 @@ OPT_OUT_CONFIRMATION = "You have been unsubscribed"
 def phone(i: int) -> str:
     """The i-th test phone, E.164."""
     return f"+4477009{i:05d}"
-
-
-@pytest.fixture
-async def sandbox() -> AsyncIterator[Sandbox]:
-    sb = Sandbox(api_key=API_KEY)
-    await sb.start()
-    yield sb
-    await sb.stop()
 
 
 async def new_bot(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -17,21 +16,13 @@ from smsbot.sandbox import Sandbox
 from smsbot.server.app import create_app
 from smsbot.status import DeliveryStatus
 from smsbot.store.models import messages_t
-from tests.support import API_KEY, PHONE, VN, Harness, inbound_body, make_bot
+from tests.support import PHONE, VN, Harness, inbound_body, make_bot
 
 REPO = Path(__file__).resolve().parents[1]
 T0 = dt.datetime(2026, 1, 15, 9, 0, tzinfo=dt.UTC)
 TOKEN = "operator-token-123"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 APPOINTMENT = {"name": "Sam", "starts_at": "2026-01-20T10:30:00+00:00", "location": "Riverside"}
-
-
-@pytest.fixture
-async def sandbox() -> AsyncIterator[Sandbox]:
-    sb = Sandbox(api_key=API_KEY)
-    await sb.start()
-    yield sb
-    await sb.stop()
 
 
 @dataclasses.dataclass

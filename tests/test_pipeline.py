@@ -29,16 +29,6 @@ T0 = dt.datetime(2026, 1, 15, 14, 22, 30, tzinfo=dt.UTC)
 
 
 @pytest.fixture
-async def sandbox() -> AsyncIterator[Sandbox]:
-    from tests.support import API_KEY
-
-    sb = Sandbox(api_key=API_KEY)
-    await sb.start()
-    yield sb
-    await sb.stop()
-
-
-@pytest.fixture
 async def harness(db_url: str, sandbox: Sandbox, aiohttp_client: Any) -> Harness:
     """Workers off: tests drive the dispatcher and sender themselves, on a virtual clock."""
     clock = VirtualClock(T0)

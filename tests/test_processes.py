@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
@@ -17,17 +16,9 @@ from smsbot.store.engine import Database
 from smsbot.store.migrate import upgrade
 from smsbot.store.models import conversations_t, events_t
 from tests.processes import ServerProcess
-from tests.support import API_KEY, VN, inbound_body, signed
+from tests.support import VN, inbound_body, signed
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-async def sandbox() -> AsyncIterator[Sandbox]:
-    sb = Sandbox(api_key=API_KEY)
-    await sb.start()
-    yield sb
-    await sb.stop()
 
 
 def _sync(url: str) -> str:

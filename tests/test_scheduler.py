@@ -40,18 +40,10 @@ from smsbot.store.models import (
     opt_outs_t,
     timers_t,
 )
-from tests.support import API_KEY, PHONE, VN, make_bot
+from tests.support import PHONE, VN, make_bot
 
 T0 = dt.datetime(2026, 1, 15, 9, 0, tzinfo=dt.UTC)
 LATENESS = dt.timedelta(hours=6)  # the default SMSBOT_REMINDER_MAX_LATENESS
-
-
-@pytest.fixture
-async def sandbox() -> AsyncIterator[Sandbox]:
-    sb = Sandbox(api_key=API_KEY)
-    await sb.start()
-    yield sb
-    await sb.stop()
 
 
 @pytest.fixture

@@ -131,11 +131,10 @@ def test_concurrent_upgrades_from_several_processes_take_turns(pg_database: str)
 def test_head_names_the_newest_migration(tmp_path: Path) -> None:
     from alembic.script import ScriptDirectory
 
-    from smsbot.store.migrate import HEAD, alembic_config, current_revision, upgrade_if_needed
+    from smsbot.store.migrate import HEAD, alembic_config, current_revision
 
     url = f"sqlite:///{tmp_path / 'm.db'}"
     assert ScriptDirectory.from_config(alembic_config(url)).get_current_head() == HEAD
     assert current_revision(url) is None
-    assert upgrade_if_needed(url) is True
-    assert current_revision(url) == HEAD
-    assert upgrade_if_needed(url) is False  # serve's start-up: no Alembic import needed
+    upgrade(url)
+    assert current_revision(url) == HEAD  # what `smsbot serve` checks before migrating

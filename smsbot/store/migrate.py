@@ -1,7 +1,8 @@
 """Schema migrations with Alembic: `smsbot db upgrade`, also run by `smsbot serve` at start-up.
 
-Alembic (and Mako) cost about 10 MB of memory, so `smsbot serve` first asks the database for its
-revision with plain SQL and imports Alembic only when a migration is actually due.
+Alembic (and Mako) cost about 10 MB of memory, so `smsbot serve` asks the database for its
+revision with plain SQL (`current_revision`) and runs `smsbot db upgrade` in a child process
+only when a migration is due: the long-lived server never imports Alembic.
 """
 
 from __future__ import annotations
@@ -41,14 +42,6 @@ def current_revision(sync_url: str) -> str | None:
             return str(row[0]) if row else None
     finally:
         engine.dispose()
-
-
-def upgrade_if_needed(sync_url: str) -> bool:
-    """Migrate to HEAD unless the database is there already; return True if it migrated."""
-    if current_revision(sync_url) == HEAD:
-        return False
-    upgrade(sync_url)
-    return True
 
 
 def upgrade(sync_url: str, revision: str = "head") -> None:
