@@ -139,3 +139,24 @@ async def make_bot(
         API_KEY, sandbox.url, timeout=2.0, retry=RetryPolicy(attempts=2, sleep=no_sleep)
     )
     return Bot(settings, provider=provider, handler=handler, clock=clock, db=db, poll_interval=0.01)
+
+
+async def conversation_id(s: Any, virtual_number: str, phone: str) -> int:
+    """The id of the (virtual number, phone) conversation row, created if missing."""
+    from sqlalchemy import select
+
+    from smsbot.store.models import conversations_t
+
+    c = conversations_t
+    found = await s.execute(
+        select(c.c.id).where(c.c.virtual_number == virtual_number, c.c.phone == phone)
+    )
+    existing = found.scalar_one_or_none()
+    if existing is not None:
+        return int(existing)
+    created = await s.execute(
+        c.insert()
+        .values(virtual_number=virtual_number, phone=phone, data={}, version=0)
+        .returning(c.c.id)
+    )
+    return int(created.scalar_one())

@@ -54,6 +54,7 @@ from tests.support import (
     SECRET,
     VN,
     Harness,
+    conversation_id,
     inbound_body,
     no_sleep,
     settings_for,
@@ -368,21 +369,7 @@ class FlowRig(Harness):
         """Insert `count` reminders due now for `to`, as a step would have scheduled them."""
         now = self.clock.now()
         async with self.bot.db.session() as s, s.begin():
-            convo = (
-                await s.execute(
-                    select(conversations_t.c.id).where(
-                        conversations_t.c.virtual_number == VN, conversations_t.c.phone == to
-                    )
-                )
-            ).scalar_one_or_none()
-            if convo is None:
-                convo = (
-                    await s.execute(
-                        conversations_t.insert()
-                        .values(virtual_number=VN, phone=to, data={}, version=0)
-                        .returning(conversations_t.c.id)
-                    )
-                ).scalar_one()
+            convo = await conversation_id(s, VN, to)
             payload = {"template": "appointment/reminder.txt", "data": appointment(starts_at)}
             await s.execute(
                 timers_t.insert(),

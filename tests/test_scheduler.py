@@ -33,14 +33,13 @@ from smsbot.store.models import (
     EventState,
     Origin,
     TimerState,
-    conversations_t,
     events_t,
     messages_t,
     new_id,
     opt_outs_t,
     timers_t,
 )
-from tests.support import PHONE, VN, make_bot
+from tests.support import PHONE, VN, conversation_id, make_bot
 
 T0 = dt.datetime(2026, 1, 15, 9, 0, tzinfo=dt.UTC)
 LATENESS = dt.timedelta(hours=6)  # the default SMSBOT_REMINDER_MAX_LATENESS
@@ -66,21 +65,7 @@ async def add_timer(
 ) -> int:
     """Insert a scheduled timer (and its conversation) as a committed step would."""
     async with db.session() as s, s.begin():
-        convo = (
-            await s.execute(
-                select(conversations_t.c.id).where(
-                    conversations_t.c.virtual_number == VN, conversations_t.c.phone == phone
-                )
-            )
-        ).scalar_one_or_none()
-        if convo is None:
-            convo = (
-                await s.execute(
-                    conversations_t.insert()
-                    .values(virtual_number=VN, phone=phone, data={}, version=0)
-                    .returning(conversations_t.c.id)
-                )
-            ).scalar_one()
+        convo = await conversation_id(s, VN, phone)
         timer_id: int = (
             await s.execute(
                 timers_t.insert()
