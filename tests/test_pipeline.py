@@ -382,3 +382,17 @@ async def test_storage_down_answers_503_so_the_provider_retries(
     resp = await client.post("/webhooks/divergent", data=body, headers=signed(body, clock))
     assert resp.status == 503
     assert "retry" in (await resp.json())["error"]
+
+
+async def test_insecure_no_signature_accepts_unsigned_webhooks_and_warns_at_start(
+    db_url: str, sandbox: Sandbox, aiohttp_client: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    clock = VirtualClock(T0)
+    bot = await make_bot(db_url, sandbox, EchoHandler(), clock, SMSBOT_INSECURE_NO_SIGNATURE="1")
+    with caplog.at_level("WARNING"):
+        client = await aiohttp_client(create_app(bot, run_workers=False))
+    assert "NOT verified" in caplog.text
+    resp = await client.post("/webhooks/divergent", data=inbound_body("evt_unsigned", "hi"))
+    assert resp.status == 200
+    await bot.run_until_idle()
+    assert [m.content for m in sandbox.messages] == ["You said: hi"]
