@@ -175,10 +175,17 @@ def region_of(e164: str) -> str | None:
 
 def time_zones_of(e164: str) -> list[str]:
     """Return the IANA time zones an E.164 number may be in; [] when unknown."""
+    return list(_time_zones(e164))
+
+
+@functools.lru_cache(maxsize=65_536)
+def _time_zones(e164: str) -> tuple[str, ...]:
+    # Cached: phonenumbers classifies the number against dozens of patterns first, and the
+    # same phones come back step after step (every reply renders times in their zone).
     number = _parse_e164(e164)
     zones = pn_timezone.time_zones_for_number(number)
     if _UNKNOWN_TZ in zones:
         # time_zones_for_number() gives up on invalid numbers; the prefix table still knows the
         # country (or area), which is what a drama number needs for quiet-hours checks.
         zones = pn_timezone.time_zones_for_geographical_number(number)
-    return sorted(str(zone) for zone in zones if zone != _UNKNOWN_TZ)
+    return tuple(sorted(str(zone) for zone in zones if zone != _UNKNOWN_TZ))
