@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import bisect
 from collections import defaultdict
-from collections.abc import Callable, Iterable
 
 _BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -24,7 +23,6 @@ class Metrics:
         self._help: dict[str, tuple[str, str]] = {}
         self._hist_counts: dict[str, list[int]] = {}
         self._hist_sum: dict[str, float] = {}
-        self._gauges: dict[str, Callable[[], Iterable[tuple[dict[str, str], float]]]] = {}
 
     def inc(self, name: str, amount: float = 1.0, /, **labels: str) -> None:
         """Add `amount` to the counter `name` with these labels."""
@@ -37,14 +35,6 @@ class Metrics:
         counts = self._hist_counts.setdefault(name, [0] * (len(_BUCKETS) + 1))
         counts[bisect.bisect_left(_BUCKETS, seconds)] += 1
         self._hist_sum[name] = self._hist_sum.get(name, 0.0) + seconds
-
-    def describe(self, name: str, kind: str, help_text: str) -> None:
-        """Set the TYPE and HELP lines of a metric."""
-        self._help[name] = (kind, help_text)
-
-    def gauge(self, name: str, read: Callable[[], Iterable[tuple[dict[str, str], float]]]) -> None:
-        """Register a gauge whose values are read at render time (e.g. cached queue depths)."""
-        self._gauges[name] = read
 
     def set(self, name: str, value: float, /, **labels: str) -> None:
         """Set a gauge-like series to `value` (rendered with the counters)."""
@@ -68,10 +58,6 @@ class Metrics:
             head(name, "counter")
             for key, value in sorted(series.items()):
                 out.append(f"{name}{_labels(key)} {value:g}")
-        for name, read in sorted(self._gauges.items()):
-            head(name, "gauge")
-            for labels, value in read():
-                out.append(f"{name}{_labels(tuple(sorted(labels.items())))} {value:g}")
         for name, counts in sorted(self._hist_counts.items()):
             head(name, "histogram")
             running = 0

@@ -95,33 +95,25 @@ async def send_now(settings: Settings, *, to: str, text: str, sender: str | None
             client_reference=message_id,
             unicode=sms.encoding.value == "UCS-2",
         )
-        try:
-            result = await provider.send(outbound)
-        except ProviderError as exc:
+
+        async def record(**values: object) -> None:
             async with db.session() as s, s.begin():
                 await s.execute(
                     update(messages_t)
                     .where(messages_t.c.id == message_id)
-                    .values(
-                        status=DeliveryStatus.FAILED.value,
-                        outbox=OutboxState.DONE.value,
-                        error=str(exc)[:500],
-                        status_at=clock.now(),
-                    )
+                    .values(outbox=OutboxState.DONE.value, status_at=clock.now(), **values)
                 )
+
+        try:
+            result = await provider.send(outbound)
+        except ProviderError as exc:
+            await record(status=DeliveryStatus.FAILED.value, error=str(exc)[:500])
             raise OperatorError(f"the provider refused the message: {exc}") from None
-        async with db.session() as s, s.begin():
-            await s.execute(
-                update(messages_t)
-                .where(messages_t.c.id == message_id)
-                .values(
-                    status=DeliveryStatus.ACCEPTED.value,
-                    outbox=OutboxState.DONE.value,
-                    provider_message_id=result.provider_message_id,
-                    sent_at=clock.now(),
-                    status_at=clock.now(),
-                )
-            )
+        await record(
+            status=DeliveryStatus.ACCEPTED.value,
+            provider_message_id=result.provider_message_id,
+            sent_at=clock.now(),
+        )
         return (
             f"sent {sms.segments} segment(s), {sms.encoding.value}, from {origin} to {recipient};"
             f" message id {message_id}, provider id {result.provider_message_id or '-'}"

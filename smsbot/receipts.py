@@ -21,8 +21,6 @@ from smsbot.store.models import (
 
 log = logging.getLogger(__name__)
 
-FAILED_DELIVERY = {DeliveryStatus.FAILED, DeliveryStatus.REJECTED, DeliveryStatus.EXPIRED}
-
 
 async def apply_receipts(db: Database, clock: Clock, metrics: Metrics, limit: int = 500) -> int:
     """Apply up to `limit` pending receipts in one transaction; return how many were handled."""
