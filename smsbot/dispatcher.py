@@ -27,7 +27,6 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from smsbot.clock import Clock
 from smsbot.effects import StepOutcome, Stepped, finish_events, write_effects
-from smsbot.inbox import insert_ignoring_conflicts
 from smsbot.metrics import Metrics
 from smsbot.receipts import apply_receipts
 from smsbot.steps import ConversationKey, ConversationSnapshot, DispatchEvent, StepHandler
@@ -41,11 +40,16 @@ from smsbot.store.models import (
     opt_outs_t,
     timers_t,
 )
+from smsbot.store.upsert import insert_on_conflict
 
 log = logging.getLogger(__name__)
 
 # The database cannot be reached: retry the whole batch later, count nothing against events.
 _UNAVAILABLE = (OperationalError, InterfaceError, OSError, TimeoutError)
+
+BATCH_BUDGET = 0.010  # seconds a step batch may keep other writers (webhooks) waiting
+MIN_BATCH = 8
+_NEW_CONVERSATION = insert_on_conflict(conversations_t, ["virtual_number", "phone"])
 
 __all__ = ["Dispatcher", "StepOutcome", "backoff"]
 
@@ -74,6 +78,7 @@ class Dispatcher:
         # SQLite has one writer: concurrent batches would only queue behind each other.
         self.workers = workers if db.is_postgres else 1
         self.batch_size = batch_size
+        self._size = batch_size  # the next batch's size: shrinks while it makes writers wait
         self.max_attempts = max_attempts
         self.step_timeout = step_timeout
         self.poll_interval = poll_interval
@@ -134,9 +139,9 @@ class Dispatcher:
         if free <= 0:
             await asyncio.wait(self._tasks, return_when=asyncio.FIRST_COMPLETED)
             return True
-        keys = await self.due_keys(limit=self.batch_size * free + len(self._busy))
+        keys = await self.due_keys(limit=self._size * free + len(self._busy))
         keys = [k for k in keys if k not in self._busy]
-        size = max(1, min(self.batch_size, -(-len(keys) // free)))  # spread over free workers
+        size = max(1, min(self._size, -(-len(keys) // free)))  # spread over free workers
         for start in range(0, len(keys), size):
             batch = keys[start : start + size]
             self._busy.update(batch)
@@ -218,6 +223,7 @@ class Dispatcher:
         started = time.perf_counter()
         now = self.clock.now()
         async with self.db.session() as s, s.begin():
+            waits = self.db.write_waits
             convos = await self._lock_conversations(s, keys)
             events = await self._oldest_events(s, list(convos), now)
             if not events:
@@ -244,11 +250,23 @@ class Dispatcher:
             outcomes = await write_effects(s, self.db, stepped, now)
             await finish_events(s, stale, EventState.IGNORED, now)
             parked = await self._record_failures(s, failed, now)
-        self._count(stepped, stale, failed, parked, time.perf_counter() - started)
+            contended = self.db.write_waits != waits
+        seconds = time.perf_counter() - started
+        self._adapt(len(keys), seconds, contended)
+        self._count(stepped, stale, failed, parked, seconds)
         if self.on_commit is not None:
             for outcome in outcomes:
                 self.on_commit(outcome)
         return len(stepped) + len(stale) + parked
+
+    def _adapt(self, size: int, seconds: float, contended: bool) -> None:
+        # SQLite has one writer: while a batch runs, webhooks wait to be stored. A batch that
+        # kept them waiting longer than BATCH_BUDGET halves the next one; batches that kept
+        # nobody waiting grow back to batch_size. (PostgreSQL never waits here: full batches.)
+        if contended and seconds > BATCH_BUDGET:
+            self._size = max(MIN_BATCH, min(self._size, size) // 2)
+        elif not contended:
+            self._size = min(self.batch_size, self._size + max(1, self._size // 4))
 
     def _count(
         self,
@@ -296,14 +314,8 @@ class Dispatcher:
             missing -= {(vn, phone) for vn, phone in held.all()}
         if missing:
             await s.execute(
-                insert_ignoring_conflicts(self.db, c)
-                .values(
-                    [
-                        {"virtual_number": vn, "phone": p, "data": {}, "version": 0}
-                        for vn, p in missing
-                    ]
-                )
-                .on_conflict_do_nothing(index_elements=["virtual_number", "phone"])
+                _NEW_CONVERSATION,
+                [{"virtual_number": vn, "phone": p, "data": {}, "version": 0} for vn, p in missing],
             )
             for r in (await s.execute(locking(missing))).all():
                 rows[(r.virtual_number, r.phone)] = r

@@ -13,7 +13,6 @@ from typing import Any
 from sqlalchemy import JSON, and_, bindparam, delete, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from smsbot.inbox import insert_ignoring_conflicts
 from smsbot.status import DeliveryStatus
 from smsbot.steps import ConversationKey, ConversationSnapshot, DispatchEvent, StepResult
 from smsbot.store.engine import Database
@@ -32,6 +31,7 @@ from smsbot.store.models import (
     timers_t,
 )
 from smsbot.store.types import UTCDateTime
+from smsbot.store.upsert import insert_on_conflict
 from smsbot.text import analyze
 
 
@@ -93,6 +93,12 @@ _CANCEL_TIMER = (
         _SCHEDULED,
     )
     .values(state=TimerState.CANCELLED.value)
+)
+# A timer set again under the same name replaces the scheduled one (new token, new due time).
+_UPSERT_TIMER = insert_on_conflict(
+    timers_t,
+    ["conversation_id", "name"],
+    update=("kind", "token", "due_at", "payload", "state", "created_at", "fired_at"),
 )
 
 
@@ -249,14 +255,12 @@ async def _apply_opt_out(
     result = item.result
     if result.opt_out is True:
         await s.execute(
-            insert_ignoring_conflicts(db, opt_outs_t)
-            .values(
+            insert_on_conflict(opt_outs_t, ["virtual_number", "phone"]).values(
                 virtual_number=key.virtual_number,
                 phone=key.phone,
                 keyword=(result.opt_keyword or "STOP")[:50],
                 created_at=now,
             )
-            .on_conflict_do_nothing(index_elements=["virtual_number", "phone"])
         )
         return True
     if result.opt_out is False:
@@ -299,12 +303,4 @@ async def _write_timers(
     if cancel:
         await s.execute(_CANCEL_TIMER, cancel)
     if upserts:
-        stmt = insert_ignoring_conflicts(db, timers_t)
-        stmt = stmt.on_conflict_do_update(
-            index_elements=["conversation_id", "name"],
-            set_={
-                col: stmt.excluded[col]
-                for col in ("kind", "token", "due_at", "payload", "state", "created_at", "fired_at")
-            },
-        )
-        await s.execute(stmt, upserts)
+        await s.execute(_UPSERT_TIMER, upserts)

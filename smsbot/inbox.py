@@ -15,13 +15,14 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import select, tuple_
+from sqlalchemy import Connection, select, tuple_
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from smsbot.clock import Clock
 from smsbot.store.engine import Database
 from smsbot.store.models import EventKind, events_t
+from smsbot.store.upsert import insert_on_conflict
 
 log = logging.getLogger(__name__)
 
@@ -60,10 +61,8 @@ class Inbox:
     def __init__(self, db: Database, clock: Clock) -> None:
         self.db = db
         self.clock = clock
-        self._insert = (
-            insert_ignoring_conflicts(db, events_t)
-            .on_conflict_do_nothing(index_elements=["source", "event_id"])
-            .returning(events_t.c.source, events_t.c.event_id)
+        self._insert = insert_on_conflict(events_t, ["source", "event_id"]).returning(
+            events_t.c.source, events_t.c.event_id
         )
         self._queue: asyncio.Queue[tuple[InboxEntry, asyncio.Future[AcceptOutcome]]] | None = None
         self._writer: asyncio.Task[None] | None = None
@@ -115,20 +114,9 @@ class Inbox:
             }
             for e in first.values()
         ]
-        async with self.db.session() as s, s.begin():
-            # One statement for any group size, executed with a parameter list: SQLAlchemy
-            # caches its compiled form (a multi-VALUES insert would be compiled per group).
-            result = await s.execute(self._insert, rows)
-            inserted = {(r[0], r[1]) for r in result.all()}
-            missing = [k for k in first if k not in inserted]
-            known: dict[tuple[str, str], str | None] = {}
-            if missing:
-                found = await s.execute(
-                    select(events_t.c.source, events_t.c.event_id, events_t.c.body_sha256).where(
-                        tuple_(events_t.c.source, events_t.c.event_id).in_(missing)
-                    )
-                )
-                known = {(src, eid): digest for src, eid, digest in found.all()}
+        # One statement for any group size, executed with a parameter list: SQLAlchemy
+        # caches its compiled form (a multi-VALUES insert would be compiled per group).
+        inserted, known = await self.db.write(lambda conn: self._insert_rows(conn, rows, first))
         outcomes: list[AcceptOutcome] = []
         claimed: set[tuple[str, str]] = set()
         for e in entries:
@@ -148,6 +136,22 @@ class Inbox:
             else:
                 outcomes.append(AcceptOutcome.DUPLICATE)
         return outcomes
+
+    def _insert_rows(
+        self, conn: Connection, rows: list[dict[str, Any]], first: dict[tuple[str, str], Any]
+    ) -> tuple[set[tuple[str, str]], dict[tuple[str, str], str | None]]:
+        """Insert; return the keys that were new and the stored digests of those that were not."""
+        inserted = {(r[0], r[1]) for r in conn.execute(self._insert, rows).all()}
+        missing = [k for k in first if k not in inserted]
+        known: dict[tuple[str, str], str | None] = {}
+        if missing:
+            found = conn.execute(
+                select(events_t.c.source, events_t.c.event_id, events_t.c.body_sha256).where(
+                    tuple_(events_t.c.source, events_t.c.event_id).in_(missing)
+                )
+            )
+            known = {(src, eid): digest for src, eid, digest in found.all()}
+        return inserted, known
 
     async def _write_loop(self) -> None:
         assert self._queue is not None
