@@ -48,7 +48,6 @@ class Bot:
             self.db,
             provider,
             self.clock,
-            self.inbox,
             metrics=self.metrics,
             batch_size=settings.send_batch_size,
             rate_per_second=settings.send_rate_per_second,

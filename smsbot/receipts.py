@@ -1,11 +1,18 @@
-"""Delivery receipts: match each to our message and move its status forward, never back."""
+"""Delivery receipts: match each to our message and move its status forward, never back.
+
+A receipt that moves a message to a delivery failure also tells the conversation's flow
+(`on_send_failed`), like a permanent error at send time does: the SEND_FAILED inbox event is
+written in the same transaction as the status, so the hook is neither lost nor doubled.
+"""
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 from typing import Any
 
 from sqlalchemy import or_, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from smsbot.clock import Clock
 from smsbot.metrics import Metrics
@@ -18,8 +25,17 @@ from smsbot.store.models import (
     events_t,
     messages_t,
 )
+from smsbot.store.upsert import insert_on_conflict
 
 log = logging.getLogger(__name__)
+
+_NEW_EVENT = insert_on_conflict(events_t, ["source", "event_id"])
+
+# Final statuses that mean the message never reached the phone through a delivery problem.
+# Cancelled, deleted and skipped messages were stopped on purpose, so no flow is told.
+DELIVERY_FAILURES = frozenset(
+    {DeliveryStatus.FAILED, DeliveryStatus.EXPIRED, DeliveryStatus.REJECTED}
+)
 
 
 async def apply_receipts(db: Database, clock: Clock, metrics: Metrics, limit: int = 500) -> int:
@@ -52,7 +68,7 @@ async def apply_receipts(db: Database, clock: Clock, metrics: Metrics, limit: in
     return len(events)
 
 
-async def _apply_one(s: Any, payload: dict[str, Any], now: Any) -> bool:
+async def _apply_one(s: AsyncSession, payload: dict[str, Any], now: dt.datetime) -> bool:
     ref = payload.get("client_reference")
     provider_id = payload.get("provider_message_id")
     # clientReference is our message id when we sent it; fall back to the provider's id.
@@ -63,10 +79,19 @@ async def _apply_one(s: Any, payload: dict[str, Any], now: Any) -> bool:
         conditions.append(messages_t.c.provider_message_id == provider_id)
     if not conditions:
         return False
+    m = messages_t
     row = (
         await s.execute(
-            select(messages_t.c.id, messages_t.c.status)
-            .where(messages_t.c.direction == Direction.OUTBOUND.value, or_(*conditions))
+            select(
+                m.c.id,
+                m.c.status,
+                m.c.virtual_number.label("sender"),
+                m.c.phone.label("recipient"),
+                m.c.body,
+                m.c.origin,
+                m.c.created_at,
+            )
+            .where(m.c.direction == Direction.OUTBOUND.value, or_(*conditions))
             .limit(1)
         )
     ).first()
@@ -74,11 +99,55 @@ async def _apply_one(s: Any, payload: dict[str, Any], now: Any) -> bool:
         return False
     new = DeliveryStatus(payload["status"])
     current = DeliveryStatus(row.status) if row.status else DeliveryStatus.QUEUED
-    if current.can_become(new):
-        values: dict[str, Any] = {"status": new.value, "status_at": now}
-        if provider_id:
-            values["provider_message_id"] = provider_id
-        if payload.get("error_code"):
-            values["error"] = f"provider error code {payload['error_code']}"[:500]
-        await s.execute(update(messages_t).where(messages_t.c.id == row.id).values(**values))
+    if not current.can_become(new):
+        return True
+    values: dict[str, Any] = {"status": new.value, "status_at": now}
+    if provider_id:
+        values["provider_message_id"] = provider_id
+    code = payload.get("error_code")
+    if code:
+        values["error"] = f"provider error code {code}"[:500]
+    # Guarded by the status itself: of two receipts for one message applied at once (two
+    # processes on PostgreSQL), only the one that still moves the status forward counts.
+    earlier = [old.value for old in DeliveryStatus if old.can_become(new)]
+    moved = await s.execute(
+        update(m)
+        .where(m.c.id == row.id, or_(m.c.status.in_(earlier), m.c.status.is_(None)))
+        .values(**values)
+        .returning(m.c.id)
+    )
+    if moved.first() is not None and new in DELIVERY_FAILURES:
+        error = f"delivery failed: {new.value.capitalize()}"
+        if code:
+            error += f" (provider error code {code})"
+        log.info("message %s: %s; telling its flow", row.id, error)
+        await enqueue_send_failed(s, row, error[:500], now)
     return True
+
+
+async def enqueue_send_failed(s: AsyncSession, message: Any, error: str, now: dt.datetime) -> None:
+    """Queue the SEND_FAILED event for the flow's `on_send_failed`, in the caller's transaction.
+
+    `message` has the outbox's fields: id, sender, recipient, body, origin, created_at. The
+    event id is `send-failed:{message id}`, so a message fails a flow once, whether the
+    provider refused it at send time or a receipt said so later.
+    """
+    await s.execute(
+        _NEW_EVENT.values(
+            source="internal",
+            event_id=f"send-failed:{message.id}",
+            kind=EventKind.SEND_FAILED.value,
+            virtual_number=message.sender,
+            phone=message.recipient,
+            payload={
+                "message_id": message.id,
+                "error": error,
+                "text": message.body,
+                "origin": message.origin,
+                "created_at": message.created_at.isoformat(),
+            },
+            state=EventState.PENDING.value,
+            attempts=0,
+            received_at=now,
+        )
+    )

@@ -46,6 +46,7 @@ log = logging.getLogger(__name__)
 MAX_STATES_PER_STEP = 10  # enter hooks that keep returning states are a bug, not a workflow
 RESERVED = "_smsbot"  # the runtime's own bookkeeping inside the conversation data
 _DEFERRED = (Origin.FLOW, Origin.REMINDER)  # what quiet hours hold back
+_FLOW_ORIGINS = {Origin.REPLY.value, Origin.FLOW.value, Origin.REMINDER.value}
 
 
 class FlowLoopError(FlowError):
@@ -346,7 +347,7 @@ class FlowRuntime:
 
     async def _send_failed(self, step: _Step) -> None:
         active = step.active()
-        if active is None:
+        if active is None or not _sent_by_this_run(step.event.payload, step.snap.started_at):
             return
         run = step.conversation(*active, step.data, Origin.FLOW)
         error = str(step.event.payload.get("error") or "")
@@ -431,3 +432,18 @@ class FlowRuntime:
                     raise FlowError(f"final state {target.name!r} cannot move on to {following}")
                 run.ended = "completed"
             target = following
+
+
+def _sent_by_this_run(payload: dict[str, Any], started_at: dt.datetime | None) -> bool:
+    """Whether a failed message is the running flow's: not an operator's, nor an earlier run's."""
+    origin = payload.get("origin")
+    if origin is not None and origin not in _FLOW_ORIGINS:
+        return False
+    created = payload.get("created_at")
+    if not created or started_at is None:
+        return True
+    return _utc(dt.datetime.fromisoformat(created)) >= _utc(started_at)
+
+
+def _utc(when: dt.datetime) -> dt.datetime:
+    return when if when.tzinfo is not None else when.replace(tzinfo=dt.UTC)

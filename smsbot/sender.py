@@ -23,13 +23,13 @@ from sqlalchemy import and_, exists, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from smsbot.clock import Clock
-from smsbot.inbox import Inbox, InboxEntry
 from smsbot.metrics import Metrics
 from smsbot.providers.base import BulkOutcome, OutboundSms, SmsProvider
 from smsbot.providers.errors import PermanentError, ProviderError, RateLimitedError
+from smsbot.receipts import enqueue_send_failed
 from smsbot.status import DeliveryStatus
 from smsbot.store.engine import Database
-from smsbot.store.models import EventKind, Origin, OutboxState, messages_t, opt_outs_t
+from smsbot.store.models import Origin, OutboxState, messages_t, opt_outs_t
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +47,7 @@ class Claimed:
     encoding: str
     attempts: int
     created_at: dt.datetime
+    origin: str | None = None
 
 
 class RateLimiter:
@@ -83,7 +84,6 @@ class Sender:
         db: Database,
         provider: SmsProvider,
         clock: Clock,
-        inbox: Inbox,
         *,
         metrics: Metrics | None = None,
         batch_size: int = 500,
@@ -97,7 +97,6 @@ class Sender:
         self.db = db
         self.provider = provider
         self.clock = clock
-        self.inbox = inbox
         self.metrics = metrics or Metrics()
         self.batch_size = max(1, min(batch_size, provider.max_batch * 4))
         self.limiter = RateLimiter(rate_per_second)
@@ -256,7 +255,14 @@ class Sender:
             )
         return [
             Claimed(
-                r.id, r.virtual_number, r.phone, r.body, r.encoding, r.attempts + 1, r.created_at
+                r.id,
+                r.virtual_number,
+                r.phone,
+                r.body,
+                r.encoding,
+                r.attempts + 1,
+                r.created_at,
+                r.origin,
             )
             for r in taken
         ]
@@ -277,14 +283,14 @@ class Sender:
                             sent_at=now,
                             batch_id=outcome.batch_id if len(ids) > 1 else None,
                             provider_message_id=outcome.batch_id if len(ids) == 1 else None,
-                            error=None,
                         )
                     )
-                    # A receipt may have arrived before this answer: never move status back.
+                    # A receipt may have arrived before this answer: never move status back
+                    # (nor wipe the error it recorded; only an earlier attempt's error goes).
                     await s.execute(
                         update(m)
                         .where(m.c.id.in_(ids), m.c.status == DeliveryStatus.QUEUED.value)
-                        .values(status=DeliveryStatus.ACCEPTED.value, status_at=now)
+                        .values(status=DeliveryStatus.ACCEPTED.value, status_at=now, error=None)
                     )
                     self.metrics.inc("smsbot_messages_sent_total", len(ids))
                     continue
@@ -296,10 +302,13 @@ class Sender:
                     await s.execute(update(m).where(m.c.id == ref).values(error=reason, **values))
                     if values.get("status") == DeliveryStatus.FAILED.value:
                         failed.append((claimed, reason))
+                        # In this transaction: the flow hears of it exactly once, crash or not.
+                        await enqueue_send_failed(s, claimed, reason, now)
                 log.warning("provider refused %d message(s): %s", len(ids), type(error).__name__)
         if failed:
             self.metrics.inc("smsbot_messages_failed_total", len(failed))
-            await self._tell_flows(failed)
+            if self.on_event is not None:
+                self.on_event()
 
     async def _recover_lapsed(self, s: AsyncSession, now: dt.datetime) -> None:
         m = messages_t
@@ -335,19 +344,3 @@ class Sender:
             delay = dt.timedelta(seconds=min(60.0, 2.0 ** min(c.attempts, 6)))
         self.metrics.inc("smsbot_send_retries_total")
         return {"outbox": OutboxState.PENDING.value, "send_after": now + delay}
-
-    async def _tell_flows(self, failed: list[tuple[Claimed, str]]) -> None:
-        entries = [
-            InboxEntry(
-                source="internal",
-                event_id=f"send-failed:{c.id}",
-                kind=EventKind.SEND_FAILED,
-                payload={"message_id": c.id, "error": reason, "text": c.body},
-                virtual_number=c.sender,
-                phone=c.recipient,
-            )
-            for c, reason in failed
-        ]
-        await self.inbox.accept_many(entries)
-        if self.on_event is not None:
-            self.on_event()
