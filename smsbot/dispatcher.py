@@ -21,9 +21,8 @@ import traceback
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from sqlalchemy import func, select, tuple_, update
+from sqlalchemy import Connection, func, select, tuple_, update
 from sqlalchemy.exc import InterfaceError, OperationalError
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from smsbot.clock import Clock
 from smsbot.effects import StepOutcome, Stepped, finish_events, write_effects
@@ -179,11 +178,14 @@ class Dispatcher:
 
     async def _record_write_failure(self, key: ConversationKey, exc: Exception) -> int:
         now = self.clock.now()
-        async with self.db.session() as s, s.begin():
-            events = await self._oldest_events(s, [key], now)
+
+        def record(conn: Connection) -> int:
+            events = self._oldest_events(conn, [key], now)
             if key not in events:
                 return 0
-            return await self._record_failures(s, [(events[key], exc)], now)
+            return self._record_failures(conn, [(events[key], exc)], now)
+
+        return await self.db.write(record)
 
     async def due_keys(self, limit: int) -> list[ConversationKey]:
         """Return up to `limit` keys whose oldest pending event is due, oldest first."""
@@ -200,8 +202,7 @@ class Dispatcher:
             .order_by(events_t.c.id)
             .limit(limit * 8)
         )
-        async with self.db.session() as s:
-            rows = (await s.execute(stmt)).all()
+        rows = await self.db.write(lambda conn: conn.execute(stmt).all())
         seen: set[tuple[str, str]] = set()
         keys: list[ConversationKey] = []
         for vn, phone, due in rows:
@@ -222,14 +223,12 @@ class Dispatcher:
         """Run the oldest due event of each conversation in one transaction; return how many."""
         started = time.perf_counter()
         now = self.clock.now()
-        async with self.db.session() as s, s.begin():
+        async with self.db.transaction() as tx:
             waits = self.db.write_waits
-            convos = await self._lock_conversations(s, keys)
-            events = await self._oldest_events(s, list(convos), now)
-            if not events:
+            claim = await tx.run(lambda conn: self._claim(conn, keys, now))
+            if claim is None:
                 return 0
-            opted = await self._opted_out(s, list(events))
-            live_timers = await self._claim_timers(s, convos, events, now)
+            convos, events, opted, live_timers = claim
             stepped: list[Stepped] = []
             stale: list[int] = []
             failed: list[tuple[Any, BaseException]] = []
@@ -247,9 +246,9 @@ class Dispatcher:
                     failed.append((row, exc))
                     continue
                 stepped.append(Stepped(convo, snapshot, event, result))
-            outcomes = await write_effects(s, self.db, stepped, now)
-            await finish_events(s, stale, EventState.IGNORED, now)
-            parked = await self._record_failures(s, failed, now)
+            outcomes, parked = await tx.run(
+                lambda conn: self._write(conn, stepped, stale, failed, now)
+            )
             contended = self.db.write_waits != waits
         seconds = time.perf_counter() - started
         self._adapt(len(keys), seconds, contended)
@@ -258,6 +257,29 @@ class Dispatcher:
             for outcome in outcomes:
                 self.on_commit(outcome)
         return len(stepped) + len(stale) + parked
+
+    def _claim(
+        self, conn: Connection, keys: Sequence[ConversationKey], now: dt.datetime
+    ) -> tuple[dict[ConversationKey, Any], dict[ConversationKey, Any], set[Any], set[int]] | None:
+        """Lock the conversations, read their oldest due events, claim their timer firings."""
+        convos = self._lock_conversations(conn, keys)
+        events = self._oldest_events(conn, list(convos), now)
+        if not events:
+            return None
+        opted = self._opted_out(conn, list(events))
+        return convos, events, opted, self._claim_timers(conn, convos, events, now)
+
+    def _write(
+        self,
+        conn: Connection,
+        stepped: list[Stepped],
+        stale: list[int],
+        failed: list[tuple[Any, BaseException]],
+        now: dt.datetime,
+    ) -> tuple[list[StepOutcome], int]:
+        outcomes = write_effects(conn, stepped, now)
+        finish_events(conn, stale, EventState.IGNORED, now)
+        return outcomes, self._record_failures(conn, failed, now)
 
     def _adapt(self, size: int, seconds: float, contended: bool) -> None:
         # SQLite has one writer: while a batch runs, webhooks wait to be stored. A batch that
@@ -292,8 +314,8 @@ class Dispatcher:
             for _ in stepped:
                 self.metrics.observe("smsbot_step_seconds", per_step)
 
-    async def _lock_conversations(
-        self, s: AsyncSession, keys: Sequence[ConversationKey]
+    def _lock_conversations(
+        self, conn: Connection, keys: Sequence[ConversationKey]
     ) -> dict[ConversationKey, Any]:
         c = conversations_t
         wanted = {(k.virtual_number, k.phone) for k in keys}
@@ -302,27 +324,27 @@ class Dispatcher:
             query = select(c).where(tuple_(c.c.virtual_number, c.c.phone).in_(list(pairs)))
             return query.with_for_update(skip_locked=True) if self.db.is_postgres else query
 
-        rows = {(r.virtual_number, r.phone): r for r in (await s.execute(locking(wanted))).all()}
+        rows = {(r.virtual_number, r.phone): r for r in (conn.execute(locking(wanted))).all()}
         missing = wanted - set(rows)
         if missing and self.db.is_postgres:
             # Rows that exist but SKIP LOCKED skipped belong to another process right now.
-            held = await s.execute(
+            held = conn.execute(
                 select(c.c.virtual_number, c.c.phone).where(
                     tuple_(c.c.virtual_number, c.c.phone).in_(list(missing))
                 )
             )
             missing -= {(vn, phone) for vn, phone in held.all()}
         if missing:
-            await s.execute(
+            conn.execute(
                 _NEW_CONVERSATION,
                 [{"virtual_number": vn, "phone": p, "data": {}, "version": 0} for vn, p in missing],
             )
-            for r in (await s.execute(locking(missing))).all():
+            for r in (conn.execute(locking(missing))).all():
                 rows[(r.virtual_number, r.phone)] = r
         return {ConversationKey(vn, phone): r for (vn, phone), r in rows.items()}
 
-    async def _oldest_events(
-        self, s: AsyncSession, keys: list[ConversationKey], now: dt.datetime
+    def _oldest_events(
+        self, conn: Connection, keys: list[ConversationKey], now: dt.datetime
     ) -> dict[ConversationKey, Any]:
         if not keys:
             return {}
@@ -337,18 +359,16 @@ class Dispatcher:
             )
             .group_by(e.c.virtual_number, e.c.phone)
         )
-        rows = (await s.execute(select(e).where(e.c.id.in_(oldest)).order_by(e.c.id))).all()
+        rows = (conn.execute(select(e).where(e.c.id.in_(oldest)).order_by(e.c.id))).all()
         return {
             ConversationKey(r.virtual_number, r.phone): r
             for r in rows
             if r.next_attempt_at is None or r.next_attempt_at <= now
         }
 
-    async def _opted_out(
-        self, s: AsyncSession, keys: list[ConversationKey]
-    ) -> set[ConversationKey]:
+    def _opted_out(self, conn: Connection, keys: list[ConversationKey]) -> set[ConversationKey]:
         o = opt_outs_t
-        rows = await s.execute(
+        rows = conn.execute(
             select(o.c.virtual_number, o.c.phone).where(
                 tuple_(o.c.virtual_number, o.c.phone).in_(
                     [(k.virtual_number, k.phone) for k in keys]
@@ -357,9 +377,9 @@ class Dispatcher:
         )
         return {ConversationKey(vn, phone) for vn, phone in rows.all()}
 
-    async def _claim_timers(
+    def _claim_timers(
         self,
-        s: AsyncSession,
+        conn: Connection,
         convos: dict[ConversationKey, Any],
         events: dict[ConversationKey, Any],
         now: dt.datetime,
@@ -378,7 +398,7 @@ class Dispatcher:
         if not wanted:
             return set()
         t = timers_t
-        claimed = await s.execute(
+        claimed = conn.execute(
             update(t)
             .where(
                 tuple_(t.c.conversation_id, t.c.name, t.c.token).in_(list(wanted)),
@@ -389,8 +409,8 @@ class Dispatcher:
         )
         return {wanted[(c, n, tok)] for c, n, tok in claimed.all()}
 
-    async def _record_failures(
-        self, s: AsyncSession, failed: list[tuple[Any, BaseException]], now: dt.datetime
+    def _record_failures(
+        self, conn: Connection, failed: list[tuple[Any, BaseException]], now: dt.datetime
     ) -> int:
         parked_count = 0
         for row, exc in failed:
@@ -405,7 +425,7 @@ class Dispatcher:
                 exc_info=exc,
             )  # fmt: skip
             detail = "".join(traceback.format_exception(exc, limit=-4))
-            await s.execute(
+            conn.execute(
                 update(events_t)
                 .where(events_t.c.id == row.id)
                 .values(

@@ -10,12 +10,10 @@ import dataclasses
 import datetime as dt
 from typing import Any
 
-from sqlalchemy import JSON, and_, bindparam, delete, update
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy import JSON, Connection, and_, bindparam, delete, update
 
 from smsbot.status import DeliveryStatus
 from smsbot.steps import ConversationKey, ConversationSnapshot, DispatchEvent, StepResult
-from smsbot.store.engine import Database
 from smsbot.store.models import (
     Direction,
     EventKind,
@@ -124,20 +122,18 @@ def conversation_values(item: Stepped, now: dt.datetime) -> dict[str, Any]:
     return values
 
 
-async def write_effects(
-    s: AsyncSession, db: Database, items: list[Stepped], now: dt.datetime
-) -> list[StepOutcome]:
+def write_effects(conn: Connection, items: list[Stepped], now: dt.datetime) -> list[StepOutcome]:
     """Write every item's state, messages, opt-out change and timers; mark its event done."""
     if not items:
         return []
-    await s.execute(_UPDATE_CONVERSATION, [conversation_values(i, now) for i in items])
+    conn.execute(_UPDATE_CONVERSATION, [conversation_values(i, now) for i in items])
     messages: list[dict[str, Any]] = []
     outcomes: list[StepOutcome] = []
     for item in items:
         key, event, result = item.snapshot.key, item.event, item.result
         if event.kind is EventKind.INBOUND:
             messages.append(_inbound_row(key, event))
-        opted_out = await _apply_opt_out(s, db, key, item, now)
+        opted_out = _apply_opt_out(conn, key, item, now)
         queued = 0
         for n, reply in enumerate(result.replies):
             # Opt-out is enforced here as well as in the router: after STOP only the
@@ -154,18 +150,18 @@ async def write_effects(
         timers = bool(result.timers or result.cancel_timers or result.cancel_all_timers)
         outcomes.append(StepOutcome(key, event.id, queued, timers))
     if messages:
-        await s.execute(messages_t.insert(), messages)
-    await _write_timers(s, db, items, now)
-    await finish_events(s, [i.event.id for i in items], EventState.DONE, now)
+        conn.execute(messages_t.insert(), messages)
+    _write_timers(conn, items, now)
+    finish_events(conn, [i.event.id for i in items], EventState.DONE, now)
     return outcomes
 
 
-async def finish_events(
-    s: AsyncSession, event_ids: list[int], state: EventState, now: dt.datetime
+def finish_events(
+    conn: Connection, event_ids: list[int], state: EventState, now: dt.datetime
 ) -> None:
     """Mark events finished (done, ignored, …) in one executemany."""
     if event_ids:
-        await s.execute(
+        conn.execute(
             _FINISH_EVENT, [{"b_id": i, "b_state": state.value, "b_now": now} for i in event_ids]
         )
 
@@ -249,12 +245,10 @@ def _message(
     }
 
 
-async def _apply_opt_out(
-    s: AsyncSession, db: Database, key: ConversationKey, item: Stepped, now: dt.datetime
-) -> bool:
+def _apply_opt_out(conn: Connection, key: ConversationKey, item: Stepped, now: dt.datetime) -> bool:
     result = item.result
     if result.opt_out is True:
-        await s.execute(
+        conn.execute(
             insert_on_conflict(opt_outs_t, ["virtual_number", "phone"]).values(
                 virtual_number=key.virtual_number,
                 phone=key.phone,
@@ -264,7 +258,7 @@ async def _apply_opt_out(
         )
         return True
     if result.opt_out is False:
-        await s.execute(
+        conn.execute(
             delete(opt_outs_t).where(
                 and_(
                     opt_outs_t.c.virtual_number == key.virtual_number,
@@ -276,9 +270,7 @@ async def _apply_opt_out(
     return item.snapshot.opted_out
 
 
-async def _write_timers(
-    s: AsyncSession, db: Database, items: list[Stepped], now: dt.datetime
-) -> None:
+def _write_timers(conn: Connection, items: list[Stepped], now: dt.datetime) -> None:
     cancel_all = [{"b_convo": i.convo.id} for i in items if i.result.cancel_all_timers]
     cancel = [
         {"b_convo": i.convo.id, "b_name": name} for i in items for name in i.result.cancel_timers
@@ -299,8 +291,8 @@ async def _write_timers(
         for i, t in latest.values()  # the same name twice: the last one wins
     ]
     if cancel_all:
-        await s.execute(_CANCEL_ALL_TIMERS, cancel_all)
+        conn.execute(_CANCEL_ALL_TIMERS, cancel_all)
     if cancel:
-        await s.execute(_CANCEL_TIMER, cancel)
+        conn.execute(_CANCEL_TIMER, cancel)
     if upserts:
-        await s.execute(_UPSERT_TIMER, upserts)
+        conn.execute(_UPSERT_TIMER, upserts)

@@ -11,8 +11,7 @@ import datetime as dt
 import logging
 from typing import Any
 
-from sqlalchemy import or_, select, update
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy import Connection, or_, select, update
 
 from smsbot.clock import Clock
 from smsbot.metrics import Metrics
@@ -52,23 +51,29 @@ async def apply_receipts(db: Database, clock: Clock, metrics: Metrics, limit: in
     )
     if db.is_postgres:
         claim = claim.with_for_update(skip_locked=True)
-    async with db.session() as s, s.begin():
-        events = (await s.execute(claim)).all()
-        for event_id, payload in events:
-            matched = await _apply_one(s, payload, now)
-            state = EventState.DONE if matched else EventState.UNMATCHED
-            if not matched:
-                log.info("receipt event %s matches no message; kept for reconciliation", event_id)
-            await s.execute(
-                update(events_t)
-                .where(events_t.c.id == event_id)
-                .values(state=state.value, processed_at=now)
-            )
-            metrics.inc("smsbot_receipts_total", result="matched" if matched else "unmatched")
-    return len(events)
+    results = await db.write(lambda conn: _apply_all(conn, claim, now))
+    for matched in results:
+        metrics.inc("smsbot_receipts_total", result="matched" if matched else "unmatched")
+    return len(results)
 
 
-async def _apply_one(s: AsyncSession, payload: dict[str, Any], now: dt.datetime) -> bool:
+def _apply_all(conn: Connection, claim: Any, now: dt.datetime) -> list[bool]:
+    results = []
+    for event_id, payload in conn.execute(claim).all():
+        matched = _apply_one(conn, payload, now)
+        state = EventState.DONE if matched else EventState.UNMATCHED
+        if not matched:
+            log.info("receipt event %s matches no message; kept for reconciliation", event_id)
+        conn.execute(
+            update(events_t)
+            .where(events_t.c.id == event_id)
+            .values(state=state.value, processed_at=now)
+        )
+        results.append(matched)
+    return results
+
+
+def _apply_one(conn: Connection, payload: dict[str, Any], now: dt.datetime) -> bool:
     ref = payload.get("client_reference")
     provider_id = payload.get("provider_message_id")
     # clientReference is our message id when we sent it; fall back to the provider's id.
@@ -81,7 +86,7 @@ async def _apply_one(s: AsyncSession, payload: dict[str, Any], now: dt.datetime)
         return False
     m = messages_t
     row = (
-        await s.execute(
+        conn.execute(
             select(
                 m.c.id,
                 m.c.status,
@@ -110,7 +115,7 @@ async def _apply_one(s: AsyncSession, payload: dict[str, Any], now: dt.datetime)
     # Guarded by the status itself: of two receipts for one message applied at once (two
     # processes on PostgreSQL), only the one that still moves the status forward counts.
     earlier = [old.value for old in DeliveryStatus if old.can_become(new)]
-    moved = await s.execute(
+    moved = conn.execute(
         update(m)
         .where(m.c.id == row.id, or_(m.c.status.in_(earlier), m.c.status.is_(None)))
         .values(**values)
@@ -121,18 +126,18 @@ async def _apply_one(s: AsyncSession, payload: dict[str, Any], now: dt.datetime)
         if code:
             error += f" (provider error code {code})"
         log.info("message %s: %s; telling its flow", row.id, error)
-        await enqueue_send_failed(s, row, error[:500], now)
+        enqueue_send_failed(conn, row, error[:500], now)
     return True
 
 
-async def enqueue_send_failed(s: AsyncSession, message: Any, error: str, now: dt.datetime) -> None:
+def enqueue_send_failed(conn: Connection, message: Any, error: str, now: dt.datetime) -> None:
     """Queue the SEND_FAILED event for the flow's `on_send_failed`, in the caller's transaction.
 
     `message` has the outbox's fields: id, sender, recipient, body, origin, created_at. The
     event id is `send-failed:{message id}`, so a message fails a flow once, whether the
     provider refused it at send time or a receipt said so later.
     """
-    await s.execute(
+    conn.execute(
         _NEW_EVENT.values(
             source="internal",
             event_id=f"send-failed:{message.id}",

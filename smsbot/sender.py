@@ -19,8 +19,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from sqlalchemy import and_, exists, select, update
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy import Connection, and_, exists, select, update
 
 from smsbot.clock import Clock
 from smsbot.metrics import Metrics
@@ -181,78 +180,16 @@ class Sender:
         now = self.clock.now()
         if self._quiet_until is not None and now < self._quiet_until:
             return []
-        m = messages_t
-        pending = m.c.outbox == OutboxState.PENDING.value
-        async with self.db.session() as s, s.begin():
-            if self._last_sweep is None or now - self._last_sweep >= SWEEP_EVERY:
-                self._last_sweep = now
-                await self._recover_lapsed(s, now)
-            opted_out = exists().where(
-                and_(
-                    opt_outs_t.c.virtual_number == m.c.virtual_number,
-                    opt_outs_t.c.phone == m.c.phone,
-                )
-            )
-            # One send at a time per conversation, across processes: a message waits while
-            # another to the same phone from the same number is in flight. So a reply claimed
-            # just before a STOP reaches the provider before the STOP's confirmation, never after.
-            other = m.alias("other")
-            in_flight = exists().where(
-                and_(
-                    other.c.virtual_number == m.c.virtual_number,
-                    other.c.phone == m.c.phone,
-                    other.c.outbox == OutboxState.INFLIGHT.value,
-                    other.c.lease_until >= now,
-                )
-            )
-            query = (
-                select(
-                    m.c.id,
-                    m.c.virtual_number,
-                    m.c.phone,
-                    m.c.body,
-                    m.c.encoding,
-                    m.c.attempts,
-                    m.c.created_at,
-                    m.c.origin,
-                    opted_out.label("opted_out"),
-                )
-                .where(pending, m.c.send_after <= now, ~in_flight)
-                .order_by(m.c.send_after, m.c.created_at)
-                .limit(self.batch_size)
-            )
-            if self.db.is_postgres:
-                query = query.with_for_update(of=m, skip_locked=True)
-            rows = (await s.execute(query)).all()
-            # Opt-out is checked as the message is claimed: only the STOP confirmation itself
-            # goes to a phone that opted out; everything else is marked suppressed, never sent.
-            blocked = [r.id for r in rows if r.opted_out and r.origin != Origin.COMPLIANCE.value]
-            if blocked:
-                await s.execute(
-                    update(m)
-                    .where(m.c.id.in_(blocked))
-                    .values(
-                        outbox=OutboxState.DONE.value,
-                        status=DeliveryStatus.SUPPRESSED.value,
-                        status_at=now,
-                    )
-                )
-                self.metrics.inc("smsbot_messages_suppressed_total", len(blocked))
-                rows = [r for r in rows if r.id not in set(blocked)]
-            taken = [r for r in rows if self.limiter.take(r.virtual_number)]
-            if not taken:
-                if rows:
-                    await asyncio.sleep(self.limiter.wait_hint())
-                return []
-            await s.execute(
-                update(m)
-                .where(m.c.id.in_([r.id for r in taken]))
-                .values(
-                    outbox=OutboxState.INFLIGHT.value,
-                    lease_until=now + self.lease,
-                    attempts=m.c.attempts + 1,
-                )
-            )
+        sweep = self._last_sweep is None or now - self._last_sweep >= SWEEP_EVERY
+        if sweep:
+            self._last_sweep = now
+        due, taken, blocked = await self.db.write(lambda conn: self._claim(conn, now, sweep))
+        if blocked:
+            self.metrics.inc("smsbot_messages_suppressed_total", blocked)
+        if not taken:
+            if due:
+                await asyncio.sleep(self.limiter.wait_hint())
+            return []
         return [
             Claimed(
                 r.id,
@@ -267,62 +204,145 @@ class Sender:
             for r in taken
         ]
 
+    def _claim(self, conn: Connection, now: dt.datetime, sweep: bool) -> tuple[int, list[Any], int]:
+        """In the claim's transaction: (how many were due, the rows taken, how many blocked)."""
+        m = messages_t
+        pending = m.c.outbox == OutboxState.PENDING.value
+        if sweep:
+            self._recover_lapsed(conn, now)
+        opted_out = exists().where(
+            and_(
+                opt_outs_t.c.virtual_number == m.c.virtual_number,
+                opt_outs_t.c.phone == m.c.phone,
+            )
+        )
+        # One send at a time per conversation, across processes: a message waits while
+        # another to the same phone from the same number is in flight. So a reply claimed
+        # just before a STOP reaches the provider before the STOP's confirmation, never after.
+        other = m.alias("other")
+        in_flight = exists().where(
+            and_(
+                other.c.virtual_number == m.c.virtual_number,
+                other.c.phone == m.c.phone,
+                other.c.outbox == OutboxState.INFLIGHT.value,
+                other.c.lease_until >= now,
+            )
+        )
+        query = (
+            select(
+                m.c.id,
+                m.c.virtual_number,
+                m.c.phone,
+                m.c.body,
+                m.c.encoding,
+                m.c.attempts,
+                m.c.created_at,
+                m.c.origin,
+                opted_out.label("opted_out"),
+            )
+            .where(pending, m.c.send_after <= now, ~in_flight)
+            .order_by(m.c.send_after, m.c.created_at)
+            .limit(self.batch_size)
+        )
+        if self.db.is_postgres:
+            query = query.with_for_update(of=m, skip_locked=True)
+        rows = conn.execute(query).all()
+        # Opt-out is checked as the message is claimed: only the STOP confirmation itself
+        # goes to a phone that opted out; everything else is marked suppressed, never sent.
+        blocked = {r.id for r in rows if r.opted_out and r.origin != Origin.COMPLIANCE.value}
+        if blocked:
+            conn.execute(
+                update(m)
+                .where(m.c.id.in_(blocked))
+                .values(
+                    outbox=OutboxState.DONE.value,
+                    status=DeliveryStatus.SUPPRESSED.value,
+                    status_at=now,
+                )
+            )
+            rows = [r for r in rows if r.id not in blocked]
+        taken = [r for r in rows if self.limiter.take(r.virtual_number)]
+        if taken:
+            conn.execute(
+                update(m)
+                .where(m.c.id.in_([r.id for r in taken]))
+                .values(
+                    outbox=OutboxState.INFLIGHT.value,
+                    lease_until=now + self.lease,
+                    attempts=m.c.attempts + 1,
+                )
+            )
+        return len(rows), taken, len(blocked)
+
     async def _record(self, outcomes: Sequence[BulkOutcome], by_ref: dict[str, Claimed]) -> None:
         now = self.clock.now()
-        m = messages_t
-        failed: list[tuple[Claimed, str]] = []
-        async with self.db.session() as s, s.begin():
-            for outcome in outcomes:
-                ids = [msg.client_reference for msg in outcome.messages if msg.client_reference]
-                if outcome.error is None:
-                    await s.execute(
-                        update(m)
-                        .where(m.c.id.in_(ids))
-                        .values(
-                            outbox=OutboxState.DONE.value,
-                            sent_at=now,
-                            batch_id=outcome.batch_id if len(ids) > 1 else None,
-                            provider_message_id=outcome.batch_id if len(ids) == 1 else None,
-                        )
-                    )
-                    # A receipt may have arrived before this answer: never move status back
-                    # (nor wipe the error it recorded; only an earlier attempt's error goes).
-                    await s.execute(
-                        update(m)
-                        .where(m.c.id.in_(ids), m.c.status == DeliveryStatus.QUEUED.value)
-                        .values(status=DeliveryStatus.ACCEPTED.value, status_at=now, error=None)
-                    )
-                    self.metrics.inc("smsbot_messages_sent_total", len(ids))
-                    continue
-                error = outcome.error
-                reason = str(error)[:500]
-                for ref in ids:
-                    claimed = by_ref[ref]
-                    values = self._after_error(claimed, error, now)
-                    await s.execute(update(m).where(m.c.id == ref).values(error=reason, **values))
-                    if values.get("status") == DeliveryStatus.FAILED.value:
-                        failed.append((claimed, reason))
-                        # In this transaction: the flow hears of it exactly once, crash or not.
-                        await enqueue_send_failed(s, claimed, reason, now)
-                log.warning("provider refused %d message(s): %s", len(ids), type(error).__name__)
-        if failed:
-            self.metrics.inc("smsbot_messages_failed_total", len(failed))
+        sent: list[tuple[list[str], str | None]] = []
+        failed: list[tuple[Claimed, str, dict[str, Any]]] = []
+        for outcome in outcomes:
+            ids = [msg.client_reference for msg in outcome.messages if msg.client_reference]
+            if outcome.error is None:
+                sent.append((ids, outcome.batch_id))
+                self.metrics.inc("smsbot_messages_sent_total", len(ids))
+                continue
+            error = outcome.error
+            reason = str(error)[:500]
+            failed += [(by_ref[r], reason, self._after_error(by_ref[r], error, now)) for r in ids]
+            log.warning("provider refused %d message(s): %s", len(ids), type(error).__name__)
+        gave_up = await self.db.write(lambda conn: self._write_outcomes(conn, sent, failed, now))
+        if gave_up:
+            self.metrics.inc("smsbot_messages_failed_total", gave_up)
             if self.on_event is not None:
                 self.on_event()
 
-    async def _recover_lapsed(self, s: AsyncSession, now: dt.datetime) -> None:
+    def _write_outcomes(
+        self,
+        conn: Connection,
+        sent: list[tuple[list[str], str | None]],
+        failed: list[tuple[Claimed, str, dict[str, Any]]],
+        now: dt.datetime,
+    ) -> int:
+        """Record each send's outcome; return how many messages failed for good."""
+        m = messages_t
+        for ids, batch_id in sent:
+            conn.execute(
+                update(m)
+                .where(m.c.id.in_(ids))
+                .values(
+                    outbox=OutboxState.DONE.value,
+                    sent_at=now,
+                    batch_id=batch_id if len(ids) > 1 else None,
+                    provider_message_id=batch_id if len(ids) == 1 else None,
+                )
+            )
+            # A receipt may have arrived before this answer: never move status back
+            # (nor wipe the error it recorded; only an earlier attempt's error goes).
+            conn.execute(
+                update(m)
+                .where(m.c.id.in_(ids), m.c.status == DeliveryStatus.QUEUED.value)
+                .values(status=DeliveryStatus.ACCEPTED.value, status_at=now, error=None)
+            )
+        gave_up = 0
+        for claimed, reason, values in failed:
+            conn.execute(update(m).where(m.c.id == claimed.id).values(error=reason, **values))
+            if values.get("status") == DeliveryStatus.FAILED.value:
+                gave_up += 1
+                # In this transaction: the flow hears of it exactly once, crash or not.
+                enqueue_send_failed(conn, claimed, reason, now)
+        return gave_up
+
+    def _recover_lapsed(self, conn: Connection, now: dt.datetime) -> None:
         m = messages_t
         lapsed = and_(m.c.outbox == OutboxState.INFLIGHT.value, m.c.lease_until < now)
         # A claim whose process died. If a receipt (matched by clientReference) has moved the
         # status on, the provider has the message: it must not go again. With no receipt we
         # cannot tell whether the call got through, so wait `resend_grace` for one (the
         # provider retries receipts) before sending it again.
-        await s.execute(
+        conn.execute(
             update(m)
             .where(lapsed, m.c.status != DeliveryStatus.QUEUED.value)
             .values(outbox=OutboxState.DONE.value)
         )
-        await s.execute(
+        conn.execute(
             update(m)
             .where(lapsed, m.c.lease_until < now - self.resend_grace)
             .values(outbox=OutboxState.PENDING.value)

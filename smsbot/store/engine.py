@@ -7,11 +7,12 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import (
+    AsyncConnection,
     AsyncEngine,
     AsyncSession,
     async_sessionmaker,
@@ -69,19 +70,28 @@ class Database:
 
     async def write(self, fn: Callable[[Connection], T]) -> T:
         """Run `fn(connection)` in one transaction and return its result (commit, or roll back)."""
+        async with self.transaction() as tx:
+            return await tx.run(fn)
+
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Transaction]:
+        """One transaction for several `await tx.run(fn)`; the event loop works in between."""
         if self._sync is None:
             async with self.engine.begin() as conn:
-                return await conn.run_sync(fn)
+                yield _AsyncTransaction(conn)
+            return
+        if self._writer_task is asyncio.current_task():
+            raise RuntimeError("a write transaction cannot start inside db.session() (SQLite)")
         async with self._turn():
             if self._thread is None:
                 self._thread = ThreadPoolExecutor(1, thread_name_prefix="smsbot-sqlite")
-            loop = asyncio.get_running_loop()
-            return await loop.run_in_executor(self._thread, self._write_sync, fn)
-
-    def _write_sync(self, fn: Callable[[Connection], T]) -> T:
-        assert self._sync is not None
-        with self._sync.begin() as conn:
-            return fn(conn)
+            tx = _ThreadTransaction(self._sync, self._thread)
+            try:
+                yield tx
+            except BaseException:
+                await tx.end(commit=False)
+                raise
+            await tx.end(commit=True)
 
     @contextlib.asynccontextmanager
     async def _turn(self) -> AsyncIterator[None]:
@@ -123,6 +133,58 @@ class Database:
             await asyncio.get_running_loop().run_in_executor(self._thread, self._sync.dispose)
             self._thread.shutdown(wait=False)
             self._thread = None
+
+
+class Transaction(Protocol):
+    """A transaction in progress: run synchronous database code in it."""
+
+    async def run(self, fn: Callable[[Connection], T]) -> T:
+        """Run `fn(connection)` inside the transaction and return its result."""
+        ...
+
+
+class _AsyncTransaction:
+    def __init__(self, conn: AsyncConnection) -> None:
+        self.conn = conn
+
+    async def run(self, fn: Callable[[Connection], T]) -> T:
+        return await self.conn.run_sync(fn)
+
+
+class _ThreadTransaction:
+    """A SQLite transaction on a synchronous connection, driven from the database's thread."""
+
+    def __init__(self, engine: Engine, thread: ThreadPoolExecutor) -> None:
+        self.engine = engine
+        self.thread = thread
+        self.conn: Connection | None = None
+
+    async def run(self, fn: Callable[[Connection], T]) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self.thread, self._run, fn)
+
+    def _run(self, fn: Callable[[Connection], T]) -> T:
+        if self.conn is None:
+            self.conn = self.engine.connect()
+            self.conn.begin()
+        return fn(self.conn)
+
+    async def end(self, *, commit: bool) -> None:
+        # Queued behind any call still running in the thread; shielded so that a cancelled
+        # caller still leaves the connection committed or rolled back, never half-open.
+        loop = asyncio.get_running_loop()
+        await asyncio.shield(loop.run_in_executor(self.thread, self._end, commit))
+
+    def _end(self, commit: bool) -> None:
+        if self.conn is None:
+            return
+        try:
+            if commit:
+                self.conn.commit()
+            else:
+                self.conn.rollback()
+        finally:
+            self.conn.close()
+            self.conn = None
 
 
 def _configure_sqlite(engine: Engine) -> None:
