@@ -224,7 +224,7 @@ class Dispatcher:
         started = time.perf_counter()
         now = self.clock.now()
         async with self.db.transaction() as tx:
-            waits = self.db.write_waits
+            waits = self.db.urgent_waits
             claim = await tx.run(lambda conn: self._claim(conn, keys, now))
             if claim is None:
                 return 0
@@ -249,7 +249,7 @@ class Dispatcher:
             outcomes, parked = await tx.run(
                 lambda conn: self._write(conn, stepped, stale, failed, now)
             )
-            contended = self.db.write_waits != waits
+            contended = self.db.urgent_waits != waits
         seconds = time.perf_counter() - started
         self._adapt(len(keys), seconds, contended)
         self._count(stepped, stale, failed, parked, seconds)
@@ -283,8 +283,8 @@ class Dispatcher:
 
     def _adapt(self, size: int, seconds: float, contended: bool) -> None:
         # SQLite has one writer: while a batch runs, webhooks wait to be stored. A batch that
-        # kept them waiting longer than BATCH_BUDGET halves the next one; batches that kept
-        # nobody waiting grow back to batch_size. (PostgreSQL never waits here: full batches.)
+        # kept one waiting and took longer than BATCH_BUDGET halves the next one; batches that
+        # kept none waiting grow back to batch_size. (PostgreSQL never waits here: full batches.)
         if contended and seconds > BATCH_BUDGET:
             self._size = max(MIN_BATCH, min(self._size, size) // 2)
         elif not contended:

@@ -116,7 +116,9 @@ class Inbox:
         ]
         # One statement for any group size, executed with a parameter list: SQLAlchemy
         # caches its compiled form (a multi-VALUES insert would be compiled per group).
-        inserted, known = await self.db.write(lambda conn: self._insert_rows(conn, rows, first))
+        inserted, known = await self.db.write(
+            lambda conn: self._insert_rows(conn, rows, first), urgent=True
+        )
         outcomes: list[AcceptOutcome] = []
         claimed: set[tuple[str, str]] = set()
         for e in entries:

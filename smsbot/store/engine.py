@@ -59,7 +59,7 @@ class Database:
                 _configure_sqlite(self._sync)
         self._writer = None if self.is_postgres else asyncio.Lock()
         self._writer_task: asyncio.Task[Any] | None = None
-        self.write_waits = 0  # how often a writer had to wait for another (SQLite)
+        self.urgent_waits = 0  # how often an urgent writer (a webhook) had to wait (SQLite)
         self.sessions = async_sessionmaker(self.engine, class_=AsyncSession, expire_on_commit=False)
 
     @contextlib.asynccontextmanager
@@ -68,13 +68,17 @@ class Database:
         async with self._turn(), self.sessions() as s:
             yield s
 
-    async def write(self, fn: Callable[[Connection], T]) -> T:
-        """Run `fn(connection)` in one transaction and return its result (commit, or roll back)."""
-        async with self.transaction() as tx:
+    async def write(self, fn: Callable[[Connection], T], *, urgent: bool = False) -> T:
+        """Run `fn(connection)` in one transaction and return its result (commit, or roll back).
+
+        `urgent`: someone is waiting for this commit (a webhook's answer); the dispatcher keeps
+        its batches short while urgent writers have to wait for them.
+        """
+        async with self.transaction(urgent=urgent) as tx:
             return await tx.run(fn)
 
     @contextlib.asynccontextmanager
-    async def transaction(self) -> AsyncIterator[Transaction]:
+    async def transaction(self, *, urgent: bool = False) -> AsyncIterator[Transaction]:
         """One transaction for several `await tx.run(fn)`; the event loop works in between."""
         if self._sync is None:
             async with self.engine.begin() as conn:
@@ -82,7 +86,7 @@ class Database:
             return
         if self._writer_task is asyncio.current_task():
             raise RuntimeError("a write transaction cannot start inside db.session() (SQLite)")
-        async with self._turn():
+        async with self._turn(urgent):
             if self._thread is None:
                 self._thread = ThreadPoolExecutor(1, thread_name_prefix="smsbot-sqlite")
             tx = _ThreadTransaction(self._sync, self._thread)
@@ -94,15 +98,15 @@ class Database:
             await tx.end(commit=True)
 
     @contextlib.asynccontextmanager
-    async def _turn(self) -> AsyncIterator[None]:
+    async def _turn(self, urgent: bool = False) -> AsyncIterator[None]:
         # SQLite has one writer and every transaction here begins IMMEDIATE: take turns in
         # the event loop rather than in SQLite's busy handler, which sleeps up to 100 ms.
         task = asyncio.current_task()
         if self._writer is None or self._writer_task is task:  # PostgreSQL, or already ours
             yield
             return
-        if self._writer.locked():
-            self.write_waits += 1  # the dispatcher reads this to keep its batches short
+        if urgent and self._writer.locked():
+            self.urgent_waits += 1
         async with self._writer:
             self._writer_task = task
             try:
