@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import collections
 import functools
 import re
 
 import phonenumbers
 from phonenumbers import timezone as pn_timezone
+from phonenumbers.tzdata import TIMEZONE_DATA
 
 __all__ = [
     "PhoneNumberError",
@@ -171,6 +173,24 @@ def region_of(e164: str) -> str | None:
         found = phonenumbers.region_code_for_country_code(number.country_code or 0)
     region = str(found)
     return None if region in (_NON_GEO_REGION, "ZZ") else region
+
+
+def country_zones(e164: str) -> tuple[str, ...]:
+    """Every IANA zone a number with this one's country code may be in, most-listed first."""
+    for length in (1, 2, 3):  # country codes are prefix-free: the first known one is it
+        code = e164[1 : 1 + length]
+        if code.isdigit() and int(code) in phonenumbers.COUNTRY_CODE_TO_REGION_CODE:
+            return _country_zones(code)
+    return ()
+
+
+@functools.cache
+def _country_zones(code: str) -> tuple[str, ...]:
+    listed: collections.Counter[str] = collections.Counter()
+    for prefix, zones in TIMEZONE_DATA.items():
+        if prefix.startswith(code):
+            listed.update(zone for zone in zones if zone != _UNKNOWN_TZ)
+    return tuple(sorted(listed, key=lambda zone: (-listed[zone], zone)))
 
 
 def time_zones_of(e164: str) -> list[str]:

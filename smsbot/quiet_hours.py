@@ -8,7 +8,7 @@ import logging
 import re
 import zoneinfo
 
-from smsbot.phone import time_zones_of
+from smsbot.phone import country_zones, time_zones_of
 
 __all__ = ["defer_until", "parse_window", "recipient_zone"]
 
@@ -69,9 +69,14 @@ def recipient_zone(phone: str, contact_timezone: str | None, default: str) -> zo
                 "contact time zone %r is not an IANA time zone; using the phone number's zone",
                 contact_timezone[:40],
             )
-    zones = time_zones_of(phone)
-    # A number spanning several clocks (+1 800, most of +7 and +61) says nothing reliable.
-    zone = _one_clock(tuple(zones)) if zones else None
+    # Where a whole country code keeps one clock (+44, +33, +49, ...) every number in it does:
+    # its most-listed zone (+44: Europe/London), without classifying the number (~30 µs).
+    country = country_zones(phone)
+    zone = _one_clock(country) if country else None
+    if zone is None:
+        zones = time_zones_of(phone)
+        # A number spanning several clocks (+1 800, most of +7 and +61) says nothing reliable.
+        zone = _one_clock(tuple(zones)) if zones else None
     return zoneinfo.ZoneInfo(zone or default)
 
 

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from smsbot.phone import PhoneNumberError, normalize, normalize_sender, region_of, time_zones_of
+from smsbot.phone import (
+    PhoneNumberError,
+    country_zones,
+    normalize,
+    normalize_sender,
+    region_of,
+    time_zones_of,
+)
 
 DRAMA = "+447700900123"  # Ofcom drama range: possible, deliberately not valid
 
@@ -172,6 +179,16 @@ def test_uk_time_zones_include_london(e164: str) -> None:
     zones = time_zones_of(e164)
     assert "Europe/London" in zones
     assert "Etc/Unknown" not in zones
+
+
+def test_country_zones_most_listed_first() -> None:
+    assert country_zones("+447700900123")[0] == "Europe/London"
+    assert set(country_zones("+447700900123")) == {
+        "Europe/London", "Europe/Guernsey", "Europe/Isle_of_Man", "Europe/Jersey"
+    }  # fmt: skip
+    assert country_zones("+33612345678") == ("Europe/Paris",)
+    assert len(country_zones("+12025550123")) > 10  # +1 spans a continent
+    assert country_zones("+80012345678") == ()
 
 
 def test_time_zones() -> None:
