@@ -8,6 +8,10 @@ conversation thus sees one event at a time, in arrival order, while a batch of m
 conversations costs one commit. The claim *is* the transaction: a process killed mid-step leaves
 nothing claimed, and another process takes the events at once. Delivery receipts, which belong
 to no conversation, are applied in batches of their own.
+
+The transaction has three parts: the claim (`claims.py`: locks, oldest events, opt-outs,
+timer firings) and the writes (`effects.py`) run as synchronous Core in the database's thread
+(SQLite) or through run_sync (PostgreSQL); the steps between them run in the event loop.
 """
 
 from __future__ import annotations
@@ -17,13 +21,14 @@ import contextlib
 import datetime as dt
 import logging
 import time
-import traceback
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from sqlalchemy import Connection, func, select, tuple_, update
+from sqlalchemy import Connection
 from sqlalchemy.exc import InterfaceError, OperationalError
 
+from smsbot import claims
+from smsbot.claims import backoff
 from smsbot.clock import Clock
 from smsbot.effects import StepOutcome, Stepped, finish_events, write_effects
 from smsbot.metrics import Metrics
@@ -33,13 +38,7 @@ from smsbot.store.engine import Database
 from smsbot.store.models import (
     EventKind,
     EventState,
-    TimerState,
-    conversations_t,
-    events_t,
-    opt_outs_t,
-    timers_t,
 )
-from smsbot.store.upsert import insert_on_conflict
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +47,6 @@ _UNAVAILABLE = (OperationalError, InterfaceError, OSError, TimeoutError)
 
 BATCH_BUDGET = 0.010  # seconds a step batch may keep other writers (webhooks) waiting
 MIN_BATCH = 8
-_NEW_CONVERSATION = insert_on_conflict(conversations_t, ["virtual_number", "phone"])
 
 __all__ = ["Dispatcher", "StepOutcome", "backoff"]
 
@@ -180,40 +178,18 @@ class Dispatcher:
         now = self.clock.now()
 
         def record(conn: Connection) -> int:
-            events = self._oldest_events(conn, [key], now)
+            events = claims.oldest_events(conn, [key], now)
             if key not in events:
                 return 0
-            return self._record_failures(conn, [(events[key], exc)], now)
+            failed = [(events[key], exc)]
+            return claims.record_failures(conn, failed, now, max_attempts=self.max_attempts)
 
         return await self.db.write(record)
 
     async def due_keys(self, limit: int) -> list[ConversationKey]:
         """Return up to `limit` keys whose oldest pending event is due, oldest first."""
         now = self.clock.now()
-        # Pending events in arrival order (an index range scan on (state, id)): the first time
-        # a key appears is its oldest pending event. A key whose oldest event waits for a retry
-        # is skipped entirely, so its later events wait too: per-conversation order holds.
-        stmt = (
-            select(events_t.c.virtual_number, events_t.c.phone, events_t.c.next_attempt_at)
-            .where(
-                events_t.c.state == EventState.PENDING.value,
-                events_t.c.virtual_number.is_not(None),
-            )
-            .order_by(events_t.c.id)
-            .limit(limit * 8)
-        )
-        rows = await self.db.write(lambda conn: conn.execute(stmt).all())
-        seen: set[tuple[str, str]] = set()
-        keys: list[ConversationKey] = []
-        for vn, phone, due in rows:
-            if (vn, phone) in seen:
-                continue
-            seen.add((vn, phone))
-            if due is None or due <= now:
-                keys.append(ConversationKey(vn, phone))
-                if len(keys) >= limit:
-                    break
-        return keys
+        return await self.db.write(lambda conn: claims.due_keys(conn, now, limit))
 
     async def step(self, key: ConversationKey) -> bool:
         """Run the oldest due event of one conversation; True when an event finished."""
@@ -262,12 +238,12 @@ class Dispatcher:
         self, conn: Connection, keys: Sequence[ConversationKey], now: dt.datetime
     ) -> tuple[dict[ConversationKey, Any], dict[ConversationKey, Any], set[Any], set[int]] | None:
         """Lock the conversations, read their oldest due events, claim their timer firings."""
-        convos = self._lock_conversations(conn, keys)
-        events = self._oldest_events(conn, list(convos), now)
+        convos = claims.lock_conversations(conn, keys, postgres=self.db.is_postgres)
+        events = claims.oldest_events(conn, list(convos), now)
         if not events:
             return None
-        opted = self._opted_out(conn, list(events))
-        return convos, events, opted, self._claim_timers(conn, convos, events, now)
+        opted = claims.opted_out(conn, list(events))
+        return convos, events, opted, claims.claim_timers(conn, convos, events, now)
 
     def _write(
         self,
@@ -279,7 +255,8 @@ class Dispatcher:
     ) -> tuple[list[StepOutcome], int]:
         outcomes = write_effects(conn, stepped, now)
         finish_events(conn, stale, EventState.IGNORED, now)
-        return outcomes, self._record_failures(conn, failed, now)
+        parked = claims.record_failures(conn, failed, now, max_attempts=self.max_attempts)
+        return outcomes, parked
 
     def _adapt(self, size: int, seconds: float, contended: bool) -> None:
         # SQLite has one writer: while a batch runs, webhooks wait to be stored. A batch that
@@ -314,130 +291,6 @@ class Dispatcher:
             for _ in stepped:
                 self.metrics.observe("smsbot_step_seconds", per_step)
 
-    def _lock_conversations(
-        self, conn: Connection, keys: Sequence[ConversationKey]
-    ) -> dict[ConversationKey, Any]:
-        c = conversations_t
-        wanted = {(k.virtual_number, k.phone) for k in keys}
-
-        def locking(pairs: set[tuple[str, str]]) -> Any:
-            query = select(c).where(tuple_(c.c.virtual_number, c.c.phone).in_(list(pairs)))
-            return query.with_for_update(skip_locked=True) if self.db.is_postgres else query
-
-        rows = {(r.virtual_number, r.phone): r for r in (conn.execute(locking(wanted))).all()}
-        missing = wanted - set(rows)
-        if missing and self.db.is_postgres:
-            # Rows that exist but SKIP LOCKED skipped belong to another process right now.
-            held = conn.execute(
-                select(c.c.virtual_number, c.c.phone).where(
-                    tuple_(c.c.virtual_number, c.c.phone).in_(list(missing))
-                )
-            )
-            missing -= {(vn, phone) for vn, phone in held.all()}
-        if missing:
-            conn.execute(
-                _NEW_CONVERSATION,
-                [{"virtual_number": vn, "phone": p, "data": {}, "version": 0} for vn, p in missing],
-            )
-            for r in (conn.execute(locking(missing))).all():
-                rows[(r.virtual_number, r.phone)] = r
-        return {ConversationKey(vn, phone): r for (vn, phone), r in rows.items()}
-
-    def _oldest_events(
-        self, conn: Connection, keys: list[ConversationKey], now: dt.datetime
-    ) -> dict[ConversationKey, Any]:
-        if not keys:
-            return {}
-        e = events_t
-        oldest = (
-            select(func.min(e.c.id))
-            .where(
-                e.c.state == EventState.PENDING.value,
-                tuple_(e.c.virtual_number, e.c.phone).in_(
-                    [(k.virtual_number, k.phone) for k in keys]
-                ),
-            )
-            .group_by(e.c.virtual_number, e.c.phone)
-        )
-        rows = (conn.execute(select(e).where(e.c.id.in_(oldest)).order_by(e.c.id))).all()
-        return {
-            ConversationKey(r.virtual_number, r.phone): r
-            for r in rows
-            if r.next_attempt_at is None or r.next_attempt_at <= now
-        }
-
-    def _opted_out(self, conn: Connection, keys: list[ConversationKey]) -> set[ConversationKey]:
-        o = opt_outs_t
-        rows = conn.execute(
-            select(o.c.virtual_number, o.c.phone).where(
-                tuple_(o.c.virtual_number, o.c.phone).in_(
-                    [(k.virtual_number, k.phone) for k in keys]
-                )
-            )
-        )
-        return {ConversationKey(vn, phone) for vn, phone in rows.all()}
-
-    def _claim_timers(
-        self,
-        conn: Connection,
-        convos: dict[ConversationKey, Any],
-        events: dict[ConversationKey, Any],
-        now: dt.datetime,
-    ) -> set[int]:
-        """Mark the batch's timer firings FIRED in one statement; return the live event ids.
-
-        The guard that makes a timer fire once: only a still-scheduled timer whose name and
-        token match the firing may run, and it is marked fired in the step's own transaction.
-        """
-        wanted: dict[tuple[int, str, str], int] = {}
-        for key, row in events.items():
-            if row.kind == EventKind.TIMER.value:
-                name, token = row.payload.get("name"), row.payload.get("token")
-                if isinstance(name, str) and isinstance(token, str):
-                    wanted[(convos[key].id, name, token)] = row.id
-        if not wanted:
-            return set()
-        t = timers_t
-        claimed = conn.execute(
-            update(t)
-            .where(
-                tuple_(t.c.conversation_id, t.c.name, t.c.token).in_(list(wanted)),
-                t.c.state == TimerState.SCHEDULED.value,
-            )
-            .values(state=TimerState.FIRED.value, fired_at=now)
-            .returning(t.c.conversation_id, t.c.name, t.c.token)
-        )
-        return {wanted[(c, n, tok)] for c, n, tok in claimed.all()}
-
-    def _record_failures(
-        self, conn: Connection, failed: list[tuple[Any, BaseException]], now: dt.datetime
-    ) -> int:
-        parked_count = 0
-        for row, exc in failed:
-            attempts = int(row.attempts) + 1
-            # An error that says it will never succeed (e.g. a rejected start) is parked at once.
-            parked = attempts >= self.max_attempts or getattr(exc, "retryable", True) is False
-            parked_count += parked
-            # The traceback shows the line in the flow; it holds code, not message bodies.
-            log.warning(
-                "event %s (%s) failed, attempt %d/%d: %s",
-                row.id, row.kind, attempts, self.max_attempts, type(exc).__name__,
-                exc_info=exc,
-            )  # fmt: skip
-            detail = "".join(traceback.format_exception(exc, limit=-4))
-            conn.execute(
-                update(events_t)
-                .where(events_t.c.id == row.id)
-                .values(
-                    attempts=attempts,
-                    last_error=detail[-4000:],
-                    state=EventState.FAILED.value if parked else EventState.PENDING.value,
-                    next_attempt_at=None if parked else now + backoff(attempts),
-                    processed_at=now if parked else None,
-                )
-            )
-        return parked_count
-
 
 def _snapshot(convo: Any, key: ConversationKey, opted_out: bool) -> ConversationSnapshot:
     return ConversationSnapshot(
@@ -452,8 +305,3 @@ def _snapshot(convo: Any, key: ConversationKey, opted_out: bool) -> Conversation
         started_at=convo.started_at,
         last_activity_at=convo.last_activity_at,
     )
-
-
-def backoff(attempt: int, base: float = 1.0, cap: float = 300.0) -> dt.timedelta:
-    """Return the wait before retry number `attempt` (1, 2, 4, … seconds, capped)."""
-    return dt.timedelta(seconds=min(cap, base * 2 ** (attempt - 1)))
