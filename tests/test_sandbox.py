@@ -164,6 +164,23 @@ async def test_messages_are_listed_and_filtered_by_recipient(
 # -- test controls ----------------------------------------------------------------------------
 
 
+async def test_failing_numbers_match_however_the_number_is_written(
+    aiohttp_client: ClientFactory,
+) -> None:
+    sandbox = Sandbox(api_key=KEY, clock=VirtualClock())
+    client = await aiohttp_client(sandbox.app)
+    sandbox.failing_numbers.add("+44 7700 900666")  # as docs/testing-flows.md shows it
+    assert "447700900666" in sandbox.failing_numbers
+    assert "+447700900666" in sandbox.failing_numbers
+    for recipient in ("+447700900666", "+447700900123"):
+        await client.post("/sms/send", json={**ONE, "recipient": recipient}, headers=AUTH)
+    await sandbox.wait_for_receipts()
+    messages = (await (await client.get("/sandbox/messages")).json())["messages"]
+    assert [m["status"] for m in messages] == ["Failed", "Delivered"]
+    sandbox.failing_numbers.discard("+447700900666")
+    assert "+447700900666" not in sandbox.failing_numbers
+
+
 async def test_set_failure_answers_the_next_count_calls(aiohttp_client: ClientFactory) -> None:
     sandbox = Sandbox(api_key=KEY)
     client = await aiohttp_client(sandbox.app)

@@ -24,6 +24,7 @@ from smsbot.sandbox.wire import (
     WEBHOOK_TIMEOUT,
     WORKSPACE_ID,
     Failure,
+    NumberSet,
     RefusedError,
     SandboxCall,
     SandboxMessage,
@@ -54,7 +55,7 @@ class Sandbox:
         self.api_key = api_key
         self.webhook_url = webhook_url
         self.webhook_secret = webhook_secret
-        self.failing_numbers = {number_key(n) for n in failing_numbers}
+        self.failing_numbers = NumberSet(failing_numbers)
         self.receipt_delay = receipt_delay
         self.clock = clock or SystemClock()
         self.messages: list[SandboxMessage] = []
@@ -304,7 +305,7 @@ class Sandbox:
                 self._receipts.task_done()
 
     async def _walk_lifecycle(self, message: SandboxMessage) -> None:
-        failing = number_key(message.recipient) in self.failing_numbers
+        failing = message.recipient in self.failing_numbers
         for status in ("Dispatched", "Failed" if failing else "Delivered"):
             if self.receipt_delay > 0:
                 await asyncio.sleep(self.receipt_delay)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -81,6 +82,30 @@ class RefusedError(Exception):
 def number_key(number: str) -> str:
     """Return a number without spaces or a leading "+", for matching only."""
     return number.replace(" ", "").lstrip("+")
+
+
+class NumberSet(set[str]):
+    """Phone numbers compared without spaces or a leading "+": "+44 7700…" matches "447700…"."""
+
+    def __init__(self, numbers: Iterable[str] = ()) -> None:
+        super().__init__(number_key(n) for n in numbers)
+
+    def add(self, number: str) -> None:
+        super().add(number_key(number))
+
+    def discard(self, number: object) -> None:
+        if isinstance(number, str):
+            super().discard(number_key(number))
+
+    def remove(self, number: str) -> None:
+        super().remove(number_key(number))
+
+    def update(self, *numbers: Iterable[str]) -> None:
+        for group in numbers:
+            super().update(number_key(n) for n in group)
+
+    def __contains__(self, number: object) -> bool:
+        return isinstance(number, str) and super().__contains__(number_key(number))
 
 
 def parse_json(raw: bytes) -> object:
