@@ -52,28 +52,36 @@ async def apply_receipts(db: Database, clock: Clock, metrics: Metrics, limit: in
     if db.is_postgres:
         claim = claim.with_for_update(skip_locked=True)
     results = await db.write(lambda conn: _apply_all(conn, claim, now))
-    for matched in results:
-        metrics.inc("smsbot_receipts_total", result="matched" if matched else "unmatched")
+    for result in results:
+        metrics.inc("smsbot_receipts_total", result=result)
     return len(results)
 
 
-def _apply_all(conn: Connection, claim: Any, now: dt.datetime) -> list[bool]:
+def _apply_all(conn: Connection, claim: Any, now: dt.datetime) -> list[str]:
     results = []
     for event_id, payload in conn.execute(claim).all():
-        matched = _apply_one(conn, payload, now)
-        state = EventState.DONE if matched else EventState.UNMATCHED
-        if not matched:
-            log.info("receipt event %s matches no message; kept for reconciliation", event_id)
-        conn.execute(
-            update(events_t)
-            .where(events_t.c.id == event_id)
-            .values(state=state.value, processed_at=now)
-        )
-        results.append(matched)
+        values: dict[str, Any] = {"processed_at": now}
+        try:
+            new = DeliveryStatus(payload["status"])
+        except (KeyError, TypeError, ValueError):
+            # Only a direct write to the inbox can store this (the parsers map every status);
+            # parked rather than raised, so one bad row cannot hold back every receipt after it.
+            log.warning("receipt event %s has no known delivery status; parked", event_id)
+            values.update(state=EventState.FAILED.value, last_error="no known delivery status")
+            results.append("invalid")
+        else:
+            matched = _apply_one(conn, payload, new, now)
+            values["state"] = (EventState.DONE if matched else EventState.UNMATCHED).value
+            if not matched:
+                log.info("receipt event %s matches no message; kept for reconciliation", event_id)
+            results.append("matched" if matched else "unmatched")
+        conn.execute(update(events_t).where(events_t.c.id == event_id).values(**values))
     return results
 
 
-def _apply_one(conn: Connection, payload: dict[str, Any], now: dt.datetime) -> bool:
+def _apply_one(
+    conn: Connection, payload: dict[str, Any], new: DeliveryStatus, now: dt.datetime
+) -> bool:
     ref = payload.get("client_reference")
     provider_id = payload.get("provider_message_id")
     # clientReference is our message id when we sent it; fall back to the provider's id.
@@ -102,7 +110,6 @@ def _apply_one(conn: Connection, payload: dict[str, Any], now: dt.datetime) -> b
     ).first()
     if row is None:
         return False
-    new = DeliveryStatus(payload["status"])
     current = DeliveryStatus(row.status) if row.status else DeliveryStatus.QUEUED
     if not current.can_become(new):
         return True

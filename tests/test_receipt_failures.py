@@ -19,7 +19,8 @@ from urllib.parse import urlsplit
 
 import aiohttp
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import select, text, update
+from sqlalchemy.exc import DBAPIError
 
 from smsbot.inbox import InboxEntry
 from smsbot.metrics import Metrics
@@ -54,6 +55,19 @@ class Parcel(Flow):
         convo.data["failures"] = [*convo.data.get("failures", []), error]
         return self.unreachable
 '''
+
+REFUSE_HOOK_SQLITE = [
+    "CREATE TRIGGER refuse_hook BEFORE INSERT ON webhook_events WHEN NEW.kind = 'send_failed'"
+    " BEGIN SELECT RAISE(ABORT, 'refused for the test'); END"
+]
+DROP_HOOK_SQLITE = ["DROP TRIGGER refuse_hook"]
+REFUSE_HOOK_PG = [
+    "CREATE FUNCTION refuse_hook() RETURNS trigger AS $$"
+    " BEGIN RAISE EXCEPTION 'refused for the test'; END $$ LANGUAGE plpgsql",
+    "CREATE TRIGGER refuse_hook BEFORE INSERT ON webhook_events FOR EACH ROW"
+    " WHEN (NEW.kind = 'send_failed') EXECUTE FUNCTION refuse_hook()",
+]
+DROP_HOOK_PG = ["DROP TRIGGER refuse_hook ON webhook_events", "DROP FUNCTION refuse_hook()"]
 
 FAILING = "+447700900666"  # the sandbox answers every message to it with a Failed receipt
 SANDBOX_FAILURE = "delivery failed: Failed (provider error code sandbox-failing-number)"
@@ -345,26 +359,25 @@ async def test_the_status_and_the_hook_are_written_together_or_not_at_all(
     kit.sandbox.webhook_url = None  # the sandbox posts no receipts: the test does
     await kit.start("parcel")
     [message] = await outbound(kit)
+    payload = {"client_reference": message.id, "status": "failed", "error_code": "9"}
+    await kit.bot.inbox.accept(InboxEntry("divergent", "evt_fail", EventKind.RECEIPT, payload))
 
-    def receipt(event_id: str, status: str) -> InboxEntry:
-        payload = {"client_reference": message.id, "status": status, "error_code": "9"}
-        return InboxEntry("divergent", event_id, EventKind.RECEIPT, payload)
-
-    # A failed receipt, then one that breaks the batch (a status nobody knows) after it.
-    await kit.bot.inbox.accept_many([receipt("evt_fail", "failed"), receipt("evt_bad", "?")])
-    with pytest.raises(ValueError, match="DeliveryStatus"):
+    # The database refuses the hook's event (a trigger): the status must not change either.
+    postgres = kit.bot.db.is_postgres
+    async with kit.bot.db.session() as s, s.begin():
+        for statement in REFUSE_HOOK_PG if postgres else REFUSE_HOOK_SQLITE:
+            await s.execute(text(statement))
+    with pytest.raises(DBAPIError, match="refused for the test"):
         await apply_receipts(kit.bot.db, kit.clock, Metrics())
     [unchanged] = await outbound(kit)
     assert unchanged.status == DeliveryStatus.ACCEPTED
     assert await send_failed_events(kit) == []
     async with kit.bot.db.session() as s, s.begin():
         states = await s.execute(select(events_t.c.state).where(events_t.c.kind == "receipt"))
-        assert list(states.scalars()) == [EventState.PENDING, EventState.PENDING]
-        await s.execute(
-            update(events_t)
-            .where(events_t.c.event_id == "evt_bad")
-            .values(state=EventState.IGNORED.value)
-        )
+        assert list(states.scalars()) == [EventState.PENDING]
+        for statement in DROP_HOOK_PG if postgres else DROP_HOOK_SQLITE:
+            await s.execute(text(statement))
+
     await kit.advance()  # applied again: the status and the hook's event commit together
     [failed] = await outbound(kit)
     assert failed.status == DeliveryStatus.FAILED
@@ -372,3 +385,31 @@ async def test_the_status_and_the_hook_are_written_together_or_not_at_all(
     assert kit.conversation().data["failures"] == [
         "delivery failed: Failed (provider error code 9)"
     ]
+
+
+async def test_a_receipt_with_no_known_status_is_parked_and_holds_back_nothing(
+    kit: BotDriver,
+) -> None:
+    kit.sandbox.webhook_url = None
+    await kit.start("parcel")
+    [message] = await outbound(kit)
+
+    def receipt(event_id: str, status: object) -> InboxEntry:
+        payload = {"client_reference": message.id, "status": status, "error_code": None}
+        return InboxEntry("divergent", event_id, EventKind.RECEIPT, payload)
+
+    # Only a direct inbox write can hold such a status; the parsers map every provider status.
+    await kit.bot.inbox.accept_many([receipt("evt_bad", "?"), receipt("evt_ok", "delivered")])
+    assert await apply_receipts(kit.bot.db, kit.clock, Metrics()) == 2
+    [delivered] = await outbound(kit)
+    assert delivered.status == DeliveryStatus.DELIVERED
+    async with kit.bot.db.session() as s:
+        rows = await s.execute(
+            select(events_t.c.event_id, events_t.c.state, events_t.c.last_error)
+            .where(events_t.c.kind == "receipt")
+            .order_by(events_t.c.id)
+        )
+        assert [tuple(r) for r in rows] == [
+            ("evt_bad", EventState.FAILED, "no known delivery status"),
+            ("evt_ok", EventState.DONE, None),
+        ]
