@@ -11,24 +11,21 @@ reminders still go out ("see you tomorrow" outlives the conversation that arrang
 from __future__ import annotations
 
 import copy
-import dataclasses
 import datetime as dt
 import inspect
-import json
 import logging
 import types
-import zoneinfo
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 from smsbot.compliance import ComplianceAction
 from smsbot.config import Settings
-from smsbot.flow import Conversation, Flow, FlowError, Handler, Message, State
+from smsbot.flow import Flow, FlowError, Handler, Message, State
 from smsbot.flowloader import check_flows, load_flows
+from smsbot.flowstep import RESERVED, Run, Step, sent_by_this_run
 from smsbot.keywords import normalize_text
-from smsbot.phone import PhoneNumberError
-from smsbot.quiet_hours import defer_until, recipient_zone
-from smsbot.router import NumberBinding, RouteKind, Router
+from smsbot.quiet_hours import defer_until
+from smsbot.router import RouteKind, Router
 from smsbot.steps import (
     ConversationSnapshot,
     DispatchEvent,
@@ -44,9 +41,6 @@ __all__ = ["FlowLoopError", "FlowRuntime", "FlowStartRejectedError"]
 log = logging.getLogger(__name__)
 
 MAX_STATES_PER_STEP = 10  # enter hooks that keep returning states are a bug, not a workflow
-RESERVED = "_smsbot"  # the runtime's own bookkeeping inside the conversation data
-_DEFERRED = (Origin.FLOW, Origin.REMINDER)  # what quiet hours hold back
-_FLOW_ORIGINS = {Origin.REPLY.value, Origin.FLOW.value, Origin.REMINDER.value}
 
 
 class FlowLoopError(FlowError):
@@ -57,142 +51,6 @@ class FlowStartRejectedError(FlowError):
     """A START with policy "reject" found a conversation already running; nothing changed."""
 
     retryable = False  # the same event would be rejected again
-
-
-@dataclasses.dataclass(slots=True)
-class _Run:
-    """One flow running inside a step: its Conversation and where it got to."""
-
-    flow: Flow
-    convo: Conversation
-    state: State
-    entered: bool = False
-    fresh: bool = False  # begun in this step: its first state was never entered before
-    ended: str | None = None  # the end reason once it has ended
-
-
-class _Step:
-    """The StepResult under construction for one event."""
-
-    def __init__(
-        self,
-        runtime: FlowRuntime,
-        event: DispatchEvent,
-        snap: ConversationSnapshot,
-        now: dt.datetime,
-    ) -> None:
-        self.rt, self.event, self.snap, self.now = runtime, event, snap, now
-        self.binding: NumberBinding = runtime.router.binding(snap.key.virtual_number)
-        data = copy.deepcopy(snap.data)  # the snapshot stays untouched: a step may be retried
-        self.owned: dict[str, str] = dict(data.pop(RESERVED, {}).get("timers", {}))
-        self.data, self.flow, self.state = data, snap.flow, snap.state
-        self.result = StepResult(flow=snap.flow, state=snap.state, data=snap.data)
-        self.timers: dict[str, TimerRequest] = {}
-        self.touched = False  # the active conversation took part: push its expiry back
-
-    def active(self) -> tuple[type[Flow], State] | None:
-        """The running flow and state, or None (a flow or state since removed ends it)."""
-        if self.flow is None:
-            return None
-        cls = self.rt.flows.get(self.flow)
-        state = cls.states.get(self.state or "") if cls is not None else None
-        if cls is None or state is None:
-            where = f"{self.flow}:{self.state}"
-            log.warning("conversation %s is in unknown %s; ending it", self.snap.id, where)
-            self.end("flow removed", cancel_all=True)
-            return None
-        return cls, state
-
-    def zone(self, data: Mapping[str, Any]) -> zoneinfo.ZoneInfo:
-        """The contact's zone for this step."""
-        given = data.get("timezone") or self.data.get("timezone")
-        default = self.rt.settings.default_timezone
-        try:
-            return recipient_zone(self.snap.key.phone, given, default)
-        except PhoneNumberError:  # not an E.164 phone (a test or sandbox oddity)
-            return zoneinfo.ZoneInfo(default)
-
-    def conversation(
-        self,
-        cls: type[Flow],
-        state: State,
-        data: dict[str, Any],
-        origin: Origin,
-        message: Message | None = None,
-    ) -> _Run:
-        """A Run of `cls` in `state` over `data`."""
-        window, now = self.binding.quiet_window, self.now
-
-        def defer(why: Origin, zone: zoneinfo.ZoneInfo) -> dt.datetime | None:
-            return defer_until(now, window, zone) if why in _DEFERRED else None
-
-        convo = Conversation(
-            flow=cls,
-            key=self.snap.key,
-            state=state.name,
-            data=data,
-            now=now,
-            zone=self.zone(data),
-            origin=origin,
-            templates=self.rt.templates,
-            defer=defer,
-            message=message,
-        )
-        return _Run(self.rt.instances[cls.name], convo, state)
-
-    def end(self, reason: str, *, cancel_all: bool = False) -> None:
-        """End the active conversation; its reminders survive unless `cancel_all`."""
-        if cancel_all:
-            self.result.cancel_all_timers = True
-            self.timers.clear()
-        else:
-            doomed = [n for n, kind in self.owned.items() if kind != "remind"]
-            self.result.cancel_timers += [*doomed, "expiry"]
-            self.timers = {n: t for n, t in self.timers.items() if t.kind == "remind"}
-        self.owned.clear()
-        self.flow = self.state = None
-        self.result.end_reason = reason
-
-    def absorb(self, run: _Run, *, side: bool = False) -> None:
-        """Take a run's replies and timers; unless `side`, it becomes the conversation."""
-        convo = run.convo
-        self.result.replies += convo.outbox
-        if convo.timezone_changed:
-            self.result.contact_timezone = convo.timezone
-        self.result.cancel_timers += convo.cancelled
-        for name in convo.cancelled:
-            self.owned.pop(name, None)
-        if side:  # finished in this step beside the conversation: only reminders outlive it
-            self.timers.update({n: t for n, t in convo.timers.items() if t.kind == "remind"})
-            return
-        self.touched = True
-        self.timers.update(convo.timers)
-        self.owned.update({n: t.kind for n, t in convo.timers.items()})
-        self.data, self.flow, self.state = convo.data, run.flow.name, run.state.name
-        self.result.state_entered = self.result.state_entered or run.entered
-        if run.ended:
-            self.end(run.ended)
-
-    def finish(self) -> StepResult:
-        """The finished StepResult."""
-        result = self.result
-        data = dict(self.data)
-        if self.owned:
-            data[RESERVED] = {"timers": self.owned}
-        try:
-            json.dumps(data)
-        except (TypeError, ValueError) as exc:
-            raise FlowError(
-                f"flow {self.flow or self.snap.flow!r} left convo.data that is not JSON ({exc}):"
-                " store datetimes as .isoformat() strings"
-            ) from None
-        result.flow, result.state, result.data = self.flow, self.state, data
-        if self.flow is not None and self.touched:
-            expiry = self.now + self.rt.settings.conversation_expiry
-            self.timers["expiry"] = TimerRequest("expiry", "expiry", expiry)
-        result.timers = list(self.timers.values())
-        result.cancel_timers = list(dict.fromkeys(result.cancel_timers))
-        return result
 
 
 class FlowRuntime:
@@ -228,7 +86,7 @@ class FlowRuntime:
         self, event: DispatchEvent, convo: ConversationSnapshot, now: dt.datetime
     ) -> StepResult:
         """Turn one event on one locked conversation into a StepResult; no I/O."""
-        step = _Step(self, event, convo, now)
+        step = Step(self, event, convo, now)
         if event.kind is EventKind.INBOUND:
             await self._inbound(step)
         elif event.kind is EventKind.START:
@@ -243,7 +101,7 @@ class FlowRuntime:
 
     # --- events -------------------------------------------------------------------------------
 
-    async def _inbound(self, step: _Step) -> None:
+    async def _inbound(self, step: Step) -> None:
         payload = step.event.payload
         body = str(payload.get("body") or "")
         normalized = normalize_text(body)
@@ -269,7 +127,7 @@ class FlowRuntime:
         elif route.kind in (RouteKind.TRIGGER, RouteKind.CATCH_ALL) and route.flow is not None:
             await self._begin(step, route.flow, {}, Origin.REPLY, msg)
 
-    def _compliance(self, step: _Step, action: ComplianceAction, normalized: str) -> None:
+    def _compliance(self, step: Step, action: ComplianceAction, normalized: str) -> None:
         rules, result = step.binding.compliance, step.result
         if action is ComplianceAction.OPT_IN:
             result.opt_out, result.opt_keyword = False, normalized.upper()
@@ -283,14 +141,14 @@ class FlowRuntime:
         # Plain text, never a template: a STOP must be confirmed even if templates break.
         result.replies.append(OutgoingSms(rules.text_for(action), Origin.COMPLIANCE))
 
-    async def _start_event(self, step: _Step) -> None:
+    async def _start_event(self, step: Step) -> None:
         start = self.router.check_start(step.binding, step.event.payload)
         if step.snap.opted_out:
             return  # never start anything for a phone that said STOP
         data = {k: v for k, v in copy.deepcopy(start.data).items() if k != RESERVED}
         await self._begin(step, start.flow, data, Origin.FLOW, None, start.policy)
 
-    async def _timer(self, step: _Step) -> None:
+    async def _timer(self, step: Step) -> None:
         payload = step.event.payload
         name, kind = str(payload.get("name")), payload.get("kind")
         body = payload.get("payload") or {}
@@ -323,7 +181,7 @@ class FlowRuntime:
             await self._enter(run, await self._call(run, method, run.convo))
         step.absorb(run)
 
-    async def _remind(self, step: _Step, name: str, body: Mapping[str, Any]) -> None:
+    async def _remind(self, step: Step, name: str, body: Mapping[str, Any]) -> None:
         saved = dict(body.get("data") or {})
         zone = step.zone(saved)
         context = {**saved, **(body.get("vars") or {})}
@@ -335,7 +193,7 @@ class FlowRuntime:
         step.result.replies.append(OutgoingSms(rendered.text, Origin.REMINDER, when))
         step.owned.pop(name, None)
 
-    def _operator_send(self, step: _Step) -> None:
+    def _operator_send(self, step: Step) -> None:
         # An operator's message: already rendered by the API, held back by quiet hours like a
         # reminder, and never sent to a phone that opted out (the dispatcher suppresses it).
         if step.snap.opted_out:
@@ -345,9 +203,9 @@ class FlowRuntime:
         text = str(step.event.payload.get("text") or "")
         step.result.replies.append(OutgoingSms(text, Origin.OPERATOR, when))
 
-    async def _send_failed(self, step: _Step) -> None:
+    async def _send_failed(self, step: Step) -> None:
         active = step.active()
-        if active is None or not _sent_by_this_run(step.event.payload, step.snap.started_at):
+        if active is None or not sent_by_this_run(step.event.payload, step.snap.started_at):
             return
         run = step.conversation(*active, step.data, Origin.FLOW)
         error = str(step.event.payload.get("error") or "")
@@ -358,7 +216,7 @@ class FlowRuntime:
 
     async def _begin(
         self,
-        step: _Step,
+        step: Step,
         name: str,
         data: dict[str, Any],
         origin: Origin,
@@ -386,7 +244,7 @@ class FlowRuntime:
         step.result.state_entered = True
         step.absorb(run)
 
-    async def _continue(self, step: _Step, cls: type[Flow], state: State, msg: Message) -> bool:
+    async def _continue(self, step: Step, cls: type[Flow], state: State, msg: Message) -> bool:
         picked = state.select(msg)
         if picked is None:
             return False
@@ -396,7 +254,7 @@ class FlowRuntime:
         step.absorb(run)
         return True
 
-    async def _call(self, run: _Run, handler: Handler, *args: Any) -> State | None:
+    async def _call(self, run: Run, handler: Handler, *args: Any) -> State | None:
         """Call a handler (bound or plain function) and check what it returned."""
         bound = types.MethodType(handler, run.flow) if inspect.isfunction(handler) else handler
         value = bound(*args)
@@ -404,7 +262,7 @@ class FlowRuntime:
             value = await value
         return run.flow.next_state(value, getattr(handler, "__name__", str(handler)))
 
-    async def _enter(self, run: _Run, target: State | None) -> None:
+    async def _enter(self, run: Run, target: State | None) -> None:
         """Enter `target` and whatever its on_enter hooks return, at most MAX times."""
         convo, path = run.convo, [run.state.name]
         while target is not None:
@@ -432,18 +290,3 @@ class FlowRuntime:
                     raise FlowError(f"final state {target.name!r} cannot move on to {following}")
                 run.ended = "completed"
             target = following
-
-
-def _sent_by_this_run(payload: dict[str, Any], started_at: dt.datetime | None) -> bool:
-    """Whether a failed message is the running flow's: not an operator's, nor an earlier run's."""
-    origin = payload.get("origin")
-    if origin is not None and origin not in _FLOW_ORIGINS:
-        return False
-    created = payload.get("created_at")
-    if not created or started_at is None:
-        return True
-    return _utc(dt.datetime.fromisoformat(created)) >= _utc(started_at)
-
-
-def _utc(when: dt.datetime) -> dt.datetime:
-    return when if when.tzinfo is not None else when.replace(tzinfo=dt.UTC)

@@ -28,8 +28,9 @@ from smsbot.assembly import SANDBOX_API_KEY, build_provider
 from smsbot.bot import Bot
 from smsbot.clock import VirtualClock
 from smsbot.config import Secret, Settings
+from smsbot.flowstep import RESERVED
 from smsbot.operator import OperatorError, resolve_recipient, resolve_sender
-from smsbot.runtime import RESERVED, FlowRuntime
+from smsbot.runtime import FlowRuntime
 from smsbot.sandbox import Sandbox
 from smsbot.server.app import create_app
 from smsbot.store.engine import Database
