@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
@@ -18,7 +19,10 @@ from smsbot.webhooks.signature import SignatureError, verify
 MAX_BODY = 1_048_576
 
 
-def make_app(secret: str) -> web.Application:
+def make_app(
+    secret: str, store: Callable[[bytes], Awaitable[None]] | None = None
+) -> web.Application:
+    """The baseline's app; `store` (bench/ceiling.py) is awaited with each verified body."""
     secrets = [secret]
 
     async def webhook(request: web.Request) -> web.Response:
@@ -34,6 +38,8 @@ def make_app(secret: str) -> web.Application:
             )
         except SignatureError as exc:
             return web.json_response({"error": exc.reason}, status=401)
+        if store is not None:
+            await store(body)
         return web.json_response({"status": "new"})
 
     async def healthz(request: web.Request) -> web.Response:

@@ -18,13 +18,11 @@ import os
 import queue
 import sqlite3
 import threading
-import time
 
 from aiohttp import web
 
-from smsbot.webhooks.signature import SignatureError, verify
+from bench import baseline
 
-MAX_BODY = 1_048_576
 SCHEMA = (
     "CREATE TABLE IF NOT EXISTS events (id INTEGER PRIMARY KEY, source TEXT, event_id TEXT,"
     " virtual_number TEXT, phone TEXT, body_sha256 TEXT, payload TEXT, received_at TEXT,"
@@ -37,7 +35,7 @@ INSERT = (
 
 
 def make_app(secret: str, path: str) -> web.Application:
-    secrets = [secret]
+    """The baseline's app, answering only once the webhook is committed."""
     waiting: queue.SimpleQueue[tuple[tuple[str, ...], asyncio.Future[None]]] = queue.SimpleQueue()
 
     def writer(loop: asyncio.AbstractEventLoop) -> None:
@@ -59,23 +57,7 @@ def make_app(secret: str, path: str) -> web.Application:
             if not future.done():
                 future.set_result(None)
 
-    async def start(app: web.Application) -> None:
-        loop = asyncio.get_running_loop()
-        threading.Thread(target=writer, args=(loop,), daemon=True).start()
-
-    async def webhook(request: web.Request) -> web.Response:
-        body = await request.read()
-        try:
-            verify(
-                body=body,
-                timestamp=request.headers.get("X-Webhook-Timestamp"),
-                signature=request.headers.get("X-Webhook-Signature"),
-                secrets=secrets,
-                now=time.time(),
-                tolerance_seconds=300,
-            )
-        except SignatureError as exc:
-            return web.json_response({"error": exc.reason}, status=401)
+    async def store(body: bytes) -> None:
         event = json.loads(body)
         data = event["data"]
         row = (
@@ -90,15 +72,13 @@ def make_app(secret: str, path: str) -> web.Application:
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         waiting.put((row, future))
         await future
-        return web.json_response({"status": "new"})
 
-    async def healthz(request: web.Request) -> web.Response:
-        return web.json_response({"status": "ok"})
+    async def start(app: web.Application) -> None:
+        loop = asyncio.get_running_loop()
+        threading.Thread(target=writer, args=(loop,), daemon=True).start()
 
-    app = web.Application(client_max_size=MAX_BODY)
+    app = baseline.make_app(secret, store)
     app.on_startup.append(start)
-    app.router.add_post("/webhooks/divergent", webhook)
-    app.router.add_get("/healthz", healthz)
     return app
 
 
