@@ -220,7 +220,8 @@ class Flow:
         return None
 
 
-def _json(value: object, what: str) -> None:
+def require_json(value: object, what: str) -> None:
+    """Raise FlowError unless `value` can be stored as JSON; `what` names it for the author."""
     try:
         json.dumps(value)
     except (TypeError, ValueError) as exc:
@@ -320,13 +321,13 @@ class Conversation:
     ) -> None:
         """Send `template` at `at` (quiet hours permitting); the same name replaces a reminder."""
         self._check_at(at, "remind")
-        _json(variables, f"the variables of reminder {name!r}")
+        require_json(variables, f"the variables of reminder {name!r}")
         # Rendered once now, so a typo fails this step rather than silently at `at`.
         self._templates.render(
             template, {**self.context(variables), "now": at}, timezone=self._zone
         )
         payload = {"template": template, "vars": variables, "data": self.data, "flow": self.flow}
-        _json(payload, f"the data behind reminder {name!r}")
+        require_json(payload, f"the data behind reminder {name!r}")
         self._add(TimerRequest(name, "remind", at, json.loads(json.dumps(payload))))
 
     def schedule(

@@ -9,13 +9,12 @@ from __future__ import annotations
 import copy
 import dataclasses
 import datetime as dt
-import json
 import logging
 import zoneinfo
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from smsbot.flow import Conversation, Flow, FlowError, Message, State
+from smsbot.flow import Conversation, Flow, Message, State, require_json
 from smsbot.phone import PhoneNumberError
 from smsbot.quiet_hours import defer_until, recipient_zone
 from smsbot.router import NumberBinding
@@ -152,13 +151,7 @@ class Step:
         data = dict(self.data)
         if self.owned:
             data[RESERVED] = {"timers": self.owned}
-        try:
-            json.dumps(data)
-        except (TypeError, ValueError) as exc:
-            raise FlowError(
-                f"flow {self.flow or self.snap.flow!r} left convo.data that is not JSON ({exc}):"
-                " store datetimes as .isoformat() strings"
-            ) from None
+        require_json(data, f"convo.data left by flow {self.flow or self.snap.flow!r}")
         result.flow, result.state, result.data = self.flow, self.state, data
         if self.flow is not None and self.touched:
             expiry = self.now + self.rt.settings.conversation_expiry

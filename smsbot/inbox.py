@@ -10,18 +10,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import datetime as dt
 import enum
 import logging
 from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import Connection, select, tuple_
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from smsbot.clock import Clock
 from smsbot.store.engine import Database
-from smsbot.store.models import EventKind, events_t
+from smsbot.store.models import EventKind, EventState, events_t
 from smsbot.store.upsert import insert_on_conflict
 
 log = logging.getLogger(__name__)
@@ -50,9 +49,24 @@ class InboxEntry:
     body_sha256: str | None = None
 
 
-def insert_ignoring_conflicts(db: Database, model: Any) -> Any:
-    """Return an INSERT for `model` in the database's dialect, ready for on_conflict_do_nothing."""
-    return pg_insert(model) if db.is_postgres else sqlite_insert(model)
+# An event already stored under the same (source, event id) is left as it is.
+NEW_EVENT = insert_on_conflict(events_t, ["source", "event_id"])
+
+
+def event_row(entry: InboxEntry, now: dt.datetime) -> dict[str, Any]:
+    """The webhook_events row for `entry`, received `now`, pending."""
+    return {
+        "source": entry.source,
+        "event_id": entry.event_id,
+        "kind": entry.kind.value,
+        "virtual_number": entry.virtual_number,
+        "phone": entry.phone,
+        "body_sha256": entry.body_sha256,
+        "payload": entry.payload,
+        "received_at": now,
+        "attempts": 0,
+        "state": EventState.PENDING.value,
+    }
 
 
 class Inbox:
@@ -61,9 +75,7 @@ class Inbox:
     def __init__(self, db: Database, clock: Clock) -> None:
         self.db = db
         self.clock = clock
-        self._insert = insert_on_conflict(events_t, ["source", "event_id"]).returning(
-            events_t.c.source, events_t.c.event_id
-        )
+        self._insert = NEW_EVENT.returning(events_t.c.source, events_t.c.event_id)
         self._queue: asyncio.Queue[tuple[InboxEntry, asyncio.Future[AcceptOutcome]]] | None = None
         self._writer: asyncio.Task[None] | None = None
 
@@ -99,21 +111,7 @@ class Inbox:
         first: dict[tuple[str, str], InboxEntry] = {}
         for e in entries:
             first.setdefault((e.source, e.event_id), e)
-        rows = [
-            {
-                "source": e.source,
-                "event_id": e.event_id,
-                "kind": e.kind.value,
-                "virtual_number": e.virtual_number,
-                "phone": e.phone,
-                "body_sha256": e.body_sha256,
-                "payload": e.payload,
-                "received_at": now,
-                "attempts": 0,
-                "state": "pending",
-            }
-            for e in first.values()
-        ]
+        rows = [event_row(e, now) for e in first.values()]
         # One statement for any group size, executed with a parameter list: SQLAlchemy
         # caches its compiled form (a multi-VALUES insert would be compiled per group).
         inserted, known = await self.db.write(

@@ -14,6 +14,7 @@ from typing import Any
 from sqlalchemy import Connection, or_, select, update
 
 from smsbot.clock import Clock
+from smsbot.inbox import NEW_EVENT, InboxEntry, event_row
 from smsbot.metrics import Metrics
 from smsbot.status import DeliveryStatus
 from smsbot.store.engine import Database
@@ -24,11 +25,8 @@ from smsbot.store.models import (
     events_t,
     messages_t,
 )
-from smsbot.store.upsert import insert_on_conflict
 
 log = logging.getLogger(__name__)
-
-_NEW_EVENT = insert_on_conflict(events_t, ["source", "event_id"])
 
 # Final statuses that mean the message never reached the phone through a delivery problem.
 # Cancelled, deleted and skipped messages were stopped on purpose, so no flow is told.
@@ -144,22 +142,19 @@ def enqueue_send_failed(conn: Connection, message: Any, error: str, now: dt.date
     event id is `send-failed:{message id}`, so a message fails a flow once, whether the
     provider refused it at send time or a receipt said so later.
     """
-    conn.execute(
-        _NEW_EVENT.values(
-            source="internal",
-            event_id=f"send-failed:{message.id}",
-            kind=EventKind.SEND_FAILED.value,
-            virtual_number=message.sender,
-            phone=message.recipient,
-            payload={
-                "message_id": message.id,
-                "error": error,
-                "text": message.body,
-                "origin": message.origin,
-                "created_at": message.created_at.isoformat(),
-            },
-            state=EventState.PENDING.value,
-            attempts=0,
-            received_at=now,
-        )
+    payload = {
+        "message_id": message.id,
+        "error": error,
+        "text": message.body,
+        "origin": message.origin,
+        "created_at": message.created_at.isoformat(),
+    }
+    entry = InboxEntry(
+        source="internal",
+        event_id=f"send-failed:{message.id}",
+        kind=EventKind.SEND_FAILED,
+        payload=payload,
+        virtual_number=message.sender,
+        phone=message.recipient,
     )
+    conn.execute(NEW_EVENT, [event_row(entry, now)])
