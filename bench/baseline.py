@@ -2,8 +2,8 @@
 
     python -m bench.baseline --port P --secret S
 
-Same route, same signature check (smsbot.webhooks.signature.verify), same body limit and no
-access log, like `smsbot serve`; it stores nothing and starts no background work.
+Same route, same signature check (smsbot.channels.divergent.signature.verify), same body
+limit and no access log, like `smsbot serve`; it stores nothing and starts no background work.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from smsbot.webhooks.signature import SignatureError, verify
+from smsbot.channels.divergent.signature import SignatureError, verify
 
 MAX_BODY = 1_048_576
 

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from smsbot.assembly import build_provider
-from smsbot.bot import Bot
+from smsbot.app.assembly import build_provider
+from smsbot.app.server.app import create_app
 from smsbot.config import Settings
-from smsbot.server.app import create_app
-from smsbot.steps import EchoHandler
+from smsbot.engine.contract import EchoHandler
+from smsbot.pipeline.bot import Bot
 from smsbot.store.migrate import upgrade
 
 

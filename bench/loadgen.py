@@ -28,7 +28,7 @@ from typing import Any
 import aiohttp
 import yarl
 
-from smsbot.webhooks.signature import sign
+from smsbot.channels.divergent.signature import sign
 
 VN = "+447700900100"
 TEMPLATE = (

@@ -20,7 +20,7 @@ from typing import Any
 
 from aiohttp import web
 
-from smsbot.sandbox import Sandbox, SandboxMessage
+from smsbot.channels.sandbox import Sandbox, SandboxMessage
 
 
 class CountingSandbox(Sandbox):

@@ -31,22 +31,22 @@ from bench.common import (
 )
 from bench.http_benches import Options
 from bench.provider import CountingSandbox
-from smsbot.bot import Bot
+from smsbot.channels.divergent.client import DivergentClient
 from smsbot.clock import VirtualClock
 from smsbot.config import Settings
-from smsbot.inbox import InboxEntry
-from smsbot.providers.divergent import DivergentClient
-from smsbot.steps import ConversationSnapshot, DispatchEvent, OutgoingSms, StepResult, TimerRequest
-from smsbot.store.engine import Database
-from smsbot.store.models import (
+from smsbot.engine.contract import (
+    ConversationSnapshot,
+    DispatchEvent,
     EventKind,
     Origin,
-    TimerState,
-    conversations_t,
-    events_t,
-    new_id,
-    timers_t,
+    OutgoingSms,
+    StepResult,
+    TimerRequest,
 )
+from smsbot.pipeline.bot import Bot
+from smsbot.pipeline.inbox import InboxEntry
+from smsbot.store.engine import Database
+from smsbot.store.models import TimerState, conversations_t, events_t, new_id, timers_t
 
 T0 = dt.datetime(2026, 1, 15, 9, 0, tzinfo=dt.UTC)
 LEAD = dt.timedelta(hours=1)  # the first reminder is due an hour after scheduling

@@ -2,6 +2,6 @@
 
 import sys
 
-from smsbot.cli import main
+from smsbot.app.cli import main
 
 sys.exit(main())

@@ -11,7 +11,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from smsbot.sandbox import Sandbox
+from smsbot.channels.sandbox import Sandbox
 from smsbot.store.engine import Database
 
 REPO = Path(__file__).resolve().parents[1]

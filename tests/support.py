@@ -11,15 +11,15 @@ from typing import Any
 
 from aiohttp.test_utils import TestClient
 
-from smsbot.bot import Bot
+from smsbot.channels.divergent.client import DivergentClient
+from smsbot.channels.divergent.signature import sign
+from smsbot.channels.retry import RetryPolicy
+from smsbot.channels.sandbox import Sandbox
 from smsbot.clock import Clock
 from smsbot.config import Settings
-from smsbot.providers.divergent import DivergentClient
-from smsbot.providers.retry import RetryPolicy
-from smsbot.sandbox import Sandbox
-from smsbot.steps import StepHandler
+from smsbot.engine.contract import StepHandler
+from smsbot.pipeline.bot import Bot
 from smsbot.store.engine import Database
-from smsbot.webhooks.signature import sign
 
 SECRET = "whsec_pipeline_test"
 API_KEY = "test-api-key"

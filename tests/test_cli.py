@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from smsbot.sandbox import Sandbox
+from smsbot.channels.sandbox import Sandbox
 
 REPO = Path(__file__).resolve().parents[1]
 

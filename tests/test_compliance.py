@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from smsbot.compliance import ComplianceAction, ComplianceConfigError, ComplianceRules
 from smsbot.config import ConfigError
-from smsbot.keywords import normalize_text
-from smsbot.store.models import EventKind, Origin
+from smsbot.engine.compliance import ComplianceAction, ComplianceConfigError, ComplianceRules
+from smsbot.engine.contract import EventKind, Origin
+from smsbot.sms.keywords import normalize_text
 from tests.test_flow_api import VN, Chat, make_runtime
 
 APPOINTMENT = {

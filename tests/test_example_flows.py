@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from smsbot.flow import FlowError
-from smsbot.store.models import EventKind, Origin
+from smsbot.engine.contract import EventKind, Origin
+from smsbot.engine.flow import FlowError
 from tests.test_flow_api import NOW, Chat, make_runtime
 
 STARTS_AT = dt.datetime(2026, 1, 20, 10, 30, tzinfo=dt.UTC)  # Tuesday, five days after NOW

@@ -21,22 +21,20 @@ import aiohttp
 import pytest
 from sqlalchemy import func, select
 
-from smsbot.bot import Bot
+from smsbot.app.server.app import create_app
+from smsbot.channels.base import BulkOutcome, OutboundSms, SendResult
+from smsbot.channels.divergent.client import DivergentClient
+from smsbot.channels.retry import RetryPolicy
+from smsbot.channels.sandbox import Sandbox
 from smsbot.clock import Clock, SystemClock, VirtualClock
-from smsbot.inbox import InboxEntry
-from smsbot.providers.base import BulkOutcome, OutboundSms, SendResult
-from smsbot.providers.divergent import DivergentClient
-from smsbot.providers.retry import RetryPolicy
-from smsbot.runtime import FlowRuntime
-from smsbot.sandbox import Sandbox
-from smsbot.server.app import create_app
-from smsbot.status import DeliveryStatus
-from smsbot.steps import ConversationKey, EchoHandler, StepHandler
+from smsbot.engine.contract import ConversationKey, EchoHandler, EventKind, Origin, StepHandler
+from smsbot.engine.runtime import FlowRuntime
+from smsbot.pipeline.bot import Bot
+from smsbot.pipeline.inbox import InboxEntry
+from smsbot.sms.status import DeliveryStatus
 from smsbot.store.engine import Database
 from smsbot.store.models import (
-    EventKind,
     EventState,
-    Origin,
     OutboxState,
     TimerState,
     conversations_t,

@@ -17,19 +17,20 @@ from typing import Any
 import pytest
 
 from smsbot.config import Settings
-from smsbot.flow import Conversation, Flow, FlowError, Message, State
-from smsbot.flowloader import load_flows
-from smsbot.keywords import match_keyword, normalize_text
-from smsbot.runtime import FlowLoopError, FlowRuntime
-from smsbot.steps import (
+from smsbot.engine.contract import (
     ConversationKey,
     ConversationSnapshot,
     DispatchEvent,
+    EventKind,
+    Origin,
     StepResult,
     TimerRequest,
 )
-from smsbot.store.models import EventKind, Origin
-from smsbot.templates import SmsTemplates, TemplateError
+from smsbot.engine.flow import Conversation, Flow, FlowError, Message, State
+from smsbot.engine.loader import load_flows
+from smsbot.engine.runtime import FlowLoopError, FlowRuntime
+from smsbot.sms.keywords import match_keyword, normalize_text
+from smsbot.sms.templates import SmsTemplates, TemplateError
 
 REPO = Path(__file__).resolve().parents[1]
 VN = "+447700900100"

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from smsbot.flowloader import MODULE_PREFIX, FlowLoadError, load_flows
-from smsbot.templates import SmsTemplates
+from smsbot.engine.loader import MODULE_PREFIX, FlowLoadError, load_flows
+from smsbot.sms.templates import SmsTemplates
 from tests.test_flow_api import REPO
 
 HEADER = """\
-from smsbot.flow import Conversation, Flow, Message, State
+from smsbot.engine.flow import Conversation, Flow, Message, State
 
 
 """

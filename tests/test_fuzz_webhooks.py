@@ -24,15 +24,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import func, select
 
-from smsbot.bot import Bot
+from smsbot.app.server.app import create_app
+from smsbot.channels.divergent.client import DivergentClient
+from smsbot.channels.divergent.signature import sign
 from smsbot.clock import VirtualClock
-from smsbot.providers.divergent import DivergentClient
-from smsbot.runtime import FlowRuntime
-from smsbot.server.app import create_app
-from smsbot.steps import ConversationKey
+from smsbot.engine.contract import ConversationKey
+from smsbot.engine.runtime import FlowRuntime
+from smsbot.pipeline.bot import Bot
 from smsbot.store.engine import Database
 from smsbot.store.models import events_t, opt_outs_t
-from smsbot.webhooks.signature import sign
 from tests.support import API_KEY, PHONE, SECRET, VN, settings_for
 
 REPO = Path(__file__).resolve().parents[1]

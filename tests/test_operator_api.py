@@ -10,11 +10,11 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
+from smsbot.app.server.app import create_app
+from smsbot.channels.sandbox import Sandbox
 from smsbot.clock import VirtualClock
-from smsbot.runtime import FlowRuntime
-from smsbot.sandbox import Sandbox
-from smsbot.server.app import create_app
-from smsbot.status import DeliveryStatus
+from smsbot.engine.runtime import FlowRuntime
+from smsbot.sms.status import DeliveryStatus
 from smsbot.store.models import messages_t
 from tests.support import PHONE, VN, Harness, inbound_body, make_bot
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from smsbot.phone import (
+from smsbot.sms.phone import (
     PhoneNumberError,
     country_zones,
     normalize,

@@ -11,18 +11,19 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
+from smsbot.app.server.app import create_app
+from smsbot.channels.sandbox import Sandbox
 from smsbot.clock import VirtualClock
-from smsbot.sandbox import Sandbox
-from smsbot.server.app import create_app
-from smsbot.status import DeliveryStatus
-from smsbot.steps import (
+from smsbot.engine.contract import (
     ConversationSnapshot,
     DispatchEvent,
     EchoHandler,
+    Origin,
     OutgoingSms,
     StepResult,
 )
-from smsbot.store.models import EventState, Origin, events_t, messages_t
+from smsbot.sms.status import DeliveryStatus
+from smsbot.store.models import EventState, events_t, messages_t
 from tests.support import PHONE, VN, Harness, inbound_body, make_bot, receipt_body, signed
 
 T0 = dt.datetime(2026, 1, 15, 14, 22, 30, tzinfo=dt.UTC)
@@ -360,8 +361,8 @@ async def test_legacy_puresms_receipts_need_the_url_token_and_apply_in_batches(
 async def test_storage_down_answers_503_so_the_provider_retries(
     sandbox: Sandbox, aiohttp_client: Any, tmp_path: Any
 ) -> None:
-    from smsbot.bot import Bot
-    from smsbot.providers.divergent import DivergentClient
+    from smsbot.channels.divergent.client import DivergentClient
+    from smsbot.pipeline.bot import Bot
     from smsbot.store.engine import Database
     from tests.support import settings_for
 

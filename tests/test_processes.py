@@ -10,8 +10,8 @@ import aiohttp
 import pytest
 from sqlalchemy import select
 
+from smsbot.channels.sandbox import Sandbox
 from smsbot.clock import SystemClock
-from smsbot.sandbox import Sandbox
 from smsbot.store.engine import Database
 from smsbot.store.migrate import upgrade
 from smsbot.store.models import conversations_t, events_t

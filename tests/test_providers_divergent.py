@@ -18,7 +18,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from smsbot.providers import (
+from smsbot.channels import (
     AuthenticationError,
     DivergentClient,
     OutboundSms,
@@ -29,10 +29,10 @@ from smsbot.providers import (
     RetryPolicy,
     TransientError,
 )
-from smsbot.providers.divergent import wire_message
-from smsbot.providers.errors import parse_retry_after
-from smsbot.sandbox import Sandbox, SandboxCall
-from smsbot.webhooks.signature import SignatureError, sign, verify
+from smsbot.channels.divergent.client import wire_message
+from smsbot.channels.divergent.signature import SignatureError, sign, verify
+from smsbot.channels.errors import parse_retry_after
+from smsbot.channels.sandbox import Sandbox, SandboxCall
 
 SHARED = Path(os.environ.get("SMSBOT_SHARED_DIR") or Path(__file__).resolve().parents[2] / "shared")
 KEY = "dc_live_7Qm2xK9pR4"  # distinctive, so a leak is easy to spot

@@ -12,7 +12,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from smsbot.providers import (
+from smsbot.channels import (
     AuthenticationError,
     OutboundSms,
     ProviderValidationError,

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from smsbot.quiet_hours import defer_until, parse_window, recipient_zone
+from smsbot.engine.quiet_hours import defer_until, parse_window, recipient_zone
 
 UTC = dt.UTC
 LONDON = ZoneInfo("Europe/London")

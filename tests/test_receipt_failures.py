@@ -22,14 +22,15 @@ import pytest
 from sqlalchemy import select, text, update
 from sqlalchemy.exc import DBAPIError
 
-from smsbot.inbox import InboxEntry
-from smsbot.metrics import Metrics
-from smsbot.operator import send_now
-from smsbot.receipts import apply_receipts
-from smsbot.status import DeliveryStatus
-from smsbot.store.models import EventKind, EventState, conversations_t, events_t, messages_t
+from smsbot.app.operations import send_now
+from smsbot.channels.divergent.signature import sign
+from smsbot.engine.contract import EventKind
+from smsbot.pipeline.inbox import InboxEntry
+from smsbot.pipeline.metrics import Metrics
+from smsbot.pipeline.receipts import apply_receipts
+from smsbot.sms.status import DeliveryStatus
+from smsbot.store.models import EventState, conversations_t, events_t, messages_t
 from smsbot.testing import BotDriver, driver_settings
-from smsbot.webhooks.signature import sign
 
 PARCEL = '''\
 """Tell a customer their parcel is coming; note it when they cannot be reached."""

@@ -7,12 +7,12 @@ from typing import Any
 import pytest
 
 from smsbot.config import ConfigError, Settings
-from smsbot.flow import Conversation, Flow, FlowError, Message, State
-from smsbot.flowloader import load_flows
-from smsbot.router import RouteKind
-from smsbot.runtime import FlowRuntime, FlowStartRejectedError
-from smsbot.store.models import EventKind
-from smsbot.templates import SmsTemplates
+from smsbot.engine.contract import EventKind
+from smsbot.engine.flow import Conversation, Flow, FlowError, Message, State
+from smsbot.engine.loader import load_flows
+from smsbot.engine.router import RouteKind
+from smsbot.engine.runtime import FlowRuntime, FlowStartRejectedError
+from smsbot.sms.templates import SmsTemplates
 from tests.test_flow_api import REPO, VN, Chat, make_runtime
 
 OTHER_VN = "+447700900200"

@@ -13,9 +13,9 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
+from smsbot.channels.divergent.signature import verify
+from smsbot.channels.sandbox import MAX_BULK, Sandbox, SandboxCall
 from smsbot.clock import VirtualClock
-from smsbot.sandbox import MAX_BULK, Sandbox, SandboxCall
-from smsbot.webhooks.signature import verify
 
 KEY = "sandbox-key"
 SECRET = "whsec_sandbox_test"
@@ -289,7 +289,7 @@ async def test_a_receipt_the_bot_refuses_is_retried_then_dropped(
     sandbox = Sandbox(api_key=KEY, webhook_url=await serve_bot(aiohttp_server, bot))
     sandbox.receipt_retry_delays = (0.0, 0.0)
     client = await aiohttp_client(sandbox.app)
-    with caplog.at_level(logging.WARNING, logger="smsbot.sandbox"):
+    with caplog.at_level(logging.WARNING, logger="smsbot.channels.sandbox"):
         await client.post("/sms/send", json=ONE, headers=AUTH)
         await sandbox.wait_for_receipts()
     assert [e["data"]["deliveryStatus"] for e in bot.events()] == ["Dispatched"] * 3 + [

@@ -13,25 +13,25 @@ import psycopg
 import pytest
 from sqlalchemy import inspect, select, update
 
-from smsbot.bot import Bot
+from smsbot.channels.sandbox import Sandbox
 from smsbot.clock import Clock, SystemClock, VirtualClock
 from smsbot.config import Settings
-from smsbot.inbox import Inbox, InboxEntry
-from smsbot.leader import TIMER_LOCK_KEY, LeaderElection
-from smsbot.sandbox import Sandbox
-from smsbot.scheduler import JOBSTORE_TABLE, TimerScheduler
-from smsbot.steps import (
+from smsbot.engine.contract import (
     ConversationSnapshot,
     DispatchEvent,
     EchoHandler,
+    EventKind,
+    Origin,
     StepResult,
     TimerRequest,
 )
+from smsbot.pipeline.bot import Bot
+from smsbot.pipeline.inbox import Inbox, InboxEntry
+from smsbot.pipeline.leader import TIMER_LOCK_KEY, LeaderElection
+from smsbot.pipeline.scheduler import JOBSTORE_TABLE, TimerScheduler
 from smsbot.store.engine import Database
 from smsbot.store.models import (
-    EventKind,
     EventState,
-    Origin,
     TimerState,
     events_t,
     messages_t,
@@ -173,7 +173,7 @@ async def test_a_timer_later_than_the_allowed_lateness_is_marked_missed_and_logg
     scheduler = TimerScheduler(_settings(db.url), db, Inbox(db, clock), clock)
     too_late = await add_timer(db, T0 - LATENESS, name="too-late")
     await add_timer(db, T0 - LATENESS + dt.timedelta(seconds=1), name="in-time")
-    with caplog.at_level(logging.WARNING, logger="smsbot.scheduler"):
+    with caplog.at_level(logging.WARNING, logger="smsbot.pipeline.scheduler"):
         assert await scheduler.fire_due(T0) == 1
     assert await timer_state(db, too_late) is TimerState.MISSED
     assert [e.payload["name"] for e in await timer_events(db)] == ["in-time"]

@@ -18,7 +18,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from smsbot.webhooks.signature import SignatureError, sign, verify
+from smsbot.channels.divergent.signature import SignatureError, sign, verify
 
 SHARED_DIR = Path(
     os.environ.get("SMSBOT_SHARED_DIR") or Path(__file__).resolve().parents[1].parent / "shared"

@@ -16,17 +16,11 @@ from sqlalchemy import create_engine, inspect
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import SQLModel, select
 
-from smsbot.status import DeliveryStatus
+from smsbot.engine.contract import EventKind
+from smsbot.sms.status import DeliveryStatus
 from smsbot.store.engine import Database
 from smsbot.store.migrate import upgrade
-from smsbot.store.models import (
-    Conversation,
-    Direction,
-    EventKind,
-    Message,
-    OutboxState,
-    WebhookEvent,
-)
+from smsbot.store.models import Conversation, Direction, Message, OutboxState, WebhookEvent
 
 T0 = dt.datetime(2026, 1, 15, 9, 0, tzinfo=dt.UTC)
 

@@ -9,8 +9,8 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from smsbot.templates import RenderedSms, SmsTemplates, TemplateError
-from smsbot.text import Encoding
+from smsbot.sms.templates import RenderedSms, SmsTemplates, TemplateError
+from smsbot.sms.text import Encoding
 
 APPOINTMENT = "2026-01-15T10:30:00+00:00"  # a Thursday, winter: London is UTC
 SUMMER = dt.datetime(2026, 7, 16, 9, 5, tzinfo=dt.UTC)  # a Thursday, London is UTC+1
@@ -268,7 +268,7 @@ def test_over_the_limit_warns_with_counts_but_never_the_body(
     root: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     sms = make(root, {"long.txt": "{{ secret }} " * 60}, max_segments=2)
-    with caplog.at_level(logging.DEBUG, logger="smsbot.templates"):
+    with caplog.at_level(logging.DEBUG, logger="smsbot.sms.templates"):
         result = sms.render("long.txt", {"secret": "Hunter2xyz"})
     assert result.segments == 5
     [record] = caplog.records

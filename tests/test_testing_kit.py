@@ -260,7 +260,7 @@ def test_the_docs_example_is_the_start_of_test_appointment_kit() -> None:
 def test_loading_the_plugin_imports_nothing_heavy() -> None:
     code = (
         "import sys, smsbot.testing.plugin; "
-        "print(sorted(m for m in ('aiohttp', 'smsbot.bot', 'smsbot.testing.driver') "
+        "print(sorted(m for m in ('aiohttp', 'smsbot.pipeline.bot', 'smsbot.testing.driver') "
         "if m in sys.modules))"
     )
     out = subprocess.run(

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from smsbot.text import Encoding, SmsText, analyze, split_parts, to_gsm
+from smsbot.sms.text import Encoding, SmsText, analyze, split_parts, to_gsm
 
 SHARED = Path(os.environ.get("SMSBOT_SHARED_DIR", Path(__file__).resolve().parents[2] / "shared"))
 VECTORS_FILE = SHARED / "vectors" / "sms-segments.json"
@@ -37,7 +37,7 @@ VECTORS = _load_vectors()
 
 
 def part_units(part: str, encoding: Encoding) -> int:
-    """Count units independently of smsbot.text: septets, or UTF-16 code units."""
+    """Count units independently of smsbot.sms.text: septets, or UTF-16 code units."""
     if encoding is Encoding.GSM7:
         return sum(2 if ch in EXTENDED else 1 for ch in part)
     return len(part.encode("utf-16-le")) // 2

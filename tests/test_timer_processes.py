@@ -12,8 +12,8 @@ import pytest
 from sqlalchemy import select, text
 from sqlalchemy.exc import ProgrammingError
 
+from smsbot.channels.sandbox import Sandbox
 from smsbot.clock import SystemClock
-from smsbot.sandbox import Sandbox
 from smsbot.store.engine import Database
 from smsbot.store.migrate import upgrade
 from smsbot.store.models import TimerState, conversations_t, new_id, timers_t

@@ -11,8 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from smsbot.status import DIVERGENT_STATUSES, PURESMS_STATUSES, DeliveryStatus
-from smsbot.webhooks import (
+from smsbot.channels import (
     DeliveryReceipt,
     InboundSms,
     UnknownEvent,
@@ -20,6 +19,9 @@ from smsbot.webhooks import (
     parse_envelope,
     parse_receipts,
 )
+from smsbot.channels.divergent.status import DIVERGENT_STATUSES
+from smsbot.channels.puresms.status import PURESMS_STATUSES
+from smsbot.sms.status import DeliveryStatus
 
 UTC = dt.UTC
 

@@ -11,7 +11,8 @@ from sqlalchemy import JSON, Column, Index, Table, Text, UniqueConstraint
 from sqlalchemy import Enum as SAEnum
 from sqlmodel import Field, SQLModel
 
-from smsbot.status import DeliveryStatus
+from smsbot.engine.contract import EventKind, Origin
+from smsbot.sms.status import DeliveryStatus
 from smsbot.store.types import UTCDateTime
 
 
@@ -44,33 +45,12 @@ class Direction(enum.StrEnum):
     OUTBOUND = "out"
 
 
-class Origin(enum.StrEnum):
-    """Why an outbound message exists; decides quiet-hours and opt-out treatment."""
-
-    REPLY = "reply"  # a direct answer to an inbound message: exempt from quiet hours
-    FLOW = "flow"  # a flow started from outside, or a timer handler
-    REMINDER = "reminder"
-    OPERATOR = "operator"
-    COMPLIANCE = "compliance"  # STOP / START / HELP answers: the only thing sent after STOP
-
-
 class OutboxState(enum.StrEnum):
     """Where an outbound message is in our outbox (the provider's view is DeliveryStatus)."""
 
     PENDING = "pending"
     INFLIGHT = "inflight"  # claimed by a sender; lease_until says when the claim lapses
     DONE = "done"
-
-
-class EventKind(enum.StrEnum):
-    """What an inbox event asks the dispatcher to do."""
-
-    INBOUND = "inbound"
-    RECEIPT = "receipt"
-    START = "start"  # start a flow from outside (operator API, CLI, Python)
-    TIMER = "timer"
-    SEND_FAILED = "send_failed"  # tell the flow a reply could not be sent
-    SEND = "send"  # an operator's message (operator API), serialised with the conversation
 
 
 class EventState(enum.StrEnum):

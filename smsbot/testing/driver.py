@@ -1,7 +1,7 @@
 """BotDriver: your flows on a real bot, a sandbox provider and a virtual clock, in one process.
 
 Nothing is patched. The bot is the one `smsbot serve` runs, behind its real aiohttp app on a
-loopback port, over a real database. The provider is the sandbox (smsbot.sandbox), also on
+loopback port, over a real database. The provider is the sandbox (smsbot.channels.sandbox), also on
 loopback: the bot sends to it over HTTP with the Divergent client, and it posts inbound SMS and
 delivery receipts back to the webhook, signed. Only time is fake: a VirtualClock that moves when
 the test says so. With no background loops, every action runs the bot until it is idle, so a
@@ -24,15 +24,15 @@ import aiohttp
 from aiohttp import web
 from sqlalchemy import func, select
 
-from smsbot.assembly import SANDBOX_API_KEY, build_provider
-from smsbot.bot import Bot
+from smsbot.app.assembly import SANDBOX_API_KEY, build_provider
+from smsbot.app.operations import OperatorError, resolve_recipient, resolve_sender
+from smsbot.app.server.app import create_app
+from smsbot.channels.sandbox import Sandbox
 from smsbot.clock import VirtualClock
 from smsbot.config import Secret, Settings
-from smsbot.flowstep import RESERVED
-from smsbot.operator import OperatorError, resolve_recipient, resolve_sender
-from smsbot.runtime import FlowRuntime
-from smsbot.sandbox import Sandbox
-from smsbot.server.app import create_app
+from smsbot.engine.runtime import FlowRuntime
+from smsbot.engine.step import RESERVED
+from smsbot.pipeline.bot import Bot
 from smsbot.store.engine import Database
 from smsbot.store.models import (
     OutboxState,

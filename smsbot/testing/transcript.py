@@ -13,7 +13,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from smsbot.text import analyze
+from smsbot.sms.text import analyze
 
 __all__ = ["Reply", "Transcript"]
 

@@ -1,0 +1,63 @@
+"""`smsbot start FLOW --csv FILE`: validate every row, then queue the starts with a progress bar."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+
+from smsbot.app.bulk import BulkInputError, enqueue_starts, rows_from_csv, validate
+from smsbot.app.operations import OperatorError
+from smsbot.clock import SystemClock
+from smsbot.config import Settings
+from smsbot.engine.runtime import FlowRuntime
+from smsbot.pipeline.inbox import Inbox
+from smsbot.store.engine import Database
+from smsbot.store.migrate import upgrade
+
+SHOWN_ERRORS = 20
+
+
+def _progress(done: int, total: int) -> None:
+    if not sys.stderr.isatty():
+        return
+    width = 30
+    filled = width * done // max(total, 1)
+    end = "\n" if done >= total else ""
+    sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {done:,}/{total:,}{end}")
+    sys.stderr.flush()
+
+
+async def start_from_csv(settings: Settings, flow: str, path: Path, skip_invalid: bool) -> str:
+    """Start `flow` for every valid row of the CSV at `path`; return a one-line summary."""
+    runtime = FlowRuntime.from_settings(settings)
+    if flow not in runtime.flows:
+        known = ", ".join(sorted(runtime.flows)) or "none"
+        raise OperatorError(f"no flow named {flow!r}; known flows: {known}")
+    try:
+        text = await asyncio.to_thread(path.read_text, encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise OperatorError(f"cannot read {path}: {exc}") from None
+    try:
+        rows = rows_from_csv(text)
+    except BulkInputError as exc:
+        raise OperatorError(f"{path}: {exc}") from None
+    check = getattr(runtime.flows[flow], "check_start_data", None)
+    good, bad = validate(rows, settings, check)
+    if bad and not skip_invalid:
+        shown = "\n".join(f"  {path}:{e}" for e in bad[:SHOWN_ERRORS])
+        more = f"\n  … and {len(bad) - SHOWN_ERRORS} more" if len(bad) > SHOWN_ERRORS else ""
+        raise OperatorError(
+            f"{len(bad)} invalid row(s) in {path}; nothing was started (fix them, or pass"
+            f" --skip-invalid):\n{shown}{more}"
+        )
+    await asyncio.to_thread(upgrade, settings.sync_database_url)
+    db = Database(settings.database_url)
+    try:
+        result = await enqueue_starts(db, Inbox(db, SystemClock()), flow, good, progress=_progress)
+    finally:
+        await db.dispose()
+    return (
+        f"queued {result.started:,} start(s) of {flow!r}; skipped {result.skipped_opted_out:,}"
+        f" opted-out and {len(bad):,} invalid row(s). A running `smsbot serve` sends them."
+    )

@@ -1,0 +1,97 @@
+"""`smsbot chat`: talk to your flows from the terminal, through a sandbox on loopback.
+
+It is the test kit's BotDriver (smsbot.testing) at a prompt: the bot's real aiohttp app on a
+loopback port, a sandbox provider that signs your lines as inbound webhooks and records the
+bot's replies, and a throw-away SQLite database. Time is a virtual clock that starts now, so
+`/wait 23h` fires reminders at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import tempfile
+from collections.abc import Awaitable
+from pathlib import Path
+
+from smsbot.app.operations import resolve_recipient
+from smsbot.clock import SystemClock
+from smsbot.config import ConfigError, Settings, parse_duration
+from smsbot.testing.driver import BotDriver, StepFailedError
+
+HELP = (
+    "Type a message and press Enter. Commands: /wait 2h (move the clock, fire due reminders),"
+    " /time, /data, /quit"
+)
+
+
+class _Prompt:
+    """Runs one action of the driver and prints the replies to this phone it brought."""
+
+    def __init__(self, bot: BotDriver, phone: str) -> None:
+        self.bot = bot
+        self.phone = phone
+        self.shown = 0
+
+    async def act(self, action: Awaitable[None]) -> None:
+        """Await `action`; print a flow's failure instead of ending the chat; show replies."""
+        try:
+            await action
+        except StepFailedError as exc:
+            print(f"     (the flow failed: {str(exc).splitlines()[0]})")
+        for reply in self.bot.replies[self.shown :]:
+            if reply.to == self.phone:
+                plural = "s" if reply.segments != 1 else ""
+                print(
+                    f"bot> {reply.text}\n     [{reply.encoding}, {reply.segments} segment{plural}]"
+                )
+        self.shown = len(self.bot.replies)
+
+
+async def run_chat(settings: Settings, *, flow: str | None, phone: str, data: str) -> None:
+    """Run the interactive chat until /quit or end of input."""
+    try:
+        initial = json.loads(data)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"--data is not JSON: {exc.msg}") from None
+    if not isinstance(initial, dict):
+        raise ConfigError('--data must be a JSON object, e.g. \'{"name": "Sam"}\'')
+    me = resolve_recipient(settings, phone)
+    now = SystemClock().now().replace(microsecond=0)
+    with tempfile.TemporaryDirectory(prefix="smsbot-chat-") as tmp:
+        db = Path(tmp) / "chat.db"
+        chat_settings = settings.replace(database_url=f"sqlite+aiosqlite:///{db}")
+        async with BotDriver(chat_settings, now=now, phone=me) as bot:
+            prompt = _Prompt(bot, me)
+            print(f"You are {me}, texting {bot.virtual_number}. {HELP}")
+            if flow:
+                await prompt.act(bot.start(flow, data=initial))
+            interactive = sys.stdin.isatty()
+            while True:
+                try:
+                    line = await asyncio.to_thread(input, "you> " if interactive else "")
+                except EOFError:
+                    break
+                line = line.strip()
+                if not interactive:  # piped input: echo it, so the output reads as a transcript
+                    print(f"you> {line}")
+                if not line:
+                    continue
+                if line in ("/quit", "/exit"):
+                    break
+                if line == "/data":
+                    convo = bot.conversation()
+                    shown = {"flow": convo.flow, "state": convo.state, "data": convo.data}
+                    print(f"     {json.dumps(shown, default=str)}")
+                elif line == "/time":
+                    print(f"     virtual time {bot.clock.now():%Y-%m-%d %H:%M} UTC")
+                elif line.startswith("/wait"):
+                    try:
+                        delta = parse_duration(line[5:].strip() or "1h")
+                    except ValueError:
+                        print("     usage: /wait 30m | 2h | 1d")
+                        continue
+                    await prompt.act(bot.advance(delta))
+                else:
+                    await prompt.act(bot.send(line))

@@ -1,0 +1,218 @@
+"""The `smsbot` command: serve, sandbox, send, chat, start, db, events, check."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from smsbot.app.operations import OperatorError
+from smsbot.config import ConfigError, Settings
+from smsbot.engine.loader import FlowLoadError
+
+log = logging.getLogger("smsbot")
+
+
+class UsageError(Exception):
+    """A mistake the user can fix; printed as one line, never a traceback."""
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    settings = Settings.from_env()
+    changes: dict[str, object] = {}
+    if getattr(args, "host", None):
+        changes["host"] = args.host
+    if getattr(args, "port", None):
+        changes["port"] = args.port
+    if getattr(args, "insecure_no_signature", False):
+        changes["insecure_no_signature"] = True
+    return settings.replace(**changes) if changes else settings
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from smsbot.app.serve import serve
+
+    settings = _settings(args)
+    _logging(settings.log_level)
+    serve(settings, echo=args.echo)
+    return 0
+
+
+def _cmd_sandbox(args: argparse.Namespace) -> int:
+    from smsbot.channels.sandbox import run_sandbox
+
+    settings = Settings.from_env()
+    _logging(settings.log_level)
+    secrets = settings.webhook_secrets()
+    webhook_url = args.webhook_url or f"http://127.0.0.1:{settings.port}/webhooks/divergent"
+    run_sandbox(
+        "127.0.0.1",
+        args.port,
+        webhook_url,
+        secrets[0] if secrets else None,
+        args.api_key,
+        failing_numbers=args.fail or (),
+    )
+    return 0
+
+
+def _cmd_send(args: argparse.Namespace) -> int:
+    from smsbot.app.operations import send_now
+
+    settings = Settings.from_env()
+    result = asyncio.run(send_now(settings, to=args.to, text=args.text, sender=args.sender))
+    print(result)
+    return 0
+
+
+def _cmd_db_upgrade(args: argparse.Namespace) -> int:
+    from smsbot.store.migrate import upgrade
+
+    settings = Settings.from_env()
+    upgrade(settings.sync_database_url)
+    print("database is up to date")
+    return 0
+
+
+def _cmd_events_failed(args: argparse.Namespace) -> int:
+    from smsbot.app.operations import failed_events
+
+    settings = Settings.from_env()
+    rows = asyncio.run(failed_events(settings, limit=args.limit))
+    if not rows:
+        print("no failed events")
+    for line in rows:
+        print(line)
+    return 0
+
+
+def _cmd_events_retry(args: argparse.Namespace) -> int:
+    from smsbot.app.operations import retry_event
+
+    settings = Settings.from_env()
+    print(asyncio.run(retry_event(settings, args.event_id)))
+    return 0
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    from smsbot.engine.runtime import FlowRuntime
+
+    settings = Settings.from_env()
+    runtime = FlowRuntime.from_settings(settings)
+    names = ", ".join(sorted(runtime.flows)) or "none"
+    print(f"configuration OK; provider {settings.provider}; flows: {names}")
+    return 0
+
+
+def _cmd_start(args: argparse.Namespace) -> int:
+    from smsbot.app.bulk_cli import start_from_csv
+
+    settings = Settings.from_env()
+    if args.sender:
+        settings = settings.replace(default_sender=args.sender)
+    print(asyncio.run(start_from_csv(settings, args.flow, args.csv, args.skip_invalid)))
+    return 0
+
+
+def _cmd_chat(args: argparse.Namespace) -> int:
+    from smsbot.app.chat import run_chat
+
+    settings = Settings.from_env()
+    asyncio.run(run_chat(settings, flow=args.flow, phone=args.phone, data=args.data))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the argument parser for every subcommand."""
+    parser = argparse.ArgumentParser(
+        prog="smsbot",
+        description="Two-way SMS conversational bots on the PureSMS / Divergent Connect API.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("serve", help="run the webhook server, dispatcher and sender")
+    p.add_argument("--host", help="address to listen on (SMSBOT_HOST, default 127.0.0.1)")
+    p.add_argument("--port", type=int, help="port to listen on (SMSBOT_PORT, default 8080)")
+    p.add_argument(
+        "--insecure-no-signature",
+        action="store_true",
+        help="accept unsigned webhooks: local experiments only",
+    )
+    p.add_argument("--echo", action="store_true", help="answer every SMS with 'You said: …'")
+    p.set_defaults(func=_cmd_serve)
+
+    p = sub.add_parser("sandbox", help="run the local fake of the Divergent Connect API")
+    p.add_argument("--port", type=int, default=8081, help="port to listen on (default 8081)")
+    p.add_argument("--webhook-url", help="where to post receipts and inbound SMS")
+    p.add_argument("--api-key", default="sandbox", help="the X-Api-Key it accepts")
+    p.add_argument("--fail", action="append", metavar="NUMBER", help="a number whose SMS fail")
+    p.set_defaults(func=_cmd_sandbox)
+
+    p = sub.add_parser("send", help="send one SMS now through the configured provider")
+    p.add_argument("--to", required=True, help="recipient phone number")
+    p.add_argument("--text", required=True, help="message text")
+    p.add_argument("--from", dest="sender", help="sender (default SMSBOT_DEFAULT_SENDER)")
+    p.set_defaults(func=_cmd_send)
+
+    db = sub.add_parser("db", help="database schema").add_subparsers(dest="db_command")
+    p = db.add_parser("upgrade", help="apply every pending migration")
+    p.set_defaults(func=_cmd_db_upgrade)
+
+    ev = sub.add_parser("events", help="inspect the inbox").add_subparsers(dest="events_command")
+    p = ev.add_parser("failed", help="list events parked after their retries")
+    p.add_argument("--limit", type=int, default=50)
+    p.set_defaults(func=_cmd_events_failed)
+    p = ev.add_parser("retry", help="put a failed event back in the queue")
+    p.add_argument("event_id", type=int)
+    p.set_defaults(func=_cmd_events_retry)
+
+    p = sub.add_parser("start", help="start a flow for every row of a CSV file")
+    p.add_argument("flow", help="the flow's name, e.g. appointment")
+    p.add_argument("--csv", required=True, type=Path, help="header row: to[,from],data columns…")
+    p.add_argument("--from", dest="sender", help="sender for rows without a 'from' column")
+    p.add_argument("--skip-invalid", action="store_true", help="start the good rows anyway")
+    p.set_defaults(func=_cmd_start)
+
+    p = sub.add_parser("chat", help="talk to your flows from the terminal, through the sandbox")
+    p.add_argument("--flow", help="start this flow first (as the operator API would)")
+    p.add_argument("--as", dest="phone", default="+447700900123", help="your phone number")
+    p.add_argument("--data", default="{}", help="JSON data for --flow")
+    p.set_defaults(func=_cmd_chat)
+
+    p = sub.add_parser("check", help="load settings, flows and templates; report problems")
+    p.set_defaults(func=_cmd_check)
+    return parser
+
+
+def _logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level, logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `smsbot` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        code: int = args.func(args)
+        return code
+    except (ConfigError, UsageError, OperatorError, FlowLoadError) as exc:
+        print(f"smsbot: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    except OSError as exc:
+        print(f"smsbot: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,163 @@
+"""What an operator does from outside a conversation: send now, inspect and retry failures."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from sqlalchemy import select, update
+
+from smsbot.app.assembly import build_provider
+from smsbot.channels.base import OutboundSms
+from smsbot.channels.errors import ProviderError
+from smsbot.clock import SystemClock
+from smsbot.config import Settings
+from smsbot.engine.contract import Origin
+from smsbot.sms.phone import PhoneNumberError, normalize, normalize_sender
+from smsbot.sms.status import DeliveryStatus
+from smsbot.sms.text import analyze
+from smsbot.store.engine import Database
+from smsbot.store.models import (
+    Direction,
+    EventState,
+    OutboxState,
+    events_t,
+    messages_t,
+    new_id,
+    opt_outs_t,
+)
+
+
+class OperatorError(Exception):
+    """An operator request that cannot be carried out; the message says why and what to do."""
+
+
+def resolve_sender(settings: Settings, sender: str | None) -> str:
+    """Return the sender to use, normalised, or raise OperatorError naming the fix."""
+    chosen = sender or settings.default_sender
+    if not chosen:
+        raise OperatorError('no sender: pass --from / "from", or set SMSBOT_DEFAULT_SENDER')
+    try:
+        return normalize_sender(chosen, settings.default_region)
+    except PhoneNumberError as exc:
+        raise OperatorError(f"sender: {exc}") from None
+
+
+def resolve_recipient(settings: Settings, to: str) -> str:
+    """Return `to` in E.164, or raise OperatorError."""
+    try:
+        return normalize(to, settings.default_region)
+    except PhoneNumberError as exc:
+        raise OperatorError(f"recipient: {exc}") from None
+
+
+async def send_now(settings: Settings, *, to: str, text: str, sender: str | None) -> str:
+    """Send one SMS at once through the configured provider (`smsbot send`), recorded."""
+    recipient = resolve_recipient(settings, to)
+    origin = resolve_sender(settings, sender)
+    if not text.strip():
+        raise OperatorError("the text is empty: pass --text with something to say")
+    db = Database(settings.database_url)
+    clock = SystemClock()
+    provider = build_provider(settings, attempts=4)
+    try:
+        async with db.session() as s, s.begin():
+            opted = await s.execute(
+                select(opt_outs_t.c.id).where(
+                    opt_outs_t.c.virtual_number == origin, opt_outs_t.c.phone == recipient
+                )
+            )
+            if opted.first() is not None:
+                raise OperatorError(f"{recipient} has opted out of messages from {origin}")
+            message_id = new_id()
+            sms = analyze(text)
+            now = clock.now()
+            await s.execute(
+                messages_t.insert().values(
+                    id=message_id,
+                    direction=Direction.OUTBOUND.value,
+                    virtual_number=origin,
+                    phone=recipient,
+                    body=text,
+                    origin=Origin.OPERATOR.value,
+                    status=DeliveryStatus.QUEUED.value,
+                    outbox=OutboxState.INFLIGHT.value,
+                    lease_until=now + dt.timedelta(minutes=5),
+                    segments=sms.segments,
+                    encoding=sms.encoding.value,
+                    created_at=now,
+                    attempts=1,
+                )
+            )
+        outbound = OutboundSms(
+            origin,
+            recipient,
+            text,
+            client_reference=message_id,
+            unicode=sms.encoding.value == "UCS-2",
+        )
+
+        async def record(**values: object) -> None:
+            async with db.session() as s, s.begin():
+                await s.execute(
+                    update(messages_t)
+                    .where(messages_t.c.id == message_id)
+                    .values(outbox=OutboxState.DONE.value, status_at=clock.now(), **values)
+                )
+
+        try:
+            result = await provider.send(outbound)
+        except ProviderError as exc:
+            await record(status=DeliveryStatus.FAILED.value, error=str(exc)[:500])
+            raise OperatorError(f"the provider refused the message: {exc}") from None
+        await record(
+            status=DeliveryStatus.ACCEPTED.value,
+            provider_message_id=result.provider_message_id,
+            sent_at=clock.now(),
+        )
+        return (
+            f"sent {sms.segments} segment(s), {sms.encoding.value}, from {origin} to {recipient};"
+            f" message id {message_id}, provider id {result.provider_message_id or '-'}"
+        )
+    finally:
+        await provider.close()
+        await db.dispose()
+
+
+async def failed_events(settings: Settings, *, limit: int = 50) -> list[str]:
+    """Return one line per parked event: id, kind, conversation, attempts, error."""
+    db = Database(settings.database_url)
+    try:
+        async with db.session() as s:
+            rows = (
+                await s.execute(
+                    select(events_t)
+                    .where(events_t.c.state == EventState.FAILED.value)
+                    .order_by(events_t.c.id.desc())
+                    .limit(limit)
+                )
+            ).all()
+    finally:
+        await db.dispose()
+    return [
+        f"#{r.id} {r.kind} {r.virtual_number}<->{r.phone} attempts={r.attempts} "
+        f"at={r.processed_at:%Y-%m-%d %H:%M:%S} error={(r.last_error or '').splitlines()[0][:200]}"
+        for r in rows
+    ]
+
+
+async def retry_event(settings: Settings, event_id: int) -> str:
+    """Put a parked event back in the queue with its attempts reset."""
+    db = Database(settings.database_url)
+    try:
+        async with db.session() as s, s.begin():
+            result = await s.execute(
+                update(events_t)
+                .where(events_t.c.id == event_id, events_t.c.state == EventState.FAILED.value)
+                .values(state=EventState.PENDING.value, attempts=0, next_attempt_at=None)
+            )
+            changed = bool(result.rowcount)  # type: ignore[attr-defined]
+    finally:
+        await db.dispose()
+    if not changed:
+        raise OperatorError(f"event #{event_id} is not a failed event; see `smsbot events failed`")
+    return f"event #{event_id} queued again"

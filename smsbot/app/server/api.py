@@ -1,0 +1,330 @@
+"""The operator API for the user's own systems: start flows, send messages, read conversations.
+
+Every route needs `Authorization: Bearer <SMSBOT_API_KEY>`. Bad input is a 400 naming the field.
+"""
+
+from __future__ import annotations
+
+import csv
+import hmac
+import logging
+import uuid
+from typing import Any
+
+from aiohttp import web
+from aiohttp.typedefs import Handler
+from sqlalchemy import select
+
+from smsbot.app.bulk import BulkInputError, enqueue_starts, rows_from_csv, rows_from_json, validate
+from smsbot.app.operations import OperatorError, resolve_recipient, resolve_sender
+from smsbot.app.server.keys import BOT
+from smsbot.app.server.openapi import OPENAPI
+from smsbot.app.server.responses import problem
+from smsbot.channels.events import WebhookFormatError, load_json
+from smsbot.engine.contract import EventKind
+from smsbot.engine.runtime import FlowRuntime
+from smsbot.pipeline.inbox import InboxEntry
+from smsbot.sms.templates import TemplateError
+from smsbot.store.models import conversations_t, messages_t, opt_outs_t
+
+log = logging.getLogger(__name__)
+
+MAX_MESSAGES = 100  # per conversation in GET /api/conversations
+
+
+class FieldError(Exception):
+    """A request field is missing or wrong; answered 400 naming the field."""
+
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(f"{field}: {reason}")
+        self.field = field
+        self.reason = reason
+
+
+@web.middleware
+async def bearer_auth(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Refuse (401) any request without the operator API key; the OpenAPI document is open."""
+    if request.path.endswith("/openapi.json"):
+        return await handler(request)
+    key = request.config_dict[BOT].settings.api_key
+    if key is None:
+        return problem(401, "the operator API is off: set SMSBOT_API_KEY")
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(
+        token.strip().encode("utf-8", "surrogateescape"), key.get().encode()
+    ):
+        return problem(401, "missing or wrong 'Authorization: Bearer <SMSBOT_API_KEY>' header")
+    try:
+        return await handler(request)
+    except FieldError as exc:
+        return problem(400, exc.reason, field=exc.field)
+    except OperatorError as exc:
+        return problem(400, str(exc))
+
+
+async def _json(request: web.Request) -> object:
+    # The webhook parser's reader: UTF-8 only, no NaN, no absurd nesting or numbers.
+    try:
+        value = load_json(await request.read())
+    except WebhookFormatError as exc:
+        raise FieldError("body", exc.reason) from None
+    _check_storable(value, "body")
+    return value
+
+
+def _check_storable(value: object, where: str) -> None:
+    """Refuse strings the database cannot store (NUL, lone surrogates) while we can say where."""
+    stack: list[tuple[object, str]] = [(value, where)]
+    while stack:
+        node, path = stack.pop()
+        if isinstance(node, dict):
+            for key, child in node.items():
+                stack.append((key, path))
+                stack.append((child, f"{path}.{key}" if path != "body" else str(key)))
+        elif isinstance(node, list):
+            stack.extend((child, f"{path}[{i}]") for i, child in enumerate(node))
+        elif isinstance(node, str):
+            if "\x00" in node:
+                raise FieldError(path, "contains a NUL character")
+            try:
+                node.encode("utf-8")
+            except UnicodeEncodeError:
+                raise FieldError(path, "is not valid Unicode (a lone surrogate)") from None
+
+
+async def _json_object(request: web.Request) -> dict[str, Any]:
+    body = await _json(request)
+    if not isinstance(body, dict):
+        raise FieldError("body", "must be a JSON object")
+    return body
+
+
+def _runtime(request: web.Request) -> FlowRuntime:
+    handler = request.config_dict[BOT].handler
+    if not isinstance(handler, FlowRuntime):
+        raise web.HTTPNotFound(reason="this server runs no flows (started with --echo)")
+    return handler
+
+
+def _flow(request: web.Request) -> tuple[FlowRuntime, str]:
+    runtime = _runtime(request)
+    name = request.match_info["name"]
+    if name not in runtime.flows:
+        known = ", ".join(sorted(runtime.flows)) or "none"
+        raise web.HTTPNotFound(reason=f"no flow named {name!r}; known flows: {known}")
+    return runtime, name
+
+
+def _string(body: dict[str, Any], field: str, *, required: bool = True) -> str | None:
+    value = body.get(field)
+    if value is None or value == "":
+        if required:
+            raise FieldError(field, "is required")
+        return None
+    if not isinstance(value, str):
+        raise FieldError(field, "must be a string")
+    return value
+
+
+def _check_data(runtime: FlowRuntime, name: str, data: dict[str, Any]) -> None:
+    check = getattr(runtime.flows[name], "check_start_data", None)
+    if check is not None:
+        try:
+            check(data)
+        except (ValueError, TypeError, KeyError) as exc:
+            raise FieldError("data", str(exc).strip("'\"")) from None
+
+
+async def _opted_out(request: web.Request, vn: str, phone: str) -> bool:
+    async with request.config_dict[BOT].db.session() as s:
+        row = await s.execute(
+            select(opt_outs_t.c.id).where(
+                opt_outs_t.c.virtual_number == vn, opt_outs_t.c.phone == phone
+            )
+        )
+        return row.first() is not None
+
+
+async def _enqueue(
+    request: web.Request, kind: EventKind, payload: dict[str, Any], vn: str, phone: str
+) -> web.Response:
+    bot = request.config_dict[BOT]
+    if await _opted_out(request, vn, phone):
+        return problem(409, f"{phone} has opted out of messages from {vn}; they must text START")
+    key = request.headers.get("Idempotency-Key") or uuid.uuid4().hex
+    entry = InboxEntry(
+        source="api",
+        event_id=f"{kind.value}:{key}"[:200],
+        kind=kind,
+        payload=payload,
+        virtual_number=vn,
+        phone=phone,
+    )
+    outcome = await bot.inbox.accept(entry)
+    bot.dispatcher.notify()
+    return web.json_response(
+        {"status": "queued" if outcome.value == "new" else outcome.value, "to": phone, "from": vn},
+        status=202,
+    )
+
+
+async def start_flow(request: web.Request) -> web.Response:
+    """POST /api/flows/{name}/start {"to", "from"?, "data"?, "policy"?}."""
+    runtime, name = _flow(request)
+    body = await _json_object(request)
+    settings = request.config_dict[BOT].settings
+    phone = resolve_recipient(settings, _string(body, "to") or "")
+    vn = resolve_sender(settings, _string(body, "from", required=False))
+    data = body.get("data", {})
+    if not isinstance(data, dict):
+        raise FieldError("data", "must be a JSON object")
+    policy = body.get("policy", "interrupt")
+    if policy not in ("interrupt", "reject"):
+        raise FieldError("policy", "must be 'interrupt' or 'reject'")
+    _check_data(runtime, name, data)
+    payload = {"flow": name, "data": data, "policy": policy}
+    return await _enqueue(request, EventKind.START, payload, vn, phone)
+
+
+async def start_many(request: web.Request) -> web.Response:
+    """POST /api/flows/{name}/start-many: a JSON list, or a CSV upload (text/csv)."""
+    runtime, name = _flow(request)
+    bot = request.config_dict[BOT]
+    skip_invalid = request.query.get("skip_invalid", "").lower() in ("1", "true", "yes")
+    try:
+        if request.content_type in ("text/csv", "application/csv"):
+            text = (await request.read()).decode("utf-8-sig")
+            _check_storable(text, "body")
+            rows = rows_from_csv(text)
+        else:
+            rows = rows_from_json(await _json(request))
+    except (BulkInputError, csv.Error) as exc:
+        return problem(400, str(exc), field="body")
+    except UnicodeDecodeError:
+        return problem(400, "the CSV is not UTF-8", field="body")
+    good, bad = validate(rows, bot.settings, getattr(runtime.flows[name], "check_start_data", None))
+    if bad and not skip_invalid:
+        return web.json_response(
+            {
+                "error": f"{len(bad)} invalid row(s); nothing was started"
+                " (fix them, or pass ?skip_invalid=true)",
+                "invalid": [{"line": e.line, "field": e.field, "error": e.error} for e in bad],
+            },
+            status=400,
+        )
+    result = await enqueue_starts(bot.db, bot.inbox, name, good)
+    result.invalid = bad
+    bot.dispatcher.notify()
+    return web.json_response(result.as_json(), status=202)
+
+
+async def send_message(request: web.Request) -> web.Response:
+    """POST /api/messages {"to", "from"?, "text"} or {"to", "from"?, "template", "data"?}."""
+    bot = request.config_dict[BOT]
+    body = await _json_object(request)
+    phone = resolve_recipient(bot.settings, _string(body, "to") or "")
+    vn = resolve_sender(bot.settings, _string(body, "from", required=False))
+    text = _string(body, "text", required=False)
+    template = _string(body, "template", required=False)
+    if (text is None) == (template is None):
+        raise FieldError("text", "give exactly one of 'text' or 'template'")
+    data = body.get("data", {})
+    if not isinstance(data, dict):
+        raise FieldError("data", "must be a JSON object")
+    if template is not None:
+        runtime = _runtime(request)
+        try:
+            text = runtime.templates.render(
+                template, {**data, "phone": phone, "virtual_number": vn}
+            ).text
+        except TemplateError as exc:
+            raise FieldError("template", str(exc)) from None
+    assert text is not None
+    if not text.strip():
+        raise FieldError("text", "is empty")
+    return await _enqueue(request, EventKind.SEND, {"text": text}, vn, phone)
+
+
+async def conversations(request: web.Request) -> web.Response:
+    """GET /api/conversations?phone=…: state, data and messages with their statuses."""
+    bot = request.config_dict[BOT]
+    raw = request.query.get("phone")
+    if not raw:
+        raise FieldError("phone", "is required, e.g. ?phone=%2B447700900123")
+    phone = resolve_recipient(bot.settings, raw)
+    async with bot.db.session() as s:
+        convos = (
+            await s.execute(select(conversations_t).where(conversations_t.c.phone == phone))
+        ).all()
+        opted = {
+            vn
+            for (vn,) in (
+                await s.execute(
+                    select(opt_outs_t.c.virtual_number).where(opt_outs_t.c.phone == phone)
+                )
+            ).all()
+        }
+        out = []
+        for c in convos:
+            msgs = (
+                await s.execute(
+                    select(messages_t)
+                    .where(
+                        messages_t.c.phone == phone,
+                        messages_t.c.virtual_number == c.virtual_number,
+                    )
+                    .order_by(messages_t.c.created_at.desc())
+                    .limit(MAX_MESSAGES)
+                )
+            ).all()
+            out.append(_conversation_json(c, c.virtual_number in opted, reversed(msgs)))
+    return web.json_response({"phone": phone, "conversations": out})
+
+
+def _iso(value: Any) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def _conversation_json(c: Any, opted_out: bool, msgs: Any) -> dict[str, Any]:
+    return {
+        "virtual_number": c.virtual_number,
+        "flow": c.flow,
+        "state": c.state,
+        "data": c.data,
+        "active": c.flow is not None,
+        "opted_out": opted_out,
+        "started_at": _iso(c.started_at),
+        "last_activity_at": _iso(c.last_activity_at),
+        "ended_at": _iso(c.ended_at),
+        "end_reason": c.end_reason,
+        "messages": [
+            {
+                "id": m.id,
+                "direction": m.direction,
+                "text": m.body,
+                "status": m.status,
+                "segments": m.segments,
+                "encoding": m.encoding,
+                "created_at": _iso(m.created_at),
+                "sent_at": _iso(m.sent_at),
+                "error": m.error,
+            }
+            for m in msgs
+        ],
+    }
+
+
+async def openapi(request: web.Request) -> web.Response:
+    """GET /api/openapi.json."""
+    return web.json_response(OPENAPI)
+
+
+def create_api() -> web.Application:
+    """The operator API as a sub-application mounted at /api."""
+    api = web.Application(middlewares=[bearer_auth])
+    api.router.add_post("/flows/{name}/start", start_flow)
+    api.router.add_post("/flows/{name}/start-many", start_many)
+    api.router.add_post("/messages", send_message)
+    api.router.add_get("/conversations", conversations)
+    api.router.add_get("/openapi.json", openapi)
+    return api

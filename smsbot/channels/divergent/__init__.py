@@ -1,0 +1,1 @@
+"""Divergent Connect: its API client, webhook format, signature scheme and status map."""

@@ -1,0 +1,149 @@
+"""The contract between the dispatcher and the flow runtime: one event in, one step result out.
+
+The dispatcher locks a conversation, hands its snapshot and one event to a StepHandler, and
+writes the StepResult (state, data, replies, timers, opt-out change) in ONE transaction with the
+event marked done. A handler never touches the database, the network or the wall clock.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import enum
+from typing import Any, Protocol
+
+
+class EventKind(enum.StrEnum):
+    """What an inbox event asks the dispatcher to do."""
+
+    INBOUND = "inbound"
+    RECEIPT = "receipt"
+    START = "start"  # start a flow from outside (operator API, CLI, Python)
+    TIMER = "timer"
+    SEND_FAILED = "send_failed"  # tell the flow a reply could not be sent
+    SEND = "send"  # an operator's message (operator API), serialised with the conversation
+
+
+class Origin(enum.StrEnum):
+    """Why an outbound message exists; decides quiet-hours and opt-out treatment."""
+
+    REPLY = "reply"  # a direct answer to an inbound message: exempt from quiet hours
+    FLOW = "flow"  # a flow started from outside, or a timer handler
+    REMINDER = "reminder"
+    OPERATOR = "operator"
+    COMPLIANCE = "compliance"  # STOP / START / HELP answers: the only thing sent after STOP
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ConversationKey:
+    """Who is talking to whom: our virtual number and the other side's phone, both E.164."""
+
+    virtual_number: str
+    phone: str
+
+    def __str__(self) -> str:
+        return f"{self.virtual_number}<->{self.phone}"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class DispatchEvent:
+    """One inbox event for a conversation: an inbound SMS, an outside start, a timer firing."""
+
+    id: int
+    kind: EventKind
+    payload: dict[str, Any]
+    received_at: dt.datetime
+
+
+@dataclasses.dataclass(slots=True)
+class ConversationSnapshot:
+    """The locked conversation as the handler sees it; `data` is a private copy."""
+
+    id: int
+    key: ConversationKey
+    flow: str | None
+    state: str | None
+    data: dict[str, Any]
+    version: int
+    state_token: str | None
+    opted_out: bool
+    started_at: dt.datetime | None
+    last_activity_at: dt.datetime | None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class OutgoingSms:
+    """A reply or notification to queue in the outbox with the step's commit."""
+
+    text: str
+    origin: Origin
+    send_after: dt.datetime | None = None  # quiet hours defer a message, never drop it
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class TimerRequest:
+    """Schedule (or replace, by name) a timer for this conversation."""
+
+    name: str
+    kind: str  # remind | call | timeout | expiry
+    due_at: dt.datetime
+    payload: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(slots=True)
+class StepResult:
+    """What a step changes; the dispatcher applies all of it atomically."""
+
+    flow: str | None
+    state: str | None
+    data: dict[str, Any]
+    replies: list[OutgoingSms] = dataclasses.field(default_factory=list)
+    timers: list[TimerRequest] = dataclasses.field(default_factory=list)
+    cancel_timers: list[str] = dataclasses.field(default_factory=list)
+    cancel_all_timers: bool = False  # the conversation ended or was replaced
+    opt_out: bool | None = None  # True: record an opt-out; False: remove it; None: unchanged
+    opt_keyword: str | None = None
+    state_entered: bool = False  # a new state was entered: issue a new state token
+    end_reason: str | None = None  # set when the conversation ended
+    contact_timezone: str | None = None  # remember the contact's zone (quiet hours)
+
+    @classmethod
+    def unchanged(cls, convo: ConversationSnapshot) -> StepResult:
+        """A result that changes nothing."""
+        return cls(flow=convo.flow, state=convo.state, data=convo.data)
+
+
+class StepHandler(Protocol):
+    """Turns one event on one locked conversation into a StepResult."""
+
+    async def handle(
+        self, event: DispatchEvent, convo: ConversationSnapshot, now: dt.datetime
+    ) -> StepResult:
+        """Decide what this event does to this conversation; must not do I/O."""
+        ...
+
+
+class EchoHandler:
+    """The built-in minimal handler: answers every inbound SMS with "You said: …"."""
+
+    async def handle(
+        self, event: DispatchEvent, convo: ConversationSnapshot, now: dt.datetime
+    ) -> StepResult:
+        """Echo inbound text back; send a timer's payload "text" as a reminder; ignore the rest."""
+        result = StepResult.unchanged(convo)
+        if event.kind is EventKind.TIMER:
+            # lets `serve --echo` prove in process tests that a timer fired once
+            text = (event.payload.get("payload") or {}).get("text")
+            if text:
+                result.replies.append(OutgoingSms(str(text), Origin.REMINDER))
+        if event.kind is EventKind.INBOUND:
+            body = str(event.payload["body"])
+            # `seen` and `recent` let a test prove steps ran once each, in arrival order
+            recent = [*convo.data.get("recent", []), body][-50:]
+            result.data = {
+                **convo.data,
+                "seen": int(convo.data.get("seen", 0)) + 1,
+                "recent": recent,
+            }
+            result.replies.append(OutgoingSms(f"You said: {body}", Origin.REPLY))
+        return result

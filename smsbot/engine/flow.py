@@ -1,0 +1,363 @@
+"""The flow API: Flow, State and its transition decorators, Message, and Conversation (`convo`).
+
+A flow is a small state machine. Its states are class attributes; decorators on a state say
+which handler answers which message in that state; a handler returns the next State, or None
+to stay. docs/writing-flows.md walks through it; smsbot.engine.runtime executes it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+import re
+import zoneinfo
+from collections.abc import Callable, Mapping
+from typing import Any, ClassVar, TypeVar
+
+from smsbot.engine.contract import ConversationKey, Origin, OutgoingSms, TimerRequest
+from smsbot.sms.keywords import match_keyword, normalize_keyword
+from smsbot.sms.templates import SmsTemplates
+
+__all__ = ["Conversation", "Flow", "FlowError", "Message", "State"]
+
+Handler = Callable[..., Any]  # async (or plain) method returning the next State or None
+H = TypeVar("H", bound=Callable[..., Any])
+Predicate = Callable[["Message"], bool]
+
+
+class FlowError(Exception):
+    """A flow did something smsbot cannot carry out; the message names the flow and the fix."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Message:
+    """An inbound SMS as a handler sees it."""
+
+    text: str  # as the phone sent it
+    normalized: str  # casefolded, no punctuation, single spaces: what keywords match against
+    message_id: str | None = None
+    received_at: dt.datetime | None = None
+    looks_like_opt_out: bool = False  # starts with an opt-out word but is not one ("stop pls")
+    match: re.Match[str] | None = None  # set for a @state.matches() handler
+
+    def keyword(self, *keywords: str) -> str | None:
+        """Return which of `keywords` this message is or starts with (as written), else None."""
+        by_normal = {normalize_keyword(word): word for word in keywords}
+        found = match_keyword(self.normalized, by_normal)
+        return None if found is None else by_normal[found]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Rule:
+    """A regex or predicate transition, tried in the order declared."""
+
+    handler: Handler
+    pattern: re.Pattern[str] | None = None
+    predicate: Predicate | None = None
+
+
+class State:
+    """A state of a flow; decorate methods with its .on/.matches/.when/... to handle messages."""
+
+    def __init__(
+        self, *, initial: bool = False, final: bool = False, timeout: dt.timedelta | None = None
+    ) -> None:
+        if timeout is not None and timeout <= dt.timedelta(0):
+            raise ValueError(f"State(timeout=...) must be positive, got {timeout}")
+        self.initial = initial
+        self.final = final
+        self.timeout = timeout
+        self.name = ""  # set by __set_name__ when the flow class is created
+        self.keywords: dict[str, Handler] = {}  # normalised keyword -> handler
+        self.rules: list[_Rule] = []
+        self.fallback: Handler | None = None
+        self.timeout_handler: Handler | None = None
+        self.enter_hooks: list[Handler] = []
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __repr__(self) -> str:
+        return f"State({self.name!r})"
+
+    @property
+    def timer_name(self) -> str:
+        """The name of this state's wait-timeout timer."""
+        return f"timeout:{self.name}"
+
+    def on(self, *keywords: str) -> Callable[[H], H]:
+        """Handle a message that is, or starts with, one of `keywords` (any case/punctuation)."""
+        if not keywords:
+            raise ValueError("State.on() needs at least one keyword, such as @waiting.on('YES')")
+        normal = [normalize_keyword(word) for word in keywords]
+
+        def register(handler: H) -> H:
+            for word in normal:
+                if word in self.keywords:
+                    raise ValueError(
+                        f"{self.name or 'this state'} already listens for {word.upper()}"
+                        f" ({self.keywords[word].__name__}): a keyword has one handler per state"
+                    )
+                self.keywords[word] = handler
+            return handler
+
+        return register
+
+    def matches(self, pattern: str, flags: int = 0) -> Callable[[H], H]:
+        """Handle a message whose normalised text matches the regular expression (re.search)."""
+        compiled = re.compile(pattern, flags)
+
+        def register(handler: H) -> H:
+            self.rules.append(_Rule(handler, pattern=compiled))
+            return handler
+
+        return register
+
+    def when(self, predicate: Predicate) -> Callable[[H], H]:
+        """Handle a message for which `predicate(msg)` is true."""
+
+        def register(handler: H) -> H:
+            self.rules.append(_Rule(handler, predicate=predicate))
+            return handler
+
+        return register
+
+    def otherwise(self, handler: H) -> H:
+        """Handle any message nothing else in this state matched (without it: the catch-all)."""
+        if self.fallback is not None:
+            raise ValueError(f"{self.name or 'this state'} already has an otherwise handler")
+        self.fallback = handler
+        return handler
+
+    def on_timeout(self, handler: H) -> H:
+        """Run `handler(convo)` when the state's timeout passes with no step leaving it."""
+        if self.timeout_handler is not None:
+            raise ValueError(f"{self.name or 'this state'} already has an on_timeout handler")
+        self.timeout_handler = handler
+        return handler
+
+    def on_enter(self, handler: H) -> H:
+        """Run `handler(convo)` each time the state is entered; it may return the next state."""
+        self.enter_hooks.append(handler)
+        return handler
+
+    def listens_for(self, normalized: str) -> bool:
+        """Whether this state has an .on() keyword that is exactly the normalised message."""
+        return normalized in self.keywords
+
+    def select(self, msg: Message) -> tuple[Handler, Message] | None:
+        """Pick the handler: keywords, then regexes and predicates in order, then otherwise."""
+        if (word := match_keyword(msg.normalized, self.keywords)) is not None:
+            return self.keywords[word], msg
+        for rule in self.rules:
+            if rule.pattern is not None:
+                if found := rule.pattern.search(msg.normalized):
+                    return rule.handler, dataclasses.replace(msg, match=found)
+            elif rule.predicate is not None and rule.predicate(msg):
+                return rule.handler, msg
+        return (self.fallback, msg) if self.fallback is not None else None
+
+    def handlers(self) -> list[Handler]:
+        """Every handler registered on this state."""
+        found = [*self.keywords.values(), *(r.handler for r in self.rules), *self.enter_hooks]
+        found += [h for h in (self.fallback, self.timeout_handler) if h is not None]
+        return list(dict.fromkeys(found))
+
+
+class Flow:
+    """Base class of a flow: set `name`, declare States, decorate handlers."""
+
+    name: ClassVar[str] = ""
+    # Keys a START from outside must put in data (checked before the flow starts).
+    required_data: ClassVar[tuple[str, ...]] = ()
+    # Keywords that start this flow on every number it is bound to (docs/writing-flows.md).
+    triggers: ClassVar[tuple[str, ...]] = ()
+    states: ClassVar[dict[str, State]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        states = dict(cls.states)  # inherited ones first
+        states.update({n: v for n, v in vars(cls).items() if isinstance(v, State)})
+        cls.states = states
+
+    @classmethod
+    def check_start_data(cls, data: Mapping[str, Any]) -> None:
+        """Raise ValueError if `data` cannot start this flow (checked before a START is queued)."""
+        if missing := [key for key in cls.required_data if key not in data]:
+            raise ValueError(f"flow {cls.name!r} needs data {', '.join(missing)} to start")
+
+    @classmethod
+    def initial_state(cls) -> State:
+        """The one state marked initial=True."""
+        initial = [s for s in cls.states.values() if s.initial]
+        if len(initial) != 1:
+            raise FlowError(f"flow {cls.name!r} needs exactly one State(initial=True)")
+        return initial[0]
+
+    def next_state(self, value: object, handler: str) -> State | None:
+        """Check what `handler` returned: one of this flow's States, or None to stay."""
+        if value is None or (isinstance(value, State) and value in self.states.values()):
+            return value
+        where = f"{type(self).__name__}.{handler}"
+        if isinstance(value, str) and value in self.states:
+            raise FlowError(f"{where} returned {value!r}: return self.{value} (a State) instead")
+        raise FlowError(
+            f"{where} returned {value!r}, which is not a State of flow {self.name!r}:"
+            f" return one of self.{', self.'.join(self.states)} or None to stay"
+        )
+
+    async def start(self, convo: Conversation) -> State | None:
+        """Run when the flow begins; return a state to go to instead of the initial one."""
+        return None
+
+    async def on_expire(self, convo: Conversation) -> None:
+        """Run when the conversation expires after SMSBOT_CONVERSATION_EXPIRY of silence."""
+
+    async def on_send_failed(self, convo: Conversation, error: str) -> State | None:
+        """Run when a reply of this conversation could not be sent."""
+        return None
+
+
+def require_json(value: object, what: str) -> None:
+    """Raise FlowError unless `value` can be stored as JSON; `what` names it for the author."""
+    try:
+        json.dumps(value)
+    except (TypeError, ValueError) as exc:
+        raise FlowError(
+            f"{what} must be JSON (str, int, float, bool, None, lists and dicts): {exc};"
+            " store datetimes as .isoformat() strings"
+        ) from None
+
+
+class Conversation:
+    """What a handler gets as `convo`: the data, the time, and ways to reply and schedule."""
+
+    def __init__(
+        self,
+        *,
+        flow: type[Flow],
+        key: ConversationKey,
+        state: str,
+        data: dict[str, Any],
+        now: dt.datetime,
+        zone: zoneinfo.ZoneInfo,
+        origin: Origin,
+        templates: SmsTemplates,
+        defer: Callable[[Origin, zoneinfo.ZoneInfo], dt.datetime | None],
+        message: Message | None = None,
+    ) -> None:
+        self._flow = flow
+        self.key = key
+        self.state = state  # the current state's name; the runtime moves it
+        self.data = data
+        self.now = now
+        self.message = message  # the inbound message behind this step, if any
+        self.origin = origin
+        self._zone = zone
+        self._templates = templates
+        self._defer = defer
+        self.outbox: list[OutgoingSms] = []
+        self.timers: dict[str, TimerRequest] = {}
+        self.cancelled: list[str] = []
+        self.timezone_changed = False
+
+    @property
+    def phone(self) -> str:
+        """The other side's phone number, E.164."""
+        return self.key.phone
+
+    @property
+    def virtual_number(self) -> str:
+        """Our number the conversation runs on, E.164."""
+        return self.key.virtual_number
+
+    @property
+    def flow(self) -> str:
+        """The running flow's name."""
+        return self._flow.name
+
+    @property
+    def timezone(self) -> str:
+        """The contact's IANA zone: data["timezone"], else the phone's region, else the default."""
+        return self._zone.key
+
+    @timezone.setter
+    def timezone(self, zone: str) -> None:
+        try:
+            self._zone = zoneinfo.ZoneInfo(zone)
+        except (ValueError, zoneinfo.ZoneInfoNotFoundError):
+            raise FlowError(f"{zone!r} is not an IANA time zone such as Europe/London") from None
+        self.data["timezone"] = zone
+        self.timezone_changed = True
+
+    def context(self, variables: Mapping[str, Any]) -> dict[str, Any]:
+        """The template context: data, then the call's variables, then phone/number/now."""
+        return {
+            **self.data,
+            **variables,
+            "phone": self.phone,
+            "virtual_number": self.virtual_number,
+            "now": self.now,
+        }
+
+    async def reply(self, template: str, **variables: Any) -> None:
+        """Render `template` (under templates/) now and queue it to the contact."""
+        rendered = self._templates.render(template, self.context(variables), timezone=self._zone)
+        self._send(rendered.text)
+
+    async def say(self, text: str) -> None:
+        """Queue plain text (no template) to the contact."""
+        self._send(self._templates.check_text(text).text)
+
+    def _send(self, text: str) -> None:
+        # Quiet hours may hold it back, depending on why it is sent (its origin).
+        send_after = self._defer(self.origin, self._zone)
+        self.outbox.append(OutgoingSms(text, self.origin, send_after=send_after))
+
+    def remind(
+        self, template: str, *, at: dt.datetime, name: str = "reminder", **variables: Any
+    ) -> None:
+        """Send `template` at `at` (quiet hours permitting); the same name replaces a reminder."""
+        self._check_at(at, "remind")
+        require_json(variables, f"the variables of reminder {name!r}")
+        # Rendered once now, so a typo fails this step rather than silently at `at`.
+        self._templates.render(
+            template, {**self.context(variables), "now": at}, timezone=self._zone
+        )
+        payload = {"template": template, "vars": variables, "data": self.data, "flow": self.flow}
+        require_json(payload, f"the data behind reminder {name!r}")
+        self._add(TimerRequest(name, "remind", at, json.loads(json.dumps(payload))))
+
+    def schedule(
+        self, handler: str | Callable[..., Any], *, at: dt.datetime, name: str | None = None
+    ) -> None:
+        """Call the flow's method `handler(convo)` at `at`; the same name replaces it."""
+        method = handler if isinstance(handler, str) else getattr(handler, "__name__", "")
+        if not callable(getattr(self._flow, method, None)):
+            raise FlowError(
+                f"flow {self.flow!r} has no method {method!r} to schedule: pass one of its"
+                " methods, e.g. convo.schedule(self.follow_up, at=...)"
+            )
+        self._check_at(at, "schedule")
+        self._add(TimerRequest(name or f"call:{method}", "call", at, {"method": method}))
+
+    def cancel(self, name: str) -> None:
+        """Cancel the reminder or scheduled call `name` (nothing happens if there is none)."""
+        self.timers.pop(name, None)
+        self.cancelled.append(name)
+
+    def _add(self, timer: TimerRequest) -> None:
+        if timer.name == "expiry" or timer.name.startswith("timeout:"):
+            raise FlowError(f"the timer name {timer.name!r} is reserved: choose another name")
+        self.timers[timer.name] = timer
+
+    def _check_at(self, at: dt.datetime, what: str) -> None:
+        if not isinstance(at, dt.datetime) or at.utcoffset() is None:
+            raise FlowError(
+                f"convo.{what}(at=...) needs an aware datetime, got {at!r}: use"
+                " datetime.fromisoformat('2026-01-15T10:30:00+00:00') or convo.now + timedelta"
+            )
+
+    def __repr__(self) -> str:
+        return f"<Conversation {self.key} {self.flow}:{self.state}>"

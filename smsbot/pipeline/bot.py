@@ -1,0 +1,133 @@
+"""The running bot: database, inbox, provider, dispatcher, sender and scheduler, wired once."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable
+
+from smsbot.channels.base import SmsProvider
+from smsbot.clock import Clock, SystemClock
+from smsbot.config import Settings
+from smsbot.engine.contract import StepHandler
+from smsbot.pipeline.dispatcher import Dispatcher, StepOutcome
+from smsbot.pipeline.inbox import Inbox
+from smsbot.pipeline.metrics import Metrics
+from smsbot.pipeline.scheduler import TimerScheduler
+from smsbot.pipeline.sender import Sender
+from smsbot.store.engine import Database
+
+log = logging.getLogger(__name__)
+
+STOP_TIMEOUT = 6.0  # SIGTERM must finish within 10 s: aiohttp and the timers need the rest
+
+
+class Bot:
+    """Everything `smsbot serve` runs, built from Settings; tests pass their own parts in."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        provider: SmsProvider,
+        handler: StepHandler,
+        clock: Clock | None = None,
+        db: Database | None = None,
+        metrics: Metrics | None = None,
+        poll_interval: float = 0.2,
+    ) -> None:
+        self.settings = settings
+        self.clock = clock or SystemClock()
+        self.db = db or Database(settings.database_url)
+        self.metrics = metrics or Metrics()
+        self.provider = provider
+        self.handler = handler
+        self.inbox = Inbox(self.db, self.clock)
+        self.sender = Sender(
+            self.db,
+            provider,
+            self.clock,
+            metrics=self.metrics,
+            batch_size=settings.send_batch_size,
+            rate_per_second=settings.send_rate_per_second,
+            lease_seconds=settings.lease_seconds,
+            resend_grace=settings.resend_grace,
+            poll_interval=poll_interval,
+        )
+        self.dispatcher = Dispatcher(
+            self.db,
+            handler,
+            self.clock,
+            metrics=self.metrics,
+            workers=settings.workers,
+            max_attempts=settings.step_max_attempts,
+            poll_interval=poll_interval,
+            on_commit=self._after_step,
+        )
+        self.sender.on_event = self.dispatcher.notify
+        self.scheduler = TimerScheduler(
+            settings,
+            self.db,
+            self.inbox,
+            self.clock,
+            metrics=self.metrics,
+            on_fired=self.dispatcher.notify,
+        )
+        self._tasks: list[asyncio.Task[None]] = []
+        # read once: the webhook path should not rebuild this list per request
+        self.webhook_secrets = settings.webhook_secrets()
+
+    def _after_step(self, outcome: StepOutcome) -> None:
+        if outcome.queued_messages:
+            self.sender.notify()
+        if outcome.timers_changed:
+            self.scheduler.notify()
+
+    async def start(self, *, background: bool = True) -> None:
+        """Start the inbox writer and, with `background`, the dispatcher, sender and timers."""
+        await self.inbox.start()
+        if background:
+            await self.scheduler.start()  # campaigns for leadership; the leader runs APScheduler
+            self._tasks = [
+                asyncio.create_task(self._supervise(self.dispatcher.run()), name="dispatcher"),
+                asyncio.create_task(self._supervise(self.sender.run()), name="sender"),
+            ]
+
+    async def _supervise(self, work: Awaitable[None]) -> None:
+        try:
+            await work
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("a background loop crashed")
+
+    async def stop(self) -> None:
+        """Stop timers and claiming work, finish steps in flight, flush the inbox, close."""
+        self.dispatcher.stop()
+        self.sender.stop()
+        # Timers first (the loops wind down meanwhile): no firing may outlive the database.
+        await self.scheduler.stop()
+        if self._tasks:
+            _, pending = await asyncio.wait(self._tasks, timeout=STOP_TIMEOUT)
+            for task in pending:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            self._tasks = []
+        await self.inbox.stop()
+        await self.provider.close()
+        await self.db.dispose()
+
+    async def fire_due_timers(self) -> int:
+        """Fire the timers due by the bot's clock (test kit, `smsbot chat`); return how many."""
+        return await self.scheduler.fire_due(self.clock.now())
+
+    async def run_until_idle(self) -> int:
+        """Dispatch and send until nothing is due (tests, `smsbot chat`): steps + sends done."""
+        total = 0
+        while True:
+            n = await self.dispatcher.run_until_idle() + await self.sender.send_until_idle()
+            if n == 0:
+                return total
+            total += n

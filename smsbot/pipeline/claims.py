@@ -1,0 +1,196 @@
+"""What a step batch does in the database before its steps run, and after one fails.
+
+All of it runs inside the batch's transaction (`Database.transaction`), as synchronous Core on
+one connection: lock the conversations, read their oldest due events, see who opted out, claim
+the timer firings; and, for a step that raised, count the attempt or park the event.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import traceback
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import Connection, func, select, tuple_, update
+
+from smsbot.engine.contract import ConversationKey, EventKind
+from smsbot.store.models import (
+    EventState,
+    TimerState,
+    conversations_t,
+    events_t,
+    opt_outs_t,
+    timers_t,
+)
+from smsbot.store.upsert import insert_on_conflict
+
+log = logging.getLogger("smsbot.pipeline.dispatcher")
+
+_NEW_CONVERSATION = insert_on_conflict(conversations_t, ["virtual_number", "phone"])
+
+
+def due_keys(conn: Connection, now: dt.datetime, limit: int) -> list[ConversationKey]:
+    """Up to `limit` conversations whose oldest pending event is due, oldest first."""
+    # Pending events in arrival order (an index range scan on (state, id)): the first time a
+    # key appears is its oldest pending event. A key whose oldest event waits for a retry is
+    # skipped entirely, so its later events wait too: per-conversation order holds. The rows
+    # are read as they come (SQLite streams them) and reading stops once `limit` are found.
+    stmt = (
+        select(events_t.c.virtual_number, events_t.c.phone, events_t.c.next_attempt_at)
+        .where(
+            events_t.c.state == EventState.PENDING.value,
+            events_t.c.virtual_number.is_not(None),
+        )
+        .order_by(events_t.c.id)
+        .limit(limit * 8)
+    )
+    seen: set[tuple[str, str]] = set()
+    keys: list[ConversationKey] = []
+    for vn, phone, due in conn.execute(stmt):
+        if (vn, phone) in seen:
+            continue
+        seen.add((vn, phone))
+        if due is None or due <= now:
+            keys.append(ConversationKey(vn, phone))
+            if len(keys) >= limit:
+                break
+    return keys
+
+
+def lock_conversations(
+    conn: Connection, keys: Sequence[ConversationKey], *, postgres: bool
+) -> dict[ConversationKey, Any]:
+    """Lock the conversations' rows (creating missing ones); skip those another process holds."""
+    c = conversations_t
+    wanted = {(k.virtual_number, k.phone) for k in keys}
+
+    def locking(pairs: set[tuple[str, str]]) -> Any:
+        query = select(c).where(tuple_(c.c.virtual_number, c.c.phone).in_(list(pairs)))
+        return query.with_for_update(skip_locked=True) if postgres else query
+
+    rows = {(r.virtual_number, r.phone): r for r in (conn.execute(locking(wanted))).all()}
+    missing = wanted - set(rows)
+    if missing and postgres:
+        # Rows that exist but SKIP LOCKED skipped belong to another process right now.
+        held = conn.execute(
+            select(c.c.virtual_number, c.c.phone).where(
+                tuple_(c.c.virtual_number, c.c.phone).in_(list(missing))
+            )
+        )
+        missing -= {(vn, phone) for vn, phone in held.all()}
+    if missing:
+        conn.execute(
+            _NEW_CONVERSATION,
+            [{"virtual_number": vn, "phone": p, "data": {}, "version": 0} for vn, p in missing],
+        )
+        for r in (conn.execute(locking(missing))).all():
+            rows[(r.virtual_number, r.phone)] = r
+    return {ConversationKey(vn, phone): r for (vn, phone), r in rows.items()}
+
+
+def oldest_events(
+    conn: Connection, keys: list[ConversationKey], now: dt.datetime
+) -> dict[ConversationKey, Any]:
+    """Each conversation's oldest pending event, if it is due (not waiting for a retry)."""
+    if not keys:
+        return {}
+    e = events_t
+    oldest = (
+        select(func.min(e.c.id))
+        .where(
+            e.c.state == EventState.PENDING.value,
+            tuple_(e.c.virtual_number, e.c.phone).in_([(k.virtual_number, k.phone) for k in keys]),
+        )
+        .group_by(e.c.virtual_number, e.c.phone)
+    )
+    rows = (conn.execute(select(e).where(e.c.id.in_(oldest)).order_by(e.c.id))).all()
+    return {
+        ConversationKey(r.virtual_number, r.phone): r
+        for r in rows
+        if r.next_attempt_at is None or r.next_attempt_at <= now
+    }
+
+
+def opted_out(conn: Connection, keys: list[ConversationKey]) -> set[ConversationKey]:
+    """The conversations whose phone opted out of their number."""
+    o = opt_outs_t
+    rows = conn.execute(
+        select(o.c.virtual_number, o.c.phone).where(
+            tuple_(o.c.virtual_number, o.c.phone).in_([(k.virtual_number, k.phone) for k in keys])
+        )
+    )
+    return {ConversationKey(vn, phone) for vn, phone in rows.all()}
+
+
+def claim_timers(
+    conn: Connection,
+    convos: dict[ConversationKey, Any],
+    events: dict[ConversationKey, Any],
+    now: dt.datetime,
+) -> set[int]:
+    """Mark the batch's timer firings FIRED in one statement; return the live event ids.
+
+    The guard that makes a timer fire once: only a still-scheduled timer whose name and
+    token match the firing may run, and it is marked fired in the step's own transaction.
+    """
+    wanted: dict[tuple[int, str, str], int] = {}
+    for key, row in events.items():
+        if row.kind == EventKind.TIMER.value:
+            name, token = row.payload.get("name"), row.payload.get("token")
+            if isinstance(name, str) and isinstance(token, str):
+                wanted[(convos[key].id, name, token)] = row.id
+    if not wanted:
+        return set()
+    t = timers_t
+    claimed = conn.execute(
+        update(t)
+        .where(
+            tuple_(t.c.conversation_id, t.c.name, t.c.token).in_(list(wanted)),
+            t.c.state == TimerState.SCHEDULED.value,
+        )
+        .values(state=TimerState.FIRED.value, fired_at=now)
+        .returning(t.c.conversation_id, t.c.name, t.c.token)
+    )
+    return {wanted[(c, n, tok)] for c, n, tok in claimed.all()}
+
+
+def record_failures(
+    conn: Connection,
+    failed: Sequence[tuple[Any, BaseException]],
+    now: dt.datetime,
+    *,
+    max_attempts: int,
+) -> int:
+    """Count a failed step on its event: retry later with backoff, or park it; return parked."""
+    parked_count = 0
+    for row, exc in failed:
+        attempts = int(row.attempts) + 1
+        # An error that says it will never succeed (e.g. a rejected start) is parked at once.
+        parked = attempts >= max_attempts or getattr(exc, "retryable", True) is False
+        parked_count += parked
+        # The traceback shows the line in the flow; it holds code, not message bodies.
+        log.warning(
+            "event %s (%s) failed, attempt %d/%d: %s",
+            row.id, row.kind, attempts, max_attempts, type(exc).__name__,
+            exc_info=exc,
+        )  # fmt: skip
+        detail = "".join(traceback.format_exception(exc, limit=-4))
+        conn.execute(
+            update(events_t)
+            .where(events_t.c.id == row.id)
+            .values(
+                attempts=attempts,
+                last_error=detail[-4000:],
+                state=EventState.FAILED.value if parked else EventState.PENDING.value,
+                next_attempt_at=None if parked else now + backoff(attempts),
+                processed_at=now if parked else None,
+            )
+        )
+    return parked_count
+
+
+def backoff(attempt: int, base: float = 1.0, cap: float = 300.0) -> dt.timedelta:
+    """Return the wait before retry number `attempt` (1, 2, 4, … seconds, capped)."""
+    return dt.timedelta(seconds=min(cap, base * 2 ** (attempt - 1)))

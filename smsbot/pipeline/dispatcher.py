@@ -1,0 +1,310 @@
+"""The dispatcher: claims inbox events and runs them one at a time per conversation.
+
+A round takes conversations whose oldest pending event is due and steps a batch of them in ONE
+transaction: each conversation's row is locked (on PostgreSQL `FOR UPDATE SKIP LOCKED`, so a
+conversation another process holds is skipped; on SQLite the single writer serialises), its
+oldest event runs through the step handler, and every effect is written before the commit. A
+conversation thus sees one event at a time, in arrival order, while a batch of many
+conversations costs one commit. The claim *is* the transaction: a process killed mid-step leaves
+nothing claimed, and another process takes the events at once. Delivery receipts, which belong
+to no conversation, are applied in batches of their own.
+
+The transaction has three parts: the claim (`claims.py`: locks, oldest events, opt-outs,
+timer firings) and the writes (`effects.py`) run as synchronous Core in the database's thread
+(SQLite) or through run_sync (PostgreSQL); the steps between them run in the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from sqlalchemy import Connection
+from sqlalchemy.exc import InterfaceError, OperationalError
+
+from smsbot.clock import Clock
+from smsbot.engine.contract import (
+    ConversationKey,
+    ConversationSnapshot,
+    DispatchEvent,
+    EventKind,
+    StepHandler,
+)
+from smsbot.pipeline import claims
+from smsbot.pipeline.claims import backoff
+from smsbot.pipeline.effects import StepOutcome, Stepped, finish_events, write_effects
+from smsbot.pipeline.metrics import Metrics
+from smsbot.pipeline.receipts import apply_receipts
+from smsbot.store.engine import Database
+from smsbot.store.models import EventState
+
+log = logging.getLogger(__name__)
+
+# The database cannot be reached: retry the whole batch later, count nothing against events.
+_UNAVAILABLE = (OperationalError, InterfaceError, OSError, TimeoutError)
+
+BATCH_BUDGET = 0.010  # seconds a step batch may keep other writers (webhooks) waiting
+MIN_BATCH = 8
+
+__all__ = ["Dispatcher", "StepOutcome", "backoff"]
+
+
+class Dispatcher:
+    """Runs the step handler for pending inbox events, serialised per conversation."""
+
+    def __init__(
+        self,
+        db: Database,
+        handler: StepHandler,
+        clock: Clock,
+        *,
+        metrics: Metrics | None = None,
+        workers: int = 8,
+        batch_size: int = 200,
+        max_attempts: int = 5,
+        step_timeout: float = 30.0,
+        poll_interval: float = 0.2,
+        on_commit: Callable[[StepOutcome], None] | None = None,
+    ) -> None:
+        self.db = db
+        self.handler = handler
+        self.clock = clock
+        self.metrics = metrics or Metrics()
+        # SQLite has one writer: concurrent batches would only queue behind each other.
+        self.workers = workers if db.is_postgres else 1
+        self.batch_size = batch_size
+        self._size = batch_size  # the next batch's size: shrinks while it makes writers wait
+        self.max_attempts = max_attempts
+        self.step_timeout = step_timeout
+        self.poll_interval = poll_interval
+        self.on_commit = on_commit
+        self._wakeup = asyncio.Event()
+        self._stopping = False
+        self._busy: set[ConversationKey] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def notify(self) -> None:
+        """Wake the dispatcher: new events were committed."""
+        self._wakeup.set()
+
+    async def run(self) -> None:
+        """Dispatch until stop() is called; batches in flight are finished, never abandoned."""
+        self._stopping = False
+        try:
+            while not self._stopping:
+                progressed = await self._guarded(self.dispatch_round)
+                if not progressed and not self._stopping:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._wakeup.wait(), self.poll_interval)
+                    self._wakeup.clear()
+        finally:
+            if self._tasks:
+                await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def stop(self) -> None:
+        """Ask run() to stop claiming new work; it returns once batches in flight are done."""
+        self._stopping = True
+        self._wakeup.set()
+
+    async def run_until_idle(self, max_rounds: int = 100_000) -> int:
+        """Process everything that is due now, then return how many events finished."""
+        done = 0
+        for _ in range(max_rounds):
+            n = await apply_receipts(self.db, self.clock, self.metrics)
+            keys = await self.due_keys(limit=self.batch_size)
+            if keys:
+                n += await self.step_safely(keys)
+            if n == 0:
+                return done
+            done += n
+        raise RuntimeError("run_until_idle: still busy after max_rounds; is a step looping?")
+
+    async def _guarded(self, fn: Callable[[], Any]) -> bool:
+        try:
+            return bool(await fn())
+        except Exception:  # the database is down or flapping: log, back off, try again
+            log.exception("dispatcher round failed; retrying")
+            await asyncio.sleep(self.poll_interval * 5)
+            return False
+
+    async def dispatch_round(self) -> bool:
+        """Start batches for due conversations (up to the worker limit); apply receipts."""
+        applied = await apply_receipts(self.db, self.clock, self.metrics)
+        free = self.workers - len(self._tasks)
+        if free <= 0:
+            await asyncio.wait(self._tasks, return_when=asyncio.FIRST_COMPLETED)
+            return True
+        keys = await self.due_keys(limit=self._size * free + len(self._busy))
+        keys = [k for k in keys if k not in self._busy]
+        size = max(1, min(self._size, -(-len(keys) // free)))  # spread over free workers
+        for start in range(0, len(keys), size):
+            batch = keys[start : start + size]
+            self._busy.update(batch)
+            task = asyncio.create_task(self._run_batch(batch), name="smsbot-step-batch")
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        return applied > 0 or bool(keys)
+
+    async def _run_batch(self, keys: list[ConversationKey]) -> None:
+        try:
+            await self.step_safely(keys)
+        except Exception:  # the database is away: nothing was claimed, try again later
+            log.exception("stepping failed; will retry")
+            await asyncio.sleep(self.poll_interval * 5)
+        finally:
+            self._busy.difference_update(keys)
+            self._wakeup.set()
+
+    async def step_safely(self, keys: list[ConversationKey]) -> int:
+        """step_batch, but one conversation whose effects the database refuses cannot block others.
+
+        A batch that fails for any reason but an unreachable database is stepped again key by
+        key; a key that fails alone has the failure counted on its event (retried, then parked)
+        in a fresh transaction, so the conversation moves on like after a failing handler.
+        """
+        try:
+            return await self.step_batch(keys)
+        except _UNAVAILABLE:
+            raise
+        except Exception as exc:
+            if len(keys) > 1:
+                log.warning("a batch of %d steps failed; stepping them one by one", len(keys))
+                return sum([await self.step_safely([key]) for key in keys])
+            return await self._record_write_failure(keys[0], exc)
+
+    async def _record_write_failure(self, key: ConversationKey, exc: Exception) -> int:
+        now = self.clock.now()
+
+        def record(conn: Connection) -> int:
+            events = claims.oldest_events(conn, [key], now)
+            if key not in events:
+                return 0
+            failed = [(events[key], exc)]
+            return claims.record_failures(conn, failed, now, max_attempts=self.max_attempts)
+
+        return await self.db.write(record)
+
+    async def due_keys(self, limit: int) -> list[ConversationKey]:
+        """Return up to `limit` keys whose oldest pending event is due, oldest first."""
+        now = self.clock.now()
+        return await self.db.write(lambda conn: claims.due_keys(conn, now, limit))
+
+    async def step(self, key: ConversationKey) -> bool:
+        """Run the oldest due event of one conversation; True when an event finished."""
+        return await self.step_batch([key]) > 0
+
+    async def step_batch(self, keys: Sequence[ConversationKey]) -> int:
+        """Run the oldest due event of each conversation in one transaction; return how many."""
+        started = time.perf_counter()
+        now = self.clock.now()
+        async with self.db.transaction() as tx:
+            waits = self.db.urgent_waits
+            claim = await tx.run(lambda conn: self._claim(conn, keys, now))
+            if claim is None:
+                return 0
+            convos, events, opted, live_timers = claim
+            stepped: list[Stepped] = []
+            stale: list[int] = []
+            failed: list[tuple[Any, BaseException]] = []
+            for key, row in events.items():
+                event = DispatchEvent(row.id, EventKind(row.kind), row.payload, row.received_at)
+                convo = convos[key]
+                if event.kind is EventKind.TIMER and event.id not in live_timers:
+                    stale.append(event.id)
+                    continue
+                snapshot = _snapshot(convo, key, key in opted)
+                try:
+                    async with asyncio.timeout(self.step_timeout):
+                        result = await self.handler.handle(event, snapshot, now)
+                except Exception as exc:
+                    failed.append((row, exc))
+                    continue
+                stepped.append(Stepped(convo, snapshot, event, result))
+            outcomes, parked = await tx.run(
+                lambda conn: self._write(conn, stepped, stale, failed, now)
+            )
+            contended = self.db.urgent_waits != waits
+        seconds = time.perf_counter() - started
+        self._adapt(len(keys), seconds, contended)
+        self._count(stepped, stale, failed, parked, seconds)
+        if self.on_commit is not None:
+            for outcome in outcomes:
+                self.on_commit(outcome)
+        return len(stepped) + len(stale) + parked
+
+    def _claim(
+        self, conn: Connection, keys: Sequence[ConversationKey], now: dt.datetime
+    ) -> tuple[dict[ConversationKey, Any], dict[ConversationKey, Any], set[Any], set[int]] | None:
+        """Lock the conversations, read their oldest due events, claim their timer firings."""
+        convos = claims.lock_conversations(conn, keys, postgres=self.db.is_postgres)
+        events = claims.oldest_events(conn, list(convos), now)
+        if not events:
+            return None
+        opted = claims.opted_out(conn, list(events))
+        return convos, events, opted, claims.claim_timers(conn, convos, events, now)
+
+    def _write(
+        self,
+        conn: Connection,
+        stepped: list[Stepped],
+        stale: list[int],
+        failed: list[tuple[Any, BaseException]],
+        now: dt.datetime,
+    ) -> tuple[list[StepOutcome], int]:
+        outcomes = write_effects(conn, stepped, now)
+        finish_events(conn, stale, EventState.IGNORED, now)
+        parked = claims.record_failures(conn, failed, now, max_attempts=self.max_attempts)
+        return outcomes, parked
+
+    def _adapt(self, size: int, seconds: float, contended: bool) -> None:
+        # SQLite has one writer: while a batch runs, webhooks wait to be stored. A batch that
+        # kept one waiting and took longer than BATCH_BUDGET halves the next one; batches that
+        # kept none waiting grow back to batch_size. (PostgreSQL never waits here: full batches.)
+        if contended and seconds > BATCH_BUDGET:
+            self._size = max(MIN_BATCH, min(self._size, size) // 2)
+        elif not contended:
+            self._size = min(self.batch_size, self._size + max(1, self._size // 4))
+
+    def _count(
+        self,
+        stepped: list[Stepped],
+        stale: list[int],
+        failed: list[Any],
+        parked: int,
+        seconds: float,
+    ) -> None:
+        for item in stepped:
+            self.metrics.inc(
+                "smsbot_events_processed_total", kind=item.event.kind.value, result="ok"
+            )
+        if stale:
+            self.metrics.inc(
+                "smsbot_events_processed_total", len(stale), kind="timer", result="stale"
+            )
+        if failed:
+            self.metrics.inc("smsbot_events_processed_total", parked, result="failed")
+            self.metrics.inc("smsbot_events_processed_total", len(failed) - parked, result="retry")
+        if stepped:  # a batch's time spread over its steps
+            per_step = seconds / len(stepped)
+            for _ in stepped:
+                self.metrics.observe("smsbot_step_seconds", per_step)
+
+
+def _snapshot(convo: Any, key: ConversationKey, opted_out: bool) -> ConversationSnapshot:
+    return ConversationSnapshot(
+        id=convo.id,
+        key=key,
+        flow=convo.flow,
+        state=convo.state,
+        data=dict(convo.data or {}),
+        version=convo.version,
+        state_token=convo.state_token,
+        opted_out=opted_out,
+        started_at=convo.started_at,
+        last_activity_at=convo.last_activity_at,
+    )

@@ -1,0 +1,177 @@
+"""The durable inbox: webhooks are stored (deduplicated by event id) before they are answered.
+
+Concurrent webhook handlers share one writer task that commits everything waiting in one
+transaction (group commit): each request still gets its 2xx only after its row is durable,
+but SQLite pays one fsync for many requests instead of one each.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import datetime as dt
+import enum
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import Connection, select, tuple_
+
+from smsbot.clock import Clock
+from smsbot.engine.contract import EventKind
+from smsbot.store.engine import Database
+from smsbot.store.models import EventState, events_t
+from smsbot.store.upsert import insert_on_conflict
+
+log = logging.getLogger(__name__)
+
+MAX_GROUP = 500
+
+
+class AcceptOutcome(enum.StrEnum):
+    """What the inbox did with one event."""
+
+    NEW = "new"
+    DUPLICATE = "duplicate"  # same id, same body: answered 2xx, no second effect
+    CONFLICT = "conflict"  # same id, different body: answered 2xx, warned, ignored
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class InboxEntry:
+    """One event to store."""
+
+    source: str
+    event_id: str
+    kind: EventKind
+    payload: dict[str, Any]
+    virtual_number: str | None = None
+    phone: str | None = None
+    body_sha256: str | None = None
+
+
+# An event already stored under the same (source, event id) is left as it is.
+NEW_EVENT = insert_on_conflict(events_t, ["source", "event_id"])
+
+
+def event_row(entry: InboxEntry, now: dt.datetime) -> dict[str, Any]:
+    """The webhook_events row for `entry`, received `now`, pending."""
+    return {
+        "source": entry.source,
+        "event_id": entry.event_id,
+        "kind": entry.kind.value,
+        "virtual_number": entry.virtual_number,
+        "phone": entry.phone,
+        "body_sha256": entry.body_sha256,
+        "payload": entry.payload,
+        "received_at": now,
+        "attempts": 0,
+        "state": EventState.PENDING.value,
+    }
+
+
+class Inbox:
+    """Stores events durably and exactly once per (source, event id)."""
+
+    def __init__(self, db: Database, clock: Clock) -> None:
+        self.db = db
+        self.clock = clock
+        self._insert = NEW_EVENT.returning(events_t.c.source, events_t.c.event_id)
+        self._queue: asyncio.Queue[tuple[InboxEntry, asyncio.Future[AcceptOutcome]]] | None = None
+        self._writer: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        """Start the group-commit writer; without it, accept() writes directly."""
+        self._queue = asyncio.Queue()
+        self._writer = asyncio.create_task(self._write_loop(), name="smsbot-inbox-writer")
+
+    async def stop(self) -> None:
+        """Flush what is waiting, then stop the writer."""
+        if self._writer is None or self._queue is None:
+            return
+        await self._queue.join()
+        self._writer.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._writer
+        self._writer = None
+        self._queue = None  # accept() writes directly again
+
+    async def accept(self, entry: InboxEntry) -> AcceptOutcome:
+        """Store one event; returns once it is committed (raises if the database fails)."""
+        if self._queue is None:
+            return (await self.accept_many([entry]))[0]
+        future: asyncio.Future[AcceptOutcome] = asyncio.get_running_loop().create_future()
+        await self._queue.put((entry, future))
+        return await future
+
+    async def accept_many(self, entries: Sequence[InboxEntry]) -> list[AcceptOutcome]:
+        """Store several events in one transaction; outcomes are in the same order."""
+        if not entries:
+            return []
+        now = self.clock.now()
+        first: dict[tuple[str, str], InboxEntry] = {}
+        for e in entries:
+            first.setdefault((e.source, e.event_id), e)
+        rows = [event_row(e, now) for e in first.values()]
+        # One statement for any group size, executed with a parameter list: SQLAlchemy
+        # caches its compiled form (a multi-VALUES insert would be compiled per group).
+        inserted, known = await self.db.write(
+            lambda conn: self._insert_rows(conn, rows, first), urgent=True
+        )
+        outcomes: list[AcceptOutcome] = []
+        claimed: set[tuple[str, str]] = set()
+        for e in entries:
+            k = (e.source, e.event_id)
+            if k in inserted and k not in claimed and first[k] is e:
+                claimed.add(k)
+                outcomes.append(AcceptOutcome.NEW)
+                continue
+            stored_hash = first[k].body_sha256 if k in inserted else known.get(k)
+            if (
+                stored_hash is not None
+                and e.body_sha256 is not None
+                and stored_hash != e.body_sha256
+            ):
+                log.warning("event %s:%s redelivered with a different body; ignored", *k)
+                outcomes.append(AcceptOutcome.CONFLICT)
+            else:
+                outcomes.append(AcceptOutcome.DUPLICATE)
+        return outcomes
+
+    def _insert_rows(
+        self, conn: Connection, rows: list[dict[str, Any]], first: dict[tuple[str, str], Any]
+    ) -> tuple[set[tuple[str, str]], dict[tuple[str, str], str | None]]:
+        """Insert; return the keys that were new and the stored digests of those that were not."""
+        inserted = {(r[0], r[1]) for r in conn.execute(self._insert, rows).all()}
+        missing = [k for k in first if k not in inserted]
+        known: dict[tuple[str, str], str | None] = {}
+        if missing:
+            found = conn.execute(
+                select(events_t.c.source, events_t.c.event_id, events_t.c.body_sha256).where(
+                    tuple_(events_t.c.source, events_t.c.event_id).in_(missing)
+                )
+            )
+            known = {(src, eid): digest for src, eid, digest in found.all()}
+        return inserted, known
+
+    async def _write_loop(self) -> None:
+        assert self._queue is not None
+        queue = self._queue
+        while True:
+            batch = [await queue.get()]
+            while len(batch) < MAX_GROUP and not queue.empty():
+                batch.append(queue.get_nowait())
+            live = [(entry, fut) for entry, fut in batch if not fut.cancelled()]
+            try:
+                outcomes = await self.accept_many([entry for entry, _ in live])
+            except Exception as exc:  # the database is down: every waiter answers 503
+                for _, fut in live:
+                    if not fut.done():
+                        fut.set_exception(exc)
+            else:
+                for (_, fut), outcome in zip(live, outcomes, strict=True):
+                    if not fut.done():
+                        fut.set_result(outcome)
+            finally:
+                for _ in batch:
+                    queue.task_done()

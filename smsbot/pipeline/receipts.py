@@ -1,0 +1,155 @@
+"""Delivery receipts: match each to our message and move its status forward, never back.
+
+A receipt that moves a message to a delivery failure also tells the conversation's flow
+(`on_send_failed`), like a permanent error at send time does: the SEND_FAILED inbox event is
+written in the same transaction as the status, so the hook is neither lost nor doubled.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from typing import Any
+
+from sqlalchemy import Connection, or_, select, update
+
+from smsbot.clock import Clock
+from smsbot.engine.contract import EventKind
+from smsbot.pipeline.inbox import NEW_EVENT, InboxEntry, event_row
+from smsbot.pipeline.metrics import Metrics
+from smsbot.sms.status import DeliveryStatus
+from smsbot.store.engine import Database
+from smsbot.store.models import Direction, EventState, events_t, messages_t
+
+log = logging.getLogger(__name__)
+
+# Final statuses that mean the message never reached the phone through a delivery problem.
+# Cancelled, deleted and skipped messages were stopped on purpose, so no flow is told.
+DELIVERY_FAILURES = frozenset(
+    {DeliveryStatus.FAILED, DeliveryStatus.EXPIRED, DeliveryStatus.REJECTED}
+)
+
+
+async def apply_receipts(db: Database, clock: Clock, metrics: Metrics, limit: int = 500) -> int:
+    """Apply up to `limit` pending receipts in one transaction; return how many were handled."""
+    now = clock.now()
+    claim = (
+        select(events_t.c.id, events_t.c.payload)
+        .where(
+            events_t.c.state == EventState.PENDING.value,
+            events_t.c.kind == EventKind.RECEIPT.value,
+        )
+        .order_by(events_t.c.id)
+        .limit(limit)
+    )
+    if db.is_postgres:
+        claim = claim.with_for_update(skip_locked=True)
+    results = await db.write(lambda conn: _apply_all(conn, claim, now))
+    for result in results:
+        metrics.inc("smsbot_receipts_total", result=result)
+    return len(results)
+
+
+def _apply_all(conn: Connection, claim: Any, now: dt.datetime) -> list[str]:
+    results = []
+    for event_id, payload in conn.execute(claim).all():
+        values: dict[str, Any] = {"processed_at": now}
+        try:
+            new = DeliveryStatus(payload["status"])
+        except (KeyError, TypeError, ValueError):
+            # Only a direct write to the inbox can store this (the parsers map every status);
+            # parked rather than raised, so one bad row cannot hold back every receipt after it.
+            log.warning("receipt event %s has no known delivery status; parked", event_id)
+            values.update(state=EventState.FAILED.value, last_error="no known delivery status")
+            results.append("invalid")
+        else:
+            matched = _apply_one(conn, payload, new, now)
+            values["state"] = (EventState.DONE if matched else EventState.UNMATCHED).value
+            if not matched:
+                log.info("receipt event %s matches no message; kept for reconciliation", event_id)
+            results.append("matched" if matched else "unmatched")
+        conn.execute(update(events_t).where(events_t.c.id == event_id).values(**values))
+    return results
+
+
+def _apply_one(
+    conn: Connection, payload: dict[str, Any], new: DeliveryStatus, now: dt.datetime
+) -> bool:
+    ref = payload.get("client_reference")
+    provider_id = payload.get("provider_message_id")
+    # clientReference is our message id when we sent it; fall back to the provider's id.
+    conditions = []
+    if ref:
+        conditions += [messages_t.c.id == ref, messages_t.c.client_reference == ref]
+    if provider_id:
+        conditions.append(messages_t.c.provider_message_id == provider_id)
+    if not conditions:
+        return False
+    m = messages_t
+    row = (
+        conn.execute(
+            select(
+                m.c.id,
+                m.c.status,
+                m.c.virtual_number.label("sender"),
+                m.c.phone.label("recipient"),
+                m.c.body,
+                m.c.origin,
+                m.c.created_at,
+            )
+            .where(m.c.direction == Direction.OUTBOUND.value, or_(*conditions))
+            .limit(1)
+        )
+    ).first()
+    if row is None:
+        return False
+    current = DeliveryStatus(row.status) if row.status else DeliveryStatus.QUEUED
+    if not current.can_become(new):
+        return True
+    values: dict[str, Any] = {"status": new.value, "status_at": now}
+    if provider_id:
+        values["provider_message_id"] = provider_id
+    code = payload.get("error_code")
+    if code:
+        values["error"] = f"provider error code {code}"[:500]
+    # Guarded by the status itself: of two receipts for one message applied at once (two
+    # processes on PostgreSQL), only the one that still moves the status forward counts.
+    earlier = [old.value for old in DeliveryStatus if old.can_become(new)]
+    moved = conn.execute(
+        update(m)
+        .where(m.c.id == row.id, or_(m.c.status.in_(earlier), m.c.status.is_(None)))
+        .values(**values)
+        .returning(m.c.id)
+    )
+    if moved.first() is not None and new in DELIVERY_FAILURES:
+        error = f"delivery failed: {new.value.capitalize()}"
+        if code:
+            error += f" (provider error code {code})"
+        log.info("message %s: %s; telling its flow", row.id, error)
+        enqueue_send_failed(conn, row, error[:500], now)
+    return True
+
+
+def enqueue_send_failed(conn: Connection, message: Any, error: str, now: dt.datetime) -> None:
+    """Queue the SEND_FAILED event for the flow's `on_send_failed`, in the caller's transaction.
+
+    `message` has the outbox's fields: id, sender, recipient, body, origin, created_at. The
+    event id is `send-failed:{message id}`, so a message fails a flow once, whether the
+    provider refused it at send time or a receipt said so later.
+    """
+    payload = {
+        "message_id": message.id,
+        "error": error,
+        "text": message.body,
+        "origin": message.origin,
+        "created_at": message.created_at.isoformat(),
+    }
+    entry = InboxEntry(
+        source="internal",
+        event_id=f"send-failed:{message.id}",
+        kind=EventKind.SEND_FAILED,
+        payload=payload,
+        virtual_number=message.sender,
+        phone=message.recipient,
+    )
+    conn.execute(NEW_EVENT, [event_row(entry, now)])

@@ -1,0 +1,441 @@
+"""Timers: reminders, wait timeouts and expiries fire as inbox events, exactly once.
+
+The timers table is the source of truth; a step writes its timers in its own transaction. A
+firing inserts an inbox event (source "timer", id "timer:{timer id}:{token}") and wakes the
+dispatcher, which runs it serialised with the conversation's other events. The event id is
+unique, so a double firing is one event; the dispatcher's token check marks the timer fired in
+the step's transaction, so a stale firing (the timer was moved, cancelled or already fired)
+changes nothing. A timer later than SMSBOT_REMINDER_MAX_LATENESS is marked MISSED instead.
+
+On the elected leader (smsbot.pipeline.leader) APScheduler runs one date job per timer,
+mirrored from the table into its persistent job store in the same database, and a periodic
+sweep fires anything due that a job did not. fire_due() is that firing on demand (tests,
+`smsbot chat`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from apscheduler.events import EVENT_JOB_MISSED
+from apscheduler.executors.pool import ThreadPoolExecutor
+from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
+from apscheduler.schedulers import SchedulerNotRunningError
+from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.triggers.date import DateTrigger
+from sqlalchemy import (
+    ColumnElement,
+    Engine,
+    String,
+    cast,
+    create_engine,
+    exists,
+    literal_column,
+    select,
+    true,
+    update,
+)
+
+from smsbot.clock import Clock
+from smsbot.config import Settings
+from smsbot.engine.contract import EventKind
+from smsbot.pipeline.inbox import AcceptOutcome, Inbox, InboxEntry
+from smsbot.pipeline.leader import LeaderElection
+from smsbot.pipeline.metrics import Metrics
+from smsbot.store.engine import Database
+from smsbot.store.models import TimerState, conversations_t, events_t, timers_t
+
+log = logging.getLogger(__name__)
+
+JOBSTORE_TABLE = "apscheduler_jobs"
+# By text: the job store keeps a reference, not code. Migration 0003 rewrites the reference
+# that databases stored before the package layout changed ("smsbot.scheduler:fire_timer").
+FIRE_JOB = "smsbot.pipeline.scheduler:fire_timer"
+SYNC_INTERVAL = 1.0  # how often the leader mirrors new timers into jobs (sooner when notified)
+SWEEP_INTERVAL = 5.0  # the safety net: fire whatever is due that no job fired
+# Timers due within this become APScheduler jobs; later ones wait in our table until then.
+MIRROR_HORIZON = dt.timedelta(minutes=10)
+SYNC_OVERLAP = dt.timedelta(minutes=2)  # how long a mirrored job is remembered after its time
+STOP_TIMEOUT = 2.0
+BATCH = 500
+JOBS_PER_PAUSE = 100
+EXECUTOR_THREADS = 2  # a job only hands its timer id to the event loop
+
+_active: TimerScheduler | None = None  # this process's leading scheduler, for the job function
+
+
+def fire_timer(timer_id: int, token: str) -> None:
+    """APScheduler job (in a pool thread): have the leading scheduler fire this timer.
+
+    `token` names the schedule the job was made for (it shows in APScheduler's logs); the
+    firing re-reads the row, so whichever schedule is current and due is the one that fires.
+    """
+    scheduler = _active
+    if scheduler is None:
+        log.info("timer %s (%s) came due after this process stopped leading", timer_id, token)
+        return
+    scheduler.request_fire(timer_id)
+
+
+def job_id(timer_id: int) -> str:
+    """The APScheduler job id of a timer: stable, so a reschedule replaces the old job."""
+    return f"timer:{timer_id}"
+
+
+def _fired_already() -> ColumnElement[bool]:
+    """True when the inbox already holds the firing of the timer row's current token."""
+    event_id = (
+        literal_column("'timer:'", String)
+        + cast(timers_t.c.id, String)
+        + literal_column("':'", String)
+        + timers_t.c.token
+    )
+    return exists().where(events_t.c.source == "timer", events_t.c.event_id == event_id)
+
+
+class TimerScheduler:
+    """Fires due timers as inbox events; while this process leads, runs APScheduler too."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        db: Database,
+        inbox: Inbox,
+        clock: Clock,
+        *,
+        metrics: Metrics | None = None,
+        on_fired: Callable[[], None] | None = None,
+        sync_interval: float = SYNC_INTERVAL,
+        sweep_interval: float = SWEEP_INTERVAL,
+    ) -> None:
+        self.settings = settings
+        self.db = db
+        self.inbox = inbox
+        self.clock = clock
+        self.metrics = metrics or Metrics()
+        self.on_fired = on_fired
+        self.sync_interval = sync_interval
+        self.sweep_interval = sweep_interval
+        self.election = LeaderElection(
+            settings.database_url, on_elected=self._start_leading, on_deposed=self._stop_leading
+        )
+        self.last_sync: dt.datetime | None = None  # the leader's last complete sync (health)
+        self._aps: Any = None  # the BackgroundScheduler while leading
+        self._job_engine: Engine | None = None  # its job store's (synchronous) engine
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._resigning = False
+        self._changed = asyncio.Event()
+        self._requested: set[int] = set()  # timer ids whose jobs ran, to fire in one batch
+        self._fire_wanted = asyncio.Event()
+        self._mirrored: dict[int, tuple[str, dt.datetime]] = {}  # timer id -> (token, due_at)
+
+    @property
+    def is_leader(self) -> bool:
+        """True while this process runs the timers."""
+        return self.election.is_leader
+
+    def notify(self) -> None:
+        """Timers were scheduled or changed: mirror them into jobs now, not at the next tick."""
+        self._changed.set()
+
+    async def start(self) -> None:
+        """Campaign for leadership; the winner runs APScheduler until stop()."""
+        await self.election.start()
+
+    async def stop(self) -> None:
+        """Stop running timers (if leading) and campaigning."""
+        await self.election.stop()
+
+    async def fire_due(self, now: dt.datetime) -> int:
+        """Fire every scheduled timer due by `now`; return how many inbox events were added.
+
+        A timer more than SMSBOT_REMINDER_MAX_LATENESS late is marked MISSED instead (and
+        logged). Calling it again fires nothing twice.
+        """
+        return await self._fire(now, true(), via="due")
+
+    def request_fire(self, timer_id: int) -> None:
+        """Fire this timer soon if it is due; thread-safe (APScheduler's threads call it)."""
+        loop = self._loop
+        if loop is None:
+            return
+        with contextlib.suppress(RuntimeError):  # the loop is closed: the process is exiting
+            loop.call_soon_threadsafe(self._want, timer_id)
+
+    # -- firing -----------------------------------------------------------------------------------
+
+    async def _fire(self, now: dt.datetime, which: ColumnElement[bool], *, via: str) -> int:
+        cutoff = now - self.settings.reminder_max_lateness
+        query = (
+            select(timers_t, conversations_t.c.virtual_number, conversations_t.c.phone)
+            .join(conversations_t, conversations_t.c.id == timers_t.c.conversation_id)
+            .where(
+                timers_t.c.state == TimerState.SCHEDULED.value,
+                timers_t.c.due_at <= now,
+                ~_fired_already(),
+                which,
+            )
+            .order_by(timers_t.c.due_at, timers_t.c.id)
+            .limit(BATCH)
+        )
+        fired = 0
+        while True:
+            # Every row read here leaves the query's result (it gets its event, or is marked
+            # missed), so the next batch is new work and the loop ends.
+            async with self.db.session() as s:
+                rows = (await s.execute(query)).all()
+            late = [r.id for r in rows if r.due_at <= cutoff]
+            entries = [_entry(r) for r in rows if r.due_at > cutoff]
+            if entries:
+                outcomes = await self.inbox.accept_many(entries)
+                fired += outcomes.count(AcceptOutcome.NEW)
+            if late:
+                await self._mark_missed(late, cutoff, now)
+            if len(rows) < BATCH:
+                break
+        if fired:
+            self.metrics.inc("smsbot_timers_fired_total", fired, via=via)
+            if self.on_fired is not None:
+                self.on_fired()
+        return fired
+
+    async def _mark_missed(self, ids: list[int], cutoff: dt.datetime, now: dt.datetime) -> None:
+        stmt = (
+            update(timers_t)
+            .where(
+                timers_t.c.id.in_(ids),
+                timers_t.c.state == TimerState.SCHEDULED.value,
+                timers_t.c.due_at <= cutoff,  # not rescheduled since it was read
+                ~_fired_already(),
+            )
+            .values(state=TimerState.MISSED.value)
+            .returning(timers_t.c.id, timers_t.c.name, timers_t.c.due_at)
+        )
+        async with self.db.session() as s, s.begin():
+            missed = (await s.execute(stmt)).all()
+        for m in missed:
+            log.warning(
+                "timer %s (%s) MISSED: due %s, %s late, more than SMSBOT_REMINDER_MAX_LATENESS",
+                m.id,
+                m.name,
+                m.due_at.isoformat(),
+                now - m.due_at,
+            )
+        if missed:
+            self.metrics.inc("smsbot_timers_missed_total", len(missed))
+
+    def _want(self, timer_id: int) -> None:
+        self._requested.add(timer_id)
+        self._fire_wanted.set()
+
+    async def _fire_requested(self) -> None:
+        # Jobs that run together (a burst of reminders) are fired in one query and one commit.
+        while not self._resigning:
+            await self._fire_wanted.wait()
+            self._fire_wanted.clear()
+            while self._requested and not self._resigning:
+                ids = [self._requested.pop() for _ in range(min(BATCH, len(self._requested)))]
+                try:
+                    await self._fire(self.clock.now(), timers_t.c.id.in_(ids), via="job")
+                except Exception:  # the database is away: the sweep fires them later
+                    log.exception("firing %d timers failed; the sweep will retry", len(ids))
+
+    def _on_job_missed(self, event: Any) -> None:
+        # In an executor thread. The timer is re-read by id, and the lateness rule marks it
+        # MISSED (or fires a punctual newer schedule of it that the job had not caught up with).
+        prefix, _, timer_id = str(event.job_id).partition(":")
+        if prefix == "timer" and timer_id.isdecimal():
+            self.request_fire(int(timer_id))
+
+    # -- leading ----------------------------------------------------------------------------------
+
+    async def _start_leading(self) -> None:
+        global _active
+        if _active is not None and _active is not self:
+            # The job function finds its scheduler through _active: one per process.
+            raise RuntimeError("another TimerScheduler already runs timers in this process")
+        _active = self
+        self._loop = asyncio.get_running_loop()
+        aps, engine = self._new_apscheduler()
+        try:
+            await asyncio.to_thread(aps.start)  # creates the job store's table if need be
+        except BaseException:
+            _active = None
+            await asyncio.to_thread(engine.dispose)
+            raise
+        self._aps, self._job_engine = aps, engine
+        self._resigning = False
+        self._mirrored.clear()
+        self.last_sync = None
+        self.metrics.set("smsbot_timer_leader", 1)
+        self._tasks = [
+            asyncio.create_task(self._lead(), name="smsbot-timers-sync"),
+            asyncio.create_task(self._fire_requested(), name="smsbot-timers-fire"),
+        ]
+
+    async def _stop_leading(self) -> None:
+        global _active
+        if _active is self:
+            _active = None  # first: a job that runs from now on does nothing
+        self.metrics.set("smsbot_timer_leader", 0)
+        self.last_sync = None
+        self._resigning = True
+        aps, self._aps = self._aps, None  # a mirror in progress stops adding jobs
+        engine, self._job_engine = self._job_engine, None
+        if aps is not None:  # no job starts from now on; it is shut down once tasks are done
+            with contextlib.suppress(SchedulerNotRunningError):
+                await asyncio.to_thread(aps.pause)
+        self._changed.set()
+        self._fire_wanted.set()
+        tasks, self._tasks = self._tasks, []
+        if tasks:
+            # Let a firing in flight commit; one stuck on the database is cancelled (rolled
+            # back), and the next leader's catch-up fires it.
+            _, stuck = await asyncio.wait(tasks, timeout=STOP_TIMEOUT)
+            for task in stuck:
+                task.cancel()
+            await asyncio.gather(*stuck, return_exceptions=True)
+        self._requested.clear()
+        if aps is not None and engine is not None:
+            try:
+                await asyncio.wait_for(asyncio.to_thread(_shut_down, aps, engine), STOP_TIMEOUT)
+            except Exception as exc:
+                log.warning("APScheduler did not shut down cleanly: %s", type(exc).__name__)
+
+    async def _lead(self) -> None:
+        next_sweep = 0.0  # at once: the catch-up for what fell due while nobody led
+        while not self._resigning:
+            try:
+                if time.monotonic() >= next_sweep:
+                    await self._fire(self.clock.now(), true(), via="sweep")
+                    next_sweep = time.monotonic() + self.sweep_interval
+                synced = await self._mirror()
+                if not self._resigning:
+                    self.last_sync = synced
+            except Exception:  # the database is away: keep leading, retry on the next tick
+                log.exception("timer sync failed; retrying")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), self.sync_interval)
+            self._changed.clear()
+
+    async def _mirror(self) -> dt.datetime:
+        """Add a job for each scheduled timer due within MIRROR_HORIZON; return when it ran.
+
+        Only near timers become jobs: our timers table is the durable record of the rest, and a
+        deployment with 100,000 appointments next month keeps a small job store (and its single
+        SQLite writer free) instead of copying every timer the moment it is created.
+        """
+        started = self.clock.now()
+        conditions = [
+            timers_t.c.state == TimerState.SCHEDULED.value,
+            ~_fired_already(),
+            timers_t.c.due_at < started + MIRROR_HORIZON,
+        ]
+        last_id = 0
+        while not self._resigning:
+            query = (
+                select(timers_t.c.id, timers_t.c.token, timers_t.c.due_at)
+                .where(*conditions, timers_t.c.id > last_id)
+                .order_by(timers_t.c.id)
+                .limit(BATCH)
+            )
+            async with self.db.session() as s:
+                rows = (await s.execute(query)).all()
+            fresh = [r for r in rows if self._mirrored.get(r.id, ("",))[0] != r.token]
+            if fresh:
+                await asyncio.to_thread(self._add_jobs, self._aps, fresh)
+                self._mirrored.update({r.id: (r.token, r.due_at) for r in fresh})
+            if len(rows) < BATCH:
+                break
+            last_id = rows[-1].id
+        # A job whose time has passed has run (or been reported missed): forget it.
+        past = started - SYNC_OVERLAP
+        self._mirrored = {k: v for k, v in self._mirrored.items() if v[1] >= past}
+        return started
+
+    def _add_jobs(self, aps: Any, rows: list[Any]) -> None:
+        # In a worker thread: the job store makes blocking database calls. A cancelled or fired
+        # timer's job is not removed; it fires harmlessly (nothing is due) and is gone.
+        lateness = int(self.settings.reminder_max_lateness.total_seconds())
+        for start in range(0, len(rows), JOBS_PER_PAUSE):
+            if aps is None or self._aps is not aps:
+                return  # leadership ended while this batch was being added
+            # Every add wakes APScheduler for a round of job-store queries that holds its lock;
+            # paused, a burst of adds costs one round instead of one each.
+            with contextlib.suppress(SchedulerNotRunningError):
+                aps.pause()
+            try:
+                for r in rows[start : start + JOBS_PER_PAUSE]:
+                    aps.add_job(
+                        FIRE_JOB,
+                        trigger=DateTrigger(run_date=r.due_at, timezone=dt.UTC),
+                        args=(r.id, r.token),
+                        id=job_id(r.id),
+                        name=f"timer {r.id}",
+                        replace_existing=True,
+                        # On purpose: a job that fell due while no process ran it (restart,
+                        # takeover) still runs if at most this late, as fire_due would; later,
+                        # APScheduler reports EVENT_JOB_MISSED and the timer is marked MISSED.
+                        misfire_grace_time=lateness,
+                        # Also on purpose: run times that piled up while we were down run once.
+                        coalesce=True,
+                    )
+            finally:
+                if self._aps is aps:  # else _stop_leading paused it for good
+                    with contextlib.suppress(SchedulerNotRunningError):
+                        aps.resume()
+
+    def _new_apscheduler(self) -> tuple[Any, Engine]:
+        url = self.settings.sync_database_url
+        if url.startswith("sqlite"):
+            # sqlite3's own busy wait: the async engine may hold the write lock for a moment
+            options: dict[str, Any] = {"connect_args": {"timeout": 10}}
+        else:
+            # No pre-ping: it would double the round trips of every job-store call. After a
+            # database restart one call fails, SQLAlchemy drops the pool, the next succeeds.
+            # connect_timeout keeps shutdown bounded while the database is unreachable.
+            options = {"pool_size": 2, "max_overflow": 4, "connect_args": {"connect_timeout": 5}}
+        engine = create_engine(url, **options)
+        # One INFO line per job added and run is noise at this volume; metrics count firings.
+        for name in ("apscheduler.scheduler", "apscheduler.executors.default"):
+            if logging.getLogger(name).level == logging.NOTSET:
+                logging.getLogger(name).setLevel(logging.WARNING)
+        aps = BackgroundScheduler(
+            jobstores={"default": SQLAlchemyJobStore(engine=engine, tablename=JOBSTORE_TABLE)},
+            executors={"default": ThreadPoolExecutor(EXECUTOR_THREADS)},
+            timezone=dt.UTC,
+        )
+        aps.add_listener(self._on_job_missed, EVENT_JOB_MISSED)
+        return aps, engine
+
+
+def _shut_down(aps: Any, engine: Engine) -> None:
+    # wait=False: a job only hands an id to the event loop; nothing to wait for.
+    aps.shutdown(wait=False)
+    # APScheduler's thread runs one more round after its job store closed the pool, on a
+    # fresh one; close that too, or its connection lingers until garbage collection.
+    engine.dispose()
+
+
+def _entry(row: Any) -> InboxEntry:
+    return InboxEntry(
+        source="timer",
+        event_id=f"timer:{row.id}:{row.token}",
+        kind=EventKind.TIMER,
+        payload={
+            "name": row.name,
+            "kind": row.kind,
+            "token": row.token,
+            "payload": row.payload,
+            "due_at": row.due_at.isoformat(),
+        },
+        virtual_number=row.virtual_number,
+        phone=row.phone,
+    )

@@ -1,9 +1,0 @@
-"""Typed application keys shared by the route modules."""
-
-from __future__ import annotations
-
-from aiohttp import web
-
-from smsbot.bot import Bot
-
-BOT = web.AppKey("bot", Bot)
