@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import difflib
 import hmac
 import os
 import re
@@ -25,9 +24,12 @@ from urllib.parse import urlsplit
 
 import phonenumbers
 
+from smsbot.engine.quiet_hours import parse_window
+from smsbot.hints import did_you_mean
+
 DEFAULT_TOML = Path("smsbot.toml")
 # Read by tests and tools rather than by Settings, so they are not typos.
-_NOT_SETTINGS = re.compile(r"SMSBOT_(CONFIG|SHARED_DIR|TEST_.*)")
+_NOT_SETTINGS = re.compile(r"SMSBOT_(CONFIG|TEST_.*)")
 
 Provider = Literal["sandbox", "divergent", "puresms"]
 SegmentPolicy = Literal["warn", "fail"]
@@ -165,17 +167,9 @@ def _db_url(text: str) -> str:
     return f"{driver}://{rest}"
 
 
-_QUIET = re.compile(r"([01]?[0-9]|2[0-3]):([0-5][0-9])-([01]?[0-9]|2[0-3]):([0-5][0-9])")
-
-
-def _parse_quiet(text: str) -> tuple[dt.time, dt.time]:
-    """Return (start, end) for "HH:MM-HH:MM"; an end before the start means past midnight."""
-    match = _QUIET.fullmatch(text)
-    h1, m1, h2, m2 = (int(group) for group in match.groups()) if match else (0,) * 4
-    # start == end is an empty or a 24-hour window: a mistake either way
-    if not match or (h1, m1) == (h2, m2):
-        raise ValueError(text)
-    return dt.time(h1, m1), dt.time(h2, m2)
+def _quiet_hours(text: str) -> str:
+    parse_window(text)  # its ValueError says what was expected
+    return text.strip()
 
 
 _DURATION = re.compile(r"(?:([0-9]{1,6})d)?(?:([0-9]{1,7})h)?(?:([0-9]{1,9})m)?(?:([0-9]{1,10})s)?")
@@ -200,7 +194,6 @@ _region = _checked(
     phonenumbers.SUPPORTED_REGIONS.__contains__,
 )
 _timezone = _checked("an IANA time zone such as Europe/London or UTC", zoneinfo.ZoneInfo)
-_quiet_hours = _checked('a window "HH:MM-HH:MM" such as 21:00-08:00', _parse_quiet)
 
 
 def _var(env: str, default: Any, convert: _Convert = str) -> Any:
@@ -332,7 +325,7 @@ class Settings:
     @property
     def quiet_window(self) -> tuple[dt.time, dt.time] | None:
         """Quiet hours as (start, end) local times, or None; end < start spans midnight."""
-        return _parse_quiet(self.quiet_hours) if self.quiet_hours else None
+        return parse_window(self.quiet_hours)
 
     def webhook_secrets(self) -> list[str]:
         """Secrets a webhook may be signed with: current, then previous (during a rotation)."""
@@ -374,8 +367,8 @@ _TOML_KEYS = [*map(_toml_key, _ENV_FIELDS), "numbers"]
 
 
 def _suggest(name: str, known: Mapping[str, object] | list[str]) -> str:
-    close = difflib.get_close_matches(name, list(known), n=1)
-    return f"{name} (did you mean {close[0]}?)" if close else name
+    hint = did_you_mean(name, known)
+    return f"{name} ({hint})" if hint else name
 
 
 def _read_toml(path: Path, *, required: bool) -> dict[str, Any]:

@@ -15,7 +15,6 @@ from smsbot.channels.sandbox import Sandbox
 from smsbot.store.engine import Database
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("SMSBOT_SHARED_DIR", REPO.parent / "shared"))
 DEFAULT_PG = "postgresql://postgres@127.0.0.1:5432/postgres"
 
 

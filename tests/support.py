@@ -25,6 +25,8 @@ SECRET = "whsec_pipeline_test"
 API_KEY = "test-api-key"
 VN = "+447700900100"
 PHONE = "+447700900123"
+# Signature and segment vectors copied from the team's shared vectors: see tests/vectors/README.md.
+VECTORS = Path(__file__).resolve().parent / "vectors"
 
 
 def inbound_body(

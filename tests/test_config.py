@@ -510,7 +510,6 @@ def test_unknown_variables_are_all_listed(no_file: Path) -> None:
 def test_tool_and_foreign_variables_are_allowed(no_file: Path) -> None:
     env = {
         "SMSBOT_TEST_POSTGRES_URL": "postgresql://db/test",
-        "SMSBOT_SHARED_DIR": "/work/shared",
         "PATH": "/usr/bin",
         "smsbot_port": "1",  # not ours: the prefix is upper-case
     }

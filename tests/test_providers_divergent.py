@@ -5,12 +5,10 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
-import os
 import shlex
 import shutil
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -33,8 +31,8 @@ from smsbot.channels.divergent.client import wire_message
 from smsbot.channels.divergent.signature import SignatureError, sign, verify
 from smsbot.channels.errors import parse_retry_after
 from smsbot.channels.sandbox import Sandbox, SandboxCall
+from tests.support import VECTORS
 
-SHARED = Path(os.environ.get("SMSBOT_SHARED_DIR") or Path(__file__).resolve().parents[2] / "shared")
 KEY = "dc_live_7Qm2xK9pR4"  # distinctive, so a leak is easy to spot
 SECRET = "whsec_sandbox_test"
 MSG = OutboundSms(sender="smsbot", recipient="+447700900123", content="Hello")
@@ -485,7 +483,7 @@ async def test_receipts_are_signed_over_the_exact_bytes(aiohttp_server: ServerFa
 
 
 def vectors() -> list[dict[str, Any]]:
-    path = SHARED / "vectors" / "webhook-signatures.json"
+    path = VECTORS / "webhook-signatures.json"
     cases: list[dict[str, Any]] = json.loads(path.read_text("utf-8"))["vectors"]
     return cases
 
@@ -511,9 +509,8 @@ def test_signature_vectors(vector: dict[str, Any]) -> None:
 
 @pytest.mark.skipif(not shutil.which("curl"), reason="curl is not installed")
 async def test_the_references_curl_example_works(sandbox: Sandbox) -> None:
-    reference = (SHARED / "reference" / "divergent-connect-api.txt").read_text("utf-8")
-    start = reference.index("curl -X POST https://connect-api.divergent.cloud/sms/send")
-    command = reference[start : reference.index("}'", start) + 2]
+    # The reference's own example, copied byte for byte into tests/vectors.
+    command = (VECTORS / "divergent-curl-example.txt").read_text("utf-8").strip()
     command = (
         command.replace("https://connect-api.divergent.cloud", url_of(sandbox))
         .replace("{ API_KEY }", KEY)

@@ -7,11 +7,9 @@ import contextlib
 import hashlib
 import hmac
 import json
-import os
 import secrets
 import shutil
 import subprocess
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,12 +17,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from smsbot.channels.divergent.signature import SignatureError, sign, verify
+from tests.support import VECTORS
 
-SHARED_DIR = Path(
-    os.environ.get("SMSBOT_SHARED_DIR") or Path(__file__).resolve().parents[1].parent / "shared"
-)
 VECTORS: list[dict[str, Any]] = json.loads(
-    (SHARED_DIR / "vectors" / "webhook-signatures.json").read_text("utf-8")
+    (VECTORS / "webhook-signatures.json").read_text("utf-8")
 )["vectors"]
 
 SECRET = "whsec_test"

@@ -20,7 +20,7 @@ from smsbot.engine.contract import EventKind
 from smsbot.sms.status import DeliveryStatus
 from smsbot.store.engine import Database
 from smsbot.store.migrate import upgrade
-from smsbot.store.models import Conversation, Direction, Message, OutboxState, WebhookEvent
+from smsbot.store.models import ConversationRow, Direction, InboxEventRow, MessageRow, OutboxState
 
 T0 = dt.datetime(2026, 1, 15, 9, 0, tzinfo=dt.UTC)
 
@@ -47,7 +47,7 @@ async def test_datetimes_round_trip_as_aware_utc(db: Database) -> None:
     local = T0.astimezone(dt.timezone(dt.timedelta(hours=5)))
     async with db.session() as s, s.begin():
         s.add(
-            Message(
+            MessageRow(
                 direction=Direction.OUTBOUND,
                 virtual_number="+447700900100",
                 phone="+447700900123",
@@ -58,7 +58,7 @@ async def test_datetimes_round_trip_as_aware_utc(db: Database) -> None:
             )
         )
     async with db.session() as s:
-        msg = (await s.execute(select(Message))).scalar_one()
+        msg = (await s.execute(select(MessageRow))).scalar_one()
     assert msg.created_at == T0
     assert msg.created_at.tzinfo is dt.UTC
     assert msg.status is DeliveryStatus.QUEUED
@@ -68,12 +68,14 @@ async def test_datetimes_round_trip_as_aware_utc(db: Database) -> None:
 async def test_naive_datetimes_are_refused(db: Database) -> None:
     with pytest.raises(Exception, match="timezone-aware"):
         async with db.session() as s, s.begin():
-            s.add(Conversation(virtual_number="a", phone="b", started_at=dt.datetime(2026, 1, 1)))
+            s.add(
+                ConversationRow(virtual_number="a", phone="b", started_at=dt.datetime(2026, 1, 1))
+            )
 
 
 async def test_inbox_is_unique_by_source_and_event_id(db: Database) -> None:
-    def event() -> WebhookEvent:
-        return WebhookEvent(
+    def event() -> InboxEventRow:
+        return InboxEventRow(
             source="divergent", event_id="evt_1", kind=EventKind.INBOUND, received_at=T0
         )
 
@@ -83,14 +85,14 @@ async def test_inbox_is_unique_by_source_and_event_id(db: Database) -> None:
         async with db.session() as s, s.begin():
             s.add(event())
     async with db.session() as s:
-        assert len((await s.execute(select(WebhookEvent))).scalars().all()) == 1
+        assert len((await s.execute(select(InboxEventRow))).scalars().all()) == 1
 
 
 async def test_conversation_data_is_json(db: Database) -> None:
     async with db.session() as s, s.begin():
-        s.add(Conversation(virtual_number="+1", phone="+2", data={"n": 1, "tags": ["a"]}))
+        s.add(ConversationRow(virtual_number="+1", phone="+2", data={"n": 1, "tags": ["a"]}))
     async with db.session() as s:
-        convo = (await s.execute(select(Conversation))).scalar_one()
+        convo = (await s.execute(select(ConversationRow))).scalar_one()
     assert convo.data == {"n": 1, "tags": ["a"]}
 
 

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -12,9 +10,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from smsbot.sms.text import Encoding, SmsText, analyze, split_parts, to_gsm
+from tests.support import VECTORS as VECTOR_DIR
 
-SHARED = Path(os.environ.get("SMSBOT_SHARED_DIR", Path(__file__).resolve().parents[2] / "shared"))
-VECTORS_FILE = SHARED / "vectors" / "sms-segments.json"
+VECTORS_FILE = VECTOR_DIR / "sms-segments.json"
 
 EXTENDED = set("\f^{}\\[~]|€")
 # Written out again here (not imported) so the tests check the table rather than echo it.
@@ -54,7 +52,7 @@ def assert_parts_sound(result: SmsText) -> None:
 
 
 def test_vectors_file_is_there() -> None:
-    assert VECTORS, f"no vectors at {VECTORS_FILE}; set SMSBOT_SHARED_DIR to the shared directory"
+    assert VECTORS, f"no vectors at {VECTORS_FILE}: the repository carries them (tests/vectors)"
 
 
 @pytest.mark.parametrize("vector", VECTORS, ids=[v["build"][:40] for v in VECTORS])

@@ -23,7 +23,7 @@ MAX_ROWS = 200_000
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
-class StartRequest:
+class StartRow:
     """One validated row: start `flow` for `phone` from `virtual_number` with `data`."""
 
     line: int
@@ -104,9 +104,9 @@ def validate(
     rows: Sequence[tuple[int, Mapping[str, Any]]],
     settings: Settings,
     check_data: Callable[[dict[str, Any]], None] | None = None,
-) -> tuple[list[StartRequest], list[RowError]]:
+) -> tuple[list[StartRow], list[RowError]]:
     """Check every row; return the good ones and an error per bad one."""
-    good: list[StartRequest] = []
+    good: list[StartRow] = []
     bad: list[RowError] = []
     seen: set[tuple[str, str]] = set()
     for line, row in rows:
@@ -143,7 +143,7 @@ def validate(
             bad.append(RowError(line, "to", f"{phone} appears twice in this file"))
             continue
         seen.add((virtual_number, phone))
-        good.append(StartRequest(line, phone, virtual_number, data))
+        good.append(StartRow(line, phone, virtual_number, data))
     return good, bad
 
 
@@ -151,7 +151,7 @@ async def enqueue_starts(
     db: Database,
     inbox: Inbox,
     flow: str,
-    requests: Sequence[StartRequest],
+    requests: Sequence[StartRow],
     *,
     policy: str = "interrupt",
     progress: Callable[[int, int], None] | None = None,

@@ -18,7 +18,6 @@ see may still be there. An undefined one fails the step that renders it (and you
 from __future__ import annotations
 
 import ast
-import difflib
 import importlib.util
 import inspect
 import sys
@@ -29,6 +28,7 @@ from pathlib import Path
 
 from smsbot.engine.compliance import ComplianceRules
 from smsbot.engine.flow import Flow
+from smsbot.hints import did_you_mean
 from smsbot.sms.templates import SmsTemplates
 
 __all__ = ["FlowLoadError", "check_flows", "load_flows"]
@@ -205,8 +205,8 @@ def _check_return(cls: type[Flow], method: str, node: ast.Return, line: str) -> 
         return []
     if value.attr in cls.states:
         return []
-    close = difflib.get_close_matches(value.attr, list(cls.states), n=1)
-    hint = f"did you mean self.{close[0]}? " if close else ""
+    hint = did_you_mean(value.attr, cls.states, "self.{}")
+    hint = f"{hint} " if hint else ""
     return [
         f"{line}: {cls.__qualname__}.{method} returns self.{value.attr}, which is not a State"
         f" of flow {cls.name!r}: {hint}states are {', '.join(cls.states)}"
@@ -230,8 +230,8 @@ def _check_template_call(
     name = call.args[0].value
     if templates.exists(name):
         return []
-    close = difflib.get_close_matches(name, templates.names(), n=1)
-    hint = f"did you mean {close[0]!r}? " if close else ""
+    hint = did_you_mean(name, templates.names(), "{!r}")
+    hint = f"{hint} " if hint else ""
     return [
         f"{line}: convo.{func.attr}({name!r}) names a template that does not exist: {hint}"
         "create it under the templates directory or fix the name"

@@ -16,28 +16,29 @@ logger = logging.getLogger(__name__)
 
 Window = tuple[dt.time, dt.time]
 
-# The same form config.py accepts for SMSBOT_QUIET_HOURS.
 _WINDOW = re.compile(r"([01]?[0-9]|2[0-3]):([0-5][0-9])-([01]?[0-9]|2[0-3]):([0-5][0-9])")
 # Offsets sampled every 6 hours over these years decide whether two zones keep the same clock.
 _SAMPLE_YEARS = (2026, 2031)
 
 
 def parse_window(text: str) -> Window | None:
-    """Return (start, end) for "HH:MM-HH:MM", or None for ""; an end before the start wraps."""
+    """Return (start, end) for "HH:MM-HH:MM", or None for ""; an end before the start wraps.
+
+    This is the one parser of quiet-hours windows (SMSBOT_QUIET_HOURS and per-number tables).
+    A ValueError says what was expected, fit for "SMSBOT_QUIET_HOURS must be …".
+    """
     text = text.strip()
     if not text:
         return None
     match = _WINDOW.fullmatch(text)
     if match is None:
-        raise ValueError(
-            f'quiet hours must be a window "HH:MM-HH:MM" such as 21:00-08:00, got {text!r}'
-        )
+        raise ValueError('a window "HH:MM-HH:MM" such as 21:00-08:00, or "" for none')
     h1, m1, h2, m2 = (int(group) for group in match.groups())
     if (h1, m1) == (h2, m2):
         # Empty or all day: a mistake either way, and which one was meant cannot be told.
         raise ValueError(
-            f"quiet hours {text!r} start and end at the same time: give a window such as"
-            ' 21:00-08:00, or "" for none'
+            "a window whose start and end differ: one that starts and ends at the same time"
+            ' would be empty or all day; give e.g. 21:00-08:00 (past midnight), or "" for none'
         )
     return dt.time(h1, m1), dt.time(h2, m2)
 

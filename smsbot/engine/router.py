@@ -16,7 +16,6 @@ A number's bindings come from `[numbers."+44…"]` in smsbot.toml; numbers not l
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import enum
 from collections.abc import Mapping
 from typing import Any
@@ -25,10 +24,11 @@ from smsbot.config import ConfigError, Settings
 from smsbot.engine.compliance import ComplianceAction, ComplianceRules
 from smsbot.engine.flow import Flow, FlowError, State
 from smsbot.engine.quiet_hours import Window, parse_window
+from smsbot.hints import did_you_mean
 from smsbot.sms.keywords import match_keyword, normalize_keyword
 from smsbot.sms.phone import PhoneNumberError, normalize
 
-__all__ = ["NumberBinding", "Route", "RouteKind", "Router", "StartRequest"]
+__all__ = ["CheckedStart", "NumberBinding", "Route", "RouteKind", "Router"]
 
 DEFAULT_CATCH_ALL = "keywords"
 NUMBER_KEYS = ("flows", "keywords", "catch_all", "quiet_hours", "compliance")
@@ -65,7 +65,7 @@ class NumberBinding:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
-class StartRequest:
+class CheckedStart:
     """A checked START: which flow, with what data, and what to do if one is running."""
 
     flow: str
@@ -74,8 +74,8 @@ class StartRequest:
 
 
 def _suggest(name: str, known: list[str]) -> str:
-    close = difflib.get_close_matches(name, known, n=1)
-    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    hint = did_you_mean(name, known, "{!r}")
+    hint = f" ({hint})" if hint else ""
     return f"{name!r}{hint}; loaded flows: {', '.join(sorted(known)) or 'none'}"
 
 
@@ -123,7 +123,7 @@ class Router:
             return Route(RouteKind.CATCH_ALL, flow=binding.catch_all)
         return Route(RouteKind.IGNORE)
 
-    def check_start(self, binding: NumberBinding, payload: Mapping[str, Any]) -> StartRequest:
+    def check_start(self, binding: NumberBinding, payload: Mapping[str, Any]) -> CheckedStart:
         """Check a START event's payload against the loaded flows and the number's bindings."""
         name, data = payload.get("flow"), payload.get("data")
         data = {} if data is None else data
@@ -140,7 +140,7 @@ class Router:
             self._flows[name].check_start_data(data)
         except (ValueError, TypeError, KeyError) as exc:
             raise FlowError(f"cannot start flow {name!r}: {exc}") from None
-        return StartRequest(name, data, policy)
+        return CheckedStart(name, data, policy)
 
     # --- building bindings from config --------------------------------------------------------
 
@@ -152,8 +152,8 @@ class Router:
     def _binding(self, where: str, table: Mapping[str, Any]) -> NumberBinding:
         for key in table:
             if key not in NUMBER_KEYS:
-                close = difflib.get_close_matches(key, NUMBER_KEYS, n=1)
-                hint = f" (did you mean {close[0]}?)" if close else ""
+                hint = did_you_mean(key, NUMBER_KEYS)
+                hint = f" ({hint})" if hint else ""
                 raise ConfigError(
                     f"unknown key {key!r}{hint} in {where}: use {', '.join(NUMBER_KEYS)}"
                 )
@@ -173,7 +173,7 @@ class Router:
         try:
             window = self._default_window if quiet is None else parse_window(str(quiet))
         except ValueError as exc:
-            raise ConfigError(f"{where}.quiet_hours: {exc}") from None
+            raise ConfigError(f"{where}.quiet_hours must be {exc}, got {quiet!r}") from None
         return NumberBinding(
             flows=flows,
             keywords=keywords,

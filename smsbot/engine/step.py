@@ -27,7 +27,7 @@ from smsbot.engine.router import NumberBinding, Router
 from smsbot.sms.phone import PhoneNumberError
 from smsbot.sms.templates import SmsTemplates
 
-log = logging.getLogger("smsbot.engine.runtime")
+log = logging.getLogger(__name__)
 
 RESERVED = "_smsbot"  # the runtime's own bookkeeping inside the conversation data
 _DEFERRED = (Origin.FLOW, Origin.REMINDER)  # what quiet hours hold back

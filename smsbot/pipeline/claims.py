@@ -26,7 +26,7 @@ from smsbot.store.models import (
 )
 from smsbot.store.upsert import insert_on_conflict
 
-log = logging.getLogger("smsbot.pipeline.dispatcher")
+log = logging.getLogger(__name__)
 
 _NEW_CONVERSATION = insert_on_conflict(conversations_t, ["virtual_number", "phone"])
 

@@ -63,7 +63,7 @@ class EventState(enum.StrEnum):
     IGNORED = "ignored"
 
 
-class Contact(SQLModel, table=True):
+class ContactRow(SQLModel, table=True):
     """A person we text; their time zone (when known) drives quiet hours."""
 
     __tablename__ = "contacts"
@@ -75,7 +75,7 @@ class Contact(SQLModel, table=True):
     created_at: dt.datetime = _ts(nullable=False)
 
 
-class Conversation(SQLModel, table=True):
+class ConversationRow(SQLModel, table=True):
     """The one conversation slot of a (virtual number, phone) key; its row is the key's lock."""
 
     __tablename__ = "conversations"
@@ -95,7 +95,7 @@ class Conversation(SQLModel, table=True):
     end_reason: str | None = Field(default=None, max_length=100)
 
 
-class Message(SQLModel, table=True):
+class MessageRow(SQLModel, table=True):
     """An inbound or outbound SMS; outbound rows are also the outbox."""
 
     __tablename__ = "messages"
@@ -128,7 +128,7 @@ class Message(SQLModel, table=True):
     status_at: dt.datetime | None = _ts()
 
 
-class WebhookEvent(SQLModel, table=True):
+class InboxEventRow(SQLModel, table=True):
     """The inbox: every accepted webhook, timer firing and outside start, in arrival order."""
 
     __tablename__ = "webhook_events"
@@ -155,7 +155,7 @@ class WebhookEvent(SQLModel, table=True):
     processed_at: dt.datetime | None = _ts()
 
 
-class OptOut(SQLModel, table=True):
+class OptOutRow(SQLModel, table=True):
     """A phone that said STOP to a virtual number; nothing but the confirmation goes out."""
 
     __tablename__ = "opt_outs"
@@ -177,7 +177,7 @@ class TimerState(enum.StrEnum):
     MISSED = "missed"  # fell due while we were down for longer than the allowed lateness
 
 
-class Timer(SQLModel, table=True):
+class TimerRow(SQLModel, table=True):
     """A reminder, wait timeout or expiry; the guard that makes a double firing a no-op."""
 
     __tablename__ = "timers"
@@ -206,8 +206,8 @@ def table(model: type[SQLModel]) -> Table:
     return t
 
 
-events_t = table(WebhookEvent)
-messages_t = table(Message)
-conversations_t = table(Conversation)
-opt_outs_t = table(OptOut)
-timers_t = table(Timer)
+events_t = table(InboxEventRow)
+messages_t = table(MessageRow)
+conversations_t = table(ConversationRow)
+opt_outs_t = table(OptOutRow)
+timers_t = table(TimerRow)
