@@ -1,12 +1,13 @@
-"""Webhook intake: verify, parse, store durably, answer. No flow work happens here."""
+"""What every channel's webhook route shares: read the body, store entries durably, answer.
+
+Each provider's route (channels/<provider>/routes.py) verifies and parses its own format into
+InboxEntry rows; this module stores them and answers. No flow work happens here.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
 import logging
-from typing import Any
 
 from aiohttp import web
 
@@ -14,17 +15,9 @@ from smsbot.app.server.keys import BOT
 from smsbot.app.server.responses import problem
 from smsbot.channels import (
     DeliveryReceipt,
-    InboundSms,
-    SignatureError,
-    UnknownEvent,
-    WebhookFormatError,
-    parse_envelope,
-    parse_receipts,
-    verify,
 )
 from smsbot.engine.contract import EventKind
 from smsbot.pipeline.inbox import AcceptOutcome, InboxEntry
-from smsbot.sms.phone import PhoneNumberError, normalize
 
 log = logging.getLogger(__name__)
 
@@ -55,61 +48,10 @@ async def read_body(request: web.Request, limit: int) -> bytes:
     return await request.read()  # the app's client_max_size enforces the limit when chunked
 
 
-async def divergent_webhook(request: web.Request) -> web.Response:
-    """POST /webhooks/divergent: a delivery receipt (eventType 1) or an inbound SMS (2)."""
-    bot = request.app[BOT]
-    settings = bot.settings
-    body = await read_body(request, settings.max_body_bytes)
-    if not settings.insecure_no_signature:
-        try:
-            verify(
-                body=body,
-                timestamp=request.headers.get("X-Webhook-Timestamp"),
-                signature=request.headers.get("X-Webhook-Signature"),
-                secrets=bot.webhook_secrets,
-                now=bot.clock.now().timestamp(),
-                tolerance_seconds=settings.webhook_tolerance_seconds,
-            )
-        except SignatureError as exc:
-            bot.metrics.inc("smsbot_webhooks_total", source="divergent", result="unauthorized")
-            return problem(401, exc.reason)
-    try:
-        event = parse_envelope(body)
-        entry = _entry(event, body, settings.default_region)
-    except (WebhookFormatError, PhoneNumberError) as exc:
-        bot.metrics.inc("smsbot_webhooks_total", source="divergent", result="bad_request")
-        return problem(400, getattr(exc, "reason", str(exc)))
-    if entry is None:
-        log.info("ignoring webhook %s with unknown eventType", event.event_id)
-        bot.metrics.inc("smsbot_webhooks_total", source="divergent", result="ignored")
-        return web.json_response({"status": "ignored"})
-    return await _store(request, [entry], "divergent")
-
-
-async def puresms_webhook(request: web.Request) -> web.Response:
-    """POST /webhooks/puresms/{token}: legacy batched delivery receipts (statuses 0–9)."""
-    bot = request.app[BOT]
-    expected = bot.settings.puresms_webhook_token
-    given = request.match_info.get("token", "")
-    if expected is None:
-        return problem(404, "the legacy receipts route is off: set SMSBOT_PURESMS_WEBHOOK_TOKEN")
-    # The legacy API signs nothing, so the URL carries a secret token; compare in constant time.
-    if not hmac.compare_digest(given.encode(), expected.get().encode()):
-        bot.metrics.inc("smsbot_webhooks_total", source="puresms", result="unauthorized")
-        return problem(
-            401, "unknown receipts token; the URL must end with SMSBOT_PURESMS_WEBHOOK_TOKEN"
-        )
-    body = await read_body(request, bot.settings.max_body_bytes)
-    try:
-        receipts = parse_receipts(body)
-    except WebhookFormatError as exc:
-        bot.metrics.inc("smsbot_webhooks_total", source="puresms", result="bad_request")
-        return problem(400, exc.reason)
-    entries = [_receipt_entry("puresms", r, _receipt_id(r)) for r in receipts]
-    return await _store(request, entries, "puresms")
-
-
-async def _store(request: web.Request, entries: list[InboxEntry], source: str) -> web.Response:
+async def store_entries(
+    request: web.Request, entries: list[InboxEntry], source: str
+) -> web.Response:
+    """Store `entries` durably, then answer: 2xx only once stored, 503 while storage is down."""
     bot = request.app[BOT]
     try:
         # Well inside the provider's 45 s: a commit that lands after we gave up only makes the
@@ -133,41 +75,10 @@ async def _store(request: web.Request, entries: list[InboxEntry], source: str) -
     return web.json_response({"status": "accepted", "new": new, "received": len(outcomes)})
 
 
-def _entry(
-    event: InboundSms | DeliveryReceipt | UnknownEvent, body: bytes, region: str
-) -> InboxEntry | None:
-    if isinstance(event, UnknownEvent):
-        return None
-    digest = hashlib.sha256(body).hexdigest()
-    if isinstance(event, DeliveryReceipt):
-        return _receipt_entry("divergent", event, event.event_id or "", digest)
-    try:
-        virtual_number = normalize(event.inbound_number, region)
-    except PhoneNumberError as exc:
-        raise WebhookFormatError(f"data.inboundNumber: {exc}") from None
-    try:
-        phone = normalize(event.sender, region)
-    except PhoneNumberError as exc:
-        raise WebhookFormatError(f"data.sender: {exc}") from None
-    payload: dict[str, Any] = {
-        "body": event.body,
-        "message_id": event.message_id,
-        "received_at": event.received_at.isoformat() if event.received_at else None,
-    }
-    return InboxEntry(
-        source="divergent",
-        event_id=event.event_id,
-        kind=EventKind.INBOUND,
-        payload=payload,
-        virtual_number=virtual_number,
-        phone=phone,
-        body_sha256=digest,
-    )
-
-
-def _receipt_entry(
+def receipt_entry(
     source: str, r: DeliveryReceipt, event_id: str, digest: str | None = None
 ) -> InboxEntry:
+    """The inbox row for one delivery receipt from `source`."""
     payload = {
         "client_reference": r.client_reference,
         "provider_message_id": r.provider_message_id,
@@ -183,10 +94,3 @@ def _receipt_entry(
         payload=payload,
         body_sha256=digest,
     )
-
-
-def _receipt_id(r: DeliveryReceipt) -> str:
-    # Legacy receipts carry no event id; the same message reaching the same status is the
-    # same receipt, so a redelivered batch is deduplicated like any other webhook.
-    key = f"{r.provider_message_id}|{r.client_reference}|{r.raw_status}"
-    return "pr_" + hashlib.sha256(key.encode()).hexdigest()[:40]

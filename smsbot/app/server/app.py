@@ -12,7 +12,7 @@ from aiohttp.typedefs import Handler
 from smsbot.app.server import health
 from smsbot.app.server.api import create_api
 from smsbot.app.server.keys import BOT
-from smsbot.channels import intake as webhooks
+from smsbot.channels.webhook_routes import WEBHOOK_ROUTES
 from smsbot.pipeline.bot import Bot
 
 log = logging.getLogger(__name__)
@@ -34,8 +34,8 @@ def create_app(bot: Bot, *, run_workers: bool = True) -> web.Application:
     """Return the application; starting it starts the bot, cleaning it up stops the bot."""
     app = web.Application(client_max_size=bot.settings.max_body_bytes, middlewares=[json_errors])
     app[BOT] = bot
-    app.router.add_post("/webhooks/divergent", webhooks.divergent_webhook)
-    app.router.add_post("/webhooks/puresms/{token}", webhooks.puresms_webhook)
+    for channel_routes in WEBHOOK_ROUTES:
+        app.router.add_routes(channel_routes)
     app.router.add_get("/healthz", health.healthz)
     app.router.add_get("/metrics", health.metrics)
     app.add_subapp("/api", create_api())
