@@ -2,7 +2,7 @@
 # Both create .venv when it is missing and install smsbot into it first.
 
 PYTHON ?= python3
-VENV   := .venv
+VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
@@ -39,4 +39,4 @@ bench: $(STAMP)
 	$(BIN)/python -m bench
 
 clean:
-	rm -rf $(VENV) smsbot.db smsbot.db-wal smsbot.db-shm .pytest_cache .mypy_cache .ruff_cache
+	rm -rf .venv .venv-* smsbot.db smsbot.db-wal smsbot.db-shm .pytest_cache .mypy_cache .ruff_cache
