@@ -113,6 +113,15 @@ class StepResult:
         return cls(flow=convo.flow, state=convo.state, data=convo.data)
 
 
+def retryable(exc: BaseException) -> bool:
+    """Whether a step that raised `exc` may succeed if run again: not if it says `retryable=False`.
+
+    Flow errors and template errors say so (the same event fails the same way); anything else,
+    such as a database or network error or a timeout, is retried with backoff.
+    """
+    return getattr(exc, "retryable", True) is not False
+
+
 class StepHandler(Protocol):
     """Turns one event on one locked conversation into a StepResult."""
 

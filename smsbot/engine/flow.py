@@ -29,6 +29,9 @@ Predicate = Callable[["Message"], bool]
 class FlowError(Exception):
     """A flow did something smsbot cannot carry out; the message names the flow and the fix."""
 
+    # Running the same event again would fail the same way: the dispatcher parks it at once.
+    retryable = False
+
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Message:
@@ -222,7 +225,7 @@ class Flow:
 def require_json(value: object, what: str) -> None:
     """Raise FlowError unless `value` can be stored as JSON; `what` names it for the author."""
     try:
-        json.dumps(value)
+        json.dumps(value, allow_nan=False)  # NaN is not JSON: PostgreSQL would refuse it
     except (TypeError, ValueError) as exc:
         raise FlowError(
             f"{what} must be JSON (str, int, float, bool, None, lists and dicts): {exc};"

@@ -52,8 +52,6 @@ class FlowLoopError(FlowError):
 class FlowStartRejectedError(FlowError):
     """A START with policy "reject" found a conversation already running; nothing changed."""
 
-    retryable = False  # the same event would be rejected again
-
 
 class FlowRuntime:
     """Runs flows for the dispatcher: smsbot's StepHandler."""
@@ -246,9 +244,9 @@ class FlowRuntime:
             return
         if step.flow is not None:
             if policy == "reject":
-                raise FlowStartRejectedError(
-                    f"flow {name!r} not started for {step.snap.key}: flow {step.flow!r} is"
-                    ' running and the policy is "reject"; use "interrupt" to replace it'
+                raise FlowStartRejectedError(  # no phone here: the message is logged
+                    f"flow {name!r} not started: flow {step.flow!r} is running for this phone"
+                    ' and the policy is "reject"; use "interrupt" to replace it'
                 )
             step.end("interrupted", cancel_all=True)
         step.result.state_entered = True
