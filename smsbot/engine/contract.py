@@ -105,6 +105,7 @@ class StepResult:
     opt_keyword: str | None = None
     state_entered: bool = False  # a new state was entered: issue a new state token
     end_reason: str | None = None  # set when the conversation ended
+    end_state: str | None = None  # the state it ended in (the final state, when completed)
     contact_timezone: str | None = None  # remember the contact's zone (quiet hours)
 
     @classmethod
