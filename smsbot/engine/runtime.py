@@ -124,7 +124,7 @@ class FlowRuntime:
         active = step.active()
         state = active[1] if active else None
         route = self.router.route(
-            step.binding, normalized, opted_out=step.snap.opted_out, state=state
+            step.binding, normalized, opted_out=step.snap.opted_out, state=state, flow=step.flow
         )
         if route.kind is RouteKind.COMPLIANCE:
             assert route.action is not None
