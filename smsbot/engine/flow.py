@@ -291,6 +291,11 @@ class Conversation:
         return self._flow.name
 
     @property
+    def current_state(self) -> State:
+        """The current State; a handler returning it re-enters it (on_enter, timeout again)."""
+        return self._flow.states[self.state]
+
+    @property
     def timezone(self) -> str:
         """The contact's IANA zone: data["timezone"], else the phone's region, else the default."""
         return self._zone.key
