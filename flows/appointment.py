@@ -4,6 +4,8 @@ Started from outside (operator API, CLI or Python) with data:
     {"name": "Sam", "starts_at": "2026-01-20T10:30:00+00:00", "location": "Riverside Clinic"}
 and optionally "remind_before_minutes" (default 1440: the day before).
 
+A patient who cancels is asked why; the answer, whatever it says, lands in data["cancel_reason"].
+
 No answer: after 48 hours the patient gets one last nudge and another 48 hours; after that (or
 once the appointment is under 2 hours away) staff take over: data["handover"] says why.
 """
@@ -47,6 +49,9 @@ class AppointmentConfirmation(Flow):
 
     waiting = State(initial=True, timeout=timedelta(hours=48))
     confirmed = State()  # not final: the patient can still cancel
+    # free_text: every message is this state's answer, "Hours are too short on Saturdays" too;
+    # only compliance words (STOP, START, HELP, ...) get past it. No answer in 24 hours: none.
+    asking_why = State(free_text=True, timeout=timedelta(hours=24))
     cancelled = State(final=True)  # final states end the conversation
     handed_over = State(final=True)
 
@@ -82,8 +87,18 @@ class AppointmentConfirmation(Flow):
     @confirmed.on("NO", "CANCEL")
     async def cancel(self, convo: Conversation, msg: Message) -> State | None:
         convo.cancel("reminder")
-        await convo.reply("appointment/cancelled.txt")
+        await convo.reply("appointment/cancelled.txt")  # ... and asks why
+        return self.asking_why
+
+    @asking_why.otherwise
+    async def cancel_reason(self, convo: Conversation, msg: Message) -> State | None:
+        convo.data["cancel_reason"] = msg.text  # as written; staff read it in the operator API
+        await convo.reply("appointment/noted.txt")
         return self.cancelled
+
+    @asking_why.on_timeout
+    async def no_reason(self, convo: Conversation) -> State | None:
+        return self.cancelled  # cancelled all the same; the patient gets no more texts
 
     # A regular expression on the normalised text: "Reschedule", "re-book", "change time".
     @waiting.matches(r"^(re ?schedul|re ?book|change)")

@@ -32,12 +32,17 @@ async def test_confirming_brings_a_reminder_the_day_before(bot: BotDriver) -> No
 
 
 @pytest.mark.parametrize("answer", ["NO", "n", "Cancel"])
-async def test_no_cancels_and_nothing_more_is_sent(bot: BotDriver, answer: str) -> None:
+async def test_no_cancels_and_asks_why(bot: BotDriver, answer: str) -> None:
     await bot.start("appointment", data=SAM)
     bot.expect_reply(contains="Reply YES to confirm")
     await bot.send(answer)
-    bot.expect_reply(contains="is cancelled")
-    assert not bot.conversation().active
+    bot.expect_reply(contains="is cancelled")  # ... why did you cancel?
+
+    await bot.send("Hours are too short on Saturdays")  # an answer, not the HOURS keyword
+    bot.expect_reply(contains="we've passed that on")
+    convo = bot.conversation()
+    assert convo.data["cancel_reason"] == "Hours are too short on Saturdays"
+    assert (convo.active, convo.end_state) == (False, "cancelled")
     await bot.advance(days=7)
     bot.expect_no_reply()
 
@@ -53,7 +58,11 @@ async def test_a_start_without_a_location_is_refused(bot: BotDriver) -> None:
 
 NOW = dt.datetime(2026, 1, 15, 9, 0, tzinfo=dt.UTC)
 REMINDER_AT = STARTS_AT - dt.timedelta(days=1)
-CANCELLED = "Your appointment on Tue 20 Jan at 10:30 is cancelled. Reply STOP to stop all messages."
+CANCELLED = (
+    "Your appointment on Tue 20 Jan at 10:30 is cancelled. If you don't mind us asking, why did"
+    " you cancel? Just reply in a few words."
+)
+NOTED = "Thank you Sam, we've passed that on. Reply STOP to stop all messages."
 HANDOVER = "Thanks Sam. Someone from our team will call you shortly to sort out your appointment."
 UNCLEAR = (
     "Sorry, we did not understand. Please reply YES to confirm your appointment on Tue 20 Jan"
@@ -111,8 +120,13 @@ async def test_cancelling_after_confirming_cancels_the_reminder(bot: BotDriver) 
     await bot.send("cancel")
     bot.expect_reply(equals=CANCELLED)
     convo = bot.conversation()
-    assert (convo.active, convo.end_reason, convo.opted_out) == (False, "completed", False)
+    assert (convo.state, convo.opted_out) == ("asking_why", False)
     assert "reminder" not in convo.timers
+    await bot.send("Parking was a nightmare")  # PARKING is a keyword; this is an answer
+    bot.expect_reply(equals=NOTED)
+    convo = bot.conversation()
+    assert (convo.active, convo.end_reason, convo.end_state) == (False, "completed", "cancelled")
+    assert convo.data["cancel_reason"] == "Parking was a nightmare"
     await bot.advance(days=6)
     bot.expect_no_reply()
 
@@ -124,8 +138,35 @@ async def test_cancel_while_waiting_cancels_the_appointment_not_the_messages(
     await bot.send("CANCEL")  # an opt-out word elsewhere; this state listens for it
     bot.expect_reply(equals=CANCELLED)
     assert not bot.conversation().opted_out
-    await bot.send("HOURS")
+    await bot.send("Hours are too short on Saturdays")  # the reason, not a question
+    bot.expect_reply(equals=NOTED)
+    await bot.send("HOURS")  # the conversation is over: HOURS is a keyword again
     bot.expect_reply(equals=HOURS)
+
+
+async def test_no_reason_given_the_appointment_is_cancelled_all_the_same(bot: BotDriver) -> None:
+    await asked(bot)
+    await bot.send("no")
+    bot.expect_reply(equals=CANCELLED)
+    await bot.advance(hours=24)
+    bot.expect_no_reply()
+    convo = bot.conversation()
+    assert (convo.active, convo.end_state) == (False, "cancelled")
+    assert "cancel_reason" not in convo.data
+
+
+async def test_asked_why_stop_still_opts_out_and_help_still_helps(bot: BotDriver) -> None:
+    await asked(bot)
+    await bot.send("no")
+    bot.expect_reply(equals=CANCELLED)
+    await bot.send("HELP")  # compliance words get past a free-text question
+    bot.expect_reply(contains="Reply STOP to unsubscribe")
+    assert bot.conversation().state == "asking_why"
+    await bot.send("STOP")
+    bot.expect_reply(equals=STOPPED)
+    convo = bot.conversation()
+    assert convo.opted_out and convo.end_reason == "opted out" and convo.end_state == "asking_why"
+    assert "cancel_reason" not in convo.data
 
 
 async def test_stop_opts_out_and_suppresses_the_reminder(bot: BotDriver) -> None:
@@ -154,6 +195,7 @@ async def test_reschedule_hands_over_to_staff(bot: BotDriver, answer: str) -> No
     bot.expect_reply(equals=HANDOVER)
     convo = bot.conversation()
     assert not convo.active and convo.data["handover"] == "reschedule"
+    assert convo.end_state == "handed_over"
 
 
 async def test_reschedule_after_confirming_drops_the_reminder(bot: BotDriver) -> None:
@@ -189,6 +231,25 @@ async def test_no_answer_gets_one_nudge_then_staff_take_over(bot: BotDriver) -> 
     bot.expect_no_reply()  # staff call; the patient gets no more texts
     convo = bot.conversation()
     assert not convo.active and convo.data["handover"] == "no answer"
+
+
+QUIET = {"SMSBOT_QUIET_HOURS": "21:00-08:00"}
+LATE = dt.datetime(2026, 1, 15, 22, 0, tzinfo=dt.UTC)
+MORNING = dt.datetime(2026, 1, 16, 8, 0, tzinfo=dt.UTC)
+
+
+@pytest.mark.parametrize(("smsbot_settings", "smsbot_now"), [(QUIET, LATE)])
+async def test_started_at_night_the_48_hours_count_from_the_morning(bot: BotDriver) -> None:
+    await bot.start("appointment", data=SAM)  # 22:00: quiet hours hold the question
+    bot.expect_no_reply()
+    assert bot.conversation().timers["timeout:waiting"] == MORNING + dt.timedelta(hours=48)
+    await bot.advance(until=MORNING)
+    bot.expect_reply(contains="Reply YES to confirm")
+    await bot.advance(hours=47, minutes=59)
+    bot.expect_no_reply()
+    await bot.advance(minutes=1)
+    assert bot.expect_reply(equals=NUDGE).at == MORNING + dt.timedelta(hours=48)
+    assert bot.conversation().timers["timeout:waiting"] == MORNING + dt.timedelta(hours=96)
 
 
 async def test_no_nudge_close_to_the_appointment(bot: BotDriver) -> None:

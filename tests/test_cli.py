@@ -223,3 +223,13 @@ def test_chat_talks_to_the_example_flows_through_the_sandbox() -> None:
     assert len(replies) == 3  # question, confirmation, opening hours
     assert "confirm" in replies[0] and "Sam" in replies[1]
     assert "[GSM-7, 1 segment]" in out.stdout
+
+
+def test_chat_shows_the_state_a_conversation_ended_in() -> None:
+    data = '{"name": "Sam", "starts_at": "2099-01-20T10:30:00+00:00", "location": "Riverside"}'
+    lines = "NO\nHours are too short on Saturdays\n/data\n/quit\n"
+    out = smsbot("chat", "--flow", "appointment", "--data", data, stdin=lines)
+    assert out.returncode == 0, out.stderr
+    assert "(the conversation ended in cancelled: completed)" in out.stdout
+    assert '"end_state": "cancelled"' in out.stdout
+    assert '"cancel_reason": "Hours are too short on Saturdays"' in out.stdout

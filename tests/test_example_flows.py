@@ -26,7 +26,11 @@ CONFIRMED = (
     "Thanks Sam, you're booked for Tue 20 Jan at 10:30 at Riverside Clinic. Reply CANCEL if you"
     " can't make it."
 )
-CANCELLED = "Your appointment on Tue 20 Jan at 10:30 is cancelled. Reply STOP to stop all messages."
+CANCELLED = (
+    "Your appointment on Tue 20 Jan at 10:30 is cancelled. If you don't mind us asking, why did"
+    " you cancel? Just reply in a few words."
+)
+NOTED = "Thank you Sam, we've passed that on. Reply STOP to stop all messages."
 HANDOVER = "Thanks Sam. Someone from our team will call you shortly to sort out your appointment."
 REMINDER = (
     "Reminder: Sam, your appointment is on Tue 20 Jan at 10:30 at Riverside Clinic. See you then!"
@@ -98,12 +102,25 @@ async def test_the_reminder_waits_for_quiet_hours_to_end() -> None:
 
 
 @pytest.mark.parametrize("answer", ["NO", "n", "Cancel"])
-async def test_no_cancels(answer: str) -> None:
+async def test_no_cancels_and_asks_why(answer: str) -> None:
     chat = await started()
     result = await chat.step(EventKind.INBOUND, {"body": answer})
     assert [r.text for r in result.replies] == [CANCELLED]
-    assert result.flow is None and result.end_reason == "completed" and result.opt_out is None
+    assert result.state == "asking_why" and result.opt_out is None
+    assert chat.timers["timeout:asking_why"].due_at == NOW + dt.timedelta(hours=24)
+    result = await chat.step(EventKind.INBOUND, {"body": "Parking was a nightmare"})
+    assert [r.text for r in result.replies] == [NOTED]  # not the PARKING keyword's answer
+    assert (result.flow, result.end_reason, result.end_state) == (None, "completed", "cancelled")
+    assert result.data["cancel_reason"] == "Parking was a nightmare"
     assert chat.timers == {}
+
+
+async def test_no_reason_given_still_ends_cancelled() -> None:
+    chat = await started()
+    await chat.send("no")
+    result = await chat.fire("timeout:asking_why")
+    assert result.replies == [] and "cancel_reason" not in result.data
+    assert (result.flow, result.end_reason, result.end_state) == (None, "completed", "cancelled")
 
 
 async def test_cancel_after_confirming_cancels_the_reminder() -> None:

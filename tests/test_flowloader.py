@@ -123,6 +123,11 @@ def test_duplicate_names_name_both_files(tmp_path: Path, templates: SmsTemplates
             ('@waiting.on("HI")\n', "@waiting.on_timeout\n"),
             "has an on_timeout handler but no timeout",
         ),
+        (
+            ("State(initial=True)", "State(initial=True, free_text=True)"),
+            "is free_text but has no @waiting.otherwise handler to take the answers: add one",
+        ),
+        (("State(final=True)", "State(final=True, free_text=True)"), "final state 'done'"),
     ],
 )
 def test_structure_problems(

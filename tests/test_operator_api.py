@@ -79,6 +79,7 @@ async def test_start_a_flow_and_read_the_conversation(api: Api) -> None:
     assert status == 200
     [convo] = body["conversations"]
     assert (convo["flow"], convo["state"], convo["active"]) == ("appointment", "waiting", True)
+    assert (convo["end_reason"], convo["end_state"]) == (None, None)
     assert convo["data"]["name"] == "Sam"
     assert [(m["direction"], m["status"]) for m in convo["messages"]] == [("out", "accepted")]
 
@@ -159,6 +160,13 @@ async def test_after_stop_nothing_but_the_confirmation_reaches_the_phone(api: Ap
             .all()
         )
     assert DeliveryStatus.SUPPRESSED in statuses
+    _, body = await api.call("GET", "/api/conversations?phone=%2B447700900123")
+    [convo] = body["conversations"]
+    assert (convo["active"], convo["end_reason"], convo["end_state"]) == (
+        False,
+        "opted out",
+        "waiting",  # where it was: the outcome stays readable after the end
+    )
 
     code, body = await api.call("POST", "/api/messages", json={"to": PHONE, "text": "hi"})
     assert code == 409 and "opted out" in body["error"]

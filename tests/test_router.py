@@ -76,6 +76,29 @@ async def test_precedence() -> None:
     assert route("help", opted_out=True) is RouteKind.COMPLIANCE
 
 
+async def test_precedence_for_free_text_and_a_flows_own_trigger() -> None:
+    rt = runtime()
+    binding = rt.router.binding(VN)
+    free = State(free_text=True)
+
+    def route(text: str, state: State, flow: str = "booking") -> RouteKind:
+        return rt.router.route(binding, text, opted_out=False, state=state, flow=flow).kind
+
+    assert route("hours are too short", free) is RouteKind.ACTIVE
+    assert route("book", free) is RouteKind.ACTIVE
+    assert route("stop", free) is RouteKind.COMPLIANCE
+    assert route("help", free) is RouteKind.COMPLIANCE
+    assert route("cancel", free) is RouteKind.COMPLIANCE  # free text does not ask for CANCEL
+    day = Booking.states["day"]
+    assert route("book again", day) is RouteKind.ACTIVE  # booking's own trigger
+    assert route("book again", day, flow="appointment") is RouteKind.TRIGGER
+    Booking.restart_on_trigger = True
+    try:
+        assert route("book again", day) is RouteKind.TRIGGER
+    finally:
+        Booking.restart_on_trigger = False
+
+
 async def test_a_keyword_answer_does_not_disturb_a_running_conversation() -> None:
     chat = Chat(runtime())
     await chat.start("appointment", APPOINTMENT)

@@ -36,6 +36,7 @@ class _Prompt:
 
     async def act(self, action: Awaitable[None]) -> None:
         """Await `action`; print a flow's failure instead of ending the chat; show replies."""
+        running = self.bot.conversation().active
         try:
             await action
         except StepFailedError as exc:
@@ -47,6 +48,9 @@ class _Prompt:
                     f"bot> {reply.text}\n     [{reply.encoding}, {reply.segments} segment{plural}]"
                 )
         self.shown = len(self.bot.replies)
+        convo = self.bot.conversation()
+        if running and not convo.active:
+            print(f"     (the conversation ended in {convo.end_state}: {convo.end_reason})")
 
 
 async def run_chat(settings: Settings, *, flow: str | None, phone: str, data: str) -> None:
@@ -83,6 +87,8 @@ async def run_chat(settings: Settings, *, flow: str | None, phone: str, data: st
                 if line == "/data":
                     convo = bot.conversation()
                     shown = {"flow": convo.flow, "state": convo.state, "data": convo.data}
+                    if not convo.active and convo.end_state:
+                        shown.update(end_state=convo.end_state, end_reason=convo.end_reason)
                     print(f"     {json.dumps(shown, default=str)}")
                 elif line == "/time":
                     print(f"     virtual time {bot.clock.now():%Y-%m-%d %H:%M} UTC")

@@ -105,12 +105,22 @@ class StepResult:
     opt_keyword: str | None = None
     state_entered: bool = False  # a new state was entered: issue a new state token
     end_reason: str | None = None  # set when the conversation ended
+    end_state: str | None = None  # the state it ended in (the final state, when completed)
     contact_timezone: str | None = None  # remember the contact's zone (quiet hours)
 
     @classmethod
     def unchanged(cls, convo: ConversationSnapshot) -> StepResult:
         """A result that changes nothing."""
         return cls(flow=convo.flow, state=convo.state, data=convo.data)
+
+
+def retryable(exc: BaseException) -> bool:
+    """Whether a step that raised `exc` may succeed if run again: not if it says `retryable=False`.
+
+    Flow errors and template errors say so (the same event fails the same way); anything else,
+    such as a database or network error or a timeout, is retried with backoff.
+    """
+    return getattr(exc, "retryable", True) is not False
 
 
 class StepHandler(Protocol):

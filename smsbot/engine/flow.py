@@ -29,6 +29,9 @@ Predicate = Callable[["Message"], bool]
 class FlowError(Exception):
     """A flow did something smsbot cannot carry out; the message names the flow and the fix."""
 
+    # Running the same event again would fail the same way: the dispatcher parks it at once.
+    retryable = False
+
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Message:
@@ -61,13 +64,21 @@ class State:
     """A state of a flow; decorate methods with its .on/.matches/.when/... to handle messages."""
 
     def __init__(
-        self, *, initial: bool = False, final: bool = False, timeout: dt.timedelta | None = None
+        self,
+        *,
+        initial: bool = False,
+        final: bool = False,
+        timeout: dt.timedelta | None = None,
+        free_text: bool = False,
     ) -> None:
         if timeout is not None and timeout <= dt.timedelta(0):
             raise ValueError(f"State(timeout=...) must be positive, got {timeout}")
         self.initial = initial
         self.final = final
         self.timeout = timeout
+        # Every message but a compliance word is this state's answer: no keyword trigger, not
+        # even this flow's own, takes it (docs/writing-flows.md, "How a message finds its handler").
+        self.free_text = free_text
         self.name = ""  # set by __set_name__ when the flow class is created
         self.keywords: dict[str, Handler] = {}  # normalised keyword -> handler
         self.rules: list[_Rule] = []
@@ -173,6 +184,8 @@ class Flow:
     required_data: ClassVar[tuple[str, ...]] = ()
     # Keywords that start this flow on every number it is bound to (docs/writing-flows.md).
     triggers: ClassVar[tuple[str, ...]] = ()
+    # While this flow runs, its own trigger is an answer to the current state; True: a restart.
+    restart_on_trigger: ClassVar[bool] = False
     states: ClassVar[dict[str, State]] = {}
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -222,7 +235,7 @@ class Flow:
 def require_json(value: object, what: str) -> None:
     """Raise FlowError unless `value` can be stored as JSON; `what` names it for the author."""
     try:
-        json.dumps(value)
+        json.dumps(value, allow_nan=False)  # NaN is not JSON: PostgreSQL would refuse it
     except (TypeError, ValueError) as exc:
         raise FlowError(
             f"{what} must be JSON (str, int, float, bool, None, lists and dicts): {exc};"
@@ -276,6 +289,11 @@ class Conversation:
     def flow(self) -> str:
         """The running flow's name."""
         return self._flow.name
+
+    @property
+    def current_state(self) -> State:
+        """The current State; a handler returning it re-enters it (on_enter, timeout again)."""
+        return self._flow.states[self.state]
 
     @property
     def timezone(self) -> str:

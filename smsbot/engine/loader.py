@@ -5,7 +5,7 @@ What is checked (each problem names the file and, where it can, the line and the
 - the module imports (syntax errors, import errors, exceptions at import time);
 - every Flow has a `name`, and no two flows share one;
 - exactly one initial state; final states have no transitions and no timeout; an on_timeout
-  handler belongs to a state with a timeout;
+  handler belongs to a state with a timeout; a free_text state has an otherwise handler;
 - no state listens for a word that always means STOP, START or HELP (it could never arrive);
 - a handler's `return self.X` names a State of its flow (read from the source, not run);
 - `convo.reply("name.txt")` and `convo.remind("name.txt", ...)` with a literal name name a
@@ -133,10 +133,18 @@ def _check_structure(cls: type[Flow]) -> list[str]:
         )
     reserved = set(ComplianceRules().reserved_words)
     for state in cls.states.values():
-        if state.final and (state.keywords or state.rules or state.fallback or state.timeout):
+        if state.final and (
+            state.keywords or state.rules or state.fallback or state.timeout or state.free_text
+        ):
             problems.append(
-                f"{where}: final state {state.name!r} of flow {cls.name!r} has transitions or a"
-                " timeout, but entering it ends the conversation: remove them or final=True"
+                f"{where}: final state {state.name!r} of flow {cls.name!r} has transitions, a"
+                " timeout or free_text, but entering it ends the conversation: remove them or"
+                " final=True"
+            )
+        elif state.free_text and state.fallback is None:
+            problems.append(
+                f"{where}: state {state.name!r} of flow {cls.name!r} is free_text but has no"
+                f" @{state.name}.otherwise handler to take the answers: add one"
             )
         if state.timeout_handler is not None and state.timeout is None:
             problems.append(

@@ -1,10 +1,11 @@
 """Which flow gets an inbound message: per-number bindings and the order they are tried in.
 
-For each inbound SMS, in order (docs/writing-flows.md, "Routing"):
+For each inbound SMS, in order (docs/writing-flows.md, "How a message finds its handler"):
 
 1. compliance words (STOP, START, HELP, ...) - smsbot.engine.compliance decides;
 2. an opted-out phone: nothing more happens;
-3. keyword triggers - unless the active state itself listens for the message's keyword;
+3. keyword triggers - unless the active state is free_text, or listens for the keyword itself,
+   or the keyword is the running flow's own trigger (and the flow does not restart_on_trigger);
 4. the active conversation's current state;
 5. the number's catch-all flow.
 
@@ -100,9 +101,15 @@ class Router:
         return self._numbers.get(virtual_number, self.default)
 
     def route(
-        self, binding: NumberBinding, normalized: str, *, opted_out: bool, state: State | None
+        self,
+        binding: NumberBinding,
+        normalized: str,
+        *,
+        opted_out: bool,
+        state: State | None,
+        flow: str | None = None,
     ) -> Route:
-        """Decide where a normalised inbound message goes; `state` is the active state, if any."""
+        """Decide where a normalised inbound message goes; `state` of `flow` is the active one."""
         action = binding.compliance.classify(normalized)
         if action is ComplianceAction.SOFT_OPT_OUT:
             # CANCEL, END, QUIT: a state that asked for the word gets it; otherwise it opts out.
@@ -113,15 +120,28 @@ class Router:
         if opted_out:
             return Route(RouteKind.IGNORE)
         keyword = match_keyword(normalized, binding.keywords)
-        # A keyword the current state listens for is an answer to its question, not a trigger.
-        listened = state is not None and match_keyword(normalized, state.keywords) is not None
-        if keyword is not None and not listened:
-            return Route(RouteKind.TRIGGER, flow=binding.keywords[keyword])
+        triggered = binding.keywords[keyword] if keyword is not None else None
+        if triggered is not None and not self._answers(state, flow, normalized, triggered):
+            return Route(RouteKind.TRIGGER, flow=triggered)
         if state is not None:
             return Route(RouteKind.ACTIVE)
         if binding.catch_all is not None:
             return Route(RouteKind.CATCH_ALL, flow=binding.catch_all)
         return Route(RouteKind.IGNORE)
+
+    def _answers(
+        self, state: State | None, flow: str | None, normalized: str, triggered: str
+    ) -> bool:
+        """Whether a message that would trigger flow `triggered` answers the active state."""
+        if state is None:
+            return False
+        if state.free_text:  # "Hours are too short on Saturdays" answers the question
+            return True
+        if match_keyword(normalized, state.keywords) is not None:  # the state asked for it
+            return True
+        # A flow's own trigger does not wipe its running conversation unless it asks to.
+        running = self._flows.get(flow or "")
+        return triggered == flow and not (running is not None and running.restart_on_trigger)
 
     def check_start(self, binding: NumberBinding, payload: Mapping[str, Any]) -> CheckedStart:
         """Check a START event's payload against the loaded flows and the number's bindings."""

@@ -30,7 +30,7 @@ from smsbot.engine.contract import (
     StepResult,
     TimerRequest,
 )
-from smsbot.engine.flow import Flow, FlowError, Handler, Message, State
+from smsbot.engine.flow import Conversation, Flow, FlowError, Handler, Message, State
 from smsbot.engine.loader import check_flows, load_flows
 from smsbot.engine.quiet_hours import defer_until
 from smsbot.engine.router import RouteKind, Router
@@ -51,8 +51,6 @@ class FlowLoopError(FlowError):
 
 class FlowStartRejectedError(FlowError):
     """A START with policy "reject" found a conversation already running; nothing changed."""
-
-    retryable = False  # the same event would be rejected again
 
 
 class FlowRuntime:
@@ -126,7 +124,7 @@ class FlowRuntime:
         active = step.active()
         state = active[1] if active else None
         route = self.router.route(
-            step.binding, normalized, opted_out=step.snap.opted_out, state=state
+            step.binding, normalized, opted_out=step.snap.opted_out, state=state, flow=step.flow
         )
         if route.kind is RouteKind.COMPLIANCE:
             assert route.action is not None
@@ -246,9 +244,9 @@ class FlowRuntime:
             return
         if step.flow is not None:
             if policy == "reject":
-                raise FlowStartRejectedError(
-                    f"flow {name!r} not started for {step.snap.key}: flow {step.flow!r} is"
-                    ' running and the policy is "reject"; use "interrupt" to replace it'
+                raise FlowStartRejectedError(  # no phone here: the message is logged
+                    f"flow {name!r} not started: flow {step.flow!r} is running for this phone"
+                    ' and the policy is "reject"; use "interrupt" to replace it'
                 )
             step.end("interrupted", cancel_all=True)
         step.result.state_entered = True
@@ -285,12 +283,6 @@ class FlowRuntime:
                 convo.cancel(run.state.timer_name)
             run.state, convo.state, run.entered, run.fresh = target, target.name, True, False
             path.append(target.name)
-            if target.timeout:
-                due = convo.now + target.timeout
-                body = {"state": target.name, "flow": run.flow.name}
-                convo.timers[target.timer_name] = TimerRequest(
-                    target.timer_name, "timeout", due, body
-                )
             following = None
             for hook in target.enter_hooks:
                 if (following := await self._call(run, hook, convo)) is not None:
@@ -299,4 +291,18 @@ class FlowRuntime:
                 if following is not None:
                     raise FlowError(f"final state {target.name!r} cannot move on to {following}")
                 run.ended = "completed"
+            elif target.timeout and following is None:
+                # Set once the state's question is queued (by the handler, start or on_enter):
+                # the wait counts from when it goes out, after any quiet hours holding it back.
+                due = question_sent_at(convo) + target.timeout
+                body = {"state": target.name, "flow": run.flow.name}
+                convo.timers[target.timer_name] = TimerRequest(
+                    target.timer_name, "timeout", due, body
+                )
             target = following
+
+
+def question_sent_at(convo: Conversation) -> dt.datetime:
+    """When this step's messages go out: now, or the end of the quiet hours that hold them."""
+    held = [sms.send_after for sms in convo.outbox if sms.send_after is not None]
+    return max([convo.now, *held])

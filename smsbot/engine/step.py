@@ -137,8 +137,8 @@ class Step:
             self.result.cancel_timers += [*doomed, "expiry"]
             self.timers = {n: t for n, t in self.timers.items() if t.kind == "remind"}
         self.owned.clear()
+        self.result.end_reason, self.result.end_state = reason, self.state
         self.flow = self.state = None
-        self.result.end_reason = reason
 
     def absorb(self, run: Run, *, side: bool = False) -> None:
         """Take a run's replies and timers; unless `side`, it becomes the conversation."""

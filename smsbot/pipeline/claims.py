@@ -15,7 +15,7 @@ from typing import Any
 
 from sqlalchemy import Connection, func, select, tuple_, update
 
-from smsbot.engine.contract import ConversationKey, EventKind
+from smsbot.engine.contract import ConversationKey, EventKind, retryable
 from smsbot.store.models import (
     EventState,
     TimerState,
@@ -167,16 +167,26 @@ def record_failures(
     parked_count = 0
     for row, exc in failed:
         attempts = int(row.attempts) + 1
-        # An error that says it will never succeed (e.g. a rejected start) is parked at once.
-        parked = attempts >= max_attempts or getattr(exc, "retryable", True) is False
+        # An error that cannot succeed on a retry (a template, the flow's own FlowError) is
+        # parked at once, with one line: its traceback is in last_error (`smsbot events failed`).
+        again = retryable(exc)
+        parked = attempts >= max_attempts or not again
         parked_count += parked
-        # The traceback shows the line in the flow; it holds code, not message bodies.
-        log.warning(
-            "event %s (%s) failed, attempt %d/%d: %s",
-            row.id, row.kind, attempts, max_attempts, type(exc).__name__,
-            exc_info=exc,
-        )  # fmt: skip
-        detail = "".join(traceback.format_exception(exc, limit=-4))
+        said = _said(exc)
+        if not again:
+            log.error("event %s (%s) parked, a retry cannot help: %s", row.id, row.kind, said)
+        elif parked:  # the traceback shows the line that failed; it holds code, not bodies
+            log.error(
+                "event %s (%s) parked after %d attempts: %s", row.id, row.kind, attempts, said,
+                exc_info=exc,
+            )  # fmt: skip
+        else:
+            log.warning(
+                "event %s (%s) failed, attempt %d/%d, retrying in %s: %s",
+                row.id, row.kind, attempts, max_attempts, backoff(attempts), said,
+            )  # fmt: skip
+        # The error first (`smsbot events failed` shows the first line), then where it was.
+        detail = said + "\n" + "".join(traceback.format_exception(exc, limit=-4))
         conn.execute(
             update(events_t)
             .where(events_t.c.id == row.id)
@@ -189,6 +199,12 @@ def record_failures(
             )
         )
     return parked_count
+
+
+def _said(exc: BaseException) -> str:
+    """The error's type and first line, short enough for one log line."""
+    lines = str(exc).splitlines()
+    return f"{type(exc).__name__}: {lines[0][:300] if lines else ''}"
 
 
 def backoff(attempt: int, base: float = 1.0, cap: float = 300.0) -> dt.timedelta:

@@ -75,6 +75,7 @@ _UPDATE_CONVERSATION = (
         started_at=_ts("b_started"),
         ended_at=_ts("b_ended"),
         end_reason=bindparam("b_reason"),
+        end_state=bindparam("b_end_state"),
     )
 )
 _FINISH_EVENT = (
@@ -119,11 +120,17 @@ def conversation_values(item: Stepped, now: dt.datetime) -> dict[str, Any]:
         "b_started": c.started_at,
         "b_ended": c.ended_at,
         "b_reason": c.end_reason,
+        "b_end_state": c.end_state,
     }
-    if r.flow is not None and r.flow != c.flow:
-        values.update(b_started=now, b_ended=None, b_reason=None)
+    # A run began: another flow, or the same one again after ending the last run in this step.
+    if r.flow is not None and (r.flow != c.flow or r.end_reason is not None):
+        values.update(b_started=now, b_ended=None, b_reason=None, b_end_state=None)
     elif r.flow is None and c.flow is not None:
-        values.update(b_ended=now, b_reason=(r.end_reason or "ended")[:100])
+        values.update(
+            b_ended=now,
+            b_reason=(r.end_reason or "ended")[:100],
+            b_end_state=r.end_state[:100] if r.end_state else None,
+        )
     return values
 
 

@@ -34,6 +34,8 @@ _ISO_EXAMPLE = "2026-01-15T10:30:00+00:00"
 class TemplateError(Exception):
     """A template is missing, broken, or cannot render; the message names it and the fix."""
 
+    retryable = False  # rendering again fails the same way: a step is parked at once
+
 
 @dataclass(frozen=True, slots=True)
 class RenderedSms:

@@ -93,6 +93,7 @@ class ConversationRow(SQLModel, table=True):
     last_activity_at: dt.datetime | None = _ts()
     ended_at: dt.datetime | None = _ts()
     end_reason: str | None = Field(default=None, max_length=100)
+    end_state: str | None = Field(default=None, max_length=100)  # the outcome: where it ended
 
 
 class MessageRow(SQLModel, table=True):

@@ -86,6 +86,7 @@ class ConversationView:
     opted_out: bool
     end_reason: str | None
     timers: dict[str, dt.datetime]  # scheduled timers by name: "reminder", "timeout:waiting"
+    end_state: str | None = None  # the state it ended in ("cancelled"); None while it runs
 
     @property
     def active(self) -> bool:
@@ -360,6 +361,7 @@ class BotDriver:
                 opted_out=key in opted,
                 end_reason=c.end_reason,
                 timers={t.name: t.due_at for t in timers if t.conversation_id == c.id},
+                end_state=c.end_state,
             )
         for vn, phone in opted - views.keys():
             views[(vn, phone)] = ConversationView(phone, vn, None, None, {}, True, None, {})

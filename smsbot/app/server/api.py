@@ -297,6 +297,7 @@ def _conversation_json(c: Any, opted_out: bool, msgs: Any) -> dict[str, Any]:
         "last_activity_at": _iso(c.last_activity_at),
         "ended_at": _iso(c.ended_at),
         "end_reason": c.end_reason,
+        "end_state": c.end_state,
         "messages": [
             {
                 "id": m.id,
