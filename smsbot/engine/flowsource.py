@@ -49,6 +49,7 @@ class Return:
 
     kind: ReturnKind
     value: str  # the state or method name for STATE/CALL, the source text for UNKNOWN
+    file: str
     line: int
 
 
@@ -104,7 +105,7 @@ class FlowSource:
     line: int
     readable: bool
     methods: dict[str, MethodSource] = dataclasses.field(default_factory=dict)
-    state_lines: dict[str, int] = dataclasses.field(default_factory=dict)
+    assignments: dict[str, int] = dataclasses.field(default_factory=dict)  # class attr -> line
 
     def outcome(self, method: str) -> Outcome:
         """Every state `method` can return, following `return self.helper(...)` calls."""
@@ -192,7 +193,7 @@ def _read_class(cls: type, into: FlowSource) -> None:
         if isinstance(node, ast.Assign):
             for target in node.targets:
                 if isinstance(target, ast.Name):
-                    into.state_lines[target.id] = start + node.lineno - 1
+                    into.assignments[target.id] = start + node.lineno - 1
         elif isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
             into.methods[node.name] = _MethodReader(node, file, start - 1, module).read()
 
@@ -225,7 +226,8 @@ class _MethodReader:
                 for target in targets:
                     self._assign(target, inner.value)
         if _falls_through(self.node.body):
-            self.out.returns.append(Return(ReturnKind.STAY, "", self._line(self.node.body[-1])))
+            end = self._line(self.node.body[-1])
+            self.out.returns.append(Return(ReturnKind.STAY, "", self.out.file, end))
         self.out.returns.sort(key=lambda r: r.line)
         return self.out
 
@@ -233,20 +235,20 @@ class _MethodReader:
         return self.offset + getattr(node, "lineno", 1)
 
     def _value(self, value: ast.expr | None, at: ast.AST) -> list[Return]:
-        line = self._line(at)
+        file, line = self.out.file, self._line(at)
         if isinstance(value, ast.IfExp):
             return self._value(value.body, at) + self._value(value.orelse, at)
         if value is None or (isinstance(value, ast.Constant) and value.value is None):
-            return [Return(ReturnKind.STAY, "", line)]
+            return [Return(ReturnKind.STAY, "", file, line)]
         if isinstance(value, ast.Await):
             value = value.value
         if _is_self_attr(value):
             assert isinstance(value, ast.Attribute)
-            return [Return(ReturnKind.STATE, value.attr, line)]
+            return [Return(ReturnKind.STATE, value.attr, file, line)]
         if isinstance(value, ast.Call) and _is_self_attr(value.func):
             assert isinstance(value.func, ast.Attribute)
-            return [Return(ReturnKind.CALL, value.func.attr, line)]
-        return [Return(ReturnKind.UNKNOWN, ast.unparse(value), line)]
+            return [Return(ReturnKind.CALL, value.func.attr, file, line)]
+        return [Return(ReturnKind.UNKNOWN, ast.unparse(value), file, line)]
 
     def _call(self, call: ast.Call) -> None:
         func = call.func

@@ -21,9 +21,19 @@ import datetime as dt
 from smsbot.engine.flow import Flow, Handler, State
 from smsbot.engine.flowsource import read_source
 
-__all__ = ["START", "Edge", "FlowGraph", "flow_graph", "format_duration", "to_dot", "to_mermaid"]
+__all__ = [
+    "SEND_FAILED",
+    "START",
+    "Edge",
+    "FlowGraph",
+    "flow_graph",
+    "format_duration",
+    "to_dot",
+    "to_mermaid",
+]
 
 START = "[*]"
+SEND_FAILED = "send failed"  # the label of on_send_failed's edges: a way out no one plans on
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,7 +120,7 @@ def flow_graph(cls: type[Flow]) -> FlowGraph:
         if state.timeout is not None and state.timeout_handler is None:
             edges.append(Edge(state.name, START, f"timeout {format_duration(state.timeout)}"))
         if "on_send_failed" in source.methods:
-            add(state.name, "on_send_failed", "send failed", stays=False)
+            add(state.name, "on_send_failed", SEND_FAILED, stays=False)
     return FlowGraph(
         flow=cls.name,
         states=names,
