@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import datetime as dt
+import os
+import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -102,8 +105,8 @@ def test_dot_output_marks_finals_and_escapes_labels() -> None:
     assert '"b" [label="b", shape=doublecircle];' in dot
     assert '"a" -> "b" [label="say \\"hi\\" \\\\o/"];' in dot
     assert '"__start__" -> "a";' in dot and '"__end__"' not in dot
-    assert mermaid(FlowGraph("q", ("a",), "a", frozenset(), (Edge("a", "a", "#1; x"),))) == (
-        "stateDiagram-v2\n    [*] --> a\n    a --> a : #35;1#59; x\n"
+    assert mermaid(FlowGraph("q", ("a",), "a", frozenset(), (Edge("a", "a", "#1; x:y"),))) == (
+        "stateDiagram-v2\n    [*] --> a\n    a --> a : #35;1#59; x#58;y\n"
     )
 
 
@@ -129,3 +132,39 @@ def test_graphviz_reads_the_dot_output() -> None:
 )
 def test_durations_read_as_written(delta: dt.timedelta, text: str) -> None:
     assert format_duration(delta) == text
+
+
+@pytest.mark.parametrize("flow", ["appointment", "keywords"])
+def test_the_docs_show_the_graphs_smsbot_graph_draws(flow: str) -> None:
+    docs = (REPO / "docs" / "writing-flows.md").read_text(encoding="utf-8")
+    marker = f"<!-- smsbot graph {flow}; tests/test_graph.py checks it is current -->"
+    shown = re.search(re.escape(marker) + r"\n```mermaid\n(.*?)```", docs, re.DOTALL)
+    assert shown is not None, f"docs/writing-flows.md lost the marker {marker!r}"
+    assert shown[1] == mermaid(flow_graph(example(flow))), (
+        f"docs/writing-flows.md shows an old graph of {flow!r}: paste the output of"
+        f" `smsbot graph {flow}` under the marker"
+    )
+
+
+def test_the_graph_command_prints_both_formats() -> None:
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SMSBOT_")}
+        return subprocess.run(
+            [sys.executable, "-m", "smsbot", "graph", *args],
+            capture_output=True,
+            text=True,
+            cwd=REPO,
+            env=env,
+            check=False,
+        )
+
+    out = run("appointment")
+    assert out.returncode == 0 and out.stdout == mermaid(flow_graph(example("appointment")))
+    out = run("keywords", "--format", "dot")
+    assert out.returncode == 0 and out.stdout == to_dot(flow_graph(example("keywords")))
+    out = run("apointment")
+    assert out.returncode == 2
+    assert out.stderr.strip() == (
+        "smsbot: no flow named 'apointment' (did you mean 'appointment'?);"
+        " flows: appointment, keywords"
+    )

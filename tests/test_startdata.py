@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, NotRequired, TypedDict
 
@@ -280,3 +281,26 @@ async def test_smsbot_start_csv_names_the_field_of_a_bad_row(tmp_path: Path) -> 
     assert f"{csv}:line 3: data.starts_at: '2020-01-20T10:30:00+00:00' has passed" in text
     assert f"{csv}:line 4: data.starts_at: '9999-12-31T23:00:00-23:59' is out of range" in text
     assert not (tmp_path / "never.db").exists()
+
+
+def test_a_flow_can_add_a_rule_and_name_the_field() -> None:
+    @dataclasses.dataclass
+    class Visit:
+        starts_at: Annotated[dt.datetime, Future()]
+
+    class Clinic(Flow):
+        name = "clinic"
+        start_data = Visit
+        only = State(initial=True, final=True)
+
+        @classmethod
+        def check_start_data(cls, data: Mapping[str, Any]) -> None:
+            if dt.datetime.fromisoformat(data["starts_at"]).weekday() == 6:
+                raise StartDataError("starts_at", "is on a Sunday: choose a weekday")
+
+    with pytest.raises(StartDataError) as refused:
+        Clinic.parse_start_data({"starts_at": "2026-01-18T10:00:00+00:00"}, now=NOW)
+    assert (refused.value.field, str(refused.value)) == (
+        "data.starts_at",
+        "data.starts_at is on a Sunday: choose a weekday",
+    )

@@ -136,8 +136,9 @@ def _entered(g: FlowGraph) -> bool:
 
 
 def _mermaid_text(label: str) -> str:
-    # '#' starts an entity code and ';' ends a statement in Mermaid: write both as codes.
-    return label.translate({ord("#"): "#35;", ord(";"): "#59;"})
+    # In a Mermaid transition label '#' starts an entity code, ';' ends the statement and ':'
+    # (in older Mermaid) ends the label: write each as its entity code.
+    return label.translate({ord("#"): "#35;", ord(";"): "#59;", ord(":"): "#58;"})
 
 
 def to_mermaid(g: FlowGraph) -> str:
