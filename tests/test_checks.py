@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -278,3 +279,63 @@ def test_a_missing_flows_directory_is_one_error(tmp_path: Path) -> None:
     assert out.returncode == 1
     assert "nowhere: error: flows directory nowhere does not exist" in out.stdout
     assert textwrap.dedent(out.stderr) == ""
+
+
+WRITER = """\
+from smsbot import Conversation, Flow, Message, State
+
+TEXTS = {"a": "writer/a.txt", "b": "writer/b.txt"}
+
+
+class Writer(Flow):
+    name = "writer"
+    triggers = ("GO",)
+    asking = State(initial=True)
+    done = State(final=True)
+
+    @asking.otherwise
+    async def answer(self, convo: Conversation, msg: Message) -> State | None:
+        convo.data["score"] = msg.text
+        convo.data.setdefault("tries", 0)
+        convo.data.update(mood="good")
+        convo.timezone = "Europe/Paris"
+        await convo.reply(TEXTS[msg.text[:1]], extra=1)  # MARK table
+        convo.remind("writer/later.txt", at=convo.now, name="later")  # MARK remind
+        return self.finish()
+
+    def finish(self) -> State:
+        return self.don  # MARK helper
+"""
+
+
+def test_data_writes_and_call_variables_provide_template_variables(tmp_path: Path) -> None:
+    root = project(
+        tmp_path,
+        {"writer.py": WRITER},
+        {
+            "writer/a.txt": "{{ score }} {{ tries }} {{ mood }} {{ timezone }} {{ extra }}",
+            "writer/b.txt": "{{ phone }} {{ now }} {{ virtual_number }} {{ nope }}",
+            "writer/later.txt": "{{ name }} at {{ at }}",
+        },
+    )
+    report = check_project(root / "flows", root / "templates", Settings())
+    path = root / "flows" / "writer.py"
+    variables = sorted(
+        (f.line, re.findall(r"uses '(\w+)'", f.message)[0])
+        for f in found(report, "template-variable")
+    )
+    # b.txt is reached through the TEXTS table; at= and name= are remind's own, not variables
+    assert variables == [
+        (line_of(path, "MARK table"), "nope"),
+        (line_of(path, "MARK remind"), "at"),
+        (line_of(path, "MARK remind"), "name"),
+    ]
+    # the loader follows `return self.finish()` into the helper and its misspelt state
+    [bad] = [f for f in found(report, "load") if "self.don" in f.message]
+    assert bad.line == line_of(path, "MARK helper") and "did you mean self.done?" in bad.message
+
+    computed = WRITER.replace('convo.data["score"] = msg.text', "convo.data[msg.text] = 1")
+    (root / "flows" / "writer.py").write_text(computed)
+    report = check_project(root / "flows", root / "templates", Settings())
+    assert {f.severity for f in found(report, "template-variable")} == {"warning"}
+    assert "computed key" in found(report, "template-variable")[0].message

@@ -18,19 +18,14 @@ import pytest
 from smsbot import Flow, Future, Length, Range, StartDataError, State
 from smsbot.app.bulk_cli import start_from_csv
 from smsbot.app.operations import OperatorError
-from smsbot.app.server.app import create_app
-from smsbot.channels.sandbox import Sandbox
-from smsbot.clock import VirtualClock
 from smsbot.config import Settings
-from smsbot.engine.runtime import FlowRuntime
 from smsbot.engine.startdata import parse_start_data, start_data_schema, start_fields
 from smsbot.testing.harness import make_runtime
-from tests.support import PHONE, VN, Harness, make_bot, settings_for
+from tests import test_operator_api as operator_api
+from tests.support import PHONE, VN
 
 REPO = Path(__file__).resolve().parents[1]
-NOW = dt.datetime(2026, 1, 15, 9, 0, tzinfo=dt.UTC)
-TOKEN = "operator-token-123"
-AUTH = {"Authorization": f"Bearer {TOKEN}"}
+NOW = operator_api.T0  # 2026-01-15 09:00 UTC, the operator API fixture's clock
 GOOD = {"name": "Sam", "starts_at": "2026-01-20T10:30:00+00:00", "location": "Riverside"}
 
 HOSTILE = [
@@ -185,28 +180,9 @@ def test_a_flow_without_a_declaration_takes_any_data() -> None:
 # --- the operator API and the CLI -------------------------------------------------------------
 
 
-@dataclasses.dataclass
-class Api(Harness):
-    async def call(self, method: str, path: str, **kwargs: Any) -> tuple[int, Any]:
-        headers = {**AUTH, **kwargs.pop("headers", {})}
-        resp = await self.client.request(method, path, headers=headers, **kwargs)
-        return resp.status, await resp.json()
-
-
-@pytest.fixture
-async def api(db_url: str, sandbox: Sandbox, aiohttp_client: Any) -> Api:
-    env = {
-        "SMSBOT_API_KEY": TOKEN,
-        "SMSBOT_DEFAULT_SENDER": VN,
-        "SMSBOT_FLOWS_DIR": str(REPO / "flows"),
-        "SMSBOT_TEMPLATES_DIR": str(REPO / "templates"),
-    }
-    assert sandbox.url is not None
-    runtime = FlowRuntime.from_settings(settings_for(db_url, sandbox.url, **env))
-    clock = VirtualClock(NOW)
-    bot = await make_bot(db_url, sandbox, runtime, clock, **env)
-    client = await aiohttp_client(create_app(bot, run_workers=False))
-    return Api(bot, client, sandbox, clock)
+# The operator API's own test fixture: the real app over the example flows, the clock at NOW.
+api = operator_api.api
+Api = operator_api.Api
 
 
 @pytest.mark.parametrize(("change", "field"), HOSTILE)

@@ -267,19 +267,18 @@ class _MethodReader:
                 if _is_self_attr(target):
                     assert isinstance(target, ast.Attribute)
                     self.out.schedules.append((target.attr, self._line(call)))
-                elif isinstance(target, ast.Constant) and isinstance(target.value, str):
-                    self.out.schedules.append((target.value, self._line(call)))
+                elif (name := _literal(target)) is not None:
+                    self.out.schedules.append((name, self._line(call)))
         elif self._is_data(owner) and func.attr in ("setdefault", "update"):
             self._data_call(func.attr, call)
 
     def _template_use(self, kind: str, call: ast.Call) -> TemplateUse:
         first = call.args[0] if call.args else None
-        literal = isinstance(first, ast.Constant) and isinstance(first.value, str)
+        text = _literal(first) if first is not None else None
+        literal = text is not None
         skip = {"at", "name"} if kind == "remind" else set()
         keywords = {k.arg for k in call.keywords if k.arg is not None} - skip
         if kind == "say":
-            text = first.value if isinstance(first, ast.Constant) and literal else None
-            assert text is None or isinstance(text, str)
             return TemplateUse(kind, (), literal, frozenset(), False, text, self._line(call))
         names = tuple(self._strings(first)) if first is not None else ()
         return TemplateUse(
@@ -294,8 +293,8 @@ class _MethodReader:
 
     def _strings(self, node: ast.expr) -> list[str]:
         """The strings `node` can be: a literal, a module constant, or any value of a dict."""
-        if isinstance(node, ast.Constant) and isinstance(node.value, str):
-            return [node.value]
+        if (text := _literal(node)) is not None:
+            return [text]
         if isinstance(node, ast.IfExp):
             return self._strings(node.body) + self._strings(node.orelse)
         if isinstance(node, ast.Name):
@@ -310,9 +309,7 @@ class _MethodReader:
     def _assign(self, target: ast.expr, value: ast.expr | None) -> None:
         line = self._line(target)
         if isinstance(target, ast.Subscript) and self._is_data(target.value):
-            key = target.slice
-            literal = isinstance(key, ast.Constant) and isinstance(key.value, str)
-            self.out.data.append(DataWrite(key.value if literal else None, line))  # type: ignore[attr-defined]
+            self.out.data.append(DataWrite(_literal(target.slice), line))
         elif isinstance(target, ast.Attribute) and self._is_convo(target.value):
             if target.attr == "timezone":
                 self.out.data.append(DataWrite("timezone", line))
@@ -332,9 +329,7 @@ class _MethodReader:
     def _data_call(self, method: str, call: ast.Call) -> None:
         line = self._line(call)
         if method == "setdefault":
-            first = call.args[0] if call.args else None
-            literal = isinstance(first, ast.Constant) and isinstance(first.value, str)
-            self.out.data.append(DataWrite(first.value if literal else None, line))  # type: ignore[union-attr]
+            self.out.data.append(DataWrite(_literal(call.args[0]) if call.args else None, line))
             return
         for arg in call.args:
             self._whole_data(arg, line)
@@ -348,6 +343,11 @@ class _MethodReader:
         return (
             isinstance(node, ast.Attribute) and node.attr == "data" and self._is_convo(node.value)
         )
+
+
+def _literal(node: ast.expr) -> str | None:
+    """The string `node` is written as, or None when it is computed."""
+    return node.value if isinstance(node, ast.Constant) and isinstance(node.value, str) else None
 
 
 def _is_self_attr(node: ast.expr) -> bool:
