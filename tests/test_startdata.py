@@ -41,6 +41,7 @@ HOSTILE = [
     pytest.param({"name": "S" * 41}, "data.name", id="long-name"),
     pytest.param({"locaton": "typo"}, "data.locaton", id="unknown-key"),
     pytest.param({"timezone": "Mars/Base"}, "data.timezone", id="bad-zone"),
+    pytest.param({"timezone": "Europe/" + "x" * 300}, "data.timezone", id="zone-too-long"),
 ]
 
 

@@ -368,7 +368,7 @@ def parse_start_data(
 def _timezone(value: Any) -> str:
     try:
         zoneinfo.ZoneInfo(value)
-    except (TypeError, ValueError, zoneinfo.ZoneInfoNotFoundError):
+    except (TypeError, ValueError, OSError, zoneinfo.ZoneInfoNotFoundError):  # OSError: too long
         raise StartDataError(
             TIMEZONE, f"{value!r} is not an IANA time zone such as Europe/London"
         ) from None
