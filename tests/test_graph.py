@@ -56,7 +56,7 @@ def test_the_appointment_graph_has_every_transition() -> None:
     assert g.states[:2] == ("waiting", "confirmed")
     assert {"cancelled", "handed_over"} <= g.finals
     assert Edge("waiting", "confirmed", "YES / Y / CONFIRM") in g.edges
-    assert [e.label for e in g.edges if e.source == "confirmed"][0] == "NO / CANCEL"
+    assert next(e.label for e in g.edges if e.source == "confirmed") == "NO / CANCEL"
     assert Edge("waiting", "handed_over", "/^(re ?schedul|re ?book|change)/") in g.edges
     # the timeout handler nudges (stays) or hands over, through `return self.waiting`
     assert Edge("waiting", "waiting", "timeout 48h") in g.edges
