@@ -29,7 +29,7 @@ from smsbot.app.operations import OperatorError, resolve_recipient, resolve_send
 from smsbot.app.server.app import create_app
 from smsbot.channels.sandbox import Sandbox
 from smsbot.clock import VirtualClock
-from smsbot.config import Secret, Settings
+from smsbot.config import SANDBOX_NUMBER, Secret, Settings
 from smsbot.engine.runtime import FlowRuntime
 from smsbot.engine.step import RESERVED
 from smsbot.pipeline.bot import Bot
@@ -58,7 +58,7 @@ __all__ = [
 
 DEFAULT_NOW = dt.datetime(2026, 1, 15, 9, 0, tzinfo=dt.UTC)  # a Thursday; London is on UTC
 DEFAULT_PHONE = "+447700900123"  # Ofcom's drama range: never a real phone
-DEFAULT_NUMBER = "+447700900100"  # the bot's virtual number unless SMSBOT_DEFAULT_SENDER says
+DEFAULT_NUMBER = SANDBOX_NUMBER  # the bot's virtual number unless SMSBOT_DEFAULT_SENDER says
 MAX_ROUNDS = 100  # fire-dispatch-send rounds at one instant; more is a timer rescheduling itself
 
 
