@@ -284,6 +284,22 @@ async def test_every_database_command_migrates_a_fresh_database(
     assert "created" not in again.stdout + again.stderr  # said once, when it happened
 
 
+def test_bad_send_input_creates_no_database(tmp_path: Path) -> None:
+    out = smsbot("send", "--to", "x", "--text", "Hi", cwd=tmp_path)
+    assert out.returncode == 2
+    assert "recipient" in one_line(out)
+    assert not (tmp_path / "smsbot.db").exists()
+
+
+@pytest.mark.parametrize(
+    ("command", "choices"), [("db", "{upgrade}"), ("events", "{failed,retry}")]
+)
+def test_a_command_group_alone_names_its_commands(command: str, choices: str) -> None:
+    out = smsbot(command)
+    assert out.returncode == 2
+    assert out.stderr.strip().endswith(f"the following arguments are required: {choices}")
+
+
 def test_db_upgrade_says_what_it_did(tmp_path: Path) -> None:
     first = smsbot("db", "upgrade", cwd=tmp_path)
     assert first.returncode == 0, first.stderr

@@ -77,9 +77,11 @@ def _cmd_sandbox(args: argparse.Namespace) -> int:
 
 
 def _cmd_send(args: argparse.Namespace) -> int:
-    from smsbot.app.operations import send_now
+    from smsbot.app.operations import check_send, send_now
 
-    settings = _database(Settings.from_env())
+    settings = Settings.from_env()
+    check_send(settings, to=args.to, text=args.text, sender=args.sender)  # before creating
+    _database(settings)
     result = asyncio.run(send_now(settings, to=args.to, text=args.text, sender=args.sender))
     print(result)
     return 0
@@ -174,11 +176,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--from", dest="sender", help="sender (default SMSBOT_DEFAULT_SENDER)")
     p.set_defaults(func=_cmd_send)
 
-    db = sub.add_parser("db", help="database schema").add_subparsers(dest="db_command")
+    db = sub.add_parser("db", help="database schema").add_subparsers(
+        dest="db_command", metavar="{upgrade}", required=True
+    )
     p = db.add_parser("upgrade", help="apply every pending migration")
     p.set_defaults(func=_cmd_db_upgrade)
 
-    ev = sub.add_parser("events", help="inspect the inbox").add_subparsers(dest="events_command")
+    ev = sub.add_parser("events", help="inspect the inbox").add_subparsers(
+        dest="events_command", metavar="{failed,retry}", required=True
+    )
     p = ev.add_parser("failed", help="list events parked after their retries")
     p.add_argument("--limit", type=int, default=50)
     p.set_defaults(func=_cmd_events_failed)

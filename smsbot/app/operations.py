@@ -53,12 +53,18 @@ def resolve_recipient(settings: Settings, to: str) -> str:
         raise OperatorError(f"recipient: {exc}") from None
 
 
-async def send_now(settings: Settings, *, to: str, text: str, sender: str | None) -> str:
-    """Send one SMS at once through the configured provider (`smsbot send`), recorded."""
+def check_send(settings: Settings, *, to: str, text: str, sender: str | None) -> tuple[str, str]:
+    """Return (recipient, sender) for `smsbot send`, or raise OperatorError; touches nothing."""
     recipient = resolve_recipient(settings, to)
     origin = resolve_sender(settings, sender, given_as="--from")
     if not text.strip():
         raise OperatorError("the text is empty: pass --text with something to say")
+    return recipient, origin
+
+
+async def send_now(settings: Settings, *, to: str, text: str, sender: str | None) -> str:
+    """Send one SMS at once through the configured provider (`smsbot send`), recorded."""
+    recipient, origin = check_send(settings, to=to, text=text, sender=sender)
     db = Database(settings.database_url)
     clock = SystemClock()
     # The sandbox is local: running or not, so retrying it only delays the answer.
