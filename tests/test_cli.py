@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ast
 import json
+import re
 import signal
 import socket
 import sqlite3
@@ -376,6 +378,35 @@ def test_an_http_error_never_names_a_cli_flag() -> None:
     assert "--" not in str(api.value) and '"from"' in str(api.value)
     with pytest.raises(OperatorError, match="--from"):
         resolve_sender(real, None, given_as="--from")
+
+
+def http_error_texts() -> list[tuple[str, str]]:
+    """(file:line, text) of every string in a raise or a problem(…) of the HTTP layer."""
+    smsbot_dir = REPO / "smsbot"
+    files = [
+        *sorted((smsbot_dir / "app" / "server").glob("*.py")),
+        *sorted((smsbot_dir / "channels").glob("*/routes.py")),
+        smsbot_dir / "channels" / "intake.py",
+        smsbot_dir / "app" / "bulk.py",
+    ]
+    found = []
+    for path in files:
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            is_answer = isinstance(node, ast.Raise) or (
+                isinstance(node, ast.Call) and ast.unparse(node.func).endswith("problem")
+            )
+            if is_answer:
+                for part in ast.walk(node):
+                    if isinstance(part, ast.Constant) and isinstance(part.value, str):
+                        found.append((f"{path.name}:{part.lineno}", part.value))
+    return found
+
+
+def test_no_http_error_text_names_a_cli_flag() -> None:
+    texts = http_error_texts()
+    assert len(texts) > 20  # the scan finds the API's answers
+    flags = [(where, text) for where, text in texts if re.search(r"(^|\s|\()--[a-z]", text)]
+    assert flags == []
 
 
 def test_the_sandbox_sends_from_its_number_by_default() -> None:
