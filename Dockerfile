@@ -1,7 +1,10 @@
-# smsbot: one image for `smsbot serve` (and the sandbox, for local set-ups).
+# smsbot: one image for `smsbot serve` (and its built-in sandbox, for local set-ups).
 FROM python:3.11-slim
 
-ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
+# The image's user cannot write /app, so state lives in /data: the default SQLite database and,
+# with the sandbox provider, the development operator key beside it. Mount a volume there.
+ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 \
+    SMSBOT_DATABASE_URL=sqlite:////data/smsbot.db
 WORKDIR /app
 
 COPY pyproject.toml README.md ./
@@ -12,11 +15,16 @@ RUN pip install --no-cache-dir .
 COPY flows ./flows
 COPY templates ./templates
 
-RUN useradd --system --uid 10001 smsbot
+RUN useradd --system --uid 10001 --no-create-home smsbot \
+    && mkdir /data && chown smsbot /data
+VOLUME /data
 USER smsbot
 
 EXPOSE 8080
-HEALTHCHECK --interval=10s --timeout=3s CMD python -c "import urllib.request,sys; sys.exit(urllib.request.urlopen('http://127.0.0.1:8080/healthz').status != 200)"
-# Migrations run at start-up; with several replicas Alembic's own lock-free upgrade is
-# idempotent, but run `smsbot db upgrade` as a release step if you prefer.
+# start-period: the first start migrates the schema before /healthz answers.
+HEALTHCHECK --interval=10s --timeout=3s --start-period=30s --retries=3 \
+    CMD python -c "import urllib.request,sys; sys.exit(urllib.request.urlopen('http://127.0.0.1:8080/healthz').status != 200)"
+# Migrations run at start-up: on PostgreSQL under an advisory lock, so replicas starting together
+# take turns and the later ones find nothing to do. Run `smsbot db upgrade` as a release step
+# instead if you prefer.
 CMD ["smsbot", "serve", "--host", "0.0.0.0"]

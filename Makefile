@@ -13,7 +13,10 @@ $(STAMP): pyproject.toml
 		{ echo "smsbot needs Python 3.11 or newer; run 'make PYTHON=python3.12 ...'" >&2; exit 1; }
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@# setuptools warns on every editable install that a folder named like the package
+	@# (./smsbot) shadows it: that is this layout on purpose, so the banner is noise here.
+	PYTHONWARNINGS='ignore:Editable installation:UserWarning' \
+		$(BIN)/python -m pip install --quiet -e '.[dev]'
 	@touch $(STAMP)
 
 install: $(STAMP)

@@ -39,6 +39,11 @@ class ConfigError(Exception):
     """A setting is missing or invalid; the message names it and says how to fix it."""
 
 
+def port_in_use(port: int, setting: str) -> ConfigError:
+    """The error for a port something else listens on: it names the port and the setting."""
+    return ConfigError(f"port {port} is in use: stop what uses it or set {setting}")
+
+
 class Secret:
     """A secret string that shows itself only through .get(), never in repr, str or f-strings."""
 
@@ -119,7 +124,15 @@ def _bool(text: str) -> bool:
 
 
 def _choice(*choices: str) -> _Convert:
-    return _checked("one of " + ", ".join(choices), choices.__contains__)
+    """A converter to one of `choices`, in any case (`debug` is DEBUG, `Sandbox` is sandbox)."""
+    canonical = {choice.lower(): choice for choice in choices}
+
+    def convert(text: str) -> str:
+        if text.lower() not in canonical:
+            raise ValueError("one of " + ", ".join(choices))
+        return canonical[text.lower()]
+
+    return convert
 
 
 def _url(text: str) -> str:
@@ -202,6 +215,8 @@ def _var(env: str, default: Any, convert: _Convert = str) -> Any:
 
 
 _SANDBOX_SECRET = Secret("sandbox-secret")  # well known on purpose: the sandbox is local only
+# The sandbox's virtual number: what `make run`, `smsbot chat` and the test kit send from.
+SANDBOX_NUMBER = "+447700900100"
 
 
 @dataclasses.dataclass(frozen=True, repr=False)
@@ -321,6 +336,13 @@ class Settings:
         if scheme.startswith("sqlite"):
             return f"sqlite://{rest}"
         return f"postgresql+psycopg://{_rename_query(rest, 'ssl', 'sslmode')}"
+
+    @property
+    def sender(self) -> str | None:
+        """The sender when a request names none: SMSBOT_DEFAULT_SENDER, or the sandbox's number."""
+        if self.default_sender:
+            return self.default_sender
+        return SANDBOX_NUMBER if self.provider == "sandbox" else None
 
     @property
     def quiet_window(self) -> tuple[dt.time, dt.time] | None:

@@ -283,7 +283,8 @@ async def test_help_is_answered_and_the_conversation_carries_on(bot: BotDriver) 
     await asked(bot)
     await bot.send("HELP")
     bot.expect_reply(
-        equals="this service: automated messages. Reply STOP to unsubscribe, START to resubscribe."
+        equals="Automated messages from this service."
+        " Reply STOP to unsubscribe, START to resubscribe."
     )
     assert bot.conversation().state == "waiting"
 

@@ -56,6 +56,7 @@ def test_defaults_with_an_empty_environment(no_file: Path) -> None:
     assert settings.puresms_webhook_token is None and settings.api_key is None
     assert settings.sandbox_webhook_secret.get() == "sandbox-secret"
     assert settings.default_sender is None
+    assert settings.sender == "+447700900100"  # the sandbox's number
     assert settings.default_region == "GB"
     assert (settings.host, settings.port, settings.sandbox_port) == ("127.0.0.1", 8080, 8081)
     assert (settings.workers, settings.step_max_attempts) == (8, 5)
@@ -127,6 +128,10 @@ def test_from_env_none_reads_os_environ(monkeypatch: pytest.MonkeyPatch, no_file
         ("SMSBOT_DEFAULT_TIMEZONE", "America/New_York", "America/New_York"),
         ("SMSBOT_SEGMENT_POLICY", "fail", "fail"),
         ("SMSBOT_LOG_LEVEL", "DEBUG", "DEBUG"),
+        ("SMSBOT_LOG_LEVEL", "debug", "DEBUG"),  # choices in any case, as booleans are
+        ("SMSBOT_LOG_LEVEL", "Warning", "WARNING"),
+        ("SMSBOT_PROVIDER", "Sandbox", "sandbox"),
+        ("SMSBOT_SEGMENT_POLICY", "FAIL", "fail"),
         ("SMSBOT_FLOWS_DIR", "bots/flows", Path("bots/flows")),
         ("SMSBOT_DEFAULT_SENDER", "ACME", "ACME"),
         ("SMSBOT_HOST", "0.0.0.0", "0.0.0.0"),
@@ -144,7 +149,7 @@ BAD_VALUES = [
     ("SMSBOT_DATABASE_URL", "smsbot.db"),
     ("SMSBOT_DATABASE_URL", "sqlite://"),
     ("SMSBOT_PROVIDER", "twilio"),
-    ("SMSBOT_PROVIDER", "Divergent"),
+    ("SMSBOT_PROVIDER", "divergent-connect"),
     ("SMSBOT_DIVERGENT_URL", "ftp://connect-api.divergent.cloud"),
     ("SMSBOT_DIVERGENT_URL", "connect-api.divergent.cloud"),
     ("SMSBOT_DIVERGENT_URL", "https://"),

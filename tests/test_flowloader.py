@@ -11,6 +11,7 @@ import pytest
 
 from smsbot.engine.loader import MODULE_PREFIX, FlowLoadError, load_flows
 from smsbot.sms.templates import SmsTemplates
+from tests.fresh import EXAMPLE_FILES, EXAMPLE_FLOWS, copy_example_flows
 from tests.test_flow_api import REPO
 
 HEADER = """\
@@ -60,8 +61,14 @@ def test_loads_flows_under_private_module_names(tmp_path: Path, templates: SmsTe
     assert sys.modules["json"].__name__ == "json"
 
 
-def test_the_example_flows_load(templates: SmsTemplates) -> None:
-    assert set(load_flows(REPO / "flows", templates)) == {"appointment", "keywords"}
+def test_the_example_flows_load(tmp_path: Path, templates: SmsTemplates) -> None:
+    assert set(load_flows(copy_example_flows(tmp_path), templates)) == EXAMPLE_FLOWS
+
+
+def test_the_example_files_are_all_there() -> None:
+    # If an example is renamed or added, EXAMPLE_FILES must follow, or the copies miss it.
+    shipped = {p.name for p in (REPO / "flows").iterdir() if not p.name.startswith((".", "_"))}
+    assert set(EXAMPLE_FILES) <= shipped
 
 
 def test_typo_in_a_returned_state(tmp_path: Path, templates: SmsTemplates) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,6 +14,7 @@ from smsbot.engine.loader import load_flows
 from smsbot.engine.router import RouteKind
 from smsbot.engine.runtime import FlowRuntime, FlowStartRejectedError
 from smsbot.sms.templates import SmsTemplates
+from tests.fresh import EXAMPLE_FLOWS, copy_example_flows
 from tests.test_flow_api import REPO, VN, Chat, make_runtime
 
 OTHER_VN = "+447700900200"
@@ -39,8 +41,10 @@ class Booking(Flow):
 
 
 def runtime(**settings: Any) -> FlowRuntime:
+    """The example flows plus Booking; flows a user added to flows/ are left out."""
     sms = SmsTemplates(REPO / "templates")
-    flows = [*load_flows(REPO / "flows", sms).values(), Booking]
+    loaded = load_flows(REPO / "flows", sms)
+    flows = [*(loaded[name] for name in sorted(EXAMPLE_FLOWS)), Booking]
     return FlowRuntime(Settings(**settings), sms, flows)
 
 
@@ -212,6 +216,6 @@ async def test_bad_starts(payload: dict[str, Any], message: str) -> None:
         await chat.step(EventKind.START, payload)
 
 
-def test_flows_dir_is_loaded_from_settings() -> None:
-    settings = Settings(flows_dir=REPO / "flows", templates_dir=REPO / "templates")
-    assert set(FlowRuntime.from_settings(settings).flows) == {"appointment", "keywords"}
+def test_flows_dir_is_loaded_from_settings(tmp_path: Path) -> None:
+    settings = Settings(flows_dir=copy_example_flows(tmp_path), templates_dir=REPO / "templates")
+    assert set(FlowRuntime.from_settings(settings).flows) == EXAMPLE_FLOWS

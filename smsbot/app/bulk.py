@@ -123,7 +123,7 @@ def validate(
         except PhoneNumberError as exc:
             bad.append(RowError(line, "to", str(exc)))
             continue
-        sender = row.get("from") or settings.default_sender
+        sender = row.get("from") or settings.sender
         if not sender:
             bad.append(
                 RowError(line, "from", "missing: give a 'from' or set SMSBOT_DEFAULT_SENDER")

@@ -8,13 +8,13 @@ import sys
 from pathlib import Path
 
 from smsbot.app.bulk import BulkInputError, enqueue_starts, rows_from_csv, validate
+from smsbot.app.database import migrate
 from smsbot.app.operations import OperatorError
 from smsbot.clock import SystemClock
 from smsbot.config import Settings
 from smsbot.engine.runtime import FlowRuntime
 from smsbot.pipeline.inbox import Inbox
 from smsbot.store.engine import Database
-from smsbot.store.migrate import upgrade
 
 SHOWN_ERRORS = 20
 
@@ -53,7 +53,8 @@ async def start_from_csv(settings: Settings, flow: str, path: Path, skip_invalid
             f"{len(bad)} invalid row(s) in {path}; nothing was started (fix them, or pass"
             f" --skip-invalid):\n{shown}{more}"
         )
-    await asyncio.to_thread(upgrade, settings.sync_database_url)
+    if done := await asyncio.to_thread(migrate, settings):
+        print(f"smsbot: {done}", file=sys.stderr)
     db = Database(settings.database_url)
     try:
         result = await enqueue_starts(db, Inbox(db, SystemClock()), flow, good, progress=_progress)

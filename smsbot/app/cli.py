@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import logging
 import sys
 from collections.abc import Sequence
@@ -12,8 +13,9 @@ from pathlib import Path
 from smsbot.app.check_cli import GraphError
 from smsbot.app.check_cli import add_commands as add_check_commands
 from smsbot.app.operations import OperatorError
-from smsbot.config import ConfigError, Settings
+from smsbot.config import ConfigError, Settings, port_in_use
 from smsbot.engine.loader import FlowLoadError
+from smsbot.store.migrate import DatabaseUnavailableError
 
 log = logging.getLogger("smsbot")
 
@@ -34,6 +36,15 @@ def _settings(args: argparse.Namespace) -> Settings:
     return settings.replace(**changes) if changes else settings
 
 
+def _database(settings: Settings) -> Settings:
+    """Reach the database and migrate a fresh one, as `serve` does; say so if it did."""
+    from smsbot.app.database import migrate
+
+    if done := migrate(settings):
+        print(f"smsbot: {done}", file=sys.stderr)
+    return settings
+
+
 def _cmd_serve(args: argparse.Namespace) -> int:
     from smsbot.app.serve import serve
 
@@ -50,39 +61,47 @@ def _cmd_sandbox(args: argparse.Namespace) -> int:
     _logging(settings.log_level)
     secrets = settings.webhook_secrets()
     webhook_url = args.webhook_url or f"http://127.0.0.1:{settings.port}/webhooks/divergent"
-    run_sandbox(
-        "127.0.0.1",
-        args.port,
-        webhook_url,
-        secrets[0] if secrets else None,
-        args.api_key,
-        failing_numbers=args.fail or (),
-    )
+    port = settings.sandbox_port if args.port is None else args.port
+    try:
+        run_sandbox(
+            "127.0.0.1",
+            port,
+            webhook_url,
+            secrets[0] if secrets else None,
+            args.api_key,
+            failing_numbers=args.fail or (),
+        )
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            raise port_in_use(port, "SMSBOT_SANDBOX_PORT (or pass --port)") from None
+        raise
     return 0
 
 
 def _cmd_send(args: argparse.Namespace) -> int:
-    from smsbot.app.operations import send_now
+    from smsbot.app.operations import check_send, send_now
 
     settings = Settings.from_env()
+    check_send(settings, to=args.to, text=args.text, sender=args.sender)  # before creating
+    _database(settings)
     result = asyncio.run(send_now(settings, to=args.to, text=args.text, sender=args.sender))
     print(result)
     return 0
 
 
 def _cmd_db_upgrade(args: argparse.Namespace) -> int:
-    from smsbot.store.migrate import upgrade
+    from smsbot.app.database import migrate
+    from smsbot.store.migrate import HEAD
 
     settings = Settings.from_env()
-    upgrade(settings.sync_database_url)
-    print("database is up to date")
+    print(migrate(settings) or f"nothing to do: the database is at the newest revision, {HEAD}")
     return 0
 
 
 def _cmd_events_failed(args: argparse.Namespace) -> int:
     from smsbot.app.operations import failed_events
 
-    settings = Settings.from_env()
+    settings = _database(Settings.from_env())
     rows = asyncio.run(failed_events(settings, limit=args.limit))
     if not rows:
         print("no failed events")
@@ -94,7 +113,7 @@ def _cmd_events_failed(args: argparse.Namespace) -> int:
 def _cmd_events_retry(args: argparse.Namespace) -> int:
     from smsbot.app.operations import retry_event
 
-    settings = Settings.from_env()
+    settings = _database(Settings.from_env())
     print(asyncio.run(retry_event(settings, args.event_id)))
     return 0
 
@@ -137,7 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_serve)
 
     p = sub.add_parser("sandbox", help="run the local fake of the Divergent Connect API")
-    p.add_argument("--port", type=int, default=8081, help="port to listen on (default 8081)")
+    p.add_argument("--port", type=int, help="port to listen on (SMSBOT_SANDBOX_PORT, default 8081)")
     p.add_argument("--webhook-url", help="where to post receipts and inbound SMS")
     p.add_argument("--api-key", default="sandbox", help="the X-Api-Key it accepts")
     p.add_argument("--fail", action="append", metavar="NUMBER", help="a number whose SMS fail")
@@ -149,11 +168,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--from", dest="sender", help="sender (default SMSBOT_DEFAULT_SENDER)")
     p.set_defaults(func=_cmd_send)
 
-    db = sub.add_parser("db", help="database schema").add_subparsers(dest="db_command")
+    db = sub.add_parser("db", help="database schema").add_subparsers(
+        dest="db_command", metavar="{upgrade}", required=True
+    )
     p = db.add_parser("upgrade", help="apply every pending migration")
     p.set_defaults(func=_cmd_db_upgrade)
 
-    ev = sub.add_parser("events", help="inspect the inbox").add_subparsers(dest="events_command")
+    ev = sub.add_parser("events", help="inspect the inbox").add_subparsers(
+        dest="events_command", metavar="{failed,retry}", required=True
+    )
     p = ev.add_parser("failed", help="list events parked after their retries")
     p.add_argument("--limit", type=int, default=50)
     p.set_defaults(func=_cmd_events_failed)
@@ -198,6 +221,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, UsageError, OperatorError, FlowLoadError, GraphError) as exc:
         print(f"smsbot: {exc}", file=sys.stderr)
         return 2
+    except DatabaseUnavailableError as exc:
+        print(f"smsbot: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
     except OSError as exc:

@@ -31,11 +31,14 @@ class OperatorError(Exception):
     """An operator request that cannot be carried out; the message says why and what to do."""
 
 
-def resolve_sender(settings: Settings, sender: str | None) -> str:
-    """Return the sender to use, normalised, or raise OperatorError naming the fix."""
-    chosen = sender or settings.default_sender
+def resolve_sender(settings: Settings, sender: str | None, *, given_as: str = '"from"') -> str:
+    """Return the sender to use, normalised, or raise OperatorError naming the fix.
+
+    `given_as` is how the caller's user names a sender: the API's "from", the CLI's --from.
+    """
+    chosen = sender or settings.sender
     if not chosen:
-        raise OperatorError('no sender: pass --from / "from", or set SMSBOT_DEFAULT_SENDER')
+        raise OperatorError(f"no sender: give one in {given_as}, or set SMSBOT_DEFAULT_SENDER")
     try:
         return normalize_sender(chosen, settings.default_region)
     except PhoneNumberError as exc:
@@ -50,15 +53,23 @@ def resolve_recipient(settings: Settings, to: str) -> str:
         raise OperatorError(f"recipient: {exc}") from None
 
 
-async def send_now(settings: Settings, *, to: str, text: str, sender: str | None) -> str:
-    """Send one SMS at once through the configured provider (`smsbot send`), recorded."""
+def check_send(settings: Settings, *, to: str, text: str, sender: str | None) -> tuple[str, str]:
+    """Return (recipient, sender) for `smsbot send`, or raise OperatorError; touches nothing."""
     recipient = resolve_recipient(settings, to)
-    origin = resolve_sender(settings, sender)
+    origin = resolve_sender(settings, sender, given_as="--from")
     if not text.strip():
         raise OperatorError("the text is empty: pass --text with something to say")
+    return recipient, origin
+
+
+async def send_now(settings: Settings, *, to: str, text: str, sender: str | None) -> str:
+    """Send one SMS at once through the configured provider (`smsbot send`), recorded."""
+    recipient, origin = check_send(settings, to=to, text=text, sender=sender)
     db = Database(settings.database_url)
     clock = SystemClock()
-    provider = build_provider(settings, attempts=4)
+    # The sandbox is local: running or not, so retrying it only delays the answer.
+    sandbox = settings.provider == "sandbox"
+    provider = build_provider(settings, attempts=1 if sandbox else 4)
     try:
         async with db.session() as s, s.begin():
             opted = await s.execute(
@@ -108,7 +119,8 @@ async def send_now(settings: Settings, *, to: str, text: str, sender: str | None
             result = await provider.send(outbound)
         except ProviderError as exc:
             await record(status=DeliveryStatus.FAILED.value, error=str(exc)[:500])
-            raise OperatorError(f"the provider refused the message: {exc}") from None
+            hint = "; is `smsbot serve` (or `smsbot sandbox`) running?" if sandbox else ""
+            raise OperatorError(f"the message was not sent: {exc}{hint}") from None
         await record(
             status=DeliveryStatus.ACCEPTED.value,
             provider_message_id=result.provider_message_id,
@@ -140,9 +152,17 @@ async def failed_events(settings: Settings, *, limit: int = 50) -> list[str]:
         await db.dispose()
     return [
         f"#{r.id} {r.kind} {r.virtual_number}<->{r.phone} attempts={r.attempts} "
-        f"at={r.processed_at:%Y-%m-%d %H:%M:%S} error={(r.last_error or '').splitlines()[0][:200]}"
+        f"at={r.processed_at:%Y-%m-%d %H:%M:%S} error={error_message(r.last_error)[:200]}"
         for r in rows
     ]
+
+
+def error_message(stored: str | None) -> str:
+    """The exception's own line from a stored traceback ("ValueError: bad date"), or ""."""
+    # A traceback's last line not indented is "Type: message", chained or not; a plain one-line
+    # error is its own message. (A long traceback is stored cut from the front.)
+    lines = [line for line in (stored or "").splitlines() if line.strip()]
+    return next((line for line in reversed(lines) if not line[:1].isspace()), "")
 
 
 async def retry_event(settings: Settings, event_id: int) -> str:

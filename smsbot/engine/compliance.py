@@ -31,7 +31,7 @@ OPT_OUT_TEXT = (
     " Reply START to resubscribe."
 )
 OPT_IN_TEXT = "You are subscribed to {service} again. Reply HELP for help or STOP to unsubscribe."
-HELP_TEXT = "{service}: automated messages. Reply STOP to unsubscribe, START to resubscribe."
+HELP_TEXT = "Automated messages from {service}. Reply STOP to unsubscribe, START to resubscribe."
 SERVICE = "this service"
 
 _WORD_KEYS = ("opt_out_words", "soft_opt_out_words", "opt_in_words", "help_words")

@@ -31,7 +31,7 @@ from smsbot.engine.contract import (
     TimerRequest,
 )
 from smsbot.engine.flow import Conversation, Flow, FlowError, Handler, Message, State
-from smsbot.engine.loader import check_flows, load_flows
+from smsbot.engine.loader import FlowLoadError, check_flows, load_flows
 from smsbot.engine.quiet_hours import defer_until
 from smsbot.engine.router import RouteKind, Router
 from smsbot.engine.step import RESERVED, Run, Step, StepDeps, sent_by_this_run
@@ -88,7 +88,17 @@ class FlowRuntime:
             segment_policy=settings.segment_policy,
             smart_characters=settings.smart_characters,
         )
-        return cls(settings, templates, load_flows(settings.flows_dir, templates))
+        try:
+            flows = load_flows(settings.flows_dir, templates)
+        except FlowLoadError:
+            # One line for the cause, not one per template the flows name.
+            if settings.flows_dir.is_dir() and not settings.templates_dir.is_dir():
+                raise FlowLoadError(
+                    f"templates directory {settings.templates_dir} does not exist:"
+                    " create it or set SMSBOT_TEMPLATES_DIR"
+                ) from None
+            raise
+        return cls(settings, templates, flows)
 
     async def handle(
         self, event: DispatchEvent, convo: ConversationSnapshot, now: dt.datetime

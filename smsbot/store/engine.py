@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sqlite3
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol, TypeVar
@@ -199,12 +200,34 @@ def _configure_sqlite(engine: Engine) -> None:
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.execute("PRAGMA busy_timeout=10000")
+        try_wal(cursor)
+        cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.close()
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Any) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def try_wal(cursor: Any) -> bool:
+    """Switch the database to WAL unless it is; False when another connection's lock stops it.
+
+    SQLite refuses the switch at once then, whatever busy_timeout says. WAL is kept in the file,
+    so one success is enough: `smsbot.store.migrate.enable_wal` sees to it at start-up, and
+    until then a connection works in the default journal mode.
+    """
+    cursor.execute("PRAGMA journal_mode")
+    row = cursor.fetchone()
+    if row is not None and str(row[0]).lower() in ("wal", "memory"):
+        return True
+    try:
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.fetchall()
+    except sqlite3.OperationalError as exc:
+        if "locked" not in str(exc) and "busy" not in str(exc):
+            raise
+        log.debug("WAL not switched on yet: another connection holds a lock")
+        return False
+    return True

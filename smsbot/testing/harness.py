@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from smsbot.clock import VirtualClock
-from smsbot.config import Settings
+from smsbot.config import SANDBOX_NUMBER, Settings
 from smsbot.engine.contract import (
     ConversationKey,
     ConversationSnapshot,
@@ -40,7 +40,7 @@ __all__ = ["DEFAULT_NOW", "DEFAULT_NUMBER", "DEFAULT_PHONE", "Chat", "make_runti
 
 DEFAULT_NOW = dt.datetime(2026, 1, 15, 9, 0, tzinfo=dt.UTC)  # a Thursday; London is on UTC
 DEFAULT_PHONE = "+447700900123"  # Ofcom's drama range: never a real phone
-DEFAULT_NUMBER = "+447700900100"  # the bot's virtual number unless SMSBOT_DEFAULT_SENDER says
+DEFAULT_NUMBER = SANDBOX_NUMBER  # the bot's virtual number unless SMSBOT_DEFAULT_SENDER says
 
 
 def make_runtime(

@@ -104,7 +104,7 @@ async def _json_object(request: web.Request) -> dict[str, Any]:
 def _runtime(request: web.Request) -> FlowRuntime:
     handler = request.config_dict[BOT].handler
     if not isinstance(handler, FlowRuntime):
-        raise web.HTTPNotFound(reason="this server runs no flows (started with --echo)")
+        raise web.HTTPNotFound(reason="this server runs no flows: it was started in echo mode")
     return handler
 
 
