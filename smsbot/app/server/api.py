@@ -23,6 +23,7 @@ from smsbot.app.server.responses import problem
 from smsbot.channels.events import WebhookFormatError, load_json
 from smsbot.engine.contract import EventKind
 from smsbot.engine.runtime import FlowRuntime
+from smsbot.pipeline.bot import Bot
 from smsbot.pipeline.inbox import InboxEntry
 from smsbot.sms.templates import TemplateError
 from smsbot.store.models import conversations_t, messages_t, opt_outs_t
@@ -135,8 +136,8 @@ def _check_data(runtime: FlowRuntime, name: str, data: dict[str, Any]) -> None:
             raise FieldError("data", str(exc).strip("'\"")) from None
 
 
-async def _opted_out(request: web.Request, vn: str, phone: str) -> bool:
-    async with request.config_dict[BOT].db.session() as s:
+async def _opted_out(bot: Bot, vn: str, phone: str) -> bool:
+    async with bot.db.session() as s:
         row = await s.execute(
             select(opt_outs_t.c.id).where(
                 opt_outs_t.c.virtual_number == vn, opt_outs_t.c.phone == phone
@@ -145,13 +146,18 @@ async def _opted_out(request: web.Request, vn: str, phone: str) -> bool:
         return row.first() is not None
 
 
-async def _enqueue(
-    request: web.Request, kind: EventKind, payload: dict[str, Any], vn: str, phone: str
-) -> web.Response:
-    bot = request.config_dict[BOT]
-    if await _opted_out(request, vn, phone):
-        return problem(409, f"{phone} has opted out of messages from {vn}; they must text START")
-    key = request.headers.get("Idempotency-Key") or uuid.uuid4().hex
+async def queue_outside_event(
+    bot: Bot,
+    kind: EventKind,
+    payload: dict[str, Any],
+    vn: str,
+    phone: str,
+    idempotency_key: str | None = None,
+) -> str | None:
+    """Queue a start or a send for (vn, phone): "queued" or "duplicate"; None if opted out."""
+    if await _opted_out(bot, vn, phone):
+        return None
+    key = idempotency_key or uuid.uuid4().hex
     entry = InboxEntry(
         source="api",
         event_id=f"{kind.value}:{key}"[:200],
@@ -162,10 +168,18 @@ async def _enqueue(
     )
     outcome = await bot.inbox.accept(entry)
     bot.dispatcher.notify()
-    return web.json_response(
-        {"status": "queued" if outcome.value == "new" else outcome.value, "to": phone, "from": vn},
-        status=202,
-    )
+    return "queued" if outcome.value == "new" else outcome.value
+
+
+async def _enqueue(
+    request: web.Request, kind: EventKind, payload: dict[str, Any], vn: str, phone: str
+) -> web.Response:
+    bot = request.config_dict[BOT]
+    key = request.headers.get("Idempotency-Key")
+    status = await queue_outside_event(bot, kind, payload, vn, phone, key)
+    if status is None:
+        return problem(409, f"{phone} has opted out of messages from {vn}; they must text START")
+    return web.json_response({"status": status, "to": phone, "from": vn}, status=202)
 
 
 async def start_flow(request: web.Request) -> web.Response:
