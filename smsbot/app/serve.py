@@ -12,7 +12,9 @@ from aiohttp import web
 
 from smsbot.app.assembly import SANDBOX_API_KEY, build_handler, build_provider
 from smsbot.app.server.app import create_app
+from smsbot.app.server.keys import SANDBOX
 from smsbot.channels.sandbox import Sandbox
+from smsbot.clock import Clock, OffsetClock
 from smsbot.config import ConfigError, Settings
 from smsbot.engine.contract import EchoHandler, StepHandler
 from smsbot.pipeline.bot import Bot
@@ -58,12 +60,17 @@ def migrate(settings: Settings) -> None:
 async def _app(settings: Settings, handler: StepHandler) -> web.Application:
     sandbox: Sandbox | None = None
     sandbox_url = None
+    clock: Clock | None = None
     if settings.provider == "sandbox":
+        # Local development: one clock for the bot and the sandbox (webhook signatures carry
+        # its time) that the console can move forward to fire reminders (docs/console.md).
+        clock = OffsetClock()
         webhook_host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host  # noqa: S104
         sandbox = Sandbox(
             api_key=SANDBOX_API_KEY,
             webhook_url=f"http://{webhook_host}:{settings.port}/webhooks/divergent",
             webhook_secret=settings.webhook_secrets()[0],
+            clock=clock,
         )
         sandbox_url = await sandbox.start("127.0.0.1", settings.sandbox_port)
         log.info(
@@ -71,8 +78,11 @@ async def _app(settings: Settings, handler: StepHandler) -> web.Application:
             sandbox_url,
             sandbox_url,
         )
-    bot = Bot(settings, provider=build_provider(settings, sandbox_url=sandbox_url), handler=handler)
+    provider = build_provider(settings, sandbox_url=sandbox_url)
+    bot = Bot(settings, provider=provider, handler=handler, clock=clock)
     app = create_app(bot)
+    if sandbox is not None:
+        app[SANDBOX] = sandbox
 
     async def sandbox_lifecycle(_app: web.Application) -> AsyncIterator[None]:
         yield

@@ -16,6 +16,7 @@ from aiohttp.typedefs import Handler
 from sqlalchemy import select
 
 from smsbot.app.bulk import BulkInputError, enqueue_starts, rows_from_csv, rows_from_json, validate
+from smsbot.app.console.results import results_api
 from smsbot.app.operations import OperatorError, resolve_recipient, resolve_sender
 from smsbot.app.server.keys import BOT
 from smsbot.app.server.openapi import OPENAPI
@@ -338,6 +339,7 @@ def create_api() -> web.Application:
     api = web.Application(middlewares=[bearer_auth])
     api.router.add_post("/flows/{name}/start", start_flow)
     api.router.add_post("/flows/{name}/start-many", start_many)
+    api.router.add_get("/flows/{name}/results", results_api)
     api.router.add_post("/messages", send_message)
     api.router.add_get("/conversations", conversations)
     api.router.add_get("/openapi.json", openapi)
