@@ -56,7 +56,9 @@ class Health:
 
 def _label(window: dt.timedelta) -> str:
     minutes = int(window.total_seconds() // 60)
-    return f"last {minutes} minutes" if minutes < 60 else f"last {minutes // 60} hour(s)"
+    if minutes < 60:
+        return f"last {minutes} minutes"
+    return "last hour" if minutes == 60 else f"last {minutes // 60} hours"
 
 
 async def measure(bot: Bot) -> Health:

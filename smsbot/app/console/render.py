@@ -33,6 +33,15 @@ def when(value: dt.datetime | None, with_date: bool = True) -> str:
     return value.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC" if with_date else "%H:%M:%S")
 
 
+def duration(value: dt.timedelta) -> str:
+    """A span of time in words, to the minute: "1 d 19 h 5 min"."""
+    minutes = int(value.total_seconds() // 60)
+    days, minutes = divmod(minutes, 24 * 60)
+    hours, minutes = divmod(minutes, 60)
+    parts = [(days, "d"), (hours, "h"), (minutes, "min")]
+    return " ".join(f"{n} {unit}" for n, unit in parts if n) or "under a minute"
+
+
 def first_line(error: str | None) -> str:
     """The line of a stored error that says what went wrong (a traceback's last line)."""
     lines = [line.strip() for line in (error or "").strip().splitlines() if line.strip()]
@@ -48,6 +57,7 @@ _env = jinja2.Environment(
 )
 _env.filters["when"] = when
 _env.filters["first_line"] = first_line
+_env.filters["duration"] = duration
 _env.globals.update(MOUNT=MOUNT, NAVIGATION=NAVIGATION, CSRF_FIELD=CSRF_FIELD)
 
 
