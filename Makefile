@@ -24,6 +24,7 @@ run: $(STAMP)
 
 ## test: lint, type-check, then the whole test suite
 test: lint
+	$(BIN)/smsbot check --flows flows --templates templates
 	$(BIN)/pytest
 
 lint: $(STAMP)

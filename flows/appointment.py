@@ -1,6 +1,6 @@
 """Appointment confirmation: ask, confirm or cancel, remind before, hand over the rest to staff.
 
-Started from outside (operator API, CLI or Python) with data:
+Started from outside (operator API, CLI or Python) with data (AppointmentData below):
     {"name": "Sam", "starts_at": "2026-01-20T10:30:00+00:00", "location": "Riverside Clinic"}
 and optionally "remind_before_minutes" (default 1440: the day before).
 
@@ -10,11 +10,11 @@ once the appointment is under 2 hours away) staff take over: data["handover"] sa
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Annotated
 
-from smsbot import Conversation, Flow, FlowError, Message, State
+from smsbot import Conversation, Flow, FlowError, Future, Length, Message, Range, State
 
 MAX_UNCLEAR = 2  # re-ask this many times, then a person takes over
 TOO_LATE = timedelta(hours=2)  # closer than this to the appointment, texting is pointless
@@ -34,6 +34,16 @@ def parse_starts_at(text: object) -> datetime:
     return moment
 
 
+@dataclass
+class AppointmentData:
+    """The data a START of this flow brings; anything else is refused before it is queued."""
+
+    name: Annotated[str, Length(max=40)]
+    starts_at: Annotated[datetime, Future()]  # ISO 8601 with a UTC offset; the data keeps the text
+    location: Annotated[str, Length(max=60)]
+    remind_before_minutes: Annotated[int, Range(0, 4 * 7 * 24 * 60)] = 24 * 60  # up to 4 weeks
+
+
 def starts_at(convo: Conversation) -> datetime:
     """The appointment time from the conversation data."""
     return parse_starts_at(convo.data["starts_at"])
@@ -43,18 +53,15 @@ class AppointmentConfirmation(Flow):
     """Ask a patient to confirm an appointment; remind them before it."""
 
     name = "appointment"
-    required_data = ("name", "starts_at", "location")  # a START without them is refused
+    start_data = AppointmentData  # the operator API, CSV starts and `smsbot check` all use it
+    # A message the patient expects about their own appointment, not marketing: its first text
+    # need not say how to opt out (`smsbot check` would warn). STOP works all the same.
+    opt_out_notice = False
 
     waiting = State(initial=True, timeout=timedelta(hours=48))
     confirmed = State()  # not final: the patient can still cancel
     cancelled = State(final=True)  # final states end the conversation
     handed_over = State(final=True)
-
-    @classmethod
-    def check_start_data(cls, data: Mapping[str, Any]) -> None:
-        # Runs before a START is queued too, so the operator API can answer 400 at once.
-        super().check_start_data(data)
-        parse_starts_at(data["starts_at"])
 
     async def start(self, convo: Conversation) -> State | None:
         if starts_at(convo) <= convo.now:

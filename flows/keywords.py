@@ -8,6 +8,7 @@ appointment conversation carries on. It is also the catch-all for messages nothi
 from __future__ import annotations
 
 import tomllib
+from dataclasses import dataclass
 from pathlib import Path
 
 from smsbot import Conversation, Flow, State
@@ -30,10 +31,16 @@ def _load_texts(path: Path) -> dict[str, str]:
 TEXTS = _load_texts(Path(__file__).with_suffix(".toml"))
 
 
+@dataclass
+class NoData:
+    """Started from outside, this flow sends the menu: it takes no data."""
+
+
 class KeywordReplies(Flow):
     """Answer a keyword with its fixed reply; answer anything else with the list of keywords."""
 
     name = "keywords"
+    start_data = NoData  # a START from outside with data is refused
     triggers = (*TEMPLATES, *TEXTS)  # on every number this flow is bound to
     done = State(initial=True, final=True)  # initial and final: one answer, no conversation
 

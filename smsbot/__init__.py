@@ -3,12 +3,14 @@
 What a flow author needs is importable from here::
 
     from smsbot import Conversation, Flow, Message, State
+    from smsbot import Future, Length, Range    # markers for a flow's start_data fields
 
 These come from the flow engine, which loads neither SQLAlchemy nor aiohttp.
 """
 
 from smsbot.clock import Clock, SystemClock, VirtualClock
 from smsbot.engine.flow import Conversation, Flow, FlowError, Message, State
+from smsbot.engine.startdata import Future, Length, Range, StartDataError
 from smsbot.sms.status import DeliveryStatus
 from smsbot.sms.templates import RenderedSms, TemplateError
 
@@ -18,8 +20,12 @@ __all__ = [
     "DeliveryStatus",
     "Flow",
     "FlowError",
+    "Future",
+    "Length",
     "Message",
+    "Range",
     "RenderedSms",
+    "StartDataError",
     "State",
     "SystemClock",
     "TemplateError",

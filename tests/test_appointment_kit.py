@@ -139,8 +139,9 @@ async def test_stop_opts_out_and_suppresses_the_reminder(bot: BotDriver) -> None
     bot.expect_no_reply()
     await bot.send("HOURS")  # after STOP, nothing but the one confirmation
     bot.expect_no_reply()
+    later = {**SAM, "starts_at": (STARTS_AT + dt.timedelta(days=7)).isoformat()}
     with pytest.raises(StartRefusedError, match="opted out") as refused:
-        await bot.start("appointment", data=SAM)
+        await bot.start("appointment", data=later)
     assert refused.value.status == 409
     await bot.send("START")
     bot.expect_reply(contains="subscribed to this service again")

@@ -207,8 +207,8 @@ async def test_keywords_started_from_outside_send_the_menu() -> None:
 
 def test_start_data_is_checked_before_queueing() -> None:
     flow = make_runtime().flows["appointment"]
-    flow.check_start_data(DATA)
-    with pytest.raises(ValueError, match="needs data location"):
-        flow.check_start_data({"name": "Sam", "starts_at": DATA["starts_at"]})
+    assert flow.parse_start_data(DATA, now=NOW) == DATA
+    with pytest.raises(ValueError, match=r"data\.location is required"):
+        flow.parse_start_data({"name": "Sam", "starts_at": DATA["starts_at"]}, now=NOW)
     with pytest.raises(ValueError, match="UTC offset"):
-        flow.check_start_data({**DATA, "starts_at": "2026-01-20 10:30"})
+        flow.parse_start_data({**DATA, "starts_at": "2026-01-20 10:30"}, now=NOW)

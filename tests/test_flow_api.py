@@ -1,122 +1,42 @@
 """The flow API through FlowRuntime.handle: states, transitions, hooks, timers, data, purity.
 
-`Chat` drives the runtime the way the dispatcher does (applies each StepResult to the snapshot
-and keeps a timers table), so these tests need no database; the other flow tests import it.
+They run on smsbot.testing's in-memory harness (`Chat`), which drives the runtime the way the
+dispatcher does, so they need no database; the other flow tests import it from here.
 """
 
 from __future__ import annotations
 
 import copy
-import dataclasses
 import datetime as dt
 import zoneinfo
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from smsbot.config import Settings
 from smsbot.engine.contract import (
     ConversationKey,
-    ConversationSnapshot,
     DispatchEvent,
     EventKind,
     Origin,
-    StepResult,
-    TimerRequest,
 )
 from smsbot.engine.flow import Conversation, Flow, FlowError, Message, State
-from smsbot.engine.loader import load_flows
 from smsbot.engine.runtime import FlowLoopError, FlowRuntime
 from smsbot.sms.keywords import match_keyword, normalize_text
-from smsbot.sms.templates import SmsTemplates, TemplateError
+from smsbot.sms.templates import TemplateError
+from smsbot.testing import harness
+from smsbot.testing.harness import DEFAULT_NOW, DEFAULT_NUMBER, DEFAULT_PHONE, Chat
 
 REPO = Path(__file__).resolve().parents[1]
-VN = "+447700900100"
-PHONE = "+447700900123"
-NOW = dt.datetime(2026, 1, 15, 9, 0, tzinfo=dt.UTC)  # a Thursday; London is on UTC in winter
+VN = DEFAULT_NUMBER
+PHONE = DEFAULT_PHONE
+NOW = DEFAULT_NOW  # Thursday 15 January 2026, 09:00 UTC; London is on UTC in winter
 
 
-def make_runtime(
-    flows: Iterable[type[Flow]] | None = None,
-    *,
-    templates: Path = REPO / "templates",
-    **settings: Any,
-) -> FlowRuntime:
-    """A runtime over the repository's templates and flows, or over the given flows."""
-    sms = SmsTemplates(templates)
-    loaded = load_flows(REPO / "flows", sms) if flows is None else list(flows)
-    return FlowRuntime(Settings(**settings), sms, loaded)
-
-
-class Chat:
-    """One conversation driven like the dispatcher drives it; no database."""
-
-    def __init__(self, runtime: FlowRuntime, *, phone: str = PHONE, vn: str = VN) -> None:
-        self.rt = runtime
-        self.now = NOW
-        self.timers: dict[str, TimerRequest] = {}  # the scheduled timers, like the timers table
-        self.events = 0
-        self.snap = ConversationSnapshot(
-            id=1,
-            key=ConversationKey(vn, phone),
-            flow=None,
-            state=None,
-            data={},
-            version=0,
-            state_token=None,
-            opted_out=False,
-            started_at=None,
-            last_activity_at=None,
-        )
-
-    async def step(self, kind: EventKind, payload: Mapping[str, Any]) -> StepResult:
-        """Run one event and apply its result."""
-        self.events += 1
-        event = DispatchEvent(self.events, kind, dict(payload), self.now)
-        result = await self.rt.handle(event, self.snap, self.now)
-        if result.cancel_all_timers:
-            self.timers.clear()
-        for name in result.cancel_timers:
-            self.timers.pop(name, None)
-        self.timers.update({t.name: t for t in result.timers})
-        self.snap = dataclasses.replace(
-            self.snap,
-            flow=result.flow,
-            state=result.state if result.flow else None,
-            data=copy.deepcopy(result.data),
-            version=self.snap.version + 1,
-            state_token=f"token{self.events}" if result.state_entered else self.snap.state_token,
-            opted_out=self.snap.opted_out if result.opt_out is None else result.opt_out,
-        )
-        return result
-
-    async def send(self, body: str) -> list[str]:
-        """Text the bot; return the texts of its replies."""
-        result = await self.step(EventKind.INBOUND, {"body": body, "message_id": None})
-        return [reply.text for reply in result.replies]
-
-    async def start(
-        self, flow: str, data: Mapping[str, Any] | None = None, policy: str = "interrupt"
-    ) -> StepResult:
-        """Start `flow` from outside."""
-        payload = {"flow": flow, "data": dict(data or {}), "policy": policy}
-        return await self.step(EventKind.START, payload)
-
-    async def fire(self, name: str, *, token: str | None = None) -> StepResult:
-        """Move the clock to the timer `name` and fire it."""
-        timer = self.timers.pop(name)
-        self.now = max(self.now, timer.due_at)
-        payload = {"name": name, "kind": timer.kind, "payload": timer.payload}
-        if token is not None:
-            payload["payload"] = {**timer.payload, "state_token": token}
-        return await self.step(EventKind.TIMER, {**payload, "due_at": timer.due_at.isoformat()})
-
-    @property
-    def user_data(self) -> dict[str, Any]:
-        """The conversation data without the runtime's own bookkeeping."""
-        return {k: v for k, v in self.snap.data.items() if k != "_smsbot"}
+def make_runtime(flows: Iterable[type[Flow]] | None = None, **settings: Any) -> FlowRuntime:
+    """The harness's runtime over this repository's flows and templates, or the given flows."""
+    return harness.make_runtime(flows, project=REPO, **settings)
 
 
 # --- keywords -------------------------------------------------------------------------------
@@ -437,8 +357,8 @@ async def test_the_step_is_pure(chat: Chat) -> None:
     await chat.send("later")
     before = copy.deepcopy(chat.snap)
     event = DispatchEvent(99, EventKind.INBOUND, {"body": "3"}, NOW)
-    first = await chat.rt.handle(event, chat.snap, NOW)
-    second = await chat.rt.handle(event, chat.snap, NOW)
+    first = await chat.runtime.handle(event, chat.snap, NOW)
+    second = await chat.runtime.handle(event, chat.snap, NOW)
     assert first == second
     assert chat.snap == before  # the snapshot (and its data) is untouched
 

@@ -22,6 +22,11 @@ ENGINE_MODULES = [
     "smsbot.engine.loader",
     "smsbot.engine.step",
     "smsbot.engine.runtime",
+    "smsbot.engine.startdata",
+    "smsbot.engine.flowsource",
+    "smsbot.engine.graph",
+    "smsbot.engine.checks",
+    "smsbot.testing.harness",  # the in-memory harness: no database, no server
 ]
 
 

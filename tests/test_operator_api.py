@@ -88,7 +88,12 @@ async def test_start_a_flow_and_read_the_conversation(api: Api) -> None:
     [
         ("/api/flows/appointment/start", {"to": "garbage", "data": APPOINTMENT}, 400, None),
         ("/api/flows/appointment/start", {"to": PHONE, "data": []}, 400, "data"),
-        ("/api/flows/appointment/start", {"to": PHONE, "data": {"name": "Sam"}}, 400, "data"),
+        (
+            "/api/flows/appointment/start",
+            {"to": PHONE, "data": {"name": "Sam"}},
+            400,
+            "data.starts_at",
+        ),
         ("/api/flows/appointment/start", {"data": APPOINTMENT}, 400, "to"),
         ("/api/flows/appointment/start", {"to": PHONE, "policy": "x"}, 400, "policy"),
         ("/api/flows/nope/start", {"to": PHONE}, 404, None),
@@ -186,7 +191,7 @@ async def test_start_many_validates_every_row_first(api: Api) -> None:
     ]
     code, body = await api.call("POST", "/api/flows/appointment/start-many", json=rows)
     assert code == 400
-    assert [(e["line"], e["field"]) for e in body["invalid"]] == [(2, "to"), (3, "data")]
+    assert [(e["line"], e["field"]) for e in body["invalid"]] == [(2, "to"), (3, "data.starts_at")]
     assert await api.event_count() == 0  # a bad file starts nothing
     code, body = await api.call(
         "POST", "/api/flows/appointment/start-many?skip_invalid=true", json=rows

@@ -178,7 +178,7 @@ async def test_start_policy_interrupt() -> None:
     ("payload", "message"),
     [
         ({"flow": "nope", "data": {}}, "cannot start flow 'nope'"),
-        ({"flow": "appointment", "data": {"name": "Sam"}}, "needs data starts_at, location"),
+        ({"flow": "appointment", "data": {"name": "Sam"}}, "data.starts_at is required"),
         ({"flow": "booking", "data": {}, "policy": "maybe"}, "policy must be"),
         ({"flow": "booking", "data": []}, "JSON object"),
     ],

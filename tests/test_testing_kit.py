@@ -157,12 +157,13 @@ async def test_quiet_hours_hold_a_start_until_morning(bot: BotDriver) -> None:
 
 
 async def test_a_flow_that_raises_fails_the_test_with_the_error(bot: BotDriver) -> None:
-    with pytest.raises(StepFailedError) as failed:
-        await bot.start("appointment", data={**SAM, "starts_at": "2026-01-01T10:30:00+00:00"})
-    assert str(failed.value).startswith("start event #1 for +447700900123 failed (attempt 1):")
-    assert "FlowError: appointment: starts_at 2026-01-01T10:30:00+00:00 has passed" in str(
-        failed.value
-    )
+    await bot.start("appointment", data=SAM)
+    bot.expect_reply(equals=ASK)
+    with pytest.raises(StepFailedError) as failed:  # a running conversation refuses it
+        await bot.start("appointment", data=SAM, policy="reject")
+    assert str(failed.value).startswith("start event #")  # its id: receipts are events too
+    assert " for +447700900123 failed (attempt 1):" in str(failed.value)
+    assert "FlowStartRejectedError: flow 'appointment' not started" in str(failed.value)
 
 
 async def test_a_refused_start_says_why(bot: BotDriver) -> None:

@@ -13,6 +13,7 @@ from sqlalchemy import select, tuple_
 
 from smsbot.config import Settings
 from smsbot.engine.contract import EventKind
+from smsbot.engine.startdata import StartDataError
 from smsbot.pipeline.inbox import Inbox, InboxEntry
 from smsbot.sms.phone import PhoneNumberError, normalize, normalize_sender
 from smsbot.store.engine import Database
@@ -103,9 +104,13 @@ def rows_from_json(items: object) -> list[tuple[int, dict[str, Any]]]:
 def validate(
     rows: Sequence[tuple[int, Mapping[str, Any]]],
     settings: Settings,
-    check_data: Callable[[dict[str, Any]], None] | None = None,
+    parse_data: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
 ) -> tuple[list[StartRow], list[RowError]]:
-    """Check every row; return the good ones and an error per bad one."""
+    """Check every row; return the good ones and an error per bad one.
+
+    `parse_data` checks a row's data against the flow's start_data (Flow.parse_start_data)
+    and returns it with the declared types.
+    """
     good: list[StartRow] = []
     bad: list[RowError] = []
     seen: set[tuple[str, str]] = set()
@@ -133,9 +138,12 @@ def validate(
         if not isinstance(data, dict):
             bad.append(RowError(line, "data", "must be an object"))
             continue
-        if check_data is not None:
+        if parse_data is not None:
             try:
-                check_data(data)
+                data = parse_data(data)
+            except StartDataError as exc:
+                bad.append(RowError(line, exc.field, exc.reason))
+                continue
             except (ValueError, TypeError, KeyError) as exc:
                 bad.append(RowError(line, "data", str(exc).strip("'\"")))
                 continue

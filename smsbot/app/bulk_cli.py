@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import sys
 from pathlib import Path
 
@@ -42,8 +43,9 @@ async def start_from_csv(settings: Settings, flow: str, path: Path, skip_invalid
         rows = rows_from_csv(text)
     except BulkInputError as exc:
         raise OperatorError(f"{path}: {exc}") from None
-    check = getattr(runtime.flows[flow], "check_start_data", None)
-    good, bad = validate(rows, settings, check)
+    now = SystemClock().now()
+    parse = functools.partial(runtime.flows[flow].parse_start_data, now=now, from_text=True)
+    good, bad = validate(rows, settings, parse)
     if bad and not skip_invalid:
         shown = "\n".join(f"  {path}:{e}" for e in bad[:SHOWN_ERRORS])
         more = f"\n  … and {len(bad) - SHOWN_ERRORS} more" if len(bad) > SHOWN_ERRORS else ""

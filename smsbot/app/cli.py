@@ -1,4 +1,4 @@
-"""The `smsbot` command: serve, sandbox, send, chat, start, db, events, check."""
+"""The `smsbot` command: serve, sandbox, send, chat, start, db, events, check, graph."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from smsbot.app.check_cli import GraphError
+from smsbot.app.check_cli import add_commands as add_check_commands
 from smsbot.app.operations import OperatorError
 from smsbot.config import ConfigError, Settings
 from smsbot.engine.loader import FlowLoadError
@@ -97,16 +99,6 @@ def _cmd_events_retry(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_check(args: argparse.Namespace) -> int:
-    from smsbot.engine.runtime import FlowRuntime
-
-    settings = Settings.from_env()
-    runtime = FlowRuntime.from_settings(settings)
-    names = ", ".join(sorted(runtime.flows)) or "none"
-    print(f"configuration OK; provider {settings.provider}; flows: {names}")
-    return 0
-
-
 def _cmd_start(args: argparse.Namespace) -> int:
     from smsbot.app.bulk_cli import start_from_csv
 
@@ -182,8 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", default="{}", help="JSON data for --flow")
     p.set_defaults(func=_cmd_chat)
 
-    p = sub.add_parser("check", help="load settings, flows and templates; report problems")
-    p.set_defaults(func=_cmd_check)
+    add_check_commands(sub)  # check, graph
     return parser
 
 
@@ -204,7 +195,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         code: int = args.func(args)
         return code
-    except (ConfigError, UsageError, OperatorError, FlowLoadError) as exc:
+    except (ConfigError, UsageError, OperatorError, FlowLoadError, GraphError) as exc:
         print(f"smsbot: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

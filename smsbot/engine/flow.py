@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, ClassVar, TypeVar
 
 from smsbot.engine.contract import ConversationKey, Origin, OutgoingSms, TimerRequest
+from smsbot.engine.startdata import parse_start_data
 from smsbot.sms.keywords import match_keyword, normalize_keyword
 from smsbot.sms.templates import SmsTemplates
 
@@ -169,6 +170,12 @@ class Flow:
     """Base class of a flow: set `name`, declare States, decorate handlers."""
 
     name: ClassVar[str] = ""
+    # The data a START from outside brings: a dataclass or TypedDict of str, int, float, bool and
+    # datetime fields (smsbot.engine.startdata). It is checked before the START is queued.
+    start_data: ClassVar[type | None] = None
+    # The first message of a flow started from outside says how to opt out (`smsbot check`
+    # warns when it does not); False for a message the contact asked for or expects.
+    opt_out_notice: ClassVar[bool] = True
     # Keys a START from outside must put in data (checked before the flow starts).
     required_data: ClassVar[tuple[str, ...]] = ()
     # Keywords that start this flow on every number it is bound to (docs/writing-flows.md).
@@ -186,6 +193,19 @@ class Flow:
         """Raise ValueError if `data` cannot start this flow (checked before a START is queued)."""
         if missing := [key for key in cls.required_data if key not in data]:
             raise ValueError(f"flow {cls.name!r} needs data {', '.join(missing)} to start")
+
+    @classmethod
+    def parse_start_data(
+        cls, data: Mapping[str, Any], *, now: dt.datetime | None = None, from_text: bool = False
+    ) -> dict[str, Any]:
+        """Check `data` against start_data and check_start_data; return it as declared.
+
+        `now` checks Future() fields; `from_text` reads numbers and booleans given as text (CSV).
+        Raises ValueError (a StartDataError names the field).
+        """
+        parsed = parse_start_data(cls.start_data, data, now=now, from_text=from_text)
+        cls.check_start_data(parsed)
+        return parsed
 
     @classmethod
     def initial_state(cls) -> State:

@@ -137,7 +137,7 @@ class Router:
         if not isinstance(data, dict):
             raise FlowError(f"START data for flow {name!r} must be a JSON object")
         try:
-            self._flows[name].check_start_data(data)
+            data = self._flows[name].parse_start_data(data)  # as the operator API checked it
         except (ValueError, TypeError, KeyError) as exc:
             raise FlowError(f"cannot start flow {name!r}: {exc}") from None
         return CheckedStart(name, data, policy)

@@ -6,8 +6,9 @@ With smsbot installed, pytest has a `bot` fixture (smsbot.testing.plugin)::
         await bot.send("HOURS")
         bot.expect_reply(contains="Monday to Friday")
 
-See docs/testing-flows.md. The names below load on first use, so pytest starting the plugin
-does not import the whole bot.
+For quick branch tests without a database, `Chat(make_runtime())` runs the steps in memory
+(smsbot.testing.harness). See docs/testing-flows.md. The names below load on first use, so
+pytest starting the plugin does not import the whole bot.
 """
 
 from __future__ import annotations
@@ -17,14 +18,18 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from smsbot.testing.driver import (
-        DEFAULT_NOW,
-        DEFAULT_NUMBER,
-        DEFAULT_PHONE,
         BotDriver,
         ConversationView,
         StartRefusedError,
         StepFailedError,
         driver_settings,
+    )
+    from smsbot.testing.harness import (
+        DEFAULT_NOW,
+        DEFAULT_NUMBER,
+        DEFAULT_PHONE,
+        Chat,
+        make_runtime,
     )
     from smsbot.testing.transcript import Reply, Transcript
 
@@ -33,17 +38,21 @@ __all__ = [
     "DEFAULT_NUMBER",
     "DEFAULT_PHONE",
     "BotDriver",
+    "Chat",
     "ConversationView",
     "Reply",
     "StartRefusedError",
     "StepFailedError",
     "Transcript",
     "driver_settings",
+    "make_runtime",
 ]
 
+_HARNESS = ("DEFAULT_NOW", "DEFAULT_NUMBER", "DEFAULT_PHONE", "Chat", "make_runtime")
 _HOME = {name: "smsbot.testing.driver" for name in __all__} | {
     "Reply": "smsbot.testing.transcript",
     "Transcript": "smsbot.testing.transcript",
+    **{name: "smsbot.testing.harness" for name in _HARNESS},
 }
 
 

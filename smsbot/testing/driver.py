@@ -41,6 +41,7 @@ from smsbot.store.models import (
     opt_outs_t,
     timers_t,
 )
+from smsbot.testing.harness import DEFAULT_NOW, DEFAULT_NUMBER, DEFAULT_PHONE
 from smsbot.testing.transcript import Reply, Transcript
 
 __all__ = [
@@ -54,9 +55,6 @@ __all__ = [
     "driver_settings",
 ]
 
-DEFAULT_NOW = dt.datetime(2026, 1, 15, 9, 0, tzinfo=dt.UTC)  # a Thursday; London is on UTC
-DEFAULT_PHONE = "+447700900123"  # Ofcom's drama range: never a real phone
-DEFAULT_NUMBER = "+447700900100"  # the bot's virtual number unless SMSBOT_DEFAULT_SENDER says
 MAX_ROUNDS = 100  # fire-dispatch-send rounds at one instant; more is a timer rescheduling itself
 
 

@@ -6,6 +6,7 @@ Every route needs `Authorization: Bearer <SMSBOT_API_KEY>`. Bad input is a 400 n
 from __future__ import annotations
 
 import csv
+import functools
 import hmac
 import logging
 import uuid
@@ -19,11 +20,12 @@ from smsbot.app.bulk import BulkInputError, enqueue_starts, rows_from_csv, rows_
 from smsbot.app.console.results import results_api
 from smsbot.app.operations import OperatorError, resolve_recipient, resolve_sender
 from smsbot.app.server.keys import BOT
-from smsbot.app.server.openapi import OPENAPI
+from smsbot.app.server.openapi import openapi_document
 from smsbot.app.server.responses import problem
 from smsbot.channels.events import WebhookFormatError, load_json
 from smsbot.engine.contract import EventKind
 from smsbot.engine.runtime import FlowRuntime
+from smsbot.engine.startdata import StartDataError
 from smsbot.pipeline.bot import Bot
 from smsbot.pipeline.inbox import InboxEntry
 from smsbot.sms.templates import TemplateError
@@ -128,13 +130,17 @@ def _string(body: dict[str, Any], field: str, *, required: bool = True) -> str |
     return value
 
 
-def _check_data(runtime: FlowRuntime, name: str, data: dict[str, Any]) -> None:
-    check = getattr(runtime.flows[name], "check_start_data", None)
-    if check is not None:
-        try:
-            check(data)
-        except (ValueError, TypeError, KeyError) as exc:
-            raise FieldError("data", str(exc).strip("'\"")) from None
+def _start_data(
+    request: web.Request, runtime: FlowRuntime, name: str, data: dict[str, Any]
+) -> dict[str, Any]:
+    """The flow's start data checked against its declaration (a 400 naming the field)."""
+    flow = runtime.flows[name]
+    try:
+        return flow.parse_start_data(data, now=request.config_dict[BOT].clock.now())
+    except StartDataError as exc:
+        raise FieldError(exc.field, str(exc)) from None
+    except (ValueError, TypeError, KeyError) as exc:
+        raise FieldError("data", str(exc).strip("'\"")) from None
 
 
 async def _opted_out(bot: Bot, vn: str, phone: str) -> bool:
@@ -196,8 +202,7 @@ async def start_flow(request: web.Request) -> web.Response:
     policy = body.get("policy", "interrupt")
     if policy not in ("interrupt", "reject"):
         raise FieldError("policy", "must be 'interrupt' or 'reject'")
-    _check_data(runtime, name, data)
-    payload = {"flow": name, "data": data, "policy": policy}
+    payload = {"flow": name, "data": _start_data(request, runtime, name, data), "policy": policy}
     return await _enqueue(request, EventKind.START, payload, vn, phone)
 
 
@@ -206,8 +211,9 @@ async def start_many(request: web.Request) -> web.Response:
     runtime, name = _flow(request)
     bot = request.config_dict[BOT]
     skip_invalid = request.query.get("skip_invalid", "").lower() in ("1", "true", "yes")
+    csv_upload = request.content_type in ("text/csv", "application/csv")
     try:
-        if request.content_type in ("text/csv", "application/csv"):
+        if csv_upload:
             text = (await request.read()).decode("utf-8-sig")
             _check_storable(text, "body")
             rows = rows_from_csv(text)
@@ -217,7 +223,10 @@ async def start_many(request: web.Request) -> web.Response:
         return problem(400, str(exc), field="body")
     except UnicodeDecodeError:
         return problem(400, "the CSV is not UTF-8", field="body")
-    good, bad = validate(rows, bot.settings, getattr(runtime.flows[name], "check_start_data", None))
+    parse = functools.partial(
+        runtime.flows[name].parse_start_data, now=bot.clock.now(), from_text=csv_upload
+    )
+    good, bad = validate(rows, bot.settings, parse)
     if bad and not skip_invalid:
         return web.json_response(
             {
@@ -331,7 +340,9 @@ def _conversation_json(c: Any, opted_out: bool, msgs: Any) -> dict[str, Any]:
 
 async def openapi(request: web.Request) -> web.Response:
     """GET /api/openapi.json."""
-    return web.json_response(OPENAPI)
+    handler = request.config_dict[BOT].handler
+    flows = handler.flows if isinstance(handler, FlowRuntime) else {}
+    return web.json_response(openapi_document(flows))
 
 
 def create_api() -> web.Application:

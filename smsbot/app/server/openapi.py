@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Mapping
 from typing import Any
+
+from smsbot.engine.flow import Flow
+from smsbot.engine.startdata import start_data_schema
 
 _ERROR = {
     "type": "object",
@@ -152,3 +157,32 @@ OPENAPI: dict[str, Any] = {
         },
     },
 }
+
+
+def openapi_document(flows: Mapping[str, type[Flow]]) -> dict[str, Any]:
+    """OPENAPI plus, per loaded flow, its start routes with `data` described by its start_data."""
+    document = copy.deepcopy(OPENAPI)
+    for name, cls in sorted(flows.items()):
+        data = start_data_schema(cls.start_data)
+        for route in ("start", "start-many"):
+            item = copy.deepcopy(OPENAPI["paths"][f"/api/flows/{{name}}/{route}"])
+            for operation in item.values():
+                operation["summary"] += f": {name}"
+                operation["parameters"] = [
+                    p for p in operation.get("parameters", []) if p.get("in") != "path"
+                ]
+                _set_data(operation["requestBody"], data)
+            document["paths"][f"/api/flows/{name}/{route}"] = item
+    return document
+
+
+def _set_data(node: Any, data: dict[str, Any]) -> None:
+    """Replace every `data` property under `node` (a request body) with the flow's schema."""
+    if isinstance(node, dict):
+        for child in node.values():
+            _set_data(child, data)
+        if isinstance(node.get("properties"), dict) and "data" in node["properties"]:
+            node["properties"]["data"] = data
+    elif isinstance(node, list):
+        for child in node:
+            _set_data(child, data)
