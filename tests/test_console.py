@@ -485,7 +485,12 @@ async def test_the_simulator_says_what_is_wrong_with_a_form(signed_in: Console) 
     resp = await c.post(
         "/console/simulator/start", {"flow": "appointment", "phone": PHONE, "data": "{}"}
     )
-    assert resp.status == 400 and "needs data name, starts_at, location" in await resp.text()
+    assert resp.status == 400 and "Data: data.name is required" in await resp.text()
+    past = json.dumps({**SAM, "starts_at": "2026-01-15T08:00:00+00:00"})  # before the bot's now
+    resp = await c.post(
+        "/console/simulator/start", {"flow": "appointment", "phone": PHONE, "data": past}
+    )
+    assert resp.status == 400 and "has passed" in await resp.text()
     resp = await c.post("/console/simulator/start", {"flow": "nope", "phone": PHONE})
     assert resp.status == 400 and "Flow: pick one of appointment" in await resp.text()
     await c.settle()

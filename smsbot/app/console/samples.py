@@ -1,8 +1,8 @@
 """Sample data for the console: a flow's start data and a template's variables, guessed by name.
 
-A flow that declares `sample_data` (a dict class attribute) is taken at its word; otherwise each
-required key and each template variable gets a value its name suggests. The operator can edit
-the JSON before starting a flow or rendering a template, so a guess only has to be a start.
+A flow's declared start data (`start_data`) gives each field's type; a value then comes from
+the field's name ("name", "location", a time for a datetime). The operator can edit the JSON
+before starting a flow or rendering a template, so a guess only has to be a start.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from smsbot.engine.flow import Flow
+from smsbot.engine.startdata import StartField, start_fields
 
 SAMPLE_PHONE = "+447700900123"  # Ofcom's drama range: never a real phone
 # Values for names the example flows and templates use; others get a placeholder.
@@ -39,11 +40,25 @@ def guess(name: str, now: dt.datetime) -> Any:
 
 
 def start_data(flow: type[Flow], now: dt.datetime) -> dict[str, Any]:
-    """Data that starts `flow`: its own `sample_data`, else a guess for each required key."""
-    declared = getattr(flow, "sample_data", None)
-    if isinstance(declared, dict):
-        return dict(declared)
-    return {key: guess(key, now) for key in flow.required_data}
+    """Data that starts `flow`: a value for each declared start field it requires."""
+    try:
+        fields = start_fields(flow.start_data)
+    except TypeError:  # the loader has said what is wrong with the declaration
+        fields = ()
+    if not fields:
+        return {key: guess(key, now) for key in flow.required_data}
+    return {f.name: _value(f, now) for f in fields if f.required}
+
+
+def _value(field: StartField, now: dt.datetime) -> Any:
+    if field.type is dt.datetime:
+        return _moment(now)
+    if field.type is bool:
+        return False
+    if field.type in (int, float):
+        low = field.range.min if field.range is not None else None
+        return field.type(low if low is not None else 1)
+    return guess(field.name, now)
 
 
 def template_context(
@@ -54,5 +69,4 @@ def template_context(
     context.update(given)
     context.setdefault("phone", SAMPLE_PHONE)
     context.setdefault("now", now)
-    # The filters read times as datetimes or ISO strings; ISO strings stay readable in the form.
     return context
