@@ -17,6 +17,7 @@ import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 from aiohttp.test_utils import TestClient
@@ -664,3 +665,33 @@ async def test_people_lists_contacts_and_opt_outs(signed_in: Console) -> None:
     await c.send("hello")
     timeline = await c.text(f"/console/conversations/{await c.convo_id()}")
     assert "Sam Smith" in timeline and "Europe/London" in timeline
+
+
+# --- flows -------------------------------------------------------------------------------------
+
+
+async def test_flows_show_each_flow_as_a_diagram(signed_in: Console) -> None:
+    page = await signed_in.text("/console/flows")
+    for name in ("appointment", "keywords", "flaky"):
+        assert f'href="/console/flows/{name}"' in page
+    assert page.count("<svg") == 3
+    # The text alternative names every transition of the graph `smsbot graph` prints.
+    assert "waiting to confirmed on YES / Y / CONFIRM" in page
+    assert "start to done on HOURS / ADDRESS" in page
+    assert "start: name, starts_at, location" not in page  # fields, not the raw declaration
+    assert "start data: name, starts_at, location, remind_before_minutes" in page
+
+
+async def test_a_flow_page_renders_its_templates_for_sample_data(signed_in: Console) -> None:
+    c = signed_in
+    page = await c.text("/console/flows/appointment")
+    assert "stateDiagram-v2" in page and "waiting --&gt; confirmed : YES / Y / CONFIRM" in page
+    assert "appointment/reminder.txt" in page and "schedule_reminder" in page
+    assert "Reminder: Sam, your appointment is on Sun 18 Jan at 10:30 at Riverside Clinic" in page
+    assert "1 segment" in page and "GSM-7" in page
+    long_name = json.dumps({**SAM, "name": "Zoë " * 50, "location": "Riverside Clinic"})
+    wide = await c.text(f"/console/flows/appointment?data={quote(long_name)}")
+    assert "UCS-2 because of ë" in wide and "5 segments" in wide  # ask.txt, 331 units
+    bad = await c.text("/console/flows/appointment?data=%7B", status=400)
+    assert "Sample data:" in bad
+    assert (await c.client.get("/console/flows/nope")).status == 404

@@ -387,7 +387,11 @@ def test_screenshots_of_the_main_pages(page: WebDriver, server: Server, shots: P
     until(page, shows("+447700900214", "#opt-outs"), "the opt-out list")
     screenshot(page, shots, "people")
     page.get(f"{server.url}/console/flows")
+    assert len(page.find_elements(By.CSS_SELECTOR, ".diagram svg")) == 3
     screenshot(page, shots, "flows")
+    page.find_element(By.LINK_TEXT, "appointment").click()
+    until(page, shows("appointment/reminder.txt", "#samples"), "the rendered templates")
+    screenshot(page, shots, "flow")
 
 
 def test_sign_out_closes_every_page(page: WebDriver, server: Server) -> None:
