@@ -32,8 +32,8 @@ from tests.test_console import KEY, project
 CHROMIUM = os.environ.get("SMSBOT_TEST_CHROMIUM", "/usr/bin/chromium")
 CHROMEDRIVER = os.environ.get("SMSBOT_TEST_CHROMEDRIVER", "/usr/bin/chromedriver")
 HOW = (
-    "enable them with `apt-get install chromium chromium-driver` and `pip install selenium`"
-    " (.ci/run does both; SMSBOT_TEST_BROWSER=required turns a missing browser into a failure)"
+    "enable them with `apt-get install chromium chromium-driver` (selenium comes with"
+    " `make install`; .ci/run installs the browser and sets SMSBOT_TEST_BROWSER=required)"
 )
 
 
