@@ -45,3 +45,35 @@ class VirtualClock:
     def set(self, when: dt.datetime) -> None:
         """Jump to `when` (not earlier than now)."""
         self.advance(when.astimezone(dt.UTC) - self._now)
+
+
+class OffsetClock:
+    """The wall clock plus an offset that only grows: local development can skip ahead.
+
+    `smsbot serve` with the sandbox provider runs on one, shared by the bot and the sandbox, so
+    the console can move time forward to see a reminder fire; it never moves backwards.
+    """
+
+    def __init__(self, base: Clock | None = None) -> None:
+        self._base = base or SystemClock()
+        self._offset = dt.timedelta(0)
+
+    def now(self) -> dt.datetime:
+        """Return the wall-clock time moved on by every advance so far."""
+        return self._base.now() + self._offset
+
+    @property
+    def offset(self) -> dt.timedelta:
+        """How far ahead of the wall clock this clock runs."""
+        return self._offset
+
+    def advance(self, delta: dt.timedelta) -> dt.datetime:
+        """Move the clock forward by `delta` and return the new time."""
+        if delta < dt.timedelta(0):
+            raise ValueError("an OffsetClock never moves backwards")
+        self._offset += delta
+        return self.now()
+
+    def set(self, when: dt.datetime) -> None:
+        """Jump to `when`; a time already past (the wall clock moved on) changes nothing."""
+        self.advance(max(when.astimezone(dt.UTC) - self.now(), dt.timedelta(0)))

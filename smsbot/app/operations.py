@@ -165,17 +165,22 @@ def error_message(stored: str | None) -> str:
     return next((line for line in reversed(lines) if not line[:1].isspace()), "")
 
 
+async def requeue_failed(db: Database, event_id: int) -> bool:
+    """Put a parked event back in the queue with its attempts reset; False if it is not parked."""
+    async with db.session() as s, s.begin():
+        result = await s.execute(
+            update(events_t)
+            .where(events_t.c.id == event_id, events_t.c.state == EventState.FAILED.value)
+            .values(state=EventState.PENDING.value, attempts=0, next_attempt_at=None)
+        )
+        return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
 async def retry_event(settings: Settings, event_id: int) -> str:
     """Put a parked event back in the queue with its attempts reset."""
     db = Database(settings.database_url)
     try:
-        async with db.session() as s, s.begin():
-            result = await s.execute(
-                update(events_t)
-                .where(events_t.c.id == event_id, events_t.c.state == EventState.FAILED.value)
-                .values(state=EventState.PENDING.value, attempts=0, next_attempt_at=None)
-            )
-            changed = bool(result.rowcount)  # type: ignore[attr-defined]
+        changed = await requeue_failed(db, event_id)
     finally:
         await db.dispose()
     if not changed:

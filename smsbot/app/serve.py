@@ -13,7 +13,9 @@ from smsbot.app.assembly import SANDBOX_API_KEY, build_handler, build_provider
 from smsbot.app.database import migrate
 from smsbot.app.dev_key import development_key, key_path
 from smsbot.app.server.app import create_app
+from smsbot.app.server.keys import SANDBOX
 from smsbot.channels.sandbox import Sandbox
+from smsbot.clock import Clock, OffsetClock
 from smsbot.config import SANDBOX_NUMBER, Settings, port_in_use
 from smsbot.engine.contract import EchoHandler, StepHandler
 from smsbot.engine.runtime import FlowRuntime
@@ -83,13 +85,18 @@ def _say_service_names(settings: Settings, runtime: FlowRuntime) -> None:
 async def _app(settings: Settings, handler: StepHandler) -> web.Application:
     sandbox: Sandbox | None = None
     sandbox_url = None
+    clock: Clock | None = None
     if settings.provider == "sandbox":
+        # Local development: one clock for the bot and the sandbox (webhook signatures carry
+        # its time) that the console can move forward to fire reminders (docs/console.md).
+        clock = OffsetClock()
         # The sandbox listens where the bot does, so a container's published port reaches it.
         bot_host = "127.0.0.1" if settings.host in WILDCARDS else settings.host
         sandbox = Sandbox(
             api_key=SANDBOX_API_KEY,
             webhook_url=f"http://{bot_host}:{settings.port}/webhooks/divergent",
             webhook_secret=settings.webhook_secrets()[0],
+            clock=clock,
         )
         try:
             bound = await sandbox.start(settings.host, settings.sandbox_port)
@@ -101,8 +108,11 @@ async def _app(settings: Settings, handler: StepHandler) -> web.Application:
         log.info(
             "sandbox provider on %s: text the bot with POST %s/sandbox/inbound", bound, sandbox_url
         )
-    bot = Bot(settings, provider=build_provider(settings, sandbox_url=sandbox_url), handler=handler)
+    provider = build_provider(settings, sandbox_url=sandbox_url)
+    bot = Bot(settings, provider=provider, handler=handler, clock=clock)
     app = create_app(bot)
+    if sandbox is not None:
+        app[SANDBOX] = sandbox
 
     async def sandbox_lifecycle(_app: web.Application) -> AsyncIterator[None]:
         yield

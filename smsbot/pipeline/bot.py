@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import logging
 from collections.abc import Awaitable
+
+from sqlalchemy import func, select
 
 from smsbot.channels.base import SmsProvider
 from smsbot.clock import Clock, SystemClock
@@ -17,6 +20,7 @@ from smsbot.pipeline.metrics import Metrics
 from smsbot.pipeline.scheduler import TimerScheduler
 from smsbot.pipeline.sender import Sender
 from smsbot.store.engine import Database
+from smsbot.store.models import OutboxState, TimerState, messages_t, timers_t
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +88,11 @@ class Bot:
         if outcome.timers_changed:
             self.scheduler.notify()
 
+    @property
+    def runs_workers(self) -> bool:
+        """True while the dispatcher, sender and timers run in the background (`start()`)."""
+        return bool(self._tasks)
+
     async def start(self, *, background: bool = True) -> None:
         """Start the inbox writer and, with `background`, the dispatcher, sender and timers."""
         await self.inbox.start()
@@ -131,3 +140,23 @@ class Bot:
             if n == 0:
                 return total
             total += n
+
+    async def next_due(self, until: dt.datetime) -> dt.datetime | None:
+        """The first instant after now, up to `until`, when a timer or a held message is due.
+
+        What moves a virtual clock one due instant at a time (the test kit, the console).
+        """
+        now = self.clock.now()
+        timer = select(func.min(timers_t.c.due_at)).where(
+            timers_t.c.state == TimerState.SCHEDULED.value,
+            timers_t.c.due_at > now,
+            timers_t.c.due_at <= until,
+        )
+        message = select(func.min(messages_t.c.send_after)).where(
+            messages_t.c.outbox == OutboxState.PENDING.value,
+            messages_t.c.send_after > now,
+            messages_t.c.send_after <= until,
+        )
+        async with self.db.session() as s:
+            times = [(await s.execute(q)).scalar_one_or_none() for q in (timer, message)]
+        return min((t for t in times if t is not None), default=None)

@@ -22,7 +22,7 @@ from urllib.parse import quote
 
 import aiohttp
 from aiohttp import web
-from sqlalchemy import func, select
+from sqlalchemy import select
 
 from smsbot.app.assembly import SANDBOX_API_KEY, build_provider
 from smsbot.app.operations import OperatorError, resolve_recipient, resolve_sender
@@ -35,11 +35,9 @@ from smsbot.engine.step import RESERVED
 from smsbot.pipeline.bot import Bot
 from smsbot.store.engine import Database
 from smsbot.store.models import (
-    OutboxState,
     TimerState,
     conversations_t,
     events_t,
-    messages_t,
     opt_outs_t,
     timers_t,
 )
@@ -250,7 +248,7 @@ class BotDriver:
         self.transcript.advanced(now, target - now)
         # One instant at a time, so each timer fires at its own time, in order (and none is
         # later than SMSBOT_REMINDER_MAX_LATENESS, which would mark it missed).
-        while (due := await self._next_due(target)) is not None:
+        while (due := await self.bot.next_due(target)) is not None:
             self.clock.set(due)
             await self._settle()
         self.clock.set(target)
@@ -316,23 +314,6 @@ class BotDriver:
             self.transcript.sent(Reply.of(m.received_at, m.recipient, m.sender, m.content))
         await self._refresh()
         await self._raise_failures()
-
-    async def _next_due(self, target: dt.datetime) -> dt.datetime | None:
-        """The first instant after now, up to `target`, at which a timer or a message is due."""
-        now = self.clock.now()
-        timer = select(func.min(timers_t.c.due_at)).where(
-            timers_t.c.state == TimerState.SCHEDULED.value,
-            timers_t.c.due_at > now,
-            timers_t.c.due_at <= target,
-        )
-        message = select(func.min(messages_t.c.send_after)).where(
-            messages_t.c.outbox == OutboxState.PENDING.value,
-            messages_t.c.send_after > now,
-            messages_t.c.send_after <= target,
-        )
-        async with self.bot.db.session() as s:
-            times = [(await s.execute(q)).scalar_one_or_none() for q in (timer, message)]
-        return min((t for t in times if t is not None), default=None)
 
     async def _refresh(self) -> None:
         """Read every conversation, opt-out and scheduled timer, for conversation()."""

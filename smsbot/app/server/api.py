@@ -17,6 +17,7 @@ from aiohttp.typedefs import Handler
 from sqlalchemy import select
 
 from smsbot.app.bulk import BulkInputError, enqueue_starts, rows_from_csv, rows_from_json, validate
+from smsbot.app.console.results import results_api
 from smsbot.app.operations import OperatorError, resolve_recipient, resolve_sender
 from smsbot.app.server.keys import BOT
 from smsbot.app.server.openapi import openapi_document
@@ -25,6 +26,7 @@ from smsbot.channels.events import WebhookFormatError, load_json
 from smsbot.engine.contract import EventKind
 from smsbot.engine.runtime import FlowRuntime
 from smsbot.engine.startdata import StartDataError
+from smsbot.pipeline.bot import Bot
 from smsbot.pipeline.inbox import InboxEntry
 from smsbot.sms.templates import TemplateError
 from smsbot.store.models import conversations_t, messages_t, opt_outs_t
@@ -141,8 +143,8 @@ def _start_data(
         raise FieldError("data", str(exc).strip("'\"")) from None
 
 
-async def _opted_out(request: web.Request, vn: str, phone: str) -> bool:
-    async with request.config_dict[BOT].db.session() as s:
+async def _opted_out(bot: Bot, vn: str, phone: str) -> bool:
+    async with bot.db.session() as s:
         row = await s.execute(
             select(opt_outs_t.c.id).where(
                 opt_outs_t.c.virtual_number == vn, opt_outs_t.c.phone == phone
@@ -151,13 +153,18 @@ async def _opted_out(request: web.Request, vn: str, phone: str) -> bool:
         return row.first() is not None
 
 
-async def _enqueue(
-    request: web.Request, kind: EventKind, payload: dict[str, Any], vn: str, phone: str
-) -> web.Response:
-    bot = request.config_dict[BOT]
-    if await _opted_out(request, vn, phone):
-        return problem(409, f"{phone} has opted out of messages from {vn}; they must text START")
-    key = request.headers.get("Idempotency-Key") or uuid.uuid4().hex
+async def queue_outside_event(
+    bot: Bot,
+    kind: EventKind,
+    payload: dict[str, Any],
+    vn: str,
+    phone: str,
+    idempotency_key: str | None = None,
+) -> str | None:
+    """Queue a start or a send for (vn, phone): "queued" or "duplicate"; None if opted out."""
+    if await _opted_out(bot, vn, phone):
+        return None
+    key = idempotency_key or uuid.uuid4().hex
     entry = InboxEntry(
         source="api",
         event_id=f"{kind.value}:{key}"[:200],
@@ -168,10 +175,18 @@ async def _enqueue(
     )
     outcome = await bot.inbox.accept(entry)
     bot.dispatcher.notify()
-    return web.json_response(
-        {"status": "queued" if outcome.value == "new" else outcome.value, "to": phone, "from": vn},
-        status=202,
-    )
+    return "queued" if outcome.value == "new" else outcome.value
+
+
+async def _enqueue(
+    request: web.Request, kind: EventKind, payload: dict[str, Any], vn: str, phone: str
+) -> web.Response:
+    bot = request.config_dict[BOT]
+    key = request.headers.get("Idempotency-Key")
+    status = await queue_outside_event(bot, kind, payload, vn, phone, key)
+    if status is None:
+        return problem(409, f"{phone} has opted out of messages from {vn}; they must text START")
+    return web.json_response({"status": status, "to": phone, "from": vn}, status=202)
 
 
 async def start_flow(request: web.Request) -> web.Response:
@@ -336,6 +351,7 @@ def create_api() -> web.Application:
     api = web.Application(middlewares=[bearer_auth])
     api.router.add_post("/flows/{name}/start", start_flow)
     api.router.add_post("/flows/{name}/start-many", start_many)
+    api.router.add_get("/flows/{name}/results", results_api)
     api.router.add_post("/messages", send_message)
     api.router.add_get("/conversations", conversations)
     api.router.add_get("/openapi.json", openapi)

@@ -9,6 +9,8 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from smsbot.app.console import MOUNT as CONSOLE
+from smsbot.app.console import create_console
 from smsbot.app.server import health
 from smsbot.app.server.api import create_api
 from smsbot.app.server.keys import BOT
@@ -39,6 +41,7 @@ def create_app(bot: Bot, *, run_workers: bool = True) -> web.Application:
     app.router.add_get("/healthz", health.healthz)
     app.router.add_get("/metrics", health.metrics)
     app.add_subapp("/api", create_api())
+    app.add_subapp(CONSOLE, create_console())
 
     async def lifecycle(_app: web.Application) -> AsyncIterator[None]:
         if bot.settings.insecure_no_signature:

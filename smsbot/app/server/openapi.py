@@ -110,6 +110,20 @@ OPENAPI: dict[str, Any] = {
                 ),
             }
         },
+        "/api/flows/{name}/results": {
+            "get": {
+                "summary": "A flow's results over a period (the console's Results page)",
+                "description": "Conversations the flow started from `from` to `to` (whole days "
+                "in SMSBOT_DEFAULT_TIMEZONE; default the last 30): how they ended or where they "
+                "are now, delivery outcomes of their messages, replies per day.",
+                "parameters": [
+                    {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}},
+                    {"name": "from", "in": "query", "schema": {"type": "string", "format": "date"}},
+                    {"name": "to", "in": "query", "schema": {"type": "string", "format": "date"}},
+                ],
+                "responses": _responses("200", {"type": "object"}),
+            }
+        },
         "/api/messages": {
             "post": {
                 "summary": "Send one message (plain text or a template)",

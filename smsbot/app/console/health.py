@@ -1,0 +1,146 @@
+"""Health: queue depths, send rate, failures, parked events and timers, refreshing itself.
+
+Figures come from the database, so they cover every process sharing it; the timer leader and
+the counters since start are this process's own. The message queries walk the outbox index
+(outbox, send_after), so they stay cheap however many messages are stored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import logging
+from typing import Any
+
+from aiohttp import web
+from sqlalchemy import func, select
+
+from smsbot.app.console.render import render
+from smsbot.app.server.keys import BOT
+from smsbot.pipeline.bot import Bot
+from smsbot.pipeline.receipts import DELIVERY_FAILURES
+from smsbot.store.models import (
+    EventState,
+    OutboxState,
+    TimerState,
+    events_t,
+    messages_t,
+    timers_t,
+)
+
+log = logging.getLogger(__name__)
+
+RATE_WINDOWS = (dt.timedelta(minutes=5), dt.timedelta(hours=1))
+FAILURE_WINDOW = dt.timedelta(hours=24)
+REFRESH_SECONDS = 5
+
+
+@dataclasses.dataclass(slots=True)
+class Health:
+    """What the health page shows."""
+
+    database: bool
+    inbox: dict[str, int] = dataclasses.field(default_factory=dict)  # pending events by kind
+    retrying: int = 0
+    parked: int = 0
+    outbox_due: int = 0
+    outbox_held: int = 0
+    outbox_inflight: int = 0
+    sent: dict[str, float] = dataclasses.field(default_factory=dict)  # window -> per minute
+    failures: dict[str, int] = dataclasses.field(default_factory=dict)  # status -> count
+    timers_scheduled: int = 0
+    next_timer: dt.datetime | None = None
+    leader: bool = False
+    counters: dict[str, float] = dataclasses.field(default_factory=dict)
+
+
+def _label(window: dt.timedelta) -> str:
+    minutes = int(window.total_seconds() // 60)
+    if minutes < 60:
+        return f"last {minutes} minutes"
+    return "last hour" if minutes == 60 else f"last {minutes // 60} hours"
+
+
+async def measure(bot: Bot) -> Health:
+    """Read every figure; a database that does not answer is itself the finding."""
+    health = Health(database=await bot.db.ping())
+    health.leader = bot.scheduler.is_leader
+    health.counters = {
+        "sent": bot.metrics.value("smsbot_messages_sent_total"),
+        "failed at send": bot.metrics.value("smsbot_messages_failed_total"),
+        "send retries": bot.metrics.value("smsbot_send_retries_total"),
+        "suppressed (opted out)": bot.metrics.value("smsbot_messages_suppressed_total"),
+    }
+    if not health.database:
+        return health
+    try:
+        await _read(bot, health)
+    except Exception as exc:  # the page must answer while the database misbehaves
+        log.warning("console health: %s", type(exc).__name__)
+        health.database = False
+    return health
+
+
+async def _read(bot: Bot, health: Health) -> None:
+    now = bot.clock.now()
+    e, m, t = events_t, messages_t, timers_t
+    done = m.c.outbox == OutboxState.DONE.value
+    async with bot.db.session() as s:
+        pending = await s.execute(
+            select(e.c.kind, func.count(), func.sum(e.c.attempts))
+            .where(e.c.state == EventState.PENDING.value)
+            .group_by(e.c.kind)
+        )
+        for kind, count, attempts in pending:
+            health.inbox[str(kind)] = int(count)
+            health.retrying += int(attempts or 0) > 0
+        health.parked = await _count(s, e.c.state == EventState.FAILED.value)
+        pending_out = m.c.outbox == OutboxState.PENDING.value
+        health.outbox_due = await _count(s, pending_out, m.c.send_after <= now)
+        health.outbox_held = await _count(s, pending_out, m.c.send_after > now)
+        health.outbox_inflight = await _count(s, m.c.outbox == OutboxState.INFLIGHT.value)
+        for window in RATE_WINDOWS:
+            # A message sent in the window was due at most a day before it (else: a backlog).
+            sent = await _count(
+                s, done, m.c.send_after >= now - window - dt.timedelta(days=1),
+                m.c.sent_at >= now - window,
+            )  # fmt: skip
+            health.sent[_label(window)] = sent / (window.total_seconds() / 60)
+        failed = await s.execute(
+            select(m.c.status, func.count())
+            .where(
+                done,
+                m.c.send_after >= now - FAILURE_WINDOW - dt.timedelta(days=1),
+                m.c.status.in_([f.value for f in DELIVERY_FAILURES]),
+                m.c.status_at >= now - FAILURE_WINDOW,
+            )
+            .group_by(m.c.status)
+        )
+        health.failures = {str(status): int(n) for status, n in failed}
+        scheduled = t.c.state == TimerState.SCHEDULED.value
+        health.timers_scheduled = await _count(s, scheduled)
+        health.next_timer = (
+            await s.execute(select(func.min(t.c.due_at)).where(scheduled))
+        ).scalar_one_or_none()
+
+
+async def _count(s: Any, *conditions: Any) -> int:
+    return int((await s.execute(select(func.count()).where(*conditions))).scalar_one())
+
+
+async def health_page(request: web.Request) -> web.Response:
+    """GET /console/health: the page; its body refreshes from /console/health/live."""
+    health = await measure(request.config_dict[BOT])
+    return render(request, "health.html", h=health, refresh=REFRESH_SECONDS)
+
+
+async def health_fragment(request: web.Request) -> web.Response:
+    """GET /console/health/live: the figures alone (htmx)."""
+    health = await measure(request.config_dict[BOT])
+    return render(request, "health_live.html", h=health, refresh=REFRESH_SECONDS)
+
+
+def add_routes(router: web.UrlDispatcher) -> None:
+    """Register this module's pages."""
+    router.add_get("/health", health_page)
+    router.add_get("/health/live", health_fragment)
