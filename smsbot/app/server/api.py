@@ -17,6 +17,7 @@ from sqlalchemy import select
 
 from smsbot.app.bulk import BulkInputError, enqueue_starts, rows_from_csv, rows_from_json, validate
 from smsbot.app.operations import OperatorError, resolve_recipient, resolve_sender
+from smsbot.app.server.bodies import read_body
 from smsbot.app.server.keys import BOT
 from smsbot.app.server.openapi import OPENAPI
 from smsbot.app.server.responses import problem
@@ -65,7 +66,7 @@ async def bearer_auth(request: web.Request, handler: Handler) -> web.StreamRespo
 async def _json(request: web.Request) -> object:
     # The webhook parser's reader: UTF-8 only, no NaN, no absurd nesting or numbers.
     try:
-        value = load_json(await request.read())
+        value = load_json(await read_body(request))
     except WebhookFormatError as exc:
         raise FieldError("body", exc.reason) from None
     _check_storable(value, "body")
@@ -193,7 +194,7 @@ async def start_many(request: web.Request) -> web.Response:
     skip_invalid = request.query.get("skip_invalid", "").lower() in ("1", "true", "yes")
     try:
         if request.content_type in ("text/csv", "application/csv"):
-            text = (await request.read()).decode("utf-8-sig")
+            text = (await read_body(request)).decode("utf-8-sig")
             _check_storable(text, "body")
             rows = rows_from_csv(text)
         else:
