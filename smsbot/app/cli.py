@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from smsbot.app.operations import OperatorError
+from smsbot.app.operations import OperatorError, operator_sender
 from smsbot.config import ConfigError, Settings
 from smsbot.engine.loader import FlowLoadError
 
@@ -111,8 +111,8 @@ def _cmd_start(args: argparse.Namespace) -> int:
     from smsbot.app.bulk_cli import start_from_csv
 
     settings = Settings.from_env()
-    if args.sender:
-        settings = settings.replace(default_sender=args.sender)
+    if args.sender:  # one of the deployment's senders, like a row's "from" (or a one-line error)
+        settings = settings.replace(default_sender=operator_sender(settings, args.sender))
     print(asyncio.run(start_from_csv(settings, args.flow, args.csv, args.skip_invalid)))
     return 0
 

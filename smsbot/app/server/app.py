@@ -15,6 +15,7 @@ from smsbot.app.server.api import create_api
 from smsbot.app.server.keys import BOT
 from smsbot.channels.webhook_routes import WEBHOOK_ROUTES
 from smsbot.config import SANDBOX_SECRET, Settings
+from smsbot.engine.runtime import FlowRuntime
 from smsbot.pipeline.bot import Bot
 
 log = logging.getLogger(__name__)
@@ -77,7 +78,8 @@ def create_app(bot: Bot, *, run_workers: bool = True) -> web.Application:
         app.router.add_routes(channel_routes)
     app.router.add_get("/healthz", health.healthz)
     app.router.add_get("/metrics", health.metrics)
-    app.add_subapp("/api", create_api())
+    flows = bot.handler.flows if isinstance(bot.handler, FlowRuntime) else {}
+    app.add_subapp("/api", create_api(flows))
 
     async def lifecycle(_app: web.Application) -> AsyncIterator[None]:
         _warn_about_signatures(settings)
