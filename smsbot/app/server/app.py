@@ -34,9 +34,12 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
         body = json.dumps({"error": exc.reason})
         # Keep what the error says beyond its body: Allow on a 405, Connection: close on a 408.
         headers = {k: v for k, v in exc.headers.items() if k.lower() not in _BODY_HEADERS}
-        return web.Response(
+        response = web.Response(
             status=exc.status, text=body, content_type="application/json", headers=headers
         )
+        if headers.get("Connection", "").lower() == "close":
+            response.force_close()  # a 408: the rest of that body is not worth waiting for
+        return response
 
 
 _BODY_HEADERS = frozenset(("content-type", "content-length"))
