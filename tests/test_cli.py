@@ -143,6 +143,7 @@ async def test_send_goes_through_the_configured_provider(sandbox: Sandbox, tmp_p
         "SMSBOT_DIVERGENT_API_KEY": "cli-key",
         "SMSBOT_DIVERGENT_URL": sandbox.url,
         "SMSBOT_DATABASE_URL": f"sqlite:///{tmp_path / 'cli.db'}",
+        "SMSBOT_DEFAULT_SENDER": "Clinic",  # `--from` must be one of the deployment's senders
     }
     await asyncio.to_thread(smsbot, "db", "upgrade", env=env, cwd=tmp_path)
     out = await asyncio.to_thread(
