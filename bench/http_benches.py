@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import signal
@@ -163,7 +164,7 @@ def report_profile(path: Path, top: int = 45) -> None:
 
 def backlog(db_path: str) -> int:
     """Pending events left in a SQLite database (after the server stopped)."""
-    with sqlite3.connect(db_path) as conn:
+    with contextlib.closing(sqlite3.connect(db_path)) as conn, conn:
         return int(
             conn.execute("SELECT count(*) FROM webhook_events WHERE state='pending'").fetchone()[0]
         )

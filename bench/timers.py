@@ -4,6 +4,7 @@ then the real-time lag of a small batch through a running `smsbot serve` and its
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import cProfile
 import datetime as dt
 import math
@@ -335,7 +336,7 @@ async def mirror(o: Options, n: int) -> list[Figure]:
 
 
 def _jobs(db_url: str) -> int:
-    with sqlite3.connect(db_url.split(":///", 1)[1], timeout=30) as conn:
+    with contextlib.closing(sqlite3.connect(db_url.split(":///", 1)[1], timeout=30)) as conn, conn:
         try:
             return int(conn.execute("SELECT count(*) FROM apscheduler_jobs").fetchone()[0])
         except sqlite3.OperationalError:

@@ -214,7 +214,8 @@ def _var(env: str, default: Any, convert: _Convert = str) -> Any:
     return dataclasses.field(default=default, metadata={"env": env, "convert": convert})
 
 
-_SANDBOX_SECRET = Secret("sandbox-secret")  # well known on purpose: the sandbox is local only
+SANDBOX_SECRET = Secret("sandbox-secret")  # well known on purpose: the sandbox is local only
+MIN_API_KEY_LENGTH = 16
 # The sandbox's virtual number: what `make run`, `smsbot chat` and the test kit send from.
 SANDBOX_NUMBER = "+447700900100"
 
@@ -235,7 +236,7 @@ class Settings:
     webhook_tolerance_seconds: int = _var("SMSBOT_WEBHOOK_TOLERANCE", 300, _int(1, 86_400))
     insecure_no_signature: bool = _var("SMSBOT_INSECURE_NO_SIGNATURE", False, _bool)
     puresms_webhook_token: Secret | None = _var("SMSBOT_PURESMS_WEBHOOK_TOKEN", None, Secret)
-    sandbox_webhook_secret: Secret = _var("SMSBOT_SANDBOX_WEBHOOK_SECRET", _SANDBOX_SECRET, Secret)
+    sandbox_webhook_secret: Secret = _var("SMSBOT_SANDBOX_WEBHOOK_SECRET", SANDBOX_SECRET, Secret)
     api_key: Secret | None = _var("SMSBOT_API_KEY", None, Secret)
     default_sender: str | None = _var("SMSBOT_DEFAULT_SENDER", None)
     default_region: str = _var("SMSBOT_DEFAULT_REGION", "GB", _region)
@@ -252,6 +253,7 @@ class Settings:
     # 15,000 is the provider's limit for one bulk call
     send_batch_size: int = _var("SMSBOT_SEND_BATCH", 500, _int(1, 15_000))
     max_body_bytes: int = _var("SMSBOT_MAX_BODY_BYTES", 1_048_576, _int(1_024, 104_857_600))
+    body_timeout: float = _var("SMSBOT_BODY_TIMEOUT", 10.0, _positive_float)
     quiet_hours: str = _var("SMSBOT_QUIET_HOURS", "", _quiet_hours)
     default_timezone: str = _var("SMSBOT_DEFAULT_TIMEZONE", "Europe/London", _timezone)
     conversation_expiry: dt.timedelta = _var(
@@ -266,6 +268,7 @@ class Settings:
     flows_dir: Path = _var("SMSBOT_FLOWS_DIR", Path("flows"), Path)
     templates_dir: Path = _var("SMSBOT_TEMPLATES_DIR", Path("templates"), Path)
     log_level: str = _var("SMSBOT_LOG_LEVEL", "INFO", _log_level)
+    log_sensitive: bool = _var("SMSBOT_LOG_SENSITIVE", False, _bool)
     # Per-number settings from [numbers."+44…"] tables; the router validates them.
     numbers: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
 
@@ -276,6 +279,12 @@ class Settings:
                     f"SMSBOT_{name.upper()}_API_KEY is not set: SMSBOT_PROVIDER={name} needs it to"
                     " send messages; set it, or use SMSBOT_PROVIDER=sandbox for local testing"
                 )
+        if self.api_key is not None and len(self.api_key.get()) < MIN_API_KEY_LENGTH:
+            raise ConfigError(
+                f"SMSBOT_API_KEY is shorter than {MIN_API_KEY_LENGTH} characters, too easy to"
+                " guess: make one with"
+                ' python -c "import secrets; print(secrets.token_urlsafe(32))"'
+            )
         if self.webhook_secret_previous and not self.webhook_secret:
             raise ConfigError(
                 "SMSBOT_WEBHOOK_SECRET_PREVIOUS is set but SMSBOT_WEBHOOK_SECRET is not:"
@@ -364,6 +373,15 @@ class Settings:
                 "SMSBOT_WEBHOOK_SECRET is not set: webhooks cannot be verified; set it or pass"
                 " --insecure-no-signature for local testing"
             )
+        for name, secret in (
+            ("SMSBOT_WEBHOOK_SECRET", self.webhook_secret),
+            ("SMSBOT_WEBHOOK_SECRET_PREVIOUS", self.webhook_secret_previous),
+        ):
+            if self.provider != "sandbox" and secret == SANDBOX_SECRET:
+                raise ConfigError(
+                    f"{name} is the sandbox's public secret, which anyone can sign webhooks"
+                    " with: set the signing secret from the provider's dashboard"
+                )
 
     def __repr__(self) -> str:
         def shown(name: str) -> Any:

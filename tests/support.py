@@ -27,6 +27,12 @@ VN = "+447700900100"
 PHONE = "+447700900123"
 # Signature and segment vectors copied from the team's shared vectors: see tests/vectors/README.md.
 VECTORS = Path(__file__).resolve().parent / "vectors"
+_REPO = Path(__file__).resolve().parents[1]
+# The repository's example flows and templates, for tests that run them.
+EXAMPLE_FLOWS = {
+    "SMSBOT_FLOWS_DIR": str(_REPO / "flows"),
+    "SMSBOT_TEMPLATES_DIR": str(_REPO / "templates"),
+}
 
 
 def inbound_body(

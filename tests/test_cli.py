@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import contextlib
 import json
 import re
 import signal
@@ -143,6 +144,7 @@ async def test_send_goes_through_the_configured_provider(sandbox: Sandbox, tmp_p
         "SMSBOT_DIVERGENT_API_KEY": "cli-key",
         "SMSBOT_DIVERGENT_URL": sandbox.url,
         "SMSBOT_DATABASE_URL": f"sqlite:///{tmp_path / 'cli.db'}",
+        "SMSBOT_DEFAULT_SENDER": "Clinic",  # `--from` must be one of the deployment's senders
     }
     await asyncio.to_thread(smsbot, "db", "upgrade", env=env, cwd=tmp_path)
     out = await asyncio.to_thread(
@@ -325,7 +327,7 @@ def test_db_upgrade_says_what_it_did(tmp_path: Path) -> None:
 
 def test_a_database_migrated_by_a_newer_smsbot_is_named(tmp_path: Path) -> None:
     assert smsbot("db", "upgrade", cwd=tmp_path).returncode == 0
-    with sqlite3.connect(tmp_path / "smsbot.db") as conn:
+    with contextlib.closing(sqlite3.connect(tmp_path / "smsbot.db")) as conn, conn:
         conn.execute("UPDATE alembic_version SET version_num = '9999'")
     line = one_line(smsbot("events", "failed", cwd=tmp_path))
     assert "revision '9999'" in line and "newer smsbot" in line
@@ -366,7 +368,7 @@ def test_events_failed_shows_the_exceptions_own_message(tmp_path: Path) -> None:
             raise RuntimeError("starts_at is not a date") from exc
     except RuntimeError as exc:
         stored = "".join(traceback.format_exception(exc, limit=-4))
-    with sqlite3.connect(tmp_path / "smsbot.db") as conn:
+    with contextlib.closing(sqlite3.connect(tmp_path / "smsbot.db")) as conn, conn:
         conn.execute(
             "INSERT INTO webhook_events (source, event_id, kind, virtual_number, phone, payload,"
             " state, attempts, last_error, received_at, processed_at)"

@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import datetime as dt
+
 import pytest
 
 from smsbot.config import ConfigError
 from smsbot.engine.compliance import ComplianceAction, ComplianceConfigError, ComplianceRules
-from smsbot.engine.contract import EventKind, Origin
+from smsbot.engine.contract import (
+    ConversationKey,
+    ConversationSnapshot,
+    DispatchEvent,
+    EchoHandler,
+    EventKind,
+    Origin,
+)
 from smsbot.sms.keywords import normalize_text
 from tests.test_flow_api import VN, Chat, make_runtime
 
@@ -15,6 +24,7 @@ APPOINTMENT = {
     "starts_at": "2026-01-20T10:30:00+00:00",
     "location": "Riverside Clinic",
 }
+T0 = dt.datetime(2026, 1, 15, 9, 0, tzinfo=dt.UTC)
 OPT_OUT_TEXT = (
     "You have been unsubscribed from this service and will receive no more messages."
     " Reply START to resubscribe."
@@ -29,7 +39,7 @@ def chat() -> Chat:
 @pytest.mark.parametrize(
     "body",
     ["STOP", " stop ", "Stop!", "STOP ALL", "stop all.", "stopall", "OPTOUT", "Unsubscribe",
-     "revoke", "END", "quit", "cancel"],
+     "revoke", "END", "quit", "cancel", "OPT OUT", "opt-out", "Opt out!", "opt_out"],
 )  # fmt: skip
 async def test_opt_out_words(chat: Chat, body: str) -> None:
     result = await chat.step(EventKind.INBOUND, {"body": body})
@@ -147,7 +157,47 @@ def test_rules_classify() -> None:
     assert rules.classify("stop please") is None
     assert rules.looks_like_opt_out("stop please")
     assert rules.looks_like_opt_out("cancel my appointment")
+    assert rules.looks_like_opt_out("opt out please")
     assert not rules.looks_like_opt_out("stop") and not rules.looks_like_opt_out("hello")
+    assert not rules.looks_like_opt_out("opt in")  # "opt" alone is no opt-out word
+
+
+# Every reply the FCC names as revoking consent to texts (47 CFR 64.1200(a)(10)).
+FCC_REVOCATION_WORDS = ("stop", "quit", "end", "revoke", "opt out", "cancel", "unsubscribe")
+
+
+@pytest.mark.parametrize("word", FCC_REVOCATION_WORDS)
+def test_every_fcc_revocation_word_opts_out_by_default(word: str) -> None:
+    action = ComplianceRules().classify(normalize_text(word))
+    assert action in (ComplianceAction.OPT_OUT, ComplianceAction.SOFT_OPT_OUT)
+
+
+# --- `smsbot serve --echo`: compliance holds in every mode -------------------------------------
+
+
+def _echo_event(body: str, n: int) -> DispatchEvent:
+    return DispatchEvent(n, EventKind.INBOUND, {"body": body}, T0)
+
+
+def _convo(opted_out: bool) -> ConversationSnapshot:
+    key = ConversationKey(VN, "+447700900123")
+    return ConversationSnapshot(1, key, None, None, {}, 0, None, opted_out, None, None)
+
+
+async def test_echo_mode_honours_stop_start_and_help() -> None:
+    echo = EchoHandler()
+    result = await echo.handle(_echo_event("Stop!", 1), _convo(False), T0)
+    assert (result.opt_out, result.opt_keyword, result.cancel_all_timers) == (True, "STOP", True)
+    assert [(r.text, r.origin) for r in result.replies] == [(OPT_OUT_TEXT, Origin.COMPLIANCE)]
+    for body in ("hello", "STOP", "cancel"):  # opted out: silence, and STOP is confirmed once
+        result = await echo.handle(_echo_event(body, 2), _convo(True), T0)
+        assert result.replies == []
+    result = await echo.handle(_echo_event("HELP", 3), _convo(True), T0)
+    assert [r.origin for r in result.replies] == [Origin.COMPLIANCE]
+    result = await echo.handle(_echo_event("start", 4), _convo(True), T0)
+    assert result.opt_out is False and "subscribed" in result.replies[0].text
+    result = await echo.handle(_echo_event("hello", 5), _convo(False), T0)
+    assert [r.text for r in result.replies] == ["You said: hello"]
 
 
 @pytest.mark.parametrize(

@@ -38,7 +38,7 @@ from smsbot.store.engine import Database
 from smsbot.store.models import EventState, conversations_t, events_t, opt_outs_t
 
 REPO = Path(__file__).resolve().parents[1]
-KEY = "console-key-123"
+KEY = "console-key-1234567890"  # at least 16 characters, as SMSBOT_API_KEY must be
 VN = "+447700900100"
 PHONE = "+447700900123"
 T0 = dt.datetime(2026, 1, 15, 9, 0, tzinfo=dt.UTC)
@@ -610,6 +610,11 @@ async def test_results_refuse_a_bad_flow_or_period(signed_in: Console) -> None:
         page = await c.client.get(f"/console/results?flow=appointment&{query}")
         assert page.status == 400 and reason in await page.text()
     assert (await c.client.get("/console/results.csv?flow=nope")).status == 404
+    # the API names a date or leaves it out (the console's form sends empty fields: defaults)
+    for query, reason in (("from=", "or left out"), ("since=2026-01-01", "not a query parameter")):
+        resp = await c.client.get(f"/api/flows/appointment/results?{query}", headers=auth)
+        assert resp.status == 400 and reason in (await resp.json())["error"], query
+    assert (await c.client.get("/console/results?flow=appointment&from=&to=")).status == 200
 
 
 async def test_an_ended_conversation_is_counted_by_how_it_ended(signed_in: Console) -> None:

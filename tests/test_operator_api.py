@@ -10,15 +10,16 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
+from smsbot.app.cli import main
+from smsbot.app.operations import OperatorError, send_now
 from smsbot.app.server.app import create_app
 from smsbot.channels.sandbox import Sandbox
 from smsbot.clock import VirtualClock
 from smsbot.engine.runtime import FlowRuntime
 from smsbot.sms.status import DeliveryStatus
-from smsbot.store.models import messages_t
-from tests.support import PHONE, VN, Harness, inbound_body, make_bot
+from smsbot.store.models import events_t, messages_t
+from tests.support import EXAMPLE_FLOWS, PHONE, VN, Harness, inbound_body, make_bot, settings_for
 
-REPO = Path(__file__).resolve().parents[1]
 T0 = dt.datetime(2026, 1, 15, 9, 0, tzinfo=dt.UTC)
 TOKEN = "operator-token-123"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -39,22 +40,19 @@ class Api(Harness):
         return [m.content for m in self.sandbox.messages if m.recipient == phone]
 
 
-@pytest.fixture
-async def api(db_url: str, sandbox: Sandbox, aiohttp_client: Any) -> Api:
+async def _api(db_url: str, sandbox: Sandbox, aiohttp_client: Any, **extra: str) -> Api:
     clock = VirtualClock(T0)
-    env = {
-        "SMSBOT_API_KEY": TOKEN,
-        "SMSBOT_DEFAULT_SENDER": VN,
-        "SMSBOT_FLOWS_DIR": str(REPO / "flows"),
-        "SMSBOT_TEMPLATES_DIR": str(REPO / "templates"),
-    }
-    from tests.support import settings_for
-
+    env = {**EXAMPLE_FLOWS, "SMSBOT_API_KEY": TOKEN, "SMSBOT_DEFAULT_SENDER": VN, **extra}
     assert sandbox.url is not None
     runtime = FlowRuntime.from_settings(settings_for(db_url, sandbox.url, **env))
     bot = await make_bot(db_url, sandbox, runtime, clock, **env)
     client = await aiohttp_client(create_app(bot, run_workers=False))
     return Api(bot, client, sandbox, clock)
+
+
+@pytest.fixture
+async def api(db_url: str, sandbox: Sandbox, aiohttp_client: Any) -> Api:
+    return await _api(db_url, sandbox, aiohttp_client)
 
 
 async def test_every_route_needs_the_bearer_token(api: Api) -> None:
@@ -65,7 +63,7 @@ async def test_every_route_needs_the_bearer_token(api: Api) -> None:
     resp = await api.client.get("/api/conversations?phone=07700900123")
     assert resp.status == 401
     openapi = await (await api.client.get("/api/openapi.json")).json()
-    assert "/api/flows/{name}/start" in openapi["paths"]
+    assert "/api/flows/appointment/start" in openapi["paths"]
 
 
 async def test_start_a_flow_and_read_the_conversation(api: Api) -> None:
@@ -226,3 +224,189 @@ async def test_start_many_from_csv_skips_and_counts_opted_out_phones(api: Api) -
     await api.bot.run_until_idle()
     assert [m.recipient for m in api.sandbox.messages if "Ann" in m.content] == ["+447700900001"]
     assert not [m for m in api.sandbox.messages if "Bob" in m.content]
+
+
+async def test_start_many_policy_is_checked_and_honoured(api: Api) -> None:
+    path = "/api/flows/appointment/start-many"
+    rows = [{"to": PHONE, "data": APPOINTMENT, "policy": "AAA"}]
+    code, body = await api.call("POST", path, json=rows)
+    assert code == 400
+    assert [(e["line"], e["field"]) for e in body["invalid"]] == [(1, "policy")]
+    code, body = await api.call("POST", f"{path}?policy=AAA", json=rows[:0])
+    assert (code, body["field"]) == (400, "policy")
+    code, body = await api.call("POST", f"{path}?skip_invalid=maybe", json=rows[:0])
+    assert (code, body["field"]) == (400, "skip_invalid")
+    assert await api.event_count() == 0
+    code, body = await api.call(
+        "POST", f"{path}?policy=reject", json=[{"to": PHONE, "data": APPOINTMENT}]
+    )
+    assert (code, body["started"]) == (202, 1)
+    async with api.bot.db.session() as s:
+        [payload] = (await s.execute(select(events_t.c.payload))).scalars().all()
+    assert payload["policy"] == "reject"
+
+
+@pytest.mark.parametrize(
+    ("path", "payload", "field"),
+    [
+        ("/api/messages", {"to": "", "text": "hi"}, "to"),
+        ("/api/messages", {"to": PHONE, "text": "hi", "txt": "typo"}, "txt"),
+        ("/api/messages", {"to": PHONE, "text": "   "}, "text"),
+        ("/api/messages", {"to": PHONE, "text": "hi", "from": ""}, "from"),
+        ("/api/messages", {"to": PHONE, "text": "hi", "from": None}, "from"),
+        ("/api/flows/appointment/start", {"to": "", "data": APPOINTMENT}, "to"),
+        ("/api/flows/appointment/start", {"to": PHONE, "data": APPOINTMENT, "x": 1}, "x"),
+    ],
+)
+async def test_what_the_schema_refuses_the_server_refuses(
+    api: Api, path: str, payload: dict[str, Any], field: str
+) -> None:
+    code, body = await api.call("POST", path, json=payload)
+    assert (code, body.get("field")) == (400, field), body
+    assert await api.event_count() == 0
+
+
+async def test_the_openapi_document_says_what_the_server_checks(api: Api) -> None:
+    doc = await (await api.client.get("/api/openapi.json")).json()
+    message = doc["paths"]["/api/messages"]["post"]["requestBody"]["content"]["application/json"]
+    schema = message["schema"]
+    assert schema["properties"]["to"]["minLength"] == 1
+    assert schema["additionalProperties"] is False
+    assert schema["oneOf"] == [{"required": ["text"]}, {"required": ["template"]}]
+    many = doc["paths"]["/api/flows/appointment/start-many"]["post"]
+    params = {p["name"]: p["schema"] for p in many["parameters"]}
+    assert params["policy"]["enum"] == ["interrupt", "reject"]
+    start = doc["paths"]["/api/flows/appointment/start"]["post"]["requestBody"]["content"]
+    assert start["application/json"]["schema"]["properties"]["data"]["type"] == "object"
+
+
+# --- the sender: one of ours, and an alphanumeric one respects every opt-out ------------------
+
+CLINIC = "CLINIC"
+OTHER = "+447700900456"
+
+
+@pytest.fixture
+async def clinic(db_url: str, sandbox: Sandbox, aiohttp_client: Any) -> Api:
+    """The deployment sends from CLINIC by default and receives on VN (its [numbers] table)."""
+    harness = await _api(db_url, sandbox, aiohttp_client, SMSBOT_DEFAULT_SENDER=CLINIC)
+    harness.bot.settings = harness.bot.settings.replace(numbers={VN: {}})
+    return harness
+
+
+async def test_from_must_be_one_of_the_deployments_senders(api: Api) -> None:
+    for payload in (
+        {"to": PHONE, "from": "+447700900999", "text": "hi"},
+        {"to": PHONE, "from": "CLINIC", "text": "hi"},
+    ):
+        code, body = await api.call("POST", "/api/messages", json=payload)
+        assert (code, body["field"]) == (400, "from"), body
+        assert "not one of this deployment's senders (+447700900100)" in body["error"]
+    code, body = await api.call(
+        "POST", "/api/flows/appointment/start-many", json=[{"to": PHONE, "from": "NOTOURS"}]
+    )
+    assert code == 400 and body["invalid"][0]["field"] == "from"
+    assert await api.event_count() == 0
+
+
+async def test_an_alphanumeric_sender_respects_an_opt_out_from_our_number(clinic: Api) -> None:
+    assert (await clinic.post(inbound_body("evt_stop", "STOP"))).status == 200
+    await clinic.bot.run_until_idle()
+    for path, payload in (
+        ("/api/messages", {"to": PHONE, "text": "hi"}),
+        ("/api/messages", {"to": PHONE, "from": CLINIC, "text": "hi"}),
+        ("/api/flows/appointment/start", {"to": PHONE, "data": APPOINTMENT}),
+    ):
+        code, body = await clinic.call("POST", path, json=payload)
+        assert code == 409, body
+        assert "alphanumeric" in body["error"]
+    code, body = await clinic.call(
+        "POST",
+        "/api/flows/appointment/start-many",
+        json=[{"to": PHONE, "data": APPOINTMENT}, {"to": OTHER, "data": APPOINTMENT}],
+    )
+    assert (code, body["started"], body["skipped_opted_out"]) == (202, 1, 1)
+    await clinic.bot.run_until_idle()
+    assert len(await clinic.sent_to(PHONE)) == 1  # the STOP confirmation, nothing from CLINIC
+
+    await clinic.post(inbound_body("evt_start", "START"))
+    await clinic.bot.run_until_idle()
+    code, _ = await clinic.call("POST", "/api/messages", json={"to": PHONE, "text": "welcome"})
+    assert code == 202
+    assert (await clinic.sent_to(PHONE))[-1] == "welcome"
+
+
+async def test_a_stop_after_queueing_stops_an_alphanumeric_message(clinic: Api) -> None:
+    code, _ = await clinic.call("POST", "/api/messages", json={"to": OTHER, "text": "queued"})
+    assert code == 202
+    await clinic.bot.dispatcher.run_until_idle()  # queued in the outbox, not yet sent
+    await clinic.post(inbound_body("evt_stop_other", "STOP", sender=OTHER))
+    sent = await clinic.sent_to(OTHER)
+    assert len(sent) == 1 and "START" in sent[0]  # only the confirmation, from VN
+    async with clinic.bot.db.session() as s:
+        status = await s.scalar(select(messages_t.c.status).where(messages_t.c.body == "queued"))
+    assert status == DeliveryStatus.SUPPRESSED
+
+
+async def test_smsbot_send_keeps_the_same_rules(clinic: Api) -> None:
+    await clinic.post(inbound_body("evt_stop", "STOP"))
+    await clinic.bot.run_until_idle()
+    settings = clinic.bot.settings
+    with pytest.raises(OperatorError, match="alphanumeric"):
+        await send_now(settings, to=PHONE, text="hi", sender=CLINIC)
+    with pytest.raises(OperatorError, match="not one of this deployment's senders"):
+        await send_now(settings, to=OTHER, text="hi", sender="+447700900999")
+    with pytest.raises(OperatorError, match="one SMS has at most 255"):
+        await send_now(settings, to=OTHER, text="x" * 40_000, sender=CLINIC)
+    assert "from CLINIC to +447700900456" in await send_now(
+        settings, to=OTHER, text="It’s ready", sender=None
+    )
+    assert clinic.sandbox.messages[-1].content == "It's ready"  # smart quote replaced
+
+
+def test_smsbot_start_refuses_a_from_that_is_not_ours(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rows = tmp_path / "rows.csv"
+    rows.write_text("to,name\n+447700900123,Sam\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("SMSBOT_DEFAULT_SENDER", VN)
+    assert main(["start", "appointment", "--csv", str(rows), "--from", "NOTOURS"]) == 2
+    err = capsys.readouterr().err
+    assert "NOTOURS is not one of this deployment's senders (+447700900100)" in err
+    assert "Traceback" not in err
+
+
+# --- operator text is checked like a template's output ------------------------------------
+
+
+async def test_an_operator_text_over_255_segments_is_refused(api: Api) -> None:
+    code, body = await api.call(
+        "POST", "/api/messages", json={"to": PHONE, "text": "a" * 1_000_000}
+    )
+    assert (code, body["field"]) == (400, "text")
+    assert "6536 segments; one SMS has at most 255" in body["error"]
+    assert await api.event_count() == 0
+
+
+async def test_operator_text_follows_the_segment_policy(
+    db_url: str, sandbox: Sandbox, aiohttp_client: Any
+) -> None:
+    seven = "b" * 1000  # 7 segments of 153
+    strict = await _api(db_url, sandbox, aiohttp_client, SMSBOT_SEGMENT_POLICY="fail")
+    code, body = await strict.call("POST", "/api/messages", json={"to": PHONE, "text": seven})
+    assert (code, body["field"]) == (400, "text")
+    assert "7 segments, over the limit of 6" in body["error"]
+    assert "SMSBOT_MAX_SEGMENTS" in body["error"]
+    assert await strict.event_count() == 0
+
+
+async def test_operator_text_is_sent_as_checked(api: Api) -> None:
+    seven = "b" * 1000
+    code, body = await api.call("POST", "/api/messages", json={"to": PHONE, "text": seven})
+    assert (code, body["segments"]) == (202, 7)
+    assert "SMSBOT_MAX_SEGMENTS" in body["warning"]  # the default policy warns and sends
+    text = "It’s “fine” — really…"
+    code, body = await api.call("POST", "/api/messages", json={"to": PHONE, "text": text})
+    assert (code, body["encoding"]) == (202, "GSM-7")
+    assert (await api.sent_to())[-1] == 'It\'s "fine" - really...'

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -14,7 +15,7 @@ from smsbot.store.migrate import enable_wal
 
 
 def journal_mode(path: Path) -> str:
-    with sqlite3.connect(path) as conn:
+    with contextlib.closing(sqlite3.connect(path)) as conn, conn:
         return str(conn.execute("PRAGMA journal_mode").fetchone()[0])
 
 

@@ -9,15 +9,16 @@ import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import select, tuple_
+from sqlalchemy import select
 
+from smsbot.app.operations import OperatorError, check_our_sender, deployment_senders
 from smsbot.config import Settings
 from smsbot.engine.contract import EventKind
 from smsbot.engine.startdata import StartDataError
 from smsbot.pipeline.inbox import Inbox, InboxEntry
 from smsbot.sms.phone import PhoneNumberError, normalize, normalize_sender
 from smsbot.store.engine import Database
-from smsbot.store.models import opt_outs_t
+from smsbot.store.models import opt_out_applies, opt_outs_t
 
 BATCH = 1_000  # rows per INSERT: 100,000 rows are 100 round trips, not 100,000
 MAX_ROWS = 200_000
@@ -114,6 +115,7 @@ def validate(
     good: list[StartRow] = []
     bad: list[RowError] = []
     seen: set[tuple[str, str]] = set()
+    ours = deployment_senders(settings)
     for line, row in rows:
         if "__error__" in row:
             bad.append(RowError(line, "row", str(row["__error__"])))
@@ -131,7 +133,8 @@ def validate(
             continue
         try:
             virtual_number = normalize_sender(str(sender), settings.default_region)
-        except PhoneNumberError as exc:
+            check_our_sender(settings, virtual_number, ours)
+        except (PhoneNumberError, OperatorError) as exc:
             bad.append(RowError(line, "from", str(exc)))
             continue
         data = row.get("data", {})
@@ -200,7 +203,14 @@ async def _opted_out(db: Database, keys: Iterable[tuple[str, str]]) -> set[tuple
     async with db.session() as s:
         rows = await s.execute(
             select(opt_outs_t.c.virtual_number, opt_outs_t.c.phone).where(
-                tuple_(opt_outs_t.c.virtual_number, opt_outs_t.c.phone).in_(keys)
+                opt_outs_t.c.phone.in_(sorted({phone for _, phone in keys}))
             )
         )
-        return {(vn, phone) for vn, phone in rows.all()}
+        opted: dict[str, list[str]] = {}
+        for number, phone in rows.all():
+            opted.setdefault(phone, []).append(number)
+    return {
+        (sender, phone)
+        for sender, phone in keys
+        if any(opt_out_applies(number, sender) for number in opted.get(phone, ()))
+    }

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from smsbot.app.check_cli import GraphError
 from smsbot.app.check_cli import add_commands as add_check_commands
-from smsbot.app.operations import OperatorError
+from smsbot.app.operations import OperatorError, operator_sender
 from smsbot.config import ConfigError, Settings, port_in_use
 from smsbot.engine.loader import FlowLoadError
 from smsbot.store.migrate import DatabaseUnavailableError
@@ -122,8 +122,10 @@ def _cmd_start(args: argparse.Namespace) -> int:
     from smsbot.app.bulk_cli import start_from_csv
 
     settings = Settings.from_env()
-    if args.sender:
-        settings = settings.replace(default_sender=args.sender)
+    if args.sender:  # one of the deployment's senders, like a row's "from" (or a one-line error)
+        settings = settings.replace(
+            default_sender=operator_sender(settings, args.sender, given_as="--from")
+        )
     print(asyncio.run(start_from_csv(settings, args.flow, args.csv, args.skip_invalid)))
     return 0
 

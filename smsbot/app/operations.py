@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 
 from sqlalchemy import select, update
@@ -14,7 +15,8 @@ from smsbot.config import Settings
 from smsbot.engine.contract import Origin
 from smsbot.sms.phone import PhoneNumberError, normalize, normalize_sender
 from smsbot.sms.status import DeliveryStatus
-from smsbot.sms.text import analyze
+from smsbot.sms.templates import RenderedSms, SmsTemplates, TemplateError
+from smsbot.sms.text import Encoding
 from smsbot.store.engine import Database
 from smsbot.store.models import (
     Direction,
@@ -23,6 +25,7 @@ from smsbot.store.models import (
     events_t,
     messages_t,
     new_id,
+    opt_out_blocks,
     opt_outs_t,
 )
 
@@ -45,6 +48,61 @@ def resolve_sender(settings: Settings, sender: str | None, *, given_as: str = '"
         raise OperatorError(f"sender: {exc}") from None
 
 
+def deployment_senders(settings: Settings) -> frozenset[str]:
+    """This deployment's own senders: SMSBOT_DEFAULT_SENDER and the numbers in smsbot.toml."""
+    ours = set()
+    for raw in filter(None, (settings.sender, *settings.numbers)):
+        with contextlib.suppress(PhoneNumberError):  # the router refuses a bad number at start
+            ours.add(normalize_sender(raw, settings.default_region))
+    return frozenset(ours)
+
+
+def operator_sender(settings: Settings, sender: str | None, *, given_as: str = '"from"') -> str:
+    """The sender an operator's message or start goes from: one of ours, or OperatorError."""
+    chosen = resolve_sender(settings, sender, given_as=given_as)
+    check_our_sender(settings, chosen)
+    return chosen
+
+
+def check_our_sender(settings: Settings, sender: str, ours: frozenset[str] | None = None) -> None:
+    """Raise OperatorError unless the normalised `sender` is one of deployment_senders()."""
+    ours = deployment_senders(settings) if ours is None else ours
+    if sender not in ours:
+        listed = ", ".join(sorted(ours)) or "none is configured"
+        raise OperatorError(
+            f"{sender} is not one of this deployment's senders ({listed}): send from one of"
+            ' them, or configure it as SMSBOT_DEFAULT_SENDER or, for a number, as [numbers."…"]'
+            " in smsbot.toml"
+        )
+
+
+def opted_out_error(phone: str, sender: str) -> str:
+    """Why nothing may go from `sender` to `phone`, which opted out (opt_out_blocks said so)."""
+    if sender.startswith("+"):
+        return f"{phone} has opted out of messages from {sender}; they must text START to it"
+    return (
+        f"{phone} has opted out of one of this deployment's numbers, and {sender} is an"
+        " alphanumeric sender nobody can reply STOP to, so the opt-out stops it too; they must"
+        " text START to that number"
+    )
+
+
+def operator_text(
+    settings: Settings, text: str, templates: SmsTemplates | None = None
+) -> RenderedSms:
+    """An operator's text as it will be sent, checked like a template's output."""
+    checker = templates or SmsTemplates(
+        settings.templates_dir,
+        max_segments=settings.max_segments,
+        segment_policy=settings.segment_policy,
+        smart_characters=settings.smart_characters,
+    )
+    try:
+        return checker.check_text(text, label="the text")
+    except TemplateError as exc:
+        raise OperatorError(str(exc)) from None
+
+
 def resolve_recipient(settings: Settings, to: str) -> str:
     """Return `to` in E.164, or raise OperatorError."""
     try:
@@ -53,18 +111,20 @@ def resolve_recipient(settings: Settings, to: str) -> str:
         raise OperatorError(f"recipient: {exc}") from None
 
 
-def check_send(settings: Settings, *, to: str, text: str, sender: str | None) -> tuple[str, str]:
-    """Return (recipient, sender) for `smsbot send`, or raise OperatorError; touches nothing."""
+def check_send(
+    settings: Settings, *, to: str, text: str, sender: str | None
+) -> tuple[str, str, RenderedSms]:
+    """Return (recipient, sender, checked text) for `smsbot send`, or raise OperatorError."""
     recipient = resolve_recipient(settings, to)
-    origin = resolve_sender(settings, sender, given_as="--from")
+    origin = operator_sender(settings, sender, given_as="--from")
     if not text.strip():
         raise OperatorError("the text is empty: pass --text with something to say")
-    return recipient, origin
+    return recipient, origin, operator_text(settings, text)
 
 
 async def send_now(settings: Settings, *, to: str, text: str, sender: str | None) -> str:
     """Send one SMS at once through the configured provider (`smsbot send`), recorded."""
-    recipient, origin = check_send(settings, to=to, text=text, sender=sender)
+    recipient, origin, sms = check_send(settings, to=to, text=text, sender=sender)
     db = Database(settings.database_url)
     clock = SystemClock()
     # The sandbox is local: running or not, so retrying it only delays the answer.
@@ -73,14 +133,11 @@ async def send_now(settings: Settings, *, to: str, text: str, sender: str | None
     try:
         async with db.session() as s, s.begin():
             opted = await s.execute(
-                select(opt_outs_t.c.id).where(
-                    opt_outs_t.c.virtual_number == origin, opt_outs_t.c.phone == recipient
-                )
+                select(opt_outs_t.c.id).where(opt_out_blocks(origin, recipient))
             )
             if opted.first() is not None:
-                raise OperatorError(f"{recipient} has opted out of messages from {origin}")
+                raise OperatorError(opted_out_error(recipient, origin))
             message_id = new_id()
-            sms = analyze(text)
             now = clock.now()
             await s.execute(
                 messages_t.insert().values(
@@ -88,7 +145,7 @@ async def send_now(settings: Settings, *, to: str, text: str, sender: str | None
                     direction=Direction.OUTBOUND.value,
                     virtual_number=origin,
                     phone=recipient,
-                    body=text,
+                    body=sms.text,
                     origin=Origin.OPERATOR.value,
                     status=DeliveryStatus.QUEUED.value,
                     outbox=OutboxState.INFLIGHT.value,
@@ -102,9 +159,9 @@ async def send_now(settings: Settings, *, to: str, text: str, sender: str | None
         outbound = OutboundSms(
             origin,
             recipient,
-            text,
+            sms.text,
             client_reference=message_id,
-            unicode=sms.encoding.value == "UCS-2",
+            unicode=sms.encoding is Encoding.UCS2,
         )
 
         async def record(**values: object) -> None:

@@ -1,7 +1,8 @@
-"""What every channel's webhook route shares: read the body, store entries durably, answer.
+"""What every channel's webhook route shares: store entries durably, then answer.
 
-Each provider's route (channels/<provider>/routes.py) verifies and parses its own format into
-InboxEntry rows; this module stores them and answers. No flow work happens here.
+Each provider's route (channels/<provider>/routes.py) reads its body with
+smsbot.app.server.bodies.read_body, verifies and parses its own format into InboxEntry rows; this
+module stores them and answers. No flow work happens here.
 """
 
 from __future__ import annotations
@@ -39,13 +40,6 @@ class _EveryFewSeconds:
 
 
 _outage_log = _EveryFewSeconds()
-
-
-async def read_body(request: web.Request, limit: int) -> bytes:
-    """Read the raw body, refusing (413) anything over `limit` bytes before reading it all."""
-    if request.content_length is not None and request.content_length > limit:
-        raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=request.content_length)
-    return await request.read()  # the app's client_max_size enforces the limit when chunked
 
 
 async def store_entries(

@@ -1,10 +1,10 @@
 """Opt-out, opt-in and help words and their answers, per virtual number.
 
 The rule (docs/compliance.md): the WHOLE message, normalised, must be the word. STOP, STOPALL,
-STOP ALL, UNSUBSCRIBE, OPTOUT and REVOKE always opt out. The softer words CANCEL, END and QUIT
-opt out unless the active conversation's current state listens for that exact word, which then
-gets it as a flow keyword. "STOP PLEASE" is not an opt-out; it is routed like any message, and
-`Message.looks_like_opt_out` lets the answer say how to opt out.
+STOP ALL, UNSUBSCRIBE, OPT OUT (also OPT-OUT, OPTOUT) and REVOKE always opt out. The softer
+words CANCEL, END and QUIT opt out unless the active conversation's current state listens for
+that exact word, which then gets it as a flow keyword. "STOP PLEASE" is not an opt-out; it is
+routed like any message, and `Message.looks_like_opt_out` lets the answer say how to opt out.
 """
 
 from __future__ import annotations
@@ -15,11 +15,14 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from smsbot.config import ConfigError
-from smsbot.sms.keywords import first_word, normalize_keyword
+from smsbot.sms.keywords import normalize_keyword, starts_with
 
-__all__ = ["ComplianceAction", "ComplianceConfigError", "ComplianceRules"]
+__all__ = ["ComplianceAction", "ComplianceAnswer", "ComplianceConfigError", "ComplianceRules"]
 
-OPT_OUT_WORDS = ("STOP", "STOPALL", "STOP ALL", "UNSUBSCRIBE", "OPTOUT", "REVOKE")
+# With SOFT_OPT_OUT_WORDS these cover every reply the FCC names as revoking consent to texts,
+# 47 CFR 64.1200(a)(10): stop, quit, end, revoke, opt out, cancel, unsubscribe. "OPT-OUT" and
+# "opt_out" normalise to "opt out"; OPTOUT is the same word without its space.
+OPT_OUT_WORDS = ("STOP", "STOPALL", "STOP ALL", "UNSUBSCRIBE", "OPT OUT", "OPTOUT", "REVOKE")
 SOFT_OPT_OUT_WORDS = ("CANCEL", "END", "QUIT")
 OPT_IN_WORDS = ("START", "UNSTOP")
 HELP_WORDS = ("HELP", "INFO")
@@ -49,6 +52,15 @@ class ComplianceAction(enum.StrEnum):
     SOFT_OPT_OUT = "soft_opt_out"  # opts out unless the current state listens for the word
     OPT_IN = "opt_in"
     HELP = "help"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ComplianceAnswer:
+    """What a compliance word does: the opt-out change, the word recorded, and the one reply."""
+
+    opt_out: bool | None  # True: record an opt-out; False: remove it; None: unchanged (HELP)
+    keyword: str
+    reply: str | None  # None for a repeated STOP: an opt-out is confirmed once
 
 
 def _words(where: str, key: str, value: object) -> frozenset[str]:
@@ -120,7 +132,21 @@ class ComplianceRules:
     def looks_like_opt_out(self, normalized: str) -> bool:
         """Whether a message that is not itself an opt-out word starts with one ("stop please")."""
         words = self.opt_out_words | self.soft_opt_out_words
-        return normalized not in words and first_word(normalized) in {first_word(w) for w in words}
+        return normalized not in words and any(starts_with(normalized, w) for w in words)
+
+    def answer(
+        self, action: ComplianceAction, normalized: str, *, opted_out: bool
+    ) -> ComplianceAnswer:
+        """What `action` does for a phone that has (or has not) already opted out.
+
+        A SOFT_OPT_OUT reaching here opts out: the caller has found no state listening for it.
+        """
+        keyword = normalized.upper()
+        if action is ComplianceAction.HELP:
+            return ComplianceAnswer(None, keyword, self.text_for(action))
+        if action is ComplianceAction.OPT_IN:
+            return ComplianceAnswer(False, keyword, self.text_for(action))
+        return ComplianceAnswer(True, keyword, None if opted_out else self.text_for(action))
 
     def text_for(self, action: ComplianceAction) -> str:
         """The answer to `action`, with {service} filled in."""

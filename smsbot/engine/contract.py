@@ -12,6 +12,9 @@ import datetime as dt
 import enum
 from typing import Any, Protocol
 
+from smsbot.engine.compliance import ComplianceAnswer, ComplianceRules
+from smsbot.sms.keywords import normalize_text
+
 
 class EventKind(enum.StrEnum):
     """What an inbox event asks the dispatcher to do."""
@@ -113,6 +116,16 @@ class StepResult:
         """A result that changes nothing."""
         return cls(flow=convo.flow, state=convo.state, data=convo.data)
 
+    def comply(self, answer: ComplianceAnswer) -> None:
+        """Apply a compliance word: record the opt-out change, stop every timer on STOP, reply."""
+        if answer.opt_out is not None:
+            self.opt_out, self.opt_keyword = answer.opt_out, answer.keyword
+        if answer.opt_out:
+            self.cancel_all_timers = True  # reminders of ended conversations too
+        if answer.reply is not None:
+            # Plain text, never a template: a STOP must be confirmed even if templates break.
+            self.replies.append(OutgoingSms(answer.reply, Origin.COMPLIANCE))
+
 
 def retryable(exc: BaseException) -> bool:
     """Whether a step that raised `exc` may succeed if run again: not if it says `retryable=False`.
@@ -134,7 +147,10 @@ class StepHandler(Protocol):
 
 
 class EchoHandler:
-    """The built-in minimal handler: answers every inbound SMS with "You said: …"."""
+    """The built-in minimal handler: STOP, START and HELP first, "You said: …" to the rest."""
+
+    def __init__(self, compliance: ComplianceRules | None = None) -> None:
+        self.compliance = compliance or ComplianceRules()
 
     async def handle(
         self, event: DispatchEvent, convo: ConversationSnapshot, now: dt.datetime
@@ -142,7 +158,8 @@ class EchoHandler:
         """Echo inbound text back; send a timer's payload "text" as a reminder; ignore the rest."""
         result = StepResult.unchanged(convo)
         if event.kind is EventKind.TIMER:
-            # lets `serve --echo` prove in process tests that a timer fired once
+            # lets `serve --echo` prove in process tests that a timer fired once; for a phone
+            # that opted out the dispatcher suppresses it (a test relies on that)
             text = (event.payload.get("payload") or {}).get("text")
             if text:
                 result.replies.append(OutgoingSms(str(text), Origin.REMINDER))
@@ -155,5 +172,10 @@ class EchoHandler:
                 "seen": int(convo.data.get("seen", 0)) + 1,
                 "recent": recent,
             }
-            result.replies.append(OutgoingSms(f"You said: {body}", Origin.REPLY))
+            normalized = normalize_text(body)
+            # Compliance holds in every mode; no state here listens for CANCEL, so it opts out.
+            if (action := self.compliance.classify(normalized)) is not None:
+                result.comply(self.compliance.answer(action, normalized, opted_out=convo.opted_out))
+            elif not convo.opted_out:
+                result.replies.append(OutgoingSms(f"You said: {body}", Origin.REPLY))
         return result

@@ -146,18 +146,11 @@ class FlowRuntime:
             await self._begin(step, route.flow, {}, Origin.REPLY, msg)
 
     def _compliance(self, step: Step, action: ComplianceAction, normalized: str) -> None:
-        rules, result = step.binding.compliance, step.result
-        if action is ComplianceAction.OPT_IN:
-            result.opt_out, result.opt_keyword = False, normalized.upper()
-        elif action is not ComplianceAction.HELP:
-            result.opt_out, result.opt_keyword = True, normalized.upper()
-            if step.flow is not None:
-                step.end("opted out", cancel_all=True)
-            result.cancel_all_timers = True  # reminders of ended conversations too
-            if step.snap.opted_out:
-                return  # confirmed once already: after STOP only that one message goes out
-        # Plain text, never a template: a STOP must be confirmed even if templates break.
-        result.replies.append(OutgoingSms(rules.text_for(action), Origin.COMPLIANCE))
+        rules = step.binding.compliance
+        answer = rules.answer(action, normalized, opted_out=step.snap.opted_out)
+        if answer.opt_out and step.flow is not None:
+            step.end("opted out", cancel_all=True)
+        step.result.comply(answer)
 
     async def _start_event(self, step: Step) -> None:
         start = self.router.check_start(step.binding, step.event.payload)

@@ -43,7 +43,7 @@ class Bot:
     ) -> None:
         self.settings = settings
         self.clock = clock or SystemClock()
-        self.db = db or Database(settings.database_url)
+        self.db = db or Database(settings.database_url, hide_parameters=not settings.log_sensitive)
         self.metrics = metrics or Metrics()
         self.provider = provider
         self.handler = handler

@@ -29,7 +29,7 @@ from smsbot.pipeline.metrics import Metrics
 from smsbot.pipeline.receipts import enqueue_send_failed
 from smsbot.sms.status import DeliveryStatus
 from smsbot.store.engine import Database
-from smsbot.store.models import OutboxState, messages_t, opt_outs_t
+from smsbot.store.models import OutboxState, messages_t, opt_out_blocks
 
 log = logging.getLogger(__name__)
 
@@ -211,12 +211,7 @@ class Sender:
         pending = m.c.outbox == OutboxState.PENDING.value
         if sweep:
             self._recover_lapsed(conn, now)
-        opted_out = exists().where(
-            and_(
-                opt_outs_t.c.virtual_number == m.c.virtual_number,
-                opt_outs_t.c.phone == m.c.phone,
-            )
-        )
+        opted_out = exists().where(opt_out_blocks(m.c.virtual_number, m.c.phone))
         # One send at a time per conversation, across processes: a message waits while
         # another to the same phone from the same number is in flight. So a reply claimed
         # just before a STOP reaches the provider before the STOP's confirmation, never after.

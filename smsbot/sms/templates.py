@@ -17,7 +17,7 @@ import jinja2
 import jinja2.meta
 import jinja2.sandbox
 
-from smsbot.sms.text import Encoding, analyze, to_gsm
+from smsbot.sms.text import MAX_PARTS, Encoding, analyze, to_gsm
 
 __all__ = ["RenderedSms", "SmsTemplates", "TemplateError"]
 
@@ -222,10 +222,16 @@ class SmsTemplates:
             raise self._error(exc, None) from exc
         return self._finish(text, None)
 
-    def check_text(self, text: str, *, name: str | None = None) -> RenderedSms:
-        """Apply smart-character substitution to plain text and check its segments."""
+    def check_text(
+        self, text: str, *, name: str | None = None, label: str | None = None
+    ) -> RenderedSms:
+        """Apply smart-character substitution to plain text and check its segments.
+
+        `label` names plain text that is no template in errors ("the text").
+        """
+        what, verb = (label, "comes to") if label else (_label(name), "renders to")
         if not text.strip():
-            raise TemplateError(f"{_label(name)} is an empty message: give it some text")
+            raise TemplateError(f"{what} is an empty message: give it some text")
         if self._smart_characters:
             swapped = to_gsm(text)
             # Only when the swap makes the whole message GSM-7: in UCS-2 it saves nothing, and
@@ -233,10 +239,14 @@ class SmsTemplates:
             if swapped != text and analyze(swapped).encoding is Encoding.GSM7:
                 text = swapped
         sms = analyze(text)
+        if sms.segments > MAX_PARTS:  # whatever the policy: no SMS can carry it
+            raise TemplateError(
+                f"{what} {verb} {sms.segments} segments; one SMS has at most {MAX_PARTS}:"
+                " shorten it"
+            )
         if sms.segments > self._max_segments:
             problem = (
-                f"{_label(name)} renders to {sms.segments} segments, over the limit of"
-                f" {self._max_segments}"
+                f"{what} {verb} {sms.segments} segments, over the limit of {self._max_segments}"
             )
             if self._segment_policy == "fail":
                 raise TemplateError(f"{problem}: shorten it or raise SMSBOT_MAX_SEGMENTS")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-__all__ = ["Encoding", "SmsText", "analyze", "split_parts", "to_gsm"]
+__all__ = ["MAX_PARTS", "Encoding", "SmsText", "analyze", "split_parts", "to_gsm"]
 
 
 class Encoding(enum.StrEnum):
@@ -35,6 +35,8 @@ _GSM_ALL = _GSM_BASIC | _GSM_EXTENDED
 # Per-message capacity (140 bytes). Each part of a concatenated message carries a 6-byte user
 # data header: 48 bits, padded to 7 septets (160 - 7 = 153) or 3 UCS-2 units (70 - 3 = 67).
 _SINGLE = {Encoding.GSM7: 160, Encoding.UCS2: 70}
+# A concatenated SMS numbers its parts in one byte of that header: no message has more parts.
+MAX_PARTS = 255
 _PART = {Encoding.GSM7: 153, Encoding.UCS2: 67}
 _BMP_MAX = 0xFFFF
 

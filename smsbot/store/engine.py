@@ -34,10 +34,12 @@ COMMAND_TIMEOUT = 15.0
 class Database:
     """One engine and session factory for the life of the process."""
 
-    def __init__(self, url: str, *, pool_size: int = 10) -> None:
+    def __init__(self, url: str, *, pool_size: int = 10, hide_parameters: bool = True) -> None:
         self.url = url
         self.is_postgres = url.startswith("postgresql")
-        kwargs: dict[str, Any] = {}
+        # An error's message quotes its statement's parameters (phone numbers, message bodies)
+        # and goes to the log: hidden unless SMSBOT_LOG_SENSITIVE says otherwise.
+        kwargs: dict[str, Any] = {"hide_parameters": hide_parameters}
         if self.is_postgres:
             kwargs.update(
                 pool_size=pool_size,
@@ -56,7 +58,9 @@ class Database:
         if not self.is_postgres:
             _configure_sqlite(self.engine.sync_engine)
             if ":memory:" not in url:  # a second engine would open a second, empty database
-                self._sync = create_engine(url.replace("+aiosqlite", "", 1))
+                self._sync = create_engine(
+                    url.replace("+aiosqlite", "", 1), hide_parameters=hide_parameters
+                )
                 _configure_sqlite(self._sync)
         self._writer = None if self.is_postgres else asyncio.Lock()
         self._writer_task: asyncio.Task[Any] | None = None

@@ -7,7 +7,19 @@ import enum
 import uuid
 from typing import Any
 
-from sqlalchemy import JSON, Column, Index, Table, Text, UniqueConstraint
+from sqlalchemy import (
+    JSON,
+    Column,
+    ColumnElement,
+    Index,
+    Table,
+    Text,
+    UniqueConstraint,
+    and_,
+    not_,
+    or_,
+    true,
+)
 from sqlalchemy import Enum as SAEnum
 from sqlmodel import Field, SQLModel
 
@@ -212,3 +224,25 @@ messages_t = table(MessageRow)
 conversations_t = table(ConversationRow)
 opt_outs_t = table(OptOutRow)
 timers_t = table(TimerRow)
+
+
+def opt_out_applies(opted_out_of: str, sender: str) -> bool:
+    """Whether a phone's opt-out from `opted_out_of` stops messages from `sender` to it.
+
+    It stops its own number; and an alphanumeric sender ID (anything not in E.164) is stopped by
+    an opt-out from any number, since nobody can reply STOP to a name (docs/compliance.md,
+    "Alphanumeric senders"). opt_out_blocks() is the same rule in SQL.
+    """
+    return opted_out_of == sender or not sender.startswith("+")
+
+
+def opt_out_blocks(sender: ColumnElement[str] | str, phone: Any) -> ColumnElement[bool]:
+    """SQL: this opt_outs row stops messages from `sender` to `phone` (see opt_out_applies)."""
+    o = opt_outs_t
+    if isinstance(sender, str):
+        same: ColumnElement[bool] = (
+            true() if not sender.startswith("+") else o.c.virtual_number == sender
+        )
+    else:
+        same = or_(o.c.virtual_number == sender, not_(sender.startswith("+")))
+    return and_(o.c.phone == phone, same)

@@ -122,7 +122,9 @@ class BotDriver:
         self.clock = VirtualClock(now or DEFAULT_NOW)
         self.virtual_number = resolve_sender(settings, settings.default_sender or DEFAULT_NUMBER)
         self.settings = settings.replace(
-            provider="sandbox", api_key=settings.api_key or Secret(secrets.token_urlsafe(16))
+            provider="sandbox",
+            api_key=settings.api_key or Secret(secrets.token_urlsafe(16)),
+            default_sender=self.virtual_number,  # the operator API sends only from our numbers
         )
         self.phone = resolve_recipient(self.settings, phone)
         self.transcript = Transcript()

@@ -314,6 +314,19 @@ async def results_api(request: web.Request) -> web.Response:
     flows = _flow_names(request)
     if name not in flows:
         return problem(404, f"no flow named {name!r}; known flows: {', '.join(flows) or 'none'}")
+    # The console's form sends empty fields for "the default"; an API client names a date or
+    # leaves the parameter out, as the OpenAPI document says.
+    for field in request.query:
+        if field not in ("from", "to"):
+            return problem(
+                400,
+                f"{field!r} is not a query parameter of this route; it takes from, to",
+                field=field,
+            )
+        if not request.query[field].strip():
+            return problem(
+                400, f"{field!r} must be a date such as 2026-01-31, or left out", field=field
+            )
     try:
         results = await _results(request, name)
     except PeriodError as exc:

@@ -10,39 +10,57 @@ import functools
 import hmac
 import logging
 import uuid
+from collections.abc import Mapping
 from typing import Any
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
 from sqlalchemy import select
 
-from smsbot.app.bulk import BulkInputError, enqueue_starts, rows_from_csv, rows_from_json, validate
+from smsbot.app.bulk import (
+    BulkInputError,
+    RowError,
+    enqueue_starts,
+    rows_from_csv,
+    rows_from_json,
+    validate,
+)
 from smsbot.app.console.results import results_api
-from smsbot.app.operations import OperatorError, resolve_recipient, resolve_sender
+from smsbot.app.operations import (
+    OperatorError,
+    operator_sender,
+    operator_text,
+    opted_out_error,
+    resolve_recipient,
+)
+from smsbot.app.server.bodies import read_body
 from smsbot.app.server.keys import BOT
-from smsbot.app.server.openapi import openapi_document
+from smsbot.app.server.openapi import build_openapi
 from smsbot.app.server.responses import problem
+from smsbot.app.server.schema import (
+    CONVERSATIONS,
+    MESSAGE,
+    SKIP_INVALID,
+    START_MANY_POLICY,
+    Field,
+    FieldError,
+    start_body,
+)
 from smsbot.channels.events import WebhookFormatError, load_json
+from smsbot.config import Settings
 from smsbot.engine.contract import EventKind
+from smsbot.engine.flow import Flow
 from smsbot.engine.runtime import FlowRuntime
 from smsbot.engine.startdata import StartDataError
 from smsbot.pipeline.bot import Bot
 from smsbot.pipeline.inbox import InboxEntry
-from smsbot.sms.templates import TemplateError
-from smsbot.store.models import conversations_t, messages_t, opt_outs_t
+from smsbot.sms.templates import RenderedSms, TemplateError
+from smsbot.store.models import conversations_t, messages_t, opt_out_blocks, opt_outs_t
 
 log = logging.getLogger(__name__)
 
 MAX_MESSAGES = 100  # per conversation in GET /api/conversations
-
-
-class FieldError(Exception):
-    """A request field is missing or wrong; answered 400 naming the field."""
-
-    def __init__(self, field: str, reason: str) -> None:
-        super().__init__(f"{field}: {reason}")
-        self.field = field
-        self.reason = reason
+_OPENAPI = web.AppKey("openapi", dict[str, Any])
 
 
 @web.middleware
@@ -69,7 +87,7 @@ async def bearer_auth(request: web.Request, handler: Handler) -> web.StreamRespo
 async def _json(request: web.Request) -> object:
     # The webhook parser's reader: UTF-8 only, no NaN, no absurd nesting or numbers.
     try:
-        value = load_json(await request.read())
+        value = load_json(await read_body(request))
     except WebhookFormatError as exc:
         raise FieldError("body", exc.reason) from None
     _check_storable(value, "body")
@@ -96,13 +114,6 @@ def _check_storable(value: object, where: str) -> None:
                 raise FieldError(path, "is not valid Unicode (a lone surrogate)") from None
 
 
-async def _json_object(request: web.Request) -> dict[str, Any]:
-    body = await _json(request)
-    if not isinstance(body, dict):
-        raise FieldError("body", "must be a JSON object")
-    return body
-
-
 def _runtime(request: web.Request) -> FlowRuntime:
     handler = request.config_dict[BOT].handler
     if not isinstance(handler, FlowRuntime):
@@ -119,15 +130,18 @@ def _flow(request: web.Request) -> tuple[FlowRuntime, str]:
     return runtime, name
 
 
-def _string(body: dict[str, Any], field: str, *, required: bool = True) -> str | None:
-    value = body.get(field)
-    if value is None or value == "":
-        if required:
-            raise FieldError(field, "is required")
-        return None
-    if not isinstance(value, str):
-        raise FieldError(field, "must be a string")
-    return value
+def _recipient(settings: Settings, raw: str, field: str = "to") -> str:
+    try:
+        return resolve_recipient(settings, raw)
+    except OperatorError as exc:
+        raise FieldError(field, str(exc)) from None
+
+
+def _sender(settings: Settings, raw: str | None) -> str:
+    try:
+        return operator_sender(settings, raw)
+    except OperatorError as exc:
+        raise FieldError("from", str(exc)) from None
 
 
 def _start_data(
@@ -145,11 +159,7 @@ def _start_data(
 
 async def _opted_out(bot: Bot, vn: str, phone: str) -> bool:
     async with bot.db.session() as s:
-        row = await s.execute(
-            select(opt_outs_t.c.id).where(
-                opt_outs_t.c.virtual_number == vn, opt_outs_t.c.phone == phone
-            )
-        )
+        row = await s.execute(select(opt_outs_t.c.id).where(opt_out_blocks(vn, phone)).limit(1))
         return row.first() is not None
 
 
@@ -179,30 +189,40 @@ async def queue_outside_event(
 
 
 async def _enqueue(
-    request: web.Request, kind: EventKind, payload: dict[str, Any], vn: str, phone: str
+    request: web.Request,
+    kind: EventKind,
+    payload: dict[str, Any],
+    vn: str,
+    phone: str,
+    **answer: Any,
 ) -> web.Response:
     bot = request.config_dict[BOT]
     key = request.headers.get("Idempotency-Key")
     status = await queue_outside_event(bot, kind, payload, vn, phone, key)
     if status is None:
-        return problem(409, f"{phone} has opted out of messages from {vn}; they must text START")
-    return web.json_response({"status": status, "to": phone, "from": vn}, status=202)
+        return problem(409, opted_out_error(phone, vn))
+    return web.json_response({"status": status, "to": phone, "from": vn, **answer}, status=202)
+
+
+def _query(request: web.Request, *known: Field) -> None:
+    """Refuse query parameters the route does not take, as the OpenAPI document says."""
+    names = [f.name for f in known]
+    for name in request.query:
+        if name not in names:
+            takes = f"it takes {', '.join(names)}" if names else "it takes none"
+            raise FieldError(name, f"is not a query parameter of this route; {takes}")
 
 
 async def start_flow(request: web.Request) -> web.Response:
     """POST /api/flows/{name}/start {"to", "from"?, "data"?, "policy"?}."""
     runtime, name = _flow(request)
-    body = await _json_object(request)
+    _query(request)
+    body = start_body(runtime.flows[name]).check(await _json(request))
     settings = request.config_dict[BOT].settings
-    phone = resolve_recipient(settings, _string(body, "to") or "")
-    vn = resolve_sender(settings, _string(body, "from", required=False))
-    data = body.get("data", {})
-    if not isinstance(data, dict):
-        raise FieldError("data", "must be a JSON object")
-    policy = body.get("policy", "interrupt")
-    if policy not in ("interrupt", "reject"):
-        raise FieldError("policy", "must be 'interrupt' or 'reject'")
-    payload = {"flow": name, "data": _start_data(request, runtime, name, data), "policy": policy}
+    phone = _recipient(settings, body["to"])
+    vn = _sender(settings, body.get("from"))
+    data = _start_data(request, runtime, name, body.get("data", {}))
+    payload = {"flow": name, "data": data, "policy": body.get("policy", "interrupt")}
     return await _enqueue(request, EventKind.START, payload, vn, phone)
 
 
@@ -210,11 +230,13 @@ async def start_many(request: web.Request) -> web.Response:
     """POST /api/flows/{name}/start-many: a JSON list, or a CSV upload (text/csv)."""
     runtime, name = _flow(request)
     bot = request.config_dict[BOT]
-    skip_invalid = request.query.get("skip_invalid", "").lower() in ("1", "true", "yes")
+    _query(request, SKIP_INVALID, START_MANY_POLICY)
+    skip_invalid = SKIP_INVALID.check_query(request.query) is True
+    policy = str(START_MANY_POLICY.check_query(request.query) or "interrupt")
     csv_upload = request.content_type in ("text/csv", "application/csv")
     try:
         if csv_upload:
-            text = (await request.read()).decode("utf-8-sig")
+            text = (await read_body(request)).decode("utf-8-sig")
             _check_storable(text, "body")
             rows = rows_from_csv(text)
         else:
@@ -223,10 +245,12 @@ async def start_many(request: web.Request) -> web.Response:
         return problem(400, str(exc), field="body")
     except UnicodeDecodeError:
         return problem(400, "the CSV is not UTF-8", field="body")
+    rows, misshapen = _shaped(runtime.flows[name], rows)
     parse = functools.partial(
         runtime.flows[name].parse_start_data, now=bot.clock.now(), from_text=csv_upload
     )
     good, bad = validate(rows, bot.settings, parse)
+    bad = sorted([*misshapen, *bad], key=lambda e: e.line)
     if bad and not skip_invalid:
         return web.json_response(
             {
@@ -236,46 +260,71 @@ async def start_many(request: web.Request) -> web.Response:
             },
             status=400,
         )
-    result = await enqueue_starts(bot.db, bot.inbox, name, good)
+    result = await enqueue_starts(bot.db, bot.inbox, name, good, policy=policy)
     result.invalid = bad
     bot.dispatcher.notify()
     return web.json_response(result.as_json(), status=202)
 
 
+def _shaped(
+    flow: type[Flow], rows: list[tuple[int, dict[str, Any]]]
+) -> tuple[list[tuple[int, dict[str, Any]]], list[RowError]]:
+    """Split rows into those the row schema allows and an error for each of the others."""
+    shape = start_body(flow, row=True)
+    good, bad = [], []
+    for line, row in rows:
+        try:
+            if "__error__" not in row:  # validate() reports those
+                shape.check(row)
+        except FieldError as exc:
+            bad.append(RowError(line, exc.field, exc.reason))
+            continue
+        good.append((line, row))
+    return good, bad
+
+
 async def send_message(request: web.Request) -> web.Response:
     """POST /api/messages {"to", "from"?, "text"} or {"to", "from"?, "template", "data"?}."""
     bot = request.config_dict[BOT]
-    body = await _json_object(request)
-    phone = resolve_recipient(bot.settings, _string(body, "to") or "")
-    vn = resolve_sender(bot.settings, _string(body, "from", required=False))
-    text = _string(body, "text", required=False)
-    template = _string(body, "template", required=False)
-    if (text is None) == (template is None):
-        raise FieldError("text", "give exactly one of 'text' or 'template'")
-    data = body.get("data", {})
-    if not isinstance(data, dict):
-        raise FieldError("data", "must be a JSON object")
-    if template is not None:
+    settings = bot.settings
+    _query(request)
+    body = MESSAGE.check(await _json(request))
+    phone = _recipient(settings, body["to"])
+    vn = _sender(settings, body.get("from"))
+    if "template" in body:
         runtime = _runtime(request)
+        context = {**body.get("data", {}), "phone": phone, "virtual_number": vn}
         try:
-            text = runtime.templates.render(
-                template, {**data, "phone": phone, "virtual_number": vn}
-            ).text
+            sms = runtime.templates.render(body["template"], context)
         except TemplateError as exc:
             raise FieldError("template", str(exc)) from None
-    assert text is not None
-    if not text.strip():
-        raise FieldError("text", "is empty")
-    return await _enqueue(request, EventKind.SEND, {"text": text}, vn, phone)
+    else:
+        handler = bot.handler
+        templates = handler.templates if isinstance(handler, FlowRuntime) else None
+        try:
+            sms = operator_text(settings, body["text"], templates)
+        except OperatorError as exc:
+            raise FieldError("text", str(exc)) from None
+    payload = {"text": sms.text}
+    return await _enqueue(request, EventKind.SEND, payload, vn, phone, **_size(settings, sms))
+
+
+def _size(settings: Settings, sms: RenderedSms) -> dict[str, Any]:
+    answer: dict[str, Any] = {"segments": sms.segments, "encoding": sms.encoding.value}
+    if sms.segments > settings.max_segments:  # SMSBOT_SEGMENT_POLICY=warn let it through
+        answer["warning"] = (
+            f"{sms.segments} segments, over SMSBOT_MAX_SEGMENTS ({settings.max_segments}):"
+            " sent anyway because SMSBOT_SEGMENT_POLICY is warn"
+        )
+    return answer
 
 
 async def conversations(request: web.Request) -> web.Response:
     """GET /api/conversations?phone=…: state, data and messages with their statuses."""
     bot = request.config_dict[BOT]
-    raw = request.query.get("phone")
-    if not raw:
-        raise FieldError("phone", "is required, e.g. ?phone=%2B447700900123")
-    phone = resolve_recipient(bot.settings, raw)
+    _query(request, CONVERSATIONS)
+    raw = CONVERSATIONS.check_query(request.query)
+    phone = _recipient(bot.settings, str(raw), "phone")
     async with bot.db.session() as s:
         convos = (
             await s.execute(select(conversations_t).where(conversations_t.c.phone == phone))
@@ -340,15 +389,14 @@ def _conversation_json(c: Any, opted_out: bool, msgs: Any) -> dict[str, Any]:
 
 
 async def openapi(request: web.Request) -> web.Response:
-    """GET /api/openapi.json."""
-    handler = request.config_dict[BOT].handler
-    flows = handler.flows if isinstance(handler, FlowRuntime) else {}
-    return web.json_response(openapi_document(flows))
+    """GET /api/openapi.json: this deployment's operator API, with its flows' start routes."""
+    return web.json_response(request.app[_OPENAPI])
 
 
-def create_api() -> web.Application:
-    """The operator API as a sub-application mounted at /api."""
+def create_api(flows: Mapping[str, type[Flow]]) -> web.Application:
+    """The operator API as a sub-application mounted at /api, describing `flows`."""
     api = web.Application(middlewares=[bearer_auth])
+    api[_OPENAPI] = build_openapi(flows)
     api.router.add_post("/flows/{name}/start", start_flow)
     api.router.add_post("/flows/{name}/start-many", start_many)
     api.router.add_get("/flows/{name}/results", results_api)

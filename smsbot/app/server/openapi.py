@@ -1,4 +1,8 @@
-"""The OpenAPI 3.1 document of the operator API, served at GET /api/openapi.json."""
+"""The OpenAPI 3.1 document of the operator API, served at GET /api/openapi.json.
+
+Built from the same declarations the server checks requests with (schema.py), with a start route
+per loaded flow, so the document describes this deployment and cannot allow what it refuses.
+"""
 
 from __future__ import annotations
 
@@ -6,183 +10,193 @@ import copy
 from collections.abc import Mapping
 from typing import Any
 
+from smsbot.app.server.schema import (
+    CONVERSATIONS,
+    IDEMPOTENCY_KEY,
+    MESSAGE,
+    SKIP_INVALID,
+    START_MANY_POLICY,
+    start_body,
+)
 from smsbot.engine.flow import Flow
-from smsbot.engine.startdata import start_data_schema
 
 _ERROR = {
     "type": "object",
     "properties": {"error": {"type": "string"}, "field": {"type": "string"}},
     "required": ["error"],
 }
-_QUEUED = {
+_QUEUED_FIELDS: dict[str, Any] = {
+    "status": {"type": "string", "enum": ["queued", "duplicate", "conflict"]},
+    "to": {"type": "string"},
+    "from": {"type": "string"},
+}
+_QUEUED = {"type": "object", "properties": _QUEUED_FIELDS, "required": list(_QUEUED_FIELDS)}
+_SENT = {
     "type": "object",
     "properties": {
-        "status": {"type": "string", "enum": ["queued", "duplicate", "conflict"]},
-        "to": {"type": "string"},
-        "from": {"type": "string"},
+        **_QUEUED_FIELDS,
+        "segments": {"type": "integer", "minimum": 1},
+        "encoding": {"type": "string", "enum": ["GSM-7", "UCS-2"]},
+        "warning": {"type": "string", "description": "over SMSBOT_MAX_SEGMENTS, sent anyway"},
     },
+    "required": ["status", "to", "from", "segments", "encoding"],
 }
-_PHONE = {"type": "string", "description": "E.164, or a national number in SMSBOT_DEFAULT_REGION"}
+_STARTED = {
+    "type": "object",
+    "properties": {
+        "started": {"type": "integer"},
+        "skipped_opted_out": {"type": "integer"},
+        "duplicates": {"type": "integer"},
+        "invalid": {"type": "array", "items": {"type": "object"}},
+    },
+    "required": ["started", "skipped_opted_out", "duplicates", "invalid"],
+}
+_ERRORS = {
+    "400": "bad input; `field` names the field",
+    "401": "missing or wrong bearer token, or the API is off",
+    "404": "no such flow or template, or this server runs no flows",
+    "408": "the body took longer than SMSBOT_BODY_TIMEOUT to arrive",
+    "409": "the recipient opted out (texted STOP)",
+    "413": "the body is larger than SMSBOT_MAX_BODY_BYTES",
+}
 
 
-def _responses(ok: str, ok_schema: dict[str, Any]) -> dict[str, Any]:
+def _responses(ok: str, ok_schema: Mapping[str, Any], *errors: str) -> dict[str, Any]:
     err = {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
-    return {
-        ok: {"description": "accepted", "content": {"application/json": {"schema": ok_schema}}},
-        "400": {"description": "bad input; `field` names the field", **err},
-        "401": {"description": "missing or wrong bearer token", **err},
-        "404": {"description": "no such flow", **err},
-        "409": {"description": "the recipient opted out (texted STOP)", **err},
+    answers: dict[str, Any] = {
+        ok: {"description": "done", "content": {"application/json": {"schema": ok_schema}}}
     }
+    answers.update({code: {"description": _ERRORS[code], **err} for code in errors})
+    return answers
 
 
-def _body(schema: dict[str, Any]) -> dict[str, Any]:
+def _json_body(schema: Mapping[str, Any]) -> dict[str, Any]:
     return {"required": True, "content": {"application/json": {"schema": schema}}}
 
 
-_START = {
-    "type": "object",
-    "required": ["to"],
-    "properties": {
-        "to": _PHONE,
-        "from": {
-            "type": "string",
-            "description": "virtual number; SMSBOT_DEFAULT_SENDER if absent",
-        },
-        "data": {"type": "object", "description": "the conversation's initial data"},
-        "policy": {"type": "string", "enum": ["interrupt", "reject"], "default": "interrupt"},
-    },
-}
+_WRITE = ("400", "401", "404", "408", "409", "413")
 
-OPENAPI: dict[str, Any] = {
-    "openapi": "3.1.0",
-    "info": {
-        "title": "smsbot operator API",
-        "version": "1",
-        "description": "Start flows, send messages and read conversations. Every request needs "
-        "`Authorization: Bearer <SMSBOT_API_KEY>`. Writes are queued and answered 202; an "
-        "`Idempotency-Key` header makes a retried request a no-op.",
-    },
-    "components": {
-        "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
-        "schemas": {"Error": _ERROR},
-    },
-    "security": [{"bearer": []}],
-    "paths": {
-        "/api/flows/{name}/start": {
+
+def _row_schema_name(flow: type[Flow]) -> str:
+    return f"{flow.name}.StartRow"
+
+
+def _flow_paths(flow: type[Flow]) -> dict[str, Any]:
+    # Any list is a valid request: a row that does not fit the row schema is reported in
+    # `invalid` (400, or skipped with ?skip_invalid=true), so the items themselves are open.
+    row = {
+        "description": "a row like #/components/schemas/"
+        f"{_row_schema_name(flow)}; one that is not is listed in `invalid`"
+    }
+    return {
+        f"/api/flows/{flow.name}/start": {
             "post": {
-                "summary": "Start a flow for one recipient",
-                "parameters": [
-                    {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
-                ],
-                "requestBody": _body(_START),
-                "responses": _responses("202", _QUEUED),
+                "summary": f"Start flow {flow.name!r} for one recipient",
+                "parameters": [IDEMPOTENCY_KEY.parameter("header")],
+                "requestBody": _json_body(start_body(flow).schema()),
+                "responses": _responses("202", _QUEUED, *_WRITE),
             }
         },
-        "/api/flows/{name}/start-many": {
+        f"/api/flows/{flow.name}/start-many": {
             "post": {
-                "summary": "Start a flow for many recipients (JSON list or CSV upload)",
-                "description": "Every row is validated first; with any bad row nothing starts "
-                "unless ?skip_invalid=true. CSV: a header row with `to`, optional `from`; other "
-                "columns become data. Opted-out phones are skipped and counted.",
+                "summary": f"Start flow {flow.name!r} for many recipients (JSON list or CSV)",
+                "description": "Every row is checked first; with any bad row nothing starts "
+                "unless ?skip_invalid=true. CSV: a header row with `to`, optional `from`; every "
+                "other column goes into data. Opted-out phones are skipped and counted.",
                 "parameters": [
-                    {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}},
-                    {"name": "skip_invalid", "in": "query", "schema": {"type": "boolean"}},
+                    SKIP_INVALID.parameter("query"),
+                    START_MANY_POLICY.parameter("query"),
                 ],
                 "requestBody": {
                     "required": True,
                     "content": {
-                        "application/json": {"schema": {"type": "array", "items": _START}},
+                        "application/json": {"schema": {"type": "array", "items": row}},
                         "text/csv": {"schema": {"type": "string"}},
                     },
                 },
-                "responses": _responses(
-                    "202",
-                    {
-                        "type": "object",
-                        "properties": {
-                            "started": {"type": "integer"},
-                            "skipped_opted_out": {"type": "integer"},
-                            "duplicates": {"type": "integer"},
-                            "invalid": {"type": "array", "items": {"type": "object"}},
-                        },
-                    },
-                ),
+                "responses": _responses("202", _STARTED, "400", "401", "404", "408", "413"),
             }
         },
-        "/api/flows/{name}/results": {
+    }
+
+
+def _any_flow_paths(names: list[str]) -> dict[str, Any]:
+    """/api/flows/{name}/…: the same routes for a flow named in the path, for generic clients."""
+    name = {"name": "name", "in": "path", "required": True, "schema": {"enum": names}}
+    paths = {}
+    for route, item in _flow_paths(_AnyFlow).items():
+        operation = copy.deepcopy(item["post"])
+        operation["summary"] = operation["summary"].replace("flow '{name}'", "a flow")
+        operation["parameters"] = [name, *operation["parameters"]]
+        paths[route] = {"post": operation}
+    return paths
+
+
+class _AnyFlow(Flow):
+    """Stands for whichever flow the path names: its data is described on its own routes."""
+
+    name = "{name}"
+
+
+def build_openapi(flows: Mapping[str, type[Flow]]) -> dict[str, Any]:
+    """The document for a server running `flows` (none with --echo)."""
+    paths: dict[str, Any] = {}
+    schemas: dict[str, Any] = {"Error": _ERROR}
+    for name in sorted(flows):
+        paths.update(_flow_paths(flows[name]))
+        schemas[_row_schema_name(flows[name])] = start_body(flows[name], row=True).schema()
+    if flows:
+        paths.update(_any_flow_paths(sorted(flows)))
+    paths["/api/messages"] = {
+        "post": {
+            "summary": "Send one message (plain text or a template)",
+            "parameters": [IDEMPOTENCY_KEY.parameter("header")],
+            "requestBody": _json_body(MESSAGE.schema()),
+            "responses": _responses("202", _SENT, *_WRITE),
+        }
+    }
+    if flows:
+        paths["/api/flows/{name}/results"] = {
             "get": {
                 "summary": "A flow's results over a period (the console's Results page)",
                 "description": "Conversations the flow started from `from` to `to` (whole days "
                 "in SMSBOT_DEFAULT_TIMEZONE; default the last 30): how they ended or where they "
                 "are now, delivery outcomes of their messages, replies per day.",
                 "parameters": [
-                    {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}},
+                    {
+                        "name": "name",
+                        "in": "path",
+                        "required": True,
+                        "schema": {"enum": sorted(flows)},
+                    },
                     {"name": "from", "in": "query", "schema": {"type": "string", "format": "date"}},
                     {"name": "to", "in": "query", "schema": {"type": "string", "format": "date"}},
                 ],
-                "responses": _responses("200", {"type": "object"}),
+                "responses": _responses("200", {"type": "object"}, "400", "401", "404"),
             }
+        }
+    paths["/api/conversations"] = {
+        "get": {
+            "summary": "A phone's conversations: state, data, messages and their statuses",
+            "parameters": [CONVERSATIONS.parameter("query")],
+            "responses": _responses("200", {"type": "object"}, "400", "401"),
+        }
+    }
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "smsbot operator API",
+            "version": "1",
+            "description": "Start flows, send messages and read conversations. Every request"
+            " needs `Authorization: Bearer <SMSBOT_API_KEY>`. Writes are queued and answered"
+            " 202; an `Idempotency-Key` header makes a retried request a no-op. No string"
+            " anywhere in a body may contain U+0000 or a lone surrogate (the database cannot"
+            " store them): such a request is a 400 naming where.",
         },
-        "/api/messages": {
-            "post": {
-                "summary": "Send one message (plain text or a template)",
-                "requestBody": _body(
-                    {
-                        "type": "object",
-                        "required": ["to"],
-                        "properties": {
-                            "to": _PHONE,
-                            "from": {"type": "string"},
-                            "text": {"type": "string"},
-                            "template": {
-                                "type": "string",
-                                "description": "e.g. keywords/hours.txt",
-                            },
-                            "data": {"type": "object"},
-                        },
-                    }
-                ),
-                "responses": _responses("202", _QUEUED),
-            }
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "schemas": schemas,
         },
-        "/api/conversations": {
-            "get": {
-                "summary": "A phone's conversations: state, data, messages and their statuses",
-                "parameters": [
-                    {"name": "phone", "in": "query", "required": True, "schema": {"type": "string"}}
-                ],
-                "responses": _responses("200", {"type": "object"}),
-            }
-        },
-    },
-}
-
-
-def openapi_document(flows: Mapping[str, type[Flow]]) -> dict[str, Any]:
-    """OPENAPI plus, per loaded flow, its start routes with `data` described by its start_data."""
-    document = copy.deepcopy(OPENAPI)
-    for name, cls in sorted(flows.items()):
-        data = start_data_schema(cls.start_data)
-        for route in ("start", "start-many"):
-            item = copy.deepcopy(OPENAPI["paths"][f"/api/flows/{{name}}/{route}"])
-            for operation in item.values():
-                operation["summary"] += f": {name}"
-                operation["parameters"] = [
-                    p for p in operation.get("parameters", []) if p.get("in") != "path"
-                ]
-                _set_data(operation["requestBody"], data)
-            document["paths"][f"/api/flows/{name}/{route}"] = item
-    return document
-
-
-def _set_data(node: Any, data: dict[str, Any]) -> None:
-    """Replace every `data` property under `node` (a request body) with the flow's schema."""
-    if isinstance(node, dict):
-        for child in node.values():
-            _set_data(child, data)
-        if isinstance(node.get("properties"), dict) and "data" in node["properties"]:
-            node["properties"]["data"] = data
-    elif isinstance(node, list):
-        for child in node:
-            _set_data(child, data)
+        "security": [{"bearer": []}],
+        "paths": paths,
+    }

@@ -8,12 +8,13 @@ from typing import Any
 
 from aiohttp import web
 
+from smsbot.app.server.bodies import read_body
 from smsbot.app.server.keys import BOT
 from smsbot.app.server.responses import problem
 from smsbot.channels.divergent.signature import SignatureError, verify
 from smsbot.channels.divergent.webhook import parse_envelope
 from smsbot.channels.events import DeliveryReceipt, InboundSms, UnknownEvent, WebhookFormatError
-from smsbot.channels.intake import read_body, receipt_entry, store_entries
+from smsbot.channels.intake import receipt_entry, store_entries
 from smsbot.engine.contract import EventKind
 from smsbot.pipeline.inbox import InboxEntry
 from smsbot.sms.phone import PhoneNumberError, normalize
@@ -25,7 +26,7 @@ async def divergent_webhook(request: web.Request) -> web.Response:
     """POST /webhooks/divergent: a delivery receipt (eventType 1) or an inbound SMS (2)."""
     bot = request.app[BOT]
     settings = bot.settings
-    body = await read_body(request, settings.max_body_bytes)
+    body = await read_body(request)
     if not settings.insecure_no_signature:
         try:
             verify(

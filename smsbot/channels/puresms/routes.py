@@ -7,10 +7,11 @@ import hmac
 
 from aiohttp import web
 
+from smsbot.app.server.bodies import read_body
 from smsbot.app.server.keys import BOT
 from smsbot.app.server.responses import problem
 from smsbot.channels.events import DeliveryReceipt, WebhookFormatError
-from smsbot.channels.intake import read_body, receipt_entry, store_entries
+from smsbot.channels.intake import receipt_entry, store_entries
 from smsbot.channels.puresms.webhook import parse_receipts
 
 
@@ -27,7 +28,7 @@ async def puresms_webhook(request: web.Request) -> web.Response:
         return problem(
             401, "unknown receipts token; the URL must end with SMSBOT_PURESMS_WEBHOOK_TOKEN"
         )
-    body = await read_body(request, bot.settings.max_body_bytes)
+    body = await read_body(request)
     try:
         receipts = parse_receipts(body)
     except WebhookFormatError as exc:

@@ -1,0 +1,48 @@
+"""Reading a request body: bounded in size and in time, and refused with a 4xx when unreadable.
+
+Every route that reads a body (the webhooks and the operator API) reads it here, so a client that
+sends too much (413), too slowly (408) or a compressed body that does not decompress (400) gets
+the same clear answer everywhere, and the server never answers 500 for what a client sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from aiohttp import web
+from aiohttp.http_exceptions import ContentEncodingError
+from aiohttp.web_protocol import RequestPayloadError
+
+from smsbot.app.server.keys import BOT
+
+
+async def read_body(request: web.Request) -> bytes:
+    """Return the raw (decompressed) body, or raise an HTTP error that says what was wrong."""
+    settings = request.config_dict[BOT].settings
+    limit = settings.max_body_bytes
+    if request.content_length is not None and request.content_length > limit:
+        raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=request.content_length)
+    try:
+        # A client that trickles its body would hold the connection (and this task) forever.
+        async with asyncio.timeout(settings.body_timeout):
+            # aiohttp decompresses as it reads, and enforces the app's client_max_size when the
+            # body is chunked or grows on decompression.
+            return await request.read()
+    except TimeoutError:
+        raise web.HTTPRequestTimeout(
+            reason=f"the request body took longer than {settings.body_timeout:g} s to arrive",
+            headers={"Connection": "close"},
+        ) from None
+    except RequestPayloadError as exc:
+        # aiohttp's server log reports it once more (smsbot.app.server.http: one short line).
+        raise web.HTTPBadRequest(reason=_unreadable(request, exc)) from None
+
+
+def _unreadable(request: web.Request, exc: RequestPayloadError) -> str:
+    if isinstance(exc.__cause__, ContentEncodingError):
+        encoding = request.headers.get("Content-Encoding", "").strip()[:20] or "compressed"
+        return (
+            f"the body could not be decoded as {encoding}: send it uncompressed, or compressed"
+            " as its Content-Encoding header says"
+        )
+    return "the body is malformed (broken chunked transfer encoding): send it again whole"
