@@ -16,17 +16,20 @@ from __future__ import annotations
 import csv
 import dataclasses
 import datetime as dt
+import json
 import logging
 import zoneinfo
 from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import IO, Any
 
-from sqlalchemy import Connection, Engine, select
+from sqlalchemy import Connection, Engine, bindparam, select, text
 
 from smsbot.engine.contact import FieldTypeError, check_field_name, encode, parse_field
 from smsbot.sms.phone import PhoneNumberError, normalize
 from smsbot.store.models import contact_fields_t, contact_groups_t, contacts_t
+from smsbot.store.types import UTCDateTime
 from smsbot.store.upsert import insert_on_conflict
 
 log = logging.getLogger(__name__)
@@ -156,7 +159,10 @@ def _write(conn: Connection, batch: dict[str, _Row], group: str | None, now: dt.
                 "updated_at": now,
             }
         )
-    conn.execute(_UPSERT, rows)
+    if conn.dialect.name == "postgresql":
+        _upsert_unnest(conn, rows)
+    else:
+        conn.execute(_UPSERT, rows)
     members = {p: r.groups | ({group} if group else set()) for p, r in batch.items()}
     if any(members.values()):
         ids = conn.execute(select(c.c.phone, c.c.id).where(c.c.phone.in_(list(batch))))
@@ -167,6 +173,95 @@ def _write(conn: Connection, batch: dict[str, _Row], group: str | None, now: dt.
         ]
         if joins:
             conn.execute(_JOIN, joins)
+
+
+# On PostgreSQL one statement over arrays: psycopg's executemany sends an upsert per row.
+_UNNEST = text(
+    "INSERT INTO contacts (phone, name, language, timezone, fields, created_at, updated_at)"
+    " SELECT p, n, l, t, f::json, :now, :now FROM unnest("
+    "CAST(:phone AS text[]), CAST(:name AS text[]), CAST(:language AS text[]),"
+    " CAST(:timezone AS text[]), CAST(:fields AS text[])) AS u(p, n, l, t, f)"
+    " ON CONFLICT (phone) DO UPDATE SET name = excluded.name, language = excluded.language,"
+    " timezone = excluded.timezone, fields = excluded.fields, updated_at = excluded.updated_at"
+).bindparams(bindparam("now", type_=UTCDateTime()))
+
+
+def _upsert_unnest(conn: Connection, rows: list[dict[str, Any]]) -> None:
+    conn.execute(
+        _UNNEST,
+        {
+            "phone": [r["phone"] for r in rows],
+            "name": [r["name"] for r in rows],
+            "language": [r["language"] for r in rows],
+            "timezone": [r["timezone"] for r in rows],
+            "fields": [json.dumps(r["fields"]) for r in rows],
+            "now": rows[0]["updated_at"],
+        },
+    )
+
+
+class _Writer:
+    """Writes one batch in a thread while the next is parsed; never more than one in flight."""
+
+    def __init__(self, engine: Engine, group: str | None, now: dt.datetime) -> None:
+        self._engine, self._group, self._now = engine, group, now
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="smsbot-import")
+        self._pending: Future[None] | None = None
+
+    def _write(self, batch: dict[str, _Row]) -> None:
+        with self._engine.begin() as conn:
+            _write(conn, batch, self._group, self._now)
+
+    def submit(self, batch: dict[str, _Row]) -> None:
+        """Wait for the batch in flight (raising its error), then start writing `batch`."""
+        self.wait()
+        if batch:
+            self._pending = self._pool.submit(self._write, batch)
+
+    def wait(self) -> None:
+        """Wait for the batch in flight."""
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            pending.result()
+
+    def close(self) -> None:
+        """Finish the last batch and stop the thread."""
+        try:
+            self.wait()
+        finally:
+            self._pool.shutdown()
+
+
+def _stream(
+    reader: Any,
+    names: list[str],
+    types: Mapping[str, str],
+    region: str,
+    writer: _Writer,
+    report: ImportReport,
+    progress: Progress | None,
+    total: int,
+) -> None:
+    batch: dict[str, _Row] = {}
+    for cells in reader:
+        if not any(cell.strip() for cell in cells):
+            continue  # a blank line
+        try:
+            row = _parse(cells, names, types, region)
+        except ValueError as exc:
+            report.bad.append(f"line {reader.line_num}: {exc}")
+            continue
+        if (was := batch.get(row.phone)) is not None:  # twice in one batch: merge
+            row.fields = {**was.fields, **row.fields}
+            row.groups |= was.groups
+        batch[row.phone] = row
+        report.imported += 1
+        if len(batch) >= BATCH:
+            writer.submit(batch)
+            batch = {}
+            if progress:
+                progress(reader.line_num - 1, total)
+    writer.submit(batch)
 
 
 def count_lines(path: Path) -> int:
@@ -208,29 +303,11 @@ def import_csv(
                     )
                     types.update(dict.fromkeys(new, "text"))
                     report.new_fields = new
-            batch: dict[str, _Row] = {}
-            for cells in reader:
-                if not any(cell.strip() for cell in cells):
-                    continue  # a blank line
-                try:
-                    row = _parse(cells, names, types, region)
-                except ValueError as exc:
-                    report.bad.append(f"line {reader.line_num}: {exc}")
-                    continue
-                if (was := batch.get(row.phone)) is not None:  # twice in one batch: merge
-                    row.fields = {**was.fields, **row.fields}
-                    row.groups |= was.groups
-                batch[row.phone] = row
-                report.imported += 1
-                if len(batch) >= BATCH:
-                    with engine.begin() as conn:
-                        _write(conn, batch, group, now)
-                    batch.clear()
-                    if progress:
-                        progress(reader.line_num - 1, total)
-            if batch:
-                with engine.begin() as conn:
-                    _write(conn, batch, group, now)
+            writer = _Writer(engine, group, now)
+            try:
+                _stream(reader, names, types, region, writer, report, progress, total)
+            finally:
+                writer.close()
         except (csv.Error, UnicodeDecodeError) as exc:
             where = f"line {reader.line_num}: " if reader.line_num else ""
             raise ContactsError(f"{path}: {where}not a CSV file we can read ({exc})") from None
