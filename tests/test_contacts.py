@@ -26,7 +26,7 @@ from smsbot.store.models import (
     opt_outs_t,
     suppressions_t,
 )
-from smsbot.testing import BotDriver, driver_settings
+from smsbot.testing import BotDriver, StepFailedError, driver_settings
 
 NOW = dt.datetime(2026, 1, 15, 9, 0, tzinfo=dt.UTC)
 ANN, BOB = "+447700900123", "+447700900124"
@@ -281,6 +281,9 @@ class Remind(Flow):
     done = State(initial=True, final=True)
 
     async def start(self, convo: Conversation) -> State | None:
+        if convo.message and convo.message.text == "bad":
+            convo.contact.fields["last_text"] = "bad"
+            convo.contact.fields["visits"] = "many"  # a number field: the step fails
         at = convo.contact.fields.get("appointment_at")
         await convo.say(f"See you {at:%d %b %H:%M}" if at else "No appointment")
         convo.contact.fields["visits"] = convo.contact.fields.get("visits", 0) + 1
@@ -364,5 +367,20 @@ async def test_an_erased_phone_stays_opted_out(kit: BotDriver) -> None:
         with engine.connect() as conn:
             assert conn.execute(select(opt_outs_t.c.phone)).scalars().all() == [ANN]
             assert conn.execute(select(suppressions_t)).all() == []
+    finally:
+        engine.dispose()
+
+
+async def test_a_value_of_the_wrong_type_fails_the_step_and_changes_no_contact(
+    kit: BotDriver,
+) -> None:
+    await kit.send("hello")
+    kit.expect_reply(equals="No appointment")
+    with pytest.raises(StepFailedError, match=r"contact field 'visits' is a number; got str"):
+        await kit.send("bad")
+    kit.expect_no_reply()
+    engine = _sync(kit)
+    try:
+        assert _contacts(engine)[ANN] == {"name": None, "visits": 1, "last_text": "hello"}
     finally:
         engine.dispose()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -85,7 +86,11 @@ def _cmd_export(args: argparse.Namespace) -> int:
     settings = Settings.from_env()
     with _engine(settings) as engine:
         if args.output is None:
-            count = export_csv(engine, sys.stdout, args.group)
+            try:
+                export_csv(engine, sys.stdout, args.group)
+                sys.stdout.flush()
+            except BrokenPipeError:  # `smsbot contacts export | head`: the reader had enough
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         else:
             with args.output.open("w", newline="", encoding="utf-8") as out:
                 count = export_csv(engine, out, args.group)
