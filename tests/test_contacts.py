@@ -60,6 +60,13 @@ def test_a_value_that_does_not_fit_its_type_names_the_field_value_and_type() -> 
     with pytest.raises(FieldTypeError, match=r"cannot name a contact field"):
         contact.fields["Bad Name"] = 1
     assert contact.change() is None  # nothing fitted, nothing changed
+    # smsbot.toml's type holds before any import recorded the field
+    declared = Contact(ContactSnapshot(ANN), declared={"visits": "number"})
+    with pytest.raises(FieldTypeError, match=r"'visits' is a number"):
+        declared.fields["visits"] = "3"
+    declared.fields["visits"] = 3
+    change = declared.change()
+    assert change is not None and change.new_types == {"visits": "number"}
 
 
 def test_a_flow_writes_typed_values_and_groups_through_the_contact() -> None:

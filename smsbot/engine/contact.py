@@ -142,9 +142,17 @@ class ContactChange:
 class ContactFields(MutableMapping[str, Any]):
     """`convo.contact.fields`: typed values; assigning checks the field's type."""
 
-    def __init__(self, stored: Mapping[str, Any], types: Mapping[str, str]) -> None:
-        self._types = dict(types)
-        self._values = {k: decode(types.get(k), v) for k, v in stored.items() if v is not None}
+    def __init__(
+        self,
+        stored: Mapping[str, Any],
+        types: Mapping[str, str],
+        declared: Mapping[str, str] | None = None,
+    ) -> None:
+        self._known = set(types)  # recorded in the database
+        self._types = {**types, **(declared or {})}  # smsbot.toml wins
+        self._values = {
+            k: decode(self._types.get(k), v) for k, v in stored.items() if v is not None
+        }
         self.new_types: dict[str, str] = {}
         self.changed = False
 
@@ -155,11 +163,10 @@ class ContactFields(MutableMapping[str, Any]):
         if value is None:
             self.__delitem__(name) if name in self._values else None
             return
-        kind = self._types.get(name)
-        if kind is None:
-            kind = self.new_types[check_field_name(name)] = infer_type(value)
-            self._types[name] = kind
-        self._values[name] = check_value(name, kind, value)
+        kind = self._types.get(name) or infer_type(value)
+        self._values[name] = check_value(check_field_name(name), kind, value)
+        if name not in self._known:  # first written here: record its type with the step
+            self.new_types[name] = self._types[name] = kind
         self.changed = True
 
     def __delitem__(self, name: str) -> None:
@@ -222,11 +229,11 @@ def _group_name(name: object) -> str:
 class Contact:
     """`convo.contact`: the person on the other end, their fields and groups."""
 
-    def __init__(self, snap: ContactSnapshot) -> None:
+    def __init__(self, snap: ContactSnapshot, declared: Mapping[str, str] | None = None) -> None:
         self.phone = snap.phone
         self._name, self._language = snap.name, snap.language
         self._renamed = False
-        self.fields = ContactFields(snap.fields, snap.types)
+        self.fields = ContactFields(snap.fields, snap.types, declared)
         self.groups = ContactGroups(snap.groups)
 
     @property

@@ -45,6 +45,7 @@ class StepDeps:
     router: Router
     default_timezone: str
     conversation_expiry: dt.timedelta
+    contact_fields: Mapping[str, str] = dataclasses.field(default_factory=dict)  # smsbot.toml
 
 
 @dataclasses.dataclass(slots=True)
@@ -78,7 +79,8 @@ class Step:
         self.timers: dict[str, TimerRequest] = {}
         self.touched = False  # the active conversation took part: push its expiry back
         # one Contact for every run of the step: what one run writes, the next one reads
-        self.contact = Contact(snap.contact or ContactSnapshot(snap.key.phone))
+        contact = snap.contact or ContactSnapshot(snap.key.phone)
+        self.contact = Contact(contact, declared=deps.contact_fields)
 
     def active(self) -> tuple[type[Flow], State] | None:
         """The running flow and state, or None (a flow or state since removed ends it)."""
