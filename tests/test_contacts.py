@@ -15,6 +15,7 @@ from smsbot.app.cli import main
 from smsbot.app.contacts_erase import erase, subject_data
 from smsbot.app.contacts_io import ContactsError, export_csv, import_csv
 from smsbot.app.database import migrate
+from smsbot.app.operations import OperatorError, send_now
 from smsbot.config import ConfigError, Settings
 from smsbot.engine.contact import Contact, ContactSnapshot, FieldTypeError, parse_field
 from smsbot.pipeline.contacts import suppression_hash
@@ -369,6 +370,8 @@ async def test_an_erased_phone_stays_opted_out(kit: BotDriver) -> None:
         assert (data["contact"], data["messages"], data["conversations"]) == (None, [], [])
         assert data["suppressions"] == [{"virtual_number": "+447700900100", "keyword": "STOP"}]
 
+        with pytest.raises(OperatorError, match=r"has opted out of messages from"):
+            await send_now(kit.settings, to=ANN, text="Hello again", sender=None)
         await kit.start("remind")  # a later send to the number: the STOP still holds
         kit.expect_no_reply()
         with engine.connect() as conn:

@@ -12,6 +12,7 @@ from smsbot.channels.errors import ProviderError
 from smsbot.clock import SystemClock
 from smsbot.config import Settings
 from smsbot.engine.contract import Origin
+from smsbot.pipeline.contacts import suppression_hash
 from smsbot.sms.phone import PhoneNumberError, normalize, normalize_sender
 from smsbot.sms.status import DeliveryStatus
 from smsbot.sms.text import analyze
@@ -24,6 +25,7 @@ from smsbot.store.models import (
     messages_t,
     new_id,
     opt_outs_t,
+    suppressions_t,
 )
 
 
@@ -73,8 +75,14 @@ async def send_now(settings: Settings, *, to: str, text: str, sender: str | None
     try:
         async with db.session() as s, s.begin():
             opted = await s.execute(
-                select(opt_outs_t.c.id).where(
-                    opt_outs_t.c.virtual_number == origin, opt_outs_t.c.phone == recipient
+                select(opt_outs_t.c.id)
+                .where(opt_outs_t.c.virtual_number == origin, opt_outs_t.c.phone == recipient)
+                # an opt-out kept as a hash when the number was erased (smsbot contacts erase)
+                .union_all(
+                    select(suppressions_t.c.id).where(
+                        suppressions_t.c.virtual_number == origin,
+                        suppressions_t.c.phone_hash == suppression_hash(recipient),
+                    )
                 )
             )
             if opted.first() is not None:
