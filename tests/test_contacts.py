@@ -289,6 +289,8 @@ class Remind(Flow):
     done = State(initial=True, final=True)
 
     async def start(self, convo: Conversation) -> State | None:
+        if convo.message and convo.message.text == "late":
+            convo.contact.fields["vip"] = "yes"  # a boolean field, known from an import
         if convo.message and convo.message.text == "bad":
             convo.contact.fields["last_text"] = "bad"
             convo.contact.fields["visits"] = "many"  # a number field: the step fails
@@ -392,5 +394,18 @@ async def test_a_value_of_the_wrong_type_fails_the_step_and_changes_no_contact(
     engine = _sync(kit)
     try:
         assert _contacts(engine)[ANN] == {"name": None, "visits": 1, "last_text": "hello"}
+    finally:
+        engine.dispose()
+
+
+async def test_a_new_contacts_first_value_must_fit_the_fields_type(kit: BotDriver) -> None:
+    engine = _sync(kit)
+    try:
+        path = kit.settings.flows_dir.parent / "one.csv"
+        path.write_text("phone,vip\n+447700900199,true\n")
+        import_csv(engine, path, region="GB", config_fields={"vip": "boolean"}, now=NOW)
+        with pytest.raises(StepFailedError, match=r"'vip' is a boolean; got str"):
+            await kit.send("late", from_=BOB)  # BOB has no contact yet
+        assert BOB not in _contacts(engine)
     finally:
         engine.dispose()

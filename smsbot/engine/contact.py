@@ -106,7 +106,10 @@ def encode(value: FieldValue | None) -> Any:
 def decode(kind: str | None, stored: Any) -> Any:
     """The typed value of a stored JSON value (a datetime field's string becomes a datetime)."""
     if kind == "datetime" and isinstance(stored, str):
-        return _aware(dt.datetime.fromisoformat(stored))
+        try:
+            return _aware(dt.datetime.fromisoformat(stored))
+        except ValueError:  # stored before the field was declared a datetime: left as text
+            return stored
     return stored
 
 
@@ -125,6 +128,7 @@ class ContactSnapshot:
     fields: dict[str, Any] = dataclasses.field(default_factory=dict)
     groups: frozenset[str] = frozenset()
     types: Mapping[str, str] = dataclasses.field(default_factory=dict)  # every declared field
+    exists: bool = True  # False: no row yet (created with the step's first inbound message)
 
 
 @dataclasses.dataclass(slots=True)

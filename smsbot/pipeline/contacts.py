@@ -59,7 +59,7 @@ def field_types(conn: Connection) -> dict[str, str]:
 
 
 def load_contacts(conn: Connection, phones: Iterable[str]) -> dict[str, ContactSnapshot]:
-    """The contacts of these phones that exist, with their groups and the field types."""
+    """A snapshot for each phone, with its groups and every field's type (exists=False: new)."""
     wanted = sorted(set(phones))
     if not wanted:
         return {}
@@ -67,16 +67,15 @@ def load_contacts(conn: Connection, phones: Iterable[str]) -> dict[str, ContactS
     rows = conn.execute(
         select(c.c.id, c.c.phone, c.c.name, c.c.language, c.c.fields).where(c.c.phone.in_(wanted))
     ).all()
-    if not rows:
-        return {}
     g = contact_groups_t
     groups: dict[int, set[str]] = {}
-    for contact_id, name in conn.execute(
-        select(g.c.contact_id, g.c.name).where(g.c.contact_id.in_([r.id for r in rows]))
-    ):
-        groups.setdefault(contact_id, set()).add(name)
-    types = field_types(conn)
-    return {
+    if rows:
+        for contact_id, name in conn.execute(
+            select(g.c.contact_id, g.c.name).where(g.c.contact_id.in_([r.id for r in rows]))
+        ):
+            groups.setdefault(contact_id, set()).add(name)
+    types = field_types(conn)  # a new contact's first field must fit its type too
+    found = {
         r.phone: ContactSnapshot(
             r.phone,
             r.name,
@@ -87,6 +86,7 @@ def load_contacts(conn: Connection, phones: Iterable[str]) -> dict[str, ContactS
         )
         for r in rows
     }
+    return {p: found.get(p) or ContactSnapshot(p, types=types, exists=False) for p in wanted}
 
 
 def write_contacts(conn: Connection, items: Sequence[Stepped], now: dt.datetime) -> None:
@@ -110,7 +110,9 @@ def write_contacts(conn: Connection, items: Sequence[Stepped], now: dt.datetime)
             types.update(change.new_types)
             joins.setdefault(phone, set()).update(change.join)
             leaves.setdefault(phone, set()).update(change.leave)
-        elif item.snapshot.contact is None and item.event.kind is EventKind.INBOUND:
+        elif item.event.kind is EventKind.INBOUND and not (
+            item.snapshot.contact and item.snapshot.contact.exists
+        ):
             created[phone] = {"phone": phone, "fields": {}, "created_at": now}
     if types:
         conn.execute(
