@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine, create_engine, pool, select
 
+from smsbot import Conversation, Flow, State
 from smsbot.app.cli import main
 from smsbot.app.contacts_erase import erase, subject_data
 from smsbot.app.contacts_io import ContactsError, export_csv, import_csv
@@ -28,6 +29,7 @@ from smsbot.store.models import (
     suppressions_t,
 )
 from smsbot.testing import BotDriver, StepFailedError, driver_settings
+from smsbot.testing.harness import Chat, make_runtime
 
 NOW = dt.datetime(2026, 1, 15, 9, 0, tzinfo=dt.UTC)
 ANN, BOB = "+447700900123", "+447700900124"
@@ -409,3 +411,22 @@ async def test_a_new_contacts_first_value_must_fit_the_fields_type(kit: BotDrive
         assert BOB not in _contacts(engine)
     finally:
         engine.dispose()
+
+
+async def test_the_in_memory_harness_keeps_the_contact_between_steps() -> None:
+    class Count(Flow):
+        name = "count"
+        done = State(initial=True, final=True)
+
+        async def start(self, convo: Conversation) -> State | None:
+            visits = convo.contact.fields.get("visits", 0) + 1
+            convo.contact.fields["visits"] = visits
+            if visits > 1:
+                convo.contact.groups.add("regulars")
+            await convo.say(f"visit {visits}, groups {list(convo.contact.groups)}")
+            return None
+
+    numbers = {"+447700900100": {"catch_all": "count"}}
+    chat = Chat(make_runtime([Count], numbers=numbers))
+    assert await chat.send("hi") == ["visit 1, groups []"]
+    assert await chat.send("hi") == ["visit 2, groups ['regulars']"]
