@@ -74,7 +74,9 @@ class ContactRow(SQLModel, table=True):
     language: str | None = Field(default=None, max_length=16)
     timezone: str | None = Field(default=None, max_length=64)
     # {field: JSON value}; the type of each field is in contact_fields (engine/contact.py)
-    fields: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    fields: dict[str, Any] = Field(
+        default_factory=dict, sa_column=Column(JSON, nullable=False, default=lambda: {})
+    )  # a Core insert without fields gets {} too
     created_at: dt.datetime = _ts(nullable=False)
     updated_at: dt.datetime | None = _ts()
 
