@@ -15,10 +15,10 @@ import logging
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, delete, select, tuple_
+from sqlalchemy import Connection, bindparam, delete, select
 
 from smsbot.engine.contact import ContactSnapshot
-from smsbot.engine.contract import ConversationKey, EventKind
+from smsbot.engine.contract import EventKind
 from smsbot.pipeline.effects import Stepped
 from smsbot.store.models import (
     contact_fields_t,
@@ -139,27 +139,29 @@ def write_contacts(conn: Connection, items: Sequence[Stepped], now: dt.datetime)
         conn.execute(_LEAVE, leave)
 
 
-def restore_suppressed(conn: Connection, keys: Sequence[ConversationKey]) -> set[ConversationKey]:
-    """Keys whose erased phone had opted out of the number: their opt-out is restored."""
-    if not keys:
-        return set()
-    by_hash = {(k.virtual_number, suppression_hash(k.phone)): k for k in keys}
+def restore_suppressed(conn: Connection, phones: Iterable[str]) -> int:
+    """Give erased phones that are back their opt-outs again (every number's); return how many.
+
+    Run before the opt-out check: whatever rule decides which opt-out stops which sender then
+    sees these rows as it sees any other, and START can lift them.
+    """
+    by_hash = {suppression_hash(phone): phone for phone in set(phones)}
+    if not by_hash:
+        return 0
     s = suppressions_t
     rows = conn.execute(
         select(s.c.id, s.c.virtual_number, s.c.phone_hash, s.c.keyword, s.c.created_at).where(
-            tuple_(s.c.virtual_number, s.c.phone_hash).in_(list(by_hash))
+            s.c.phone_hash.in_(list(by_hash))
         )
     ).all()
     if not rows:
-        return set()
-    # The phone is back (it texted, or something is sent to it): keep its STOP as a plain
-    # opt-out again, so START can lift it and every other check sees it.
+        return 0
     conn.execute(
         insert_on_conflict(opt_outs_t, ["virtual_number", "phone"]),
         [
             {
                 "virtual_number": r.virtual_number,
-                "phone": by_hash[(r.virtual_number, r.phone_hash)].phone,
+                "phone": by_hash[r.phone_hash],
                 "keyword": r.keyword,
                 "created_at": r.created_at,
             }
@@ -167,4 +169,4 @@ def restore_suppressed(conn: Connection, keys: Sequence[ConversationKey]) -> set
         ],
     )
     conn.execute(delete(s).where(s.c.id.in_([r.id for r in rows])))
-    return {by_hash[(r.virtual_number, r.phone_hash)] for r in rows}
+    return len(rows)

@@ -249,8 +249,8 @@ class Dispatcher:
         events = claims.oldest_events(conn, list(convos), now)
         if not events:
             return None
+        contacts.restore_suppressed(conn, (k.phone for k in events))  # erased, then back
         opted = claims.opted_out(conn, list(events))
-        opted |= contacts.restore_suppressed(conn, [k for k in events if k not in opted])
         people = contacts.load_contacts(conn, (k.phone for k in events))
         return convos, events, opted, claims.claim_timers(conn, convos, events, now), people
 
