@@ -9,6 +9,7 @@ These come from the flow engine, which loads neither SQLAlchemy nor aiohttp.
 """
 
 from smsbot.clock import Clock, SystemClock, VirtualClock
+from smsbot.engine.contact import Contact, FieldTypeError
 from smsbot.engine.flow import Conversation, Flow, FlowError, Message, State
 from smsbot.engine.startdata import Future, Length, Range, StartDataError
 from smsbot.sms.status import DeliveryStatus
@@ -16,8 +17,10 @@ from smsbot.sms.templates import RenderedSms, TemplateError
 
 __all__ = [
     "Clock",
+    "Contact",
     "Conversation",
     "DeliveryStatus",
+    "FieldTypeError",
     "Flow",
     "FlowError",
     "Future",

@@ -271,6 +271,8 @@ class Settings:
     log_sensitive: bool = _var("SMSBOT_LOG_SENSITIVE", False, _bool)
     # Per-number settings from [numbers."+44…"] tables; the router validates them.
     numbers: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
+    # Contact fields declared in [contacts.fields]: name -> text | number | datetime | boolean
+    contact_fields: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for name, key in (("divergent", self.divergent_api_key), ("puresms", self.puresms_api_key)):
@@ -326,6 +328,8 @@ class Settings:
                     raise ConfigError(f"{label} must be {exc}, got {_mask_url(text)!r}") from None
         if "numbers" in table:
             values["numbers"] = _numbers(path, table["numbers"])
+        if "contacts" in table:
+            values["contact_fields"] = _contact_fields(path, table["contacts"])
         if "provider" not in values:
             values["provider"] = (
                 "divergent" if values.get("divergent_api_key")
@@ -403,7 +407,7 @@ _ENV_FIELDS = {
     for f in dataclasses.fields(Settings)
     if f.metadata
 }
-_TOML_KEYS = [*map(_toml_key, _ENV_FIELDS), "numbers"]
+_TOML_KEYS = [*map(_toml_key, _ENV_FIELDS), "numbers", "contacts"]
 
 
 def _suggest(name: str, known: Mapping[str, object] | list[str]) -> str:
@@ -446,3 +450,26 @@ def _numbers(path: Path, value: object) -> Mapping[str, Mapping[str, Any]]:
     if not isinstance(value, dict) or not all(isinstance(v, dict) for v in value.values()):
         raise ConfigError(f'numbers in {path} must be tables like [numbers."+447700900100"]')
     return value
+
+
+def _contact_fields(path: Path, value: object) -> Mapping[str, str]:
+    from smsbot.engine.contact import FIELD_TYPES, FieldTypeError, check_field_name
+
+    allowed = ", ".join(FIELD_TYPES)
+    table: dict[str, Any] = value if isinstance(value, dict) else {"": None}
+    fields = table.get("fields", {})
+    if not isinstance(fields, dict) or set(table) - {"fields"}:
+        raise ConfigError(
+            f'[contacts] in {path} takes only a table [contacts.fields] of name = "type"'
+            f" ({allowed})"
+        )
+    for name, kind in fields.items():
+        if kind not in FIELD_TYPES:
+            raise ConfigError(
+                f"contacts.fields.{name} in {path} is {kind!r}: a field's type is one of {allowed}"
+            )
+        try:
+            check_field_name(name)
+        except FieldTypeError as exc:
+            raise ConfigError(f"contacts.fields.{name} in {path}: {exc}") from None
+    return dict(fields)

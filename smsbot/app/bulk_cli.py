@@ -19,7 +19,8 @@ from smsbot.store.engine import Database
 SHOWN_ERRORS = 20
 
 
-def _progress(done: int, total: int) -> None:
+def progress(done: int, total: int) -> None:
+    """Draw a progress bar on stderr when it is a terminal (`smsbot start`, `contacts import`)."""
     if not sys.stderr.isatty():
         return
     width = 30
@@ -57,7 +58,7 @@ async def start_from_csv(settings: Settings, flow: str, path: Path, skip_invalid
         print(f"smsbot: {done}", file=sys.stderr)
     db = Database(settings.database_url)
     try:
-        result = await enqueue_starts(db, Inbox(db, SystemClock()), flow, good, progress=_progress)
+        result = await enqueue_starts(db, Inbox(db, SystemClock()), flow, good, progress=progress)
     finally:
         await db.dispose()
     return (

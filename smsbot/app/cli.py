@@ -1,4 +1,4 @@
-"""The `smsbot` command: serve, sandbox, send, chat, start, db, events, check, graph."""
+"""The `smsbot` command: serve, sandbox, send, chat, start, db, events, check, graph, contacts."""
 
 from __future__ import annotations
 
@@ -12,6 +12,8 @@ from pathlib import Path
 
 from smsbot.app.check_cli import GraphError
 from smsbot.app.check_cli import add_commands as add_check_commands
+from smsbot.app.contacts_cli import ContactsCommandError
+from smsbot.app.contacts_cli import add_commands as add_contacts_commands
 from smsbot.app.operations import OperatorError, operator_sender
 from smsbot.config import ConfigError, Settings, port_in_use
 from smsbot.engine.loader import FlowLoadError
@@ -200,6 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_chat)
 
     add_check_commands(sub)  # check, graph
+    add_contacts_commands(sub)  # contacts import|export|show|erase
     return parser
 
 
@@ -220,7 +223,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         code: int = args.func(args)
         return code
-    except (ConfigError, UsageError, OperatorError, FlowLoadError, GraphError) as exc:
+    except (
+        ConfigError,
+        UsageError,
+        OperatorError,
+        FlowLoadError,
+        GraphError,
+        ContactsCommandError,
+    ) as exc:
         print(f"smsbot: {exc}", file=sys.stderr)
         return 2
     except DatabaseUnavailableError as exc:

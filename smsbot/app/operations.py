@@ -13,6 +13,7 @@ from smsbot.channels.errors import ProviderError
 from smsbot.clock import SystemClock
 from smsbot.config import Settings
 from smsbot.engine.contract import Origin
+from smsbot.pipeline.contacts import suppression_hash
 from smsbot.sms.phone import PhoneNumberError, normalize, normalize_sender
 from smsbot.sms.status import DeliveryStatus
 from smsbot.sms.templates import RenderedSms, SmsTemplates, TemplateError
@@ -27,6 +28,7 @@ from smsbot.store.models import (
     new_id,
     opt_out_blocks,
     opt_outs_t,
+    suppressions_t,
 )
 
 
@@ -133,7 +135,16 @@ async def send_now(settings: Settings, *, to: str, text: str, sender: str | None
     try:
         async with db.session() as s, s.begin():
             opted = await s.execute(
-                select(opt_outs_t.c.id).where(opt_out_blocks(origin, recipient))
+                select(opt_outs_t.c.id)
+                .where(opt_out_blocks(origin, recipient))
+                # an opt-out kept as a hash when the number was erased (smsbot contacts erase);
+                # an alphanumeric sender is stopped by any of them, as by opt_out_blocks
+                .union_all(
+                    select(suppressions_t.c.id).where(
+                        suppressions_t.c.phone_hash == suppression_hash(recipient),
+                        *([suppressions_t.c.virtual_number == origin] if origin[:1] == "+" else []),
+                    )
+                )
             )
             if opted.first() is not None:
                 raise OperatorError(opted_out_error(recipient, origin))

@@ -13,6 +13,7 @@ import enum
 from typing import Any, Protocol
 
 from smsbot.engine.compliance import ComplianceAnswer, ComplianceRules
+from smsbot.engine.contact import ContactChange, ContactSnapshot
 from smsbot.sms.keywords import normalize_text
 
 
@@ -72,6 +73,7 @@ class ConversationSnapshot:
     opted_out: bool
     started_at: dt.datetime | None
     last_activity_at: dt.datetime | None
+    contact: ContactSnapshot | None = None  # None: a handler that needs no contact (tests)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -110,6 +112,7 @@ class StepResult:
     end_reason: str | None = None  # set when the conversation ended
     end_state: str | None = None  # the state it ended in (the final state, when completed)
     contact_timezone: str | None = None  # remember the contact's zone (quiet hours)
+    contact: ContactChange | None = None  # the contact's fields, groups, name after the step
 
     @classmethod
     def unchanged(cls, convo: ConversationSnapshot) -> StepResult:

@@ -15,6 +15,7 @@ import zoneinfo
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar, TypeVar
 
+from smsbot.engine.contact import Contact, ContactSnapshot
 from smsbot.engine.contract import ConversationKey, Origin, OutgoingSms, TimerRequest
 from smsbot.engine.startdata import parse_start_data
 from smsbot.sms.keywords import match_keyword, normalize_keyword
@@ -279,8 +280,11 @@ class Conversation:
         templates: SmsTemplates,
         defer: Callable[[Origin, zoneinfo.ZoneInfo], dt.datetime | None],
         message: Message | None = None,
+        contact: Contact | None = None,
     ) -> None:
         self._flow = flow
+        # the person on the other end: fields and groups, written with the step
+        self.contact = contact or Contact(ContactSnapshot(key.phone))
         self.key = key
         self.state = state  # the current state's name; the runtime moves it
         self.data = data

@@ -77,6 +77,7 @@ class FlowRuntime:
             router=self.router,
             default_timezone=settings.default_timezone,
             conversation_expiry=settings.conversation_expiry,
+            contact_fields=settings.contact_fields,
         )
 
     @classmethod

@@ -14,6 +14,7 @@ import zoneinfo
 from collections.abc import Mapping
 from typing import Any
 
+from smsbot.engine.contact import Contact, ContactSnapshot
 from smsbot.engine.contract import (
     ConversationSnapshot,
     DispatchEvent,
@@ -44,6 +45,7 @@ class StepDeps:
     router: Router
     default_timezone: str
     conversation_expiry: dt.timedelta
+    contact_fields: Mapping[str, str] = dataclasses.field(default_factory=dict)  # smsbot.toml
 
 
 @dataclasses.dataclass(slots=True)
@@ -76,6 +78,9 @@ class Step:
         self.result = StepResult(flow=snap.flow, state=snap.state, data=snap.data)
         self.timers: dict[str, TimerRequest] = {}
         self.touched = False  # the active conversation took part: push its expiry back
+        # one Contact for every run of the step: what one run writes, the next one reads
+        contact = snap.contact or ContactSnapshot(snap.key.phone)
+        self.contact = Contact(contact, declared=deps.contact_fields)
 
     def active(self) -> tuple[type[Flow], State] | None:
         """The running flow and state, or None (a flow or state since removed ends it)."""
@@ -124,6 +129,7 @@ class Step:
             templates=self.deps.templates,
             defer=defer,
             message=message,
+            contact=self.contact,
         )
         return Run(self.deps.instances[cls.name], convo, state)
 
@@ -173,6 +179,7 @@ class Step:
             self.timers["expiry"] = TimerRequest("expiry", "expiry", expiry)
         result.timers = list(self.timers.values())
         result.cancel_timers = list(dict.fromkeys(result.cancel_timers))
+        result.contact = self.contact.change()
         return result
 
 

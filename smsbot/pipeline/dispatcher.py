@@ -35,7 +35,7 @@ from smsbot.engine.contract import (
     EventKind,
     StepHandler,
 )
-from smsbot.pipeline import claims
+from smsbot.pipeline import claims, contacts
 from smsbot.pipeline.claims import backoff
 from smsbot.pipeline.effects import StepOutcome, Stepped, finish_events, write_effects
 from smsbot.pipeline.metrics import Metrics
@@ -207,7 +207,7 @@ class Dispatcher:
             claim = await tx.run(lambda conn: self._claim(conn, keys, now))
             if claim is None:
                 return 0
-            convos, events, opted, live_timers = claim
+            convos, events, opted, live_timers, people = claim
             stepped: list[Stepped] = []
             stale: list[int] = []
             failed: list[tuple[Any, BaseException]] = []
@@ -218,6 +218,7 @@ class Dispatcher:
                     stale.append(event.id)
                     continue
                 snapshot = _snapshot(convo, key, key in opted)
+                snapshot.contact = people.get(key.phone)
                 try:
                     async with asyncio.timeout(self.step_timeout):
                         result = await self.handler.handle(event, snapshot, now)
@@ -239,14 +240,19 @@ class Dispatcher:
 
     def _claim(
         self, conn: Connection, keys: Sequence[ConversationKey], now: dt.datetime
-    ) -> tuple[dict[ConversationKey, Any], dict[ConversationKey, Any], set[Any], set[int]] | None:
+    ) -> (
+        tuple[dict[ConversationKey, Any], dict[ConversationKey, Any], set[Any], set[int], Any]
+        | None
+    ):
         """Lock the conversations, read their oldest due events, claim their timer firings."""
         convos = claims.lock_conversations(conn, keys, postgres=self.db.is_postgres)
         events = claims.oldest_events(conn, list(convos), now)
         if not events:
             return None
+        contacts.restore_suppressed(conn, (k.phone for k in events))  # erased, then back
         opted = claims.opted_out(conn, list(events))
-        return convos, events, opted, claims.claim_timers(conn, convos, events, now)
+        people = contacts.load_contacts(conn, (k.phone for k in events))
+        return convos, events, opted, claims.claim_timers(conn, convos, events, now), people
 
     def _write(
         self,
@@ -256,6 +262,7 @@ class Dispatcher:
         failed: list[tuple[Any, BaseException]],
         now: dt.datetime,
     ) -> tuple[list[StepOutcome], int]:
+        contacts.write_contacts(conn, stepped, now)
         outcomes = write_effects(conn, stepped, now)
         finish_events(conn, stale, EventState.IGNORED, now)
         parked = claims.record_failures(conn, failed, now, max_attempts=self.max_attempts)

@@ -22,6 +22,7 @@ from typing import Any
 
 from smsbot.clock import VirtualClock
 from smsbot.config import SANDBOX_NUMBER, Settings
+from smsbot.engine.contact import ContactChange, ContactSnapshot
 from smsbot.engine.contract import (
     ConversationKey,
     ConversationSnapshot,
@@ -201,9 +202,22 @@ class Chat:
             opted_out=self.snap.opted_out if result.opt_out is None else result.opt_out,
             started_at=self.now if started else self.snap.started_at,
             last_activity_at=self.now,
+            contact=_changed(self.snap.contact, self.snap.key.phone, result.contact),
         )
         return result
 
     def __repr__(self) -> str:
         where = f"{self.flow}:{self.state}" if self.flow else "no conversation"
         return f"<Chat {self.snap.key} {where} at {self.now.isoformat()}>"
+
+
+def _changed(
+    contact: ContactSnapshot | None, phone: str, change: ContactChange | None
+) -> ContactSnapshot | None:
+    """The contact after a step's change, as the dispatcher would store it."""
+    if change is None:
+        return contact
+    old = contact or ContactSnapshot(phone)
+    groups = frozenset((old.groups | change.join) - change.leave)
+    types = {**old.types, **change.new_types}
+    return ContactSnapshot(phone, change.name, change.language, change.fields, groups, types)

@@ -1,0 +1,103 @@
+"""Contacts import: rows/s and peak RSS for a CSV of N contacts with three typed fields.
+
+    .venv/bin/python -m bench.contacts_import [--rows 100000] [--postgres]
+
+Writes the CSV to a temporary directory, then imports it in a child process (a fresh SQLite
+file, or a fresh PostgreSQL database with --postgres) exactly as `smsbot contacts import` does,
+and prints rows/s (import only, after the schema exists) and the child's peak RSS.
+Goal (issue 15): >= 10,000 rows/s and <= 200 MB for 100,000 rows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import random
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+FIELDS = {"appointment_at": "datetime", "visits": "number", "vip": "boolean"}
+PG = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+
+def write_csv(path: Path, rows: int) -> None:
+    """N rows: phone, name and the three fields (a datetime, a number, a boolean)."""
+    rnd = random.Random(15)
+    start = dt.datetime(2027, 1, 1, 9, tzinfo=dt.UTC)
+    with path.open("w", encoding="utf-8") as out:
+        out.write("phone,name,appointment_at,visits,vip\n")
+        for n in range(rows):
+            at = start + dt.timedelta(minutes=15 * rnd.randrange(50_000))
+            phone = f"+4477009{n:05d}" if n < 100_000 else f"+4479{n:08d}"
+            vip = "true" if n % 7 == 0 else "false"
+            out.write(f"{phone},Person {n},{at.isoformat()},{rnd.randrange(20)},{vip}\n")
+
+
+def child(path: Path, url: str) -> None:
+    """Migrate, then time the import; print JSON."""
+    from sqlalchemy import create_engine, pool
+
+    from smsbot.app.contacts_io import import_csv
+    from smsbot.app.database import migrate
+    from smsbot.config import Settings
+
+    settings = Settings.from_env({"SMSBOT_DATABASE_URL": url}, toml_path=path.parent / "none")
+    migrate(settings)
+    engine = create_engine(settings.sync_database_url, poolclass=pool.NullPool)
+    started = time.perf_counter()
+    report = import_csv(
+        engine, path, region="GB", config_fields=FIELDS, now=dt.datetime.now(dt.UTC)
+    )
+    seconds = time.perf_counter() - started
+    rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"rows": report.imported, "bad": len(report.bad), "seconds": seconds,
+                      "rss_mb": rss_mb}))  # fmt: skip
+
+
+def main() -> None:
+    """Run the benchmark and print one line per backend."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=100_000)
+    parser.add_argument("--postgres", action="store_true", help="also on PostgreSQL")
+    parser.add_argument("--child", nargs=2, metavar=("CSV", "URL"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        child(Path(args.child[0]), args.child[1])
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "contacts.csv"
+        write_csv(path, args.rows)
+        urls = {"sqlite": f"sqlite:///{Path(tmp) / 'bench.db'}"}
+        if args.postgres:
+            import psycopg
+
+            name = f"bench_{uuid.uuid4().hex[:10]}"
+            with psycopg.connect(PG, autocommit=True) as conn:
+                conn.execute(f"CREATE DATABASE {name}")
+            urls["postgresql"] = PG.rsplit("/", 1)[0] + "/" + name
+        try:
+            for backend, url in urls.items():
+                done = subprocess.run(
+                    [sys.executable, "-m", "bench.contacts_import", "--child", str(path), url],
+                    capture_output=True, text=True, check=True,
+                )  # fmt: skip
+                r = json.loads(done.stdout)
+                print(
+                    f"contacts import {backend}: {r['rows']:,} rows in {r['seconds']:.2f} s ="
+                    f" {r['rows'] / r['seconds']:,.0f} rows/s (goal >= 10,000), peak RSS"
+                    f" {r['rss_mb']:.0f} MB (goal <= 200)"
+                )
+        finally:
+            if "postgresql" in urls:
+                with psycopg.connect(PG, autocommit=True) as conn:
+                    conn.execute(f"DROP DATABASE {urls['postgresql'].rsplit('/', 1)[1]}")
+
+
+if __name__ == "__main__":
+    main()

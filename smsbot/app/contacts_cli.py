@@ -1,0 +1,156 @@
+"""`smsbot contacts import|export|erase|show`: contacts from the command line (docs/contacts.md)."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, pool
+from sqlalchemy.exc import DBAPIError
+
+from smsbot.clock import SystemClock
+from smsbot.config import Settings
+from smsbot.sms.phone import PhoneNumberError, normalize
+
+SHOWN_ERRORS = 20
+
+
+class ContactsCommandError(Exception):
+    """A contacts command refused its input; printed as one line."""
+
+
+@contextlib.contextmanager
+def _engine(settings: Settings) -> Iterator[Engine]:
+    from smsbot.app.database import migrate
+    from smsbot.store.migrate import unavailable
+
+    if done := migrate(settings):
+        print(f"smsbot: {done}", file=sys.stderr)
+    url = settings.sync_database_url
+    engine = create_engine(url, poolclass=pool.NullPool)
+    try:
+        yield engine
+    except DBAPIError as exc:
+        raise unavailable(url, exc) from None
+    finally:
+        engine.dispose()
+
+
+def _phone(settings: Settings, raw: str) -> str:
+    try:
+        return normalize(raw, settings.default_region)
+    except PhoneNumberError as exc:
+        raise ContactsCommandError(
+            f"{exc}; pass the contact's number, e.g. +447700900123"
+        ) from None
+
+
+def _cmd_import(args: argparse.Namespace) -> int:
+    from smsbot.app.bulk_cli import progress
+    from smsbot.app.contacts_io import ContactsError, import_csv
+
+    settings = Settings.from_env()
+    path: Path = args.file
+    if not path.is_file():
+        raise ContactsCommandError(f"{path} is not a file: pass the CSV to import")
+    try:
+        with _engine(settings) as engine:
+            report = import_csv(
+                engine,
+                path,
+                region=settings.default_region,
+                config_fields=settings.contact_fields,
+                now=SystemClock().now(),
+                group=args.group,
+                progress=progress if sys.stderr.isatty() else None,
+            )
+    except ContactsError as exc:
+        raise ContactsCommandError(str(exc)) from None
+    for line in report.bad[:SHOWN_ERRORS]:
+        print(f"{path}:{line}", file=sys.stderr)
+    if len(report.bad) > SHOWN_ERRORS:
+        print(f"… and {len(report.bad) - SHOWN_ERRORS:,} more bad row(s)", file=sys.stderr)
+    print(report.summary(path))
+    return 1 if report.bad else 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from smsbot.app.contacts_io import export_csv
+
+    settings = Settings.from_env()
+    with _engine(settings) as engine:
+        if args.output is None:
+            try:
+                export_csv(engine, sys.stdout, args.group)
+                sys.stdout.flush()
+            except BrokenPipeError:  # `smsbot contacts export | head`: the reader had enough
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        else:
+            with args.output.open("w", newline="", encoding="utf-8") as out:
+                count = export_csv(engine, out, args.group)
+            print(f"exported {count:,} contact(s) to {args.output}", file=sys.stderr)
+    return 0
+
+
+def _cmd_erase(args: argparse.Namespace) -> int:
+    from smsbot.app.contacts_erase import erase
+
+    settings = Settings.from_env()
+    phone = _phone(settings, args.phone)
+    with _engine(settings) as engine:
+        done = erase(engine, phone)
+    print(
+        f"erased {phone}: {done['contact']} contact, {done['conversations']} conversation(s),"
+        f" {done['messages']} message(s) blanked, {done['opt_outs']} opt-out(s) kept as"
+        " hashed suppressions"
+    )
+    return 0
+
+
+def _cmd_show(args: argparse.Namespace) -> int:
+    from smsbot.app.contacts_erase import subject_data
+
+    settings = Settings.from_env()
+    phone = _phone(settings, args.phone)
+    with _engine(settings) as engine:
+        data: dict[str, Any] = subject_data(engine, phone)
+    if args.json:
+        print(json.dumps(data, indent=2, ensure_ascii=False))
+        return 0
+    contact = data["contact"] or {}
+    print(f"{phone}: {'a contact' if contact else 'no contact'}")
+    for key in ("name", "language", "timezone", "fields", "groups"):
+        if contact.get(key):
+            print(f"  {key}: {contact[key]}")
+    for key in ("conversations", "messages", "opt_outs", "timers"):
+        print(f"  {key}: {len(data[key])}")
+    return 0
+
+
+def add_commands(sub: Any) -> None:
+    """Add `contacts` and its sub-commands to the `smsbot` parser."""
+    contacts = sub.add_parser("contacts", help="import, export, show and erase contacts")
+    cmds = contacts.add_subparsers(
+        dest="contacts_command", metavar="{import,export,show,erase}", required=True
+    )
+    p = cmds.add_parser("import", help="upsert contacts from a CSV file (header: phone,…)")
+    p.add_argument("file", type=Path, help="the CSV: phone[,name,language,timezone,groups,fields…]")
+    p.add_argument("--group", help="also put every imported contact in this group")
+    p.set_defaults(func=_cmd_import)
+    p = cmds.add_parser("export", help="write contacts as CSV")
+    p.add_argument("--group", help="only the contacts in this group")
+    p.add_argument("-o", "--output", type=Path, help="the file to write (default: stdout)")
+    p.set_defaults(func=_cmd_export)
+    p = cmds.add_parser("show", help="everything stored about one phone")
+    p.add_argument("phone")
+    p.add_argument("--json", action="store_true", help="all of it, as JSON (data-subject export)")
+    p.set_defaults(func=_cmd_show)
+    p = cmds.add_parser("erase", help="erase one phone's contact, conversations and bodies")
+    p.add_argument("phone")
+    p.set_defaults(func=_cmd_erase)

@@ -1,0 +1,123 @@
+"""A data subject's rights: everything stored about one phone (`show`), and erasure (`erase`).
+
+Erasure removes the contact, its fields and groups, its conversations and their timers, blanks
+the body and number of its messages and the payload of its inbox events (delivery metadata
+stays for the accounts), and turns its opt-outs into keyed hashes (`suppressions`) so an
+earlier STOP still holds: the dispatcher restores the opt-out when the number comes back.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from typing import Any
+
+from sqlalchemy import Connection, Engine, delete, select, update
+
+from smsbot.pipeline.contacts import suppression_hash
+from smsbot.store.models import (
+    contact_groups_t,
+    contacts_t,
+    conversations_t,
+    events_t,
+    messages_t,
+    opt_outs_t,
+    suppressions_t,
+    timers_t,
+)
+from smsbot.store.upsert import insert_on_conflict
+
+log = logging.getLogger(__name__)
+
+
+def _rows(conn: Connection, query: Any) -> list[dict[str, Any]]:
+    return [_json(dict(r._mapping)) for r in conn.execute(query).all()]
+
+
+def _json(row: dict[str, Any]) -> dict[str, Any]:
+    return {k: v.isoformat() if isinstance(v, dt.datetime) else v for k, v in row.items()}
+
+
+def subject_data(engine: Engine, phone: str) -> dict[str, Any]:
+    """Everything stored about `phone` (E.164), as JSON-ready dicts."""
+    with engine.connect() as conn:
+        contact = _rows(conn, select(contacts_t).where(contacts_t.c.phone == phone))
+        if contact:
+            contact[0]["groups"] = sorted(
+                conn.execute(
+                    select(contact_groups_t.c.name).where(
+                        contact_groups_t.c.contact_id == contact[0]["id"]
+                    )
+                ).scalars()
+            )
+        convos = _rows(conn, select(conversations_t).where(conversations_t.c.phone == phone))
+        ids = [c["id"] for c in convos]
+        timers = _rows(conn, select(timers_t).where(timers_t.c.conversation_id.in_(ids)))
+        messages = _rows(
+            conn,
+            select(messages_t).where(messages_t.c.phone == phone).order_by(messages_t.c.created_at),
+        )
+        opt_outs = _rows(conn, select(opt_outs_t).where(opt_outs_t.c.phone == phone))
+        suppressed = _rows(
+            conn,
+            select(suppressions_t.c.virtual_number, suppressions_t.c.keyword).where(
+                suppressions_t.c.phone_hash == suppression_hash(phone)
+            ),
+        )
+    return {
+        "phone": phone,
+        "contact": contact[0] if contact else None,
+        "conversations": convos,
+        "timers": timers,
+        "messages": messages,
+        "opt_outs": opt_outs,
+        "suppressions": suppressed,
+    }
+
+
+def erase(engine: Engine, phone: str) -> dict[str, int]:
+    """Erase `phone` (E.164) in one transaction; return what was removed or blanked, by kind."""
+    with engine.begin() as conn:
+        done: dict[str, int] = {}
+        ids = conn.execute(select(contacts_t.c.id).where(contacts_t.c.phone == phone)).scalars()
+        contact_ids = list(ids)
+        conn.execute(delete(contact_groups_t).where(contact_groups_t.c.contact_id.in_(contact_ids)))
+        done["contact"] = conn.execute(
+            delete(contacts_t).where(contacts_t.c.phone == phone)
+        ).rowcount
+        convo_ids = list(
+            conn.execute(
+                select(conversations_t.c.id).where(conversations_t.c.phone == phone)
+            ).scalars()
+        )
+        conn.execute(delete(timers_t).where(timers_t.c.conversation_id.in_(convo_ids)))
+        done["conversations"] = conn.execute(
+            delete(conversations_t).where(conversations_t.c.id.in_(convo_ids))
+        ).rowcount
+        done["messages"] = conn.execute(
+            update(messages_t).where(messages_t.c.phone == phone).values(body="", phone="")
+        ).rowcount
+        # Inbox events carry the body and number in their payload; pending ones are dropped.
+        conn.execute(
+            update(events_t)
+            .where(events_t.c.phone == phone)
+            .values(payload={}, phone=None, virtual_number=None, body_sha256=None, state="ignored")
+        )
+        opted = conn.execute(
+            select(
+                opt_outs_t.c.virtual_number, opt_outs_t.c.keyword, opt_outs_t.c.created_at
+            ).where(opt_outs_t.c.phone == phone)
+        ).all()
+        if opted:
+            key = suppression_hash(phone)
+            conn.execute(
+                insert_on_conflict(suppressions_t, ["virtual_number", "phone_hash"]),
+                [
+                    {"virtual_number": vn, "phone_hash": key, "keyword": kw, "created_at": at}
+                    for vn, kw, at in opted
+                ],
+            )
+            conn.execute(delete(opt_outs_t).where(opt_outs_t.c.phone == phone))
+        done["opt_outs"] = len(opted)
+    log.info("erased a contact: %s", done)  # counts only, never the number
+    return done

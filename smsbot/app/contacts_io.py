@@ -1,0 +1,369 @@
+"""Contacts from and to CSV, streamed: `smsbot contacts import` and `smsbot contacts export`.
+
+An import reads the file row by row and writes batches of BATCH rows, each as one query for the
+contacts already there, one executemany upsert by phone and, with a group, one executemany of
+memberships: memory stays constant however long the file. A bad row is reported with its line
+number and reason and the rest are imported.
+
+Columns: `phone` (required), then optionally `name`, `language`, `timezone`, `groups`
+(separated by ";"); every other column is a custom field. A field declared in smsbot.toml
+(`[contacts.fields]`) or by an earlier import keeps its type; a new column becomes a text
+field, and the report says so. An empty cell leaves what is stored unchanged.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import datetime as dt
+import json
+import logging
+import zoneinfo
+from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import IO, Any
+
+from sqlalchemy import Connection, Engine, bindparam, select, text
+
+from smsbot.engine.contact import FieldTypeError, check_field_name, encode, parse_field
+from smsbot.sms.phone import PhoneNumberError, normalize
+from smsbot.store.models import contact_fields_t, contact_groups_t, contacts_t
+from smsbot.store.types import UTCDateTime
+from smsbot.store.upsert import insert_on_conflict
+
+log = logging.getLogger(__name__)
+
+BATCH = 1_000
+STANDARD = ("phone", "name", "language", "timezone", "groups")
+
+Progress = Callable[[int, int], None]
+
+_UPSERT = insert_on_conflict(
+    contacts_t, ["phone"], update=("name", "language", "timezone", "fields", "updated_at")
+)
+_JOIN = insert_on_conflict(contact_groups_t, ["contact_id", "name"])
+_DECLARE = insert_on_conflict(contact_fields_t, ["name"], update=("type",))
+_NEW_FIELD = insert_on_conflict(contact_fields_t, ["name"])
+
+
+class ContactsError(Exception):
+    """A contacts command cannot go on (a bad header, an unreadable file); one line."""
+
+
+@dataclasses.dataclass
+class ImportReport:
+    """What an import did."""
+
+    imported: int = 0
+    bad: list[str] = dataclasses.field(default_factory=list)  # "line N: reason"
+    new_fields: list[str] = dataclasses.field(default_factory=list)  # became text fields
+
+    def summary(self, path: Path) -> str:
+        """One line for the terminal."""
+        new = f"; new text field(s): {', '.join(self.new_fields)}" if self.new_fields else ""
+        return (
+            f"imported {self.imported:,} contact(s) from {path}; {len(self.bad):,} bad row(s){new}"
+        )
+
+
+@dataclasses.dataclass(slots=True)
+class _Row:
+    phone: str
+    name: str | None
+    language: str | None
+    timezone: str | None
+    fields: dict[str, Any]
+    groups: set[str]
+
+
+def declared_types(conn: Connection, config: Mapping[str, str], now: dt.datetime) -> dict[str, str]:
+    """Field types: smsbot.toml's [contacts.fields] over those earlier imports declared."""
+    if config:
+        rows = [{"name": n, "type": k, "created_at": now} for n, k in config.items()]
+        conn.execute(_DECLARE, rows)
+    found = conn.execute(select(contact_fields_t.c.name, contact_fields_t.c.type))
+    return {name: kind for name, kind in found.all()}
+
+
+def _header(reader: Iterator[list[str]], path: Path) -> list[str]:
+    header = next(reader, None)
+    if header is None:
+        raise ContactsError(f"{path} is empty: its first line names the columns, e.g. phone,name")
+    names = [h.strip() for h in header]
+    if "phone" not in names:
+        raise ContactsError(f"{path} has no 'phone' column: name the columns in its first line")
+    if len(set(names)) != len(names):
+        raise ContactsError(f"{path} names a column twice in its first line")
+    for name in names:
+        if name not in STANDARD:
+            try:
+                check_field_name(name)
+            except FieldTypeError as exc:
+                raise ContactsError(f"{path}, column {name!r}: {exc}") from None
+    return names
+
+
+def _parse(cells: list[str], names: list[str], types: Mapping[str, str], region: str) -> _Row:
+    if len(cells) != len(names):
+        raise ValueError(f"{len(cells)} cell(s) where the header names {len(names)}")
+    values = dict(zip(names, cells, strict=True))
+    try:
+        phone = normalize(values["phone"], region)
+    except PhoneNumberError as exc:
+        raise ValueError(str(exc)) from None
+    zone = values.get("timezone", "").strip() or None
+    if zone is not None:
+        try:
+            zoneinfo.ZoneInfo(zone)
+        except (ValueError, zoneinfo.ZoneInfoNotFoundError):
+            raise ValueError(
+                f"{zone[:40]!r} is not an IANA time zone such as Europe/London"
+            ) from None
+    fields: dict[str, Any] = {}
+    for name, cell in values.items():
+        if name not in STANDARD:
+            value = parse_field(name, types.get(name, "text"), cell)
+            if value is not None:
+                fields[name] = encode(value)
+    groups = {g.strip()[:100] for g in values.get("groups", "").split(";") if g.strip()}
+    return _Row(
+        phone,
+        values.get("name", "").strip()[:200] or None,
+        values.get("language", "").strip()[:16] or None,
+        zone,
+        fields,
+        groups,
+    )
+
+
+def _write(conn: Connection, batch: dict[str, _Row], group: str | None, now: dt.datetime) -> None:
+    c = contacts_t
+    found = conn.execute(
+        select(c.c.phone, c.c.name, c.c.language, c.c.timezone, c.c.fields).where(
+            c.c.phone.in_(list(batch))
+        )
+    )
+    old = {r.phone: r for r in found.all()}
+    rows = []
+    for phone, row in batch.items():
+        was = old.get(phone)
+        rows.append(
+            {
+                "phone": phone,
+                "name": row.name or (was.name if was else None),
+                "language": row.language or (was.language if was else None),
+                "timezone": row.timezone or (was.timezone if was else None),
+                "fields": {**(was.fields if was else {}), **row.fields},
+                "created_at": now,
+                "updated_at": now,
+            }
+        )
+    if conn.dialect.name == "postgresql":
+        _upsert_unnest(conn, rows)
+    else:
+        conn.execute(_UPSERT, rows)
+    members = {p: r.groups | ({group} if group else set()) for p, r in batch.items()}
+    if any(members.values()):
+        ids = conn.execute(select(c.c.phone, c.c.id).where(c.c.phone.in_(list(batch))))
+        joins = [
+            {"contact_id": contact_id, "name": name, "created_at": now}
+            for phone, contact_id in ids.all()
+            for name in members[phone]
+        ]
+        if joins:
+            conn.execute(_JOIN, joins)
+
+
+# On PostgreSQL one statement over arrays: psycopg's executemany sends an upsert per row.
+_UNNEST = text(
+    "INSERT INTO contacts (phone, name, language, timezone, fields, created_at, updated_at)"
+    " SELECT p, n, l, t, f::json, :now, :now FROM unnest("
+    "CAST(:phone AS text[]), CAST(:name AS text[]), CAST(:language AS text[]),"
+    " CAST(:timezone AS text[]), CAST(:fields AS text[])) AS u(p, n, l, t, f)"
+    " ON CONFLICT (phone) DO UPDATE SET name = excluded.name, language = excluded.language,"
+    " timezone = excluded.timezone, fields = excluded.fields, updated_at = excluded.updated_at"
+).bindparams(bindparam("now", type_=UTCDateTime()))
+
+
+def _upsert_unnest(conn: Connection, rows: list[dict[str, Any]]) -> None:
+    conn.execute(
+        _UNNEST,
+        {
+            "phone": [r["phone"] for r in rows],
+            "name": [r["name"] for r in rows],
+            "language": [r["language"] for r in rows],
+            "timezone": [r["timezone"] for r in rows],
+            "fields": [json.dumps(r["fields"]) for r in rows],
+            "now": rows[0]["updated_at"],
+        },
+    )
+
+
+class _Writer:
+    """Writes one batch in a thread while the next is parsed; never more than one in flight."""
+
+    def __init__(self, engine: Engine, group: str | None, now: dt.datetime) -> None:
+        self._engine, self._group, self._now = engine, group, now
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="smsbot-import")
+        self._pending: Future[None] | None = None
+
+    def _write(self, batch: dict[str, _Row]) -> None:
+        with self._engine.begin() as conn:
+            _write(conn, batch, self._group, self._now)
+
+    def submit(self, batch: dict[str, _Row]) -> None:
+        """Wait for the batch in flight (raising its error), then start writing `batch`."""
+        self.wait()
+        if batch:
+            self._pending = self._pool.submit(self._write, batch)
+
+    def wait(self) -> None:
+        """Wait for the batch in flight."""
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            pending.result()
+
+    def close(self) -> None:
+        """Finish the last batch and stop the thread."""
+        try:
+            self.wait()
+        finally:
+            self._pool.shutdown()
+
+
+def _stream(
+    reader: Any,
+    names: list[str],
+    types: Mapping[str, str],
+    region: str,
+    writer: _Writer,
+    report: ImportReport,
+    progress: Progress | None,
+    total: int,
+) -> None:
+    batch: dict[str, _Row] = {}
+    for cells in reader:
+        if not any(cell.strip() for cell in cells):
+            continue  # a blank line
+        try:
+            row = _parse(cells, names, types, region)
+        except ValueError as exc:
+            report.bad.append(f"line {reader.line_num}: {exc}")
+            continue
+        if (was := batch.get(row.phone)) is not None:  # twice in one batch: merge
+            row.fields = {**was.fields, **row.fields}
+            row.groups |= was.groups
+        batch[row.phone] = row
+        report.imported += 1
+        if len(batch) >= BATCH:
+            writer.submit(batch)
+            batch = {}
+            if progress:
+                progress(reader.line_num - 1, total)
+    writer.submit(batch)
+
+
+def count_lines(path: Path) -> int:
+    """Lines in a file (for a progress bar), read in blocks: constant memory."""
+    lines = 0
+    with path.open("rb") as file:
+        while block := file.read(1 << 20):
+            lines += block.count(b"\n")
+    return lines
+
+
+def import_csv(
+    engine: Engine,
+    path: Path,
+    *,
+    region: str,
+    config_fields: Mapping[str, str],
+    now: dt.datetime,
+    group: str | None = None,
+    progress: Progress | None = None,
+) -> ImportReport:
+    """Upsert every good row of the CSV at `path` by phone; report the bad ones by line."""
+    report = ImportReport()
+    total = count_lines(path) - 1 if progress else 0
+    try:
+        file: IO[str] = path.open(newline="", encoding="utf-8-sig")
+    except OSError as exc:
+        raise ContactsError(f"cannot read {path}: {exc.strerror}") from None
+    with file:
+        reader = csv.reader(file)
+        try:
+            names = _header(reader, path)
+            with engine.begin() as conn:
+                types = declared_types(conn, config_fields, now)
+                new = [n for n in names if n not in STANDARD and n not in types]
+                if new:
+                    conn.execute(
+                        _NEW_FIELD, [{"name": n, "type": "text", "created_at": now} for n in new]
+                    )
+                    types.update(dict.fromkeys(new, "text"))
+                    report.new_fields = new
+            writer = _Writer(engine, group, now)
+            try:
+                _stream(reader, names, types, region, writer, report, progress, total)
+            finally:
+                writer.close()
+        except (csv.Error, UnicodeDecodeError) as exc:
+            where = f"line {reader.line_num}: " if reader.line_num else ""
+            raise ContactsError(f"{path}: {where}not a CSV file we can read ({exc})") from None
+    if progress:
+        progress(total, total)
+    return report
+
+
+def export_rows(engine: Engine, group: str | None = None) -> Iterator[list[str]]:
+    """The header, then one CSV row per contact (of `group`), read BATCH at a time."""
+    c, g = contacts_t, contact_groups_t
+    with engine.connect() as conn:
+        fields = sorted(
+            conn.execute(select(contact_fields_t.c.name)).scalars().all()  # every field
+        )
+        yield [*STANDARD, *fields]
+        last = 0
+        while True:
+            query = select(c).where(c.c.id > last).order_by(c.c.id).limit(BATCH)
+            if group is not None:
+                query = query.where(c.c.id.in_(select(g.c.contact_id).where(g.c.name == group)))
+            rows = conn.execute(query).all()
+            if not rows:
+                return
+            memberships: dict[int, list[str]] = {}
+            for contact_id, name in conn.execute(
+                select(g.c.contact_id, g.c.name)
+                .where(g.c.contact_id.in_([r.id for r in rows]))
+                .order_by(g.c.name)
+            ):
+                memberships.setdefault(contact_id, []).append(name)
+            for r in rows:
+                stored = r.fields or {}
+                yield [
+                    r.phone,
+                    r.name or "",
+                    r.language or "",
+                    r.timezone or "",
+                    ";".join(memberships.get(r.id, [])),
+                    *(_cell(stored.get(f)) for f in fields),
+                ]
+            last = rows[-1].id
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def export_csv(engine: Engine, out: IO[str], group: str | None = None) -> int:
+    """Write contacts (of `group`) to `out` as CSV; return how many."""
+    writer = csv.writer(out)
+    count = -1
+    for count, row in enumerate(export_rows(engine, group)):  # noqa: B007
+        writer.writerow(row)
+    return count

@@ -1,0 +1,172 @@
+"""Contacts inside a step batch: load them into the snapshots, write back what flows changed.
+
+Runs in the dispatcher's transaction, as synchronous Core like claims.py and effects.py: the
+batch's contacts with their groups and the field types in three queries, their changes in one
+executemany per kind. A contact is created on its first inbound message. Erased phones keep
+their opt-outs as hashes (`suppressions`); a key that meets one gets its opt-out back here.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import hmac
+import logging
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from sqlalchemy import Connection, bindparam, delete, select
+
+from smsbot.engine.contact import ContactSnapshot
+from smsbot.engine.contract import EventKind
+from smsbot.pipeline.effects import Stepped
+from smsbot.store.models import (
+    contact_fields_t,
+    contact_groups_t,
+    contacts_t,
+    opt_outs_t,
+    suppressions_t,
+)
+from smsbot.store.upsert import insert_on_conflict
+
+log = logging.getLogger(__name__)
+
+# The hash of an erased phone. Keyed so a table of hashes cannot be matched against a list of
+# numbers hashed with plain SHA-256; the key is fixed, so the same phone always meets its entry.
+_SUPPRESSION_KEY = b"smsbot suppression v1"
+
+_NEW_CONTACT = insert_on_conflict(contacts_t, ["phone"])
+_UPSERT_CONTACT = insert_on_conflict(
+    contacts_t, ["phone"], update=("name", "language", "fields", "updated_at")
+)
+_NEW_FIELD = insert_on_conflict(contact_fields_t, ["name"])
+_JOIN = insert_on_conflict(contact_groups_t, ["contact_id", "name"])
+_LEAVE = delete(contact_groups_t).where(
+    contact_groups_t.c.contact_id == bindparam("b_id"),
+    contact_groups_t.c.name == bindparam("b_name"),
+)
+
+
+def suppression_hash(phone: str) -> str:
+    """The keyed hash an erased phone's opt-outs are kept under."""
+    return hmac.new(_SUPPRESSION_KEY, phone.encode(), hashlib.sha256).hexdigest()
+
+
+def field_types(conn: Connection) -> dict[str, str]:
+    """Every declared field and its type."""
+    rows = conn.execute(select(contact_fields_t.c.name, contact_fields_t.c.type))
+    return {name: kind for name, kind in rows.all()}
+
+
+def load_contacts(conn: Connection, phones: Iterable[str]) -> dict[str, ContactSnapshot]:
+    """A snapshot for each phone, with its groups and every field's type (exists=False: new)."""
+    wanted = sorted(set(phones))
+    if not wanted:
+        return {}
+    c = contacts_t
+    rows = conn.execute(
+        select(c.c.id, c.c.phone, c.c.name, c.c.language, c.c.fields).where(c.c.phone.in_(wanted))
+    ).all()
+    g = contact_groups_t
+    groups: dict[int, set[str]] = {}
+    if rows:
+        for contact_id, name in conn.execute(
+            select(g.c.contact_id, g.c.name).where(g.c.contact_id.in_([r.id for r in rows]))
+        ):
+            groups.setdefault(contact_id, set()).add(name)
+    types = field_types(conn)  # a new contact's first field must fit its type too
+    found = {
+        r.phone: ContactSnapshot(
+            r.phone,
+            r.name,
+            r.language,
+            dict(r.fields or {}),
+            frozenset(groups.get(r.id, ())),
+            types,
+        )
+        for r in rows
+    }
+    return {p: found.get(p) or ContactSnapshot(p, types=types, exists=False) for p in wanted}
+
+
+def write_contacts(conn: Connection, items: Sequence[Stepped], now: dt.datetime) -> None:
+    """Create the contacts of first inbound messages; write what steps changed on contacts."""
+    created: dict[str, dict[str, Any]] = {}
+    changed: dict[str, dict[str, Any]] = {}
+    types: dict[str, str] = {}
+    joins: dict[str, set[str]] = {}
+    leaves: dict[str, set[str]] = {}
+    for item in items:
+        phone, change = item.snapshot.key.phone, item.result.contact
+        if change is not None:
+            changed[phone] = {
+                "phone": phone,
+                "name": change.name,
+                "language": change.language,
+                "fields": change.fields,
+                "created_at": now,
+                "updated_at": now,
+            }
+            types.update(change.new_types)
+            joins.setdefault(phone, set()).update(change.join)
+            leaves.setdefault(phone, set()).update(change.leave)
+        elif item.event.kind is EventKind.INBOUND and not (
+            item.snapshot.contact and item.snapshot.contact.exists
+        ):
+            created[phone] = {"phone": phone, "fields": {}, "created_at": now}
+    if types:
+        conn.execute(
+            _NEW_FIELD, [{"name": n, "type": k, "created_at": now} for n, k in types.items()]
+        )
+    if created:
+        conn.execute(_NEW_CONTACT, list(created.values()))
+    if changed:
+        conn.execute(_UPSERT_CONTACT, list(changed.values()))
+    members = {p for p, names in [*joins.items(), *leaves.items()] if names}
+    if not members:
+        return
+    found = conn.execute(
+        select(contacts_t.c.phone, contacts_t.c.id).where(contacts_t.c.phone.in_(members))
+    )
+    ids: dict[str, int] = {phone: contact_id for phone, contact_id in found.all()}
+    join = [
+        {"contact_id": ids[p], "name": n, "created_at": now} for p, ns in joins.items() for n in ns
+    ]
+    leave = [{"b_id": ids[p], "b_name": n} for p, ns in leaves.items() for n in ns]
+    if join:
+        conn.execute(_JOIN, join)
+    if leave:
+        conn.execute(_LEAVE, leave)
+
+
+def restore_suppressed(conn: Connection, phones: Iterable[str]) -> int:
+    """Give erased phones that are back their opt-outs again (every number's); return how many.
+
+    Run before the opt-out check: whatever rule decides which opt-out stops which sender then
+    sees these rows as it sees any other, and START can lift them.
+    """
+    by_hash = {suppression_hash(phone): phone for phone in set(phones)}
+    if not by_hash:
+        return 0
+    s = suppressions_t
+    rows = conn.execute(
+        select(s.c.id, s.c.virtual_number, s.c.phone_hash, s.c.keyword, s.c.created_at).where(
+            s.c.phone_hash.in_(list(by_hash))
+        )
+    ).all()
+    if not rows:
+        return 0
+    conn.execute(
+        insert_on_conflict(opt_outs_t, ["virtual_number", "phone"]),
+        [
+            {
+                "virtual_number": r.virtual_number,
+                "phone": by_hash[r.phone_hash],
+                "keyword": r.keyword,
+                "created_at": r.created_at,
+            }
+            for r in rows
+        ],
+    )
+    conn.execute(delete(s).where(s.c.id.in_([r.id for r in rows])))
+    return len(rows)
