@@ -7,27 +7,25 @@ import datetime as dt
 import pickle
 import subprocess
 import sys
+from pathlib import Path
 
 from sqlalchemy import create_engine, text
 
 from smsbot.store.migrate import upgrade
 
-ENGINE_MODULES = [
-    "smsbot",
-    "smsbot.engine.contract",
-    "smsbot.engine.flow",
-    "smsbot.engine.compliance",
-    "smsbot.engine.quiet_hours",
-    "smsbot.engine.router",
-    "smsbot.engine.loader",
-    "smsbot.engine.step",
-    "smsbot.engine.runtime",
-    "smsbot.engine.startdata",
-    "smsbot.engine.flowsource",
-    "smsbot.engine.graph",
-    "smsbot.engine.checks",
-    "smsbot.testing.harness",  # the in-memory harness: no database, no server
-]
+
+def _engine_modules() -> list[str]:
+    """smsbot itself and every module of smsbot/engine, found on disk so none is forgotten."""
+    root = Path(__file__).resolve().parents[1] / "smsbot" / "engine"
+    found = [
+        ".".join(("smsbot", "engine", *p.relative_to(root).with_suffix("").parts))
+        for p in sorted(root.rglob("*.py"))
+    ]
+    return ["smsbot", "smsbot.flow", *(m.removesuffix(".__init__") for m in found)]
+
+
+# The in-memory harness is the engine for tests: no database, no server.
+ENGINE_MODULES = [*_engine_modules(), "smsbot.testing.harness"]
 
 
 def _loaded_after_import(module: str) -> set[str]:
