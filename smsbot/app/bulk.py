@@ -9,13 +9,14 @@ import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import select, tuple_
+from sqlalchemy import Connection, select
 
 from smsbot.config import Settings
 from smsbot.engine.contract import EventKind
 from smsbot.pipeline.inbox import Inbox, InboxEntry
 from smsbot.sms.phone import PhoneNumberError, normalize, normalize_sender
 from smsbot.store.engine import Database
+from smsbot.store.lookup import rows_in
 from smsbot.store.models import opt_outs_t
 
 BATCH = 1_000  # rows per INSERT: 100,000 rows are 100 round trips, not 100,000
@@ -189,10 +190,10 @@ async def _opted_out(db: Database, keys: Iterable[tuple[str, str]]) -> set[tuple
     keys = list(keys)
     if not keys:
         return set()
-    async with db.session() as s:
-        rows = await s.execute(
-            select(opt_outs_t.c.virtual_number, opt_outs_t.c.phone).where(
-                tuple_(opt_outs_t.c.virtual_number, opt_outs_t.c.phone).in_(keys)
-            )
-        )
-        return {(vn, phone) for vn, phone in rows.all()}
+    key = (opt_outs_t.c.virtual_number, opt_outs_t.c.phone)
+    query = select(*key).where(rows_in(key, keys))
+
+    def read(conn: Connection) -> set[tuple[str, str]]:
+        return {(vn, phone) for vn, phone in conn.execute(query).all()}
+
+    return await db.read(read)
