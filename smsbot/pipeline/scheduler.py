@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import datetime as dt
 import logging
 import time
@@ -31,7 +32,9 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.date import DateTrigger
 from sqlalchemy import (
     ColumnElement,
+    Connection,
     Engine,
+    Row,
     String,
     cast,
     create_engine,
@@ -39,12 +42,13 @@ from sqlalchemy import (
     literal_column,
     select,
     true,
+    tuple_,
     update,
 )
 
 from smsbot.clock import Clock
 from smsbot.config import Settings
-from smsbot.engine.contract import EventKind
+from smsbot.engine.contract import ConversationKey, EventKind
 from smsbot.pipeline.inbox import AcceptOutcome, Inbox, InboxEntry
 from smsbot.pipeline.leader import LeaderElection
 from smsbot.pipeline.metrics import Metrics
@@ -173,33 +177,24 @@ class TimerScheduler:
 
     async def _fire(self, now: dt.datetime, which: ColumnElement[bool], *, via: str) -> int:
         cutoff = now - self.settings.reminder_max_lateness
-        query = (
-            select(timers_t, conversations_t.c.virtual_number, conversations_t.c.phone)
-            .join(conversations_t, conversations_t.c.id == timers_t.c.conversation_id)
-            .where(
-                timers_t.c.state == TimerState.SCHEDULED.value,
-                timers_t.c.due_at <= now,
-                ~_fired_already(),
-                which,
-            )
-            .order_by(timers_t.c.due_at, timers_t.c.id)
-            .limit(BATCH)
-        )
         fired = 0
+        after: tuple[dt.datetime, int] | None = None
         while True:
-            # Every row read here leaves the query's result (it gets its event, or is marked
-            # missed), so the next batch is new work and the loop ends.
-            async with self.db.session() as s:
-                rows = (await s.execute(query)).all()
-            late = [r.id for r in rows if r.due_at <= cutoff]
-            entries = [_entry(r) for r in rows if r.due_at > cutoff]
+            page = await self.db.read(_unfired_page(now, which, after, keys=True))
+            late = [r.id for r in page.unfired if r.due_at <= cutoff]
+            entries = [
+                _entry(r, page.keys[r.conversation_id])
+                for r in page.unfired
+                if r.due_at > cutoff and r.conversation_id in page.keys
+            ]
             if entries:
                 outcomes = await self.inbox.accept_many(entries)
                 fired += outcomes.count(AcceptOutcome.NEW)
             if late:
                 await self._mark_missed(late, cutoff, now)
-            if len(rows) < BATCH:
+            if page.last is None:
                 break
+            after = page.last
         if fired:
             self.metrics.inc("smsbot_timers_fired_total", fired, via=via)
             if self.on_fired is not None:
@@ -333,28 +328,16 @@ class TimerScheduler:
         SQLite writer free) instead of copying every timer the moment it is created.
         """
         started = self.clock.now()
-        conditions = [
-            timers_t.c.state == TimerState.SCHEDULED.value,
-            ~_fired_already(),
-            timers_t.c.due_at < started + MIRROR_HORIZON,
-        ]
-        last_id = 0
+        after: tuple[dt.datetime, int] | None = None
         while not self._resigning:
-            query = (
-                select(timers_t.c.id, timers_t.c.token, timers_t.c.due_at)
-                .where(*conditions, timers_t.c.id > last_id)
-                .order_by(timers_t.c.id)
-                .limit(BATCH)
-            )
-            async with self.db.session() as s:
-                rows = (await s.execute(query)).all()
-            fresh = [r for r in rows if self._mirrored.get(r.id, ("",))[0] != r.token]
+            page = await self.db.read(_unfired_page(started + MIRROR_HORIZON, true(), after))
+            fresh = [r for r in page.unfired if self._mirrored.get(r.id, ("",))[0] != r.token]
             if fresh:
                 await asyncio.to_thread(self._add_jobs, self._aps, fresh)
                 self._mirrored.update({r.id: (r.token, r.due_at) for r in fresh})
-            if len(rows) < BATCH:
+            if page.last is None:
                 break
-            last_id = rows[-1].id
+            after = page.last
         # A job whose time has passed has run (or been reported missed): forget it.
         past = started - SYNC_OVERLAP
         self._mirrored = {k: v for k, v in self._mirrored.items() if v[1] >= past}
@@ -416,6 +399,62 @@ class TimerScheduler:
         return aps, engine
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Page:
+    """Scheduled timers due by some time, one BATCH in (due_at, id) order."""
+
+    unfired: list[Row[Any]]  # those whose firing is not in the inbox yet
+    keys: dict[int, ConversationKey]  # conversation id -> key (when asked for)
+    last: tuple[dt.datetime, int] | None  # where the next page starts; None: this was the last
+
+
+def _unfired_page(
+    until: dt.datetime,
+    which: ColumnElement[bool],
+    after: tuple[dt.datetime, int] | None,
+    *,
+    keys: bool = False,
+) -> Callable[[Connection], _Page]:
+    """A read of the next page of scheduled timers due by `until`, after `after`.
+
+    In (due_at, id) order, so that the (state, due_at) index yields the page in order and the
+    read stops after BATCH rows, however many timers the table holds. Which of them already
+    fired (their event is in the inbox, the step that marks them FIRED has not run yet) is one
+    lookup by event id, not a join the planner could turn into a pass over every timer event.
+    """
+    t = timers_t
+    query = select(t).where(t.c.state == TimerState.SCHEDULED.value, t.c.due_at <= until, which)
+    if after is not None:
+        query = query.where(tuple_(t.c.due_at, t.c.id) > after)
+    query = query.order_by(t.c.due_at, t.c.id).limit(BATCH)
+
+    def read(conn: Connection) -> _Page:
+        rows = conn.execute(query).all()
+        if not rows:
+            return _Page([], {}, None)
+        ids = {_event_id(r.id, r.token): r for r in rows}
+        fired = conn.execute(
+            select(events_t.c.event_id).where(
+                events_t.c.source == "timer", events_t.c.event_id.in_(list(ids))
+            )
+        )
+        done = set(fired.scalars())
+        unfired = [r for event_id, r in ids.items() if event_id not in done]
+        found: dict[int, ConversationKey] = {}
+        if keys and unfired:
+            c = conversations_t
+            convos = conn.execute(
+                select(c.c.id, c.c.virtual_number, c.c.phone).where(
+                    c.c.id.in_({r.conversation_id for r in unfired})
+                )
+            )
+            found = {i: ConversationKey(vn, phone) for i, vn, phone in convos.all()}
+        last = (rows[-1].due_at, rows[-1].id) if len(rows) == BATCH else None
+        return _Page(unfired, found, last)
+
+    return read
+
+
 def _shut_down(aps: Any, engine: Engine) -> None:
     # wait=False: a job only hands an id to the event loop; nothing to wait for.
     aps.shutdown(wait=False)
@@ -424,10 +463,15 @@ def _shut_down(aps: Any, engine: Engine) -> None:
     engine.dispose()
 
 
-def _entry(row: Any) -> InboxEntry:
+def _event_id(timer_id: int, token: str) -> str:
+    """The inbox event id of a timer's firing (unique: a double firing is one event)."""
+    return f"timer:{timer_id}:{token}"
+
+
+def _entry(row: Any, key: ConversationKey) -> InboxEntry:
     return InboxEntry(
         source="timer",
-        event_id=f"timer:{row.id}:{row.token}",
+        event_id=_event_id(row.id, row.token),
         kind=EventKind.TIMER,
         payload={
             "name": row.name,
@@ -436,6 +480,6 @@ def _entry(row: Any) -> InboxEntry:
             "payload": row.payload,
             "due_at": row.due_at.isoformat(),
         },
-        virtual_number=row.virtual_number,
-        phone=row.phone,
+        virtual_number=key.virtual_number,
+        phone=key.phone,
     )
