@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import datetime as dt
 import logging
 import time
@@ -32,28 +31,20 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.date import DateTrigger
 from sqlalchemy import (
     ColumnElement,
-    Connection,
     Engine,
-    Row,
-    String,
-    cast,
     create_engine,
-    exists,
-    literal_column,
-    select,
     true,
-    tuple_,
     update,
 )
 
 from smsbot.clock import Clock
 from smsbot.config import Settings
-from smsbot.engine.contract import ConversationKey, EventKind
-from smsbot.pipeline.inbox import AcceptOutcome, Inbox, InboxEntry
+from smsbot.pipeline.due_timers import BATCH, fired_already, firing, unfired_page
+from smsbot.pipeline.inbox import AcceptOutcome, Inbox
 from smsbot.pipeline.leader import LeaderElection
 from smsbot.pipeline.metrics import Metrics
 from smsbot.store.engine import Database
-from smsbot.store.models import TimerState, conversations_t, events_t, timers_t
+from smsbot.store.models import TimerState, timers_t
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +58,6 @@ SWEEP_INTERVAL = 5.0  # the safety net: fire whatever is due that no job fired
 MIRROR_HORIZON = dt.timedelta(minutes=10)
 SYNC_OVERLAP = dt.timedelta(minutes=2)  # how long a mirrored job is remembered after its time
 STOP_TIMEOUT = 2.0
-BATCH = 500
 JOBS_PER_PAUSE = 100
 EXECUTOR_THREADS = 2  # a job only hands its timer id to the event loop
 
@@ -90,17 +80,6 @@ def fire_timer(timer_id: int, token: str) -> None:
 def job_id(timer_id: int) -> str:
     """The APScheduler job id of a timer: stable, so a reschedule replaces the old job."""
     return f"timer:{timer_id}"
-
-
-def _fired_already() -> ColumnElement[bool]:
-    """True when the inbox already holds the firing of the timer row's current token."""
-    event_id = (
-        literal_column("'timer:'", String)
-        + cast(timers_t.c.id, String)
-        + literal_column("':'", String)
-        + timers_t.c.token
-    )
-    return exists().where(events_t.c.source == "timer", events_t.c.event_id == event_id)
 
 
 class TimerScheduler:
@@ -180,10 +159,10 @@ class TimerScheduler:
         fired = 0
         after: tuple[dt.datetime, int] | None = None
         while True:
-            page = await self.db.read(_unfired_page(now, which, after, keys=True))
+            page = await self.db.read(unfired_page(now, which, after, keys=True))
             late = [r.id for r in page.unfired if r.due_at <= cutoff]
             entries = [
-                _entry(r, page.keys[r.conversation_id])
+                firing(r, page.keys[r.conversation_id])
                 for r in page.unfired
                 if r.due_at > cutoff and r.conversation_id in page.keys
             ]
@@ -208,7 +187,7 @@ class TimerScheduler:
                 timers_t.c.id.in_(ids),
                 timers_t.c.state == TimerState.SCHEDULED.value,
                 timers_t.c.due_at <= cutoff,  # not rescheduled since it was read
-                ~_fired_already(),
+                ~fired_already(),
             )
             .values(state=TimerState.MISSED.value)
             .returning(timers_t.c.id, timers_t.c.name, timers_t.c.due_at)
@@ -330,7 +309,7 @@ class TimerScheduler:
         started = self.clock.now()
         after: tuple[dt.datetime, int] | None = None
         while not self._resigning:
-            page = await self.db.read(_unfired_page(started + MIRROR_HORIZON, true(), after))
+            page = await self.db.read(unfired_page(started + MIRROR_HORIZON, true(), after))
             fresh = [r for r in page.unfired if self._mirrored.get(r.id, ("",))[0] != r.token]
             if fresh:
                 await asyncio.to_thread(self._add_jobs, self._aps, fresh)
@@ -399,87 +378,9 @@ class TimerScheduler:
         return aps, engine
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class _Page:
-    """Scheduled timers due by some time, one BATCH in (due_at, id) order."""
-
-    unfired: list[Row[Any]]  # those whose firing is not in the inbox yet
-    keys: dict[int, ConversationKey]  # conversation id -> key (when asked for)
-    last: tuple[dt.datetime, int] | None  # where the next page starts; None: this was the last
-
-
-def _unfired_page(
-    until: dt.datetime,
-    which: ColumnElement[bool],
-    after: tuple[dt.datetime, int] | None,
-    *,
-    keys: bool = False,
-) -> Callable[[Connection], _Page]:
-    """A read of the next page of scheduled timers due by `until`, after `after`.
-
-    In (due_at, id) order, so that the (state, due_at) index yields the page in order and the
-    read stops after BATCH rows, however many timers the table holds. Which of them already
-    fired (their event is in the inbox, the step that marks them FIRED has not run yet) is one
-    lookup by event id, not a join the planner could turn into a pass over every timer event.
-    """
-    t = timers_t
-    query = select(t).where(t.c.state == TimerState.SCHEDULED.value, t.c.due_at <= until, which)
-    if after is not None:
-        query = query.where(tuple_(t.c.due_at, t.c.id) > after)
-    query = query.order_by(t.c.due_at, t.c.id).limit(BATCH)
-
-    def read(conn: Connection) -> _Page:
-        rows = conn.execute(query).all()
-        if not rows:
-            return _Page([], {}, None)
-        ids = {_event_id(r.id, r.token): r for r in rows}
-        fired = conn.execute(
-            select(events_t.c.event_id).where(
-                events_t.c.source == "timer", events_t.c.event_id.in_(list(ids))
-            )
-        )
-        done = set(fired.scalars())
-        unfired = [r for event_id, r in ids.items() if event_id not in done]
-        found: dict[int, ConversationKey] = {}
-        if keys and unfired:
-            c = conversations_t
-            convos = conn.execute(
-                select(c.c.id, c.c.virtual_number, c.c.phone).where(
-                    c.c.id.in_({r.conversation_id for r in unfired})
-                )
-            )
-            found = {i: ConversationKey(vn, phone) for i, vn, phone in convos.all()}
-        last = (rows[-1].due_at, rows[-1].id) if len(rows) == BATCH else None
-        return _Page(unfired, found, last)
-
-    return read
-
-
 def _shut_down(aps: Any, engine: Engine) -> None:
     # wait=False: a job only hands an id to the event loop; nothing to wait for.
     aps.shutdown(wait=False)
     # APScheduler's thread runs one more round after its job store closed the pool, on a
     # fresh one; close that too, or its connection lingers until garbage collection.
     engine.dispose()
-
-
-def _event_id(timer_id: int, token: str) -> str:
-    """The inbox event id of a timer's firing (unique: a double firing is one event)."""
-    return f"timer:{timer_id}:{token}"
-
-
-def _entry(row: Any, key: ConversationKey) -> InboxEntry:
-    return InboxEntry(
-        source="timer",
-        event_id=_event_id(row.id, row.token),
-        kind=EventKind.TIMER,
-        payload={
-            "name": row.name,
-            "kind": row.kind,
-            "token": row.token,
-            "payload": row.payload,
-            "due_at": row.due_at.isoformat(),
-        },
-        virtual_number=key.virtual_number,
-        phone=key.phone,
-    )

@@ -15,7 +15,6 @@ import contextlib
 import dataclasses
 import datetime as dt
 import logging
-import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -37,6 +36,7 @@ from smsbot.channels.errors import PermanentError, ProviderError, RateLimitedErr
 from smsbot.clock import Clock
 from smsbot.engine.contract import Origin
 from smsbot.pipeline.metrics import Metrics
+from smsbot.pipeline.rate_limit import RateLimiter
 from smsbot.pipeline.receipts import enqueue_send_failed
 from smsbot.sms.status import DeliveryStatus
 from smsbot.store.engine import Database
@@ -60,39 +60,6 @@ class Claimed:
     attempts: int
     created_at: dt.datetime
     origin: str | None = None
-
-
-class RateLimiter:
-    """A token bucket per sender: at most `rate` messages a second, bursts of one second."""
-
-    def __init__(self, rate: float, monotonic: Callable[[], float] = time.monotonic) -> None:
-        self.rate = rate
-        self.monotonic = monotonic
-        self._buckets: dict[str, tuple[float, float]] = {}
-
-    def take(self, sender: str) -> bool:
-        """Take one token for `sender` if there is one."""
-        if self.rate <= 0:
-            return True
-        now = self.monotonic()
-        tokens, last = self._buckets.get(sender, (self.rate, now))
-        tokens = min(max(self.rate, 1.0), tokens + (now - last) * self.rate)
-        if tokens < 1.0:
-            self._buckets[sender] = (tokens, now)
-            return False
-        self._buckets[sender] = (tokens - 1.0, now)
-        return True
-
-    def ready(self, sender: str) -> bool:
-        """True when `sender` has a token now (nothing is taken)."""
-        if self.rate <= 0:
-            return True
-        tokens, last = self._buckets.get(sender, (self.rate, self.monotonic()))
-        return tokens + (self.monotonic() - last) * self.rate >= 1.0
-
-    def wait_hint(self) -> float:
-        """Seconds until some sender has a token again."""
-        return 1.0 / self.rate if self.rate > 0 else 0.0
 
 
 class Sender:
