@@ -130,14 +130,29 @@ def seed_sqlite(path: str, n: int, now: dt.datetime) -> None:
     def stamp(moment: dt.datetime) -> str:  # SQLAlchemy's DateTime format on SQLite, naive UTC
         return moment.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
 
-    with sqlite3.connect(path) as conn:
+    with sqlite3.connect(path, isolation_level=None) as conn:
+        # Nobody else has the file open yet: no journal, no fsync, a large page cache.
+        conn.execute("PRAGMA journal_mode=OFF")
         conn.execute("PRAGMA synchronous=OFF")
+        conn.execute("PRAGMA cache_size=-1000000")  # KiB
+        conn.execute("BEGIN")
+        # Building an index from sorted rows is several times faster than growing it row by
+        # row: the tables' own indexes are dropped and made again (UNIQUE constraints stay).
+        indexes = conn.execute(
+            "SELECT name, sql FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL"
+        ).fetchall()
+        for name, _ in indexes:
+            conn.execute(f'DROP INDEX "{name}"')
         for table, columns in COLUMNS.items():
             marks = ", ".join("?" * len(columns))
             conn.executemany(
                 f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({marks})",
                 rows(table, n, now, stamp),
             )
+        for _, sql in indexes:
+            conn.execute(sql)
+        conn.execute("COMMIT")
+        conn.execute("PRAGMA journal_mode=WAL")  # as smsbot keeps it
     # No ANALYZE: a deployment's SQLite file has no statistics either.
 
 
