@@ -18,7 +18,7 @@ import time
 import traceback
 from collections.abc import Awaitable, Callable
 
-from bench import footprint, http_benches, offline, timers
+from bench import footprint, http_benches, offline, profiler, timers
 from bench.common import QUIET, REPO, Figure, postgres_problem, say, skipped, workdir
 from bench.http_benches import Options
 
@@ -26,6 +26,7 @@ Bench = Callable[[Options], Awaitable[list[Figure]]]
 BENCHES: dict[str, Bench] = {
     "intake": http_benches.intake,
     "turns": http_benches.turns,
+    "history": http_benches.history,
     "bulk": offline.bulk,
     "timers": timers.timers,
     "footprint": footprint.footprint,
@@ -100,7 +101,11 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="3 s and 10,000 items: a smoke run")
     parser.add_argument("--only", nargs="+", choices=list(BENCHES), metavar="NAME")
     parser.add_argument("--duration", type=float, help="seconds per HTTP load run (20; quick 3)")
-    parser.add_argument("--profile", action="store_true", help="cProfile the processes measured")
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="sample every thread of the processes measured with py-spy (see bench/profiler.py)",
+    )
     parser.add_argument(
         "--client",
         choices=["raw", "aiohttp"],
@@ -114,6 +119,8 @@ def main() -> int:
         help="before each measurement, wait up to this many seconds for other work to stop",
     )
     args = parser.parse_args()
+    if args.profile and (why := profiler.problem()) is not None:
+        parser.error(why)
     QUIET["limit"] = args.quiet_wait
     names = args.only or list(BENCHES)
     print(f"machine: {machine()}", flush=True)

@@ -214,10 +214,8 @@ def server_env(db_url: str, port: int, provider_url: str, **extra: str) -> dict[
     }
 
 
-def python_argv(module: str, *args: str, profile: Path | None = None) -> list[str]:
-    """`python -m module args`, under bench.profiler when `profile` names its report file."""
-    if profile is not None:
-        return [sys.executable, "-m", "bench.profiler", str(profile), module, *args]
+def python_argv(module: str, *args: str) -> list[str]:
+    """`python -m module args` with this interpreter."""
     return [sys.executable, "-m", module, *args]
 
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import datetime as dt
 import json
-import signal
+import os
 import sqlite3
 import sys
 import time
@@ -32,6 +33,8 @@ from bench.common import (
     sqlite_url,
     wait_for_quiet,
 )
+from bench.profiler import Profile
+from bench.seed import seed_sqlite
 
 CONNECTIONS = 32
 
@@ -46,6 +49,12 @@ class Options:
     profile: bool = False
     client: str = "raw"  # the load generator's HTTP client: raw (cheap) or aiohttp
     baseline_rps: float | None = None  # the last baseline measured
+
+    @property
+    def warmup(self) -> float:
+        """Seconds of load before the generator's measurement window opens."""
+        return 1.0 if self.quick else 2.0
+
     sqlite_turns: float | None = None  # benchmark 2's single-process SQLite figure
 
 
@@ -59,7 +68,7 @@ async def loadgen(urls: list[str], o: Options, mode: str, **extra: str) -> dict[
         "--duration",
         str(o.duration),
         "--warmup",
-        "1" if o.quick else "2",
+        str(o.warmup),
         "--connections",
         str(CONNECTIONS),
         "--mode",
@@ -112,31 +121,35 @@ class Servers:
         self.o = o
         self.children: list[Child] = []
         self.urls: list[str] = []
-        self.profiles: list[Path] = []
-        for i in range(n):
+        self.profiles: list[Profile] = []
+        for _ in range(n):
             port = free_port()
-            prof = o.workdir / f"profile-{module}-{port}.txt" if o.profile else None
             args = ("serve", "--echo") if module == "smsbot" else ()
             env = server_env(db_url, port, provider_url)
             self.children.append(
-                Child(f"{module}-{port}", python_argv(module, *args, profile=prof), env, o.workdir)
+                Child(f"{module}-{port}", python_argv(module, *args), env, o.workdir)
             )
             self.urls.append(f"http://127.0.0.1:{port}")
-            if prof is not None:
-                self.profiles.append(prof)
-            del i
 
     async def __aenter__(self) -> Servers:
         for child, url in zip(self.children, self.urls, strict=True):
             child.start()  # one at a time: `serve` migrates at start-up
             await child.wait_http(f"{url}/healthz")
         await asyncio.to_thread(wait_for_quiet)
-        if self.profiles:
+        if self.o.profile:
             for child in self.children:
-                child.proc.send_signal(signal.SIGUSR1)  # type: ignore[union-attr]
+                self.profiles.append(
+                    Profile(child.pid, self.o.workdir / f"profile-{child.name}.txt")
+                )
+                await self.profiles[-1].start()
         self.cpu0 = [cpu_seconds(c.pid) for c in self.children]
         self.t0 = time.monotonic()
         return self
+
+    def note_work(self, units: float, name: str) -> None:
+        """How much work the profiled window held, for the profiles' CPU per unit."""
+        for profile in self.profiles:
+            profile.work = (units / len(self.profiles), name)
 
     def cpu_shares(self) -> list[float]:
         elapsed = time.monotonic() - self.t0
@@ -149,17 +162,19 @@ class Servers:
         return [proc_status_kb(c.pid, "VmHWM") / 1024 for c in self.children]
 
     async def __aexit__(self, *exc: object) -> None:
+        for profile in self.profiles:
+            await profile.stop()
         for child in self.children:
             await child.stop()
-        for prof in self.profiles:
-            if prof.exists():
-                report_profile(prof)
+        for profile in self.profiles:
+            report_profile(profile.out)
 
 
-def report_profile(path: Path, top: int = 45) -> None:
-    """Print the head of a bench.profiler report to stderr (the whole file stays in workdir)."""
-    say(f"profile: {path}")
-    print("\n".join(path.read_text().splitlines()[:top]), file=sys.stderr)
+def report_profile(path: Path) -> None:
+    """Print a bench.profiler report to stderr (it stays in the work dir, with its raw samples)."""
+    if path.exists():
+        say(f"profile: {path}")
+        print(path.read_text(), file=sys.stderr)
 
 
 def backlog(db_path: str) -> int:
@@ -190,6 +205,7 @@ async def intake(o: Options) -> list[Figure]:
             async with Servers(o, db, provider.url, module=module) as servers:
                 r = await loadgen(servers.urls, o, "intake")
                 cpu, rss = servers.cpu_shares()[0], servers.rss_mb()[0]
+                servers.note_work(r["rps"] * (o.duration + o.warmup), "webhook")
             left = backlog(db.split(":///", 1)[1]) if module != "bench.ceiling" else 0
             p99 = r["latency_ms"]["p99"]
             ratio = r["rps"] / base
@@ -236,6 +252,7 @@ async def turns(o: Options) -> list[Figure]:
     async with Servers(o, db, provider_url) as servers:
         r = await loadgen(servers.urls, o, "turns", provider_port=str(provider_port))
         cpu = servers.cpu_shares()
+        servers.note_work(r["turns_per_s"] * (o.duration + o.warmup), "turn")
     rate = float(r["turns_per_s"])
     o.sqlite_turns = rate
     say(
@@ -264,6 +281,7 @@ async def turns(o: Options) -> list[Figure]:
         async with Servers(o, pg, provider_url, n=2) as servers:
             r = await loadgen(servers.urls, o, "turns", provider_port=str(provider_port))
             cpu = servers.cpu_shares()
+            servers.note_work(r["turns_per_s"] * (o.duration + o.warmup), "turn")
     pg_rate = float(r["turns_per_s"])
     say(
         f"turns (PostgreSQL, 2 processes): {pg_rate:,.0f} turns/s, turn latency"
@@ -282,3 +300,72 @@ async def turns(o: Options) -> list[Figure]:
         )
     )
     return figures
+
+
+HISTORY_GOAL = 0.9
+
+
+async def history(o: Options) -> list[Figure]:
+    """2b. Full turns on a SQLite database that holds a million conversations vs an empty one.
+
+    The same closed loop as `turns`, twice: on a fresh database, then on one seeded with the
+    history of N conversations (bench/seed.py: conversations, events, messages, timers,
+    opt-outs, written straight into the tables). Every hot query on an index: the ratio ~1.
+    """
+    n = 100_000 if o.quick else 1_000_000
+    rates: dict[str, float] = {}
+    cpu_per_turn: dict[str, float] = {}
+    for label, seeded in (("empty", 0), ("history", n)):
+        path = o.workdir / f"history-{label}.db"
+        url = f"sqlite+aiosqlite:///{path}"
+        await migrate(url, o)
+        if seeded:
+            started = time.monotonic()
+            await asyncio.to_thread(seed_sqlite, str(path), seeded, dt.datetime.now(dt.UTC))
+            size = path.stat().st_size / 1024**3
+            say(f"history: {seeded:,} conversations seeded in {time.monotonic() - started:.0f} s;"
+                f" {size:.1f} GiB")  # fmt: skip
+        provider_port = free_port()
+        async with Servers(o, url, f"http://127.0.0.1:{provider_port}") as servers:
+            cpu0 = cpu_seconds(servers.children[0].pid)
+            r = await loadgen(servers.urls, o, "turns", provider_port=str(provider_port))
+            cpu = cpu_seconds(servers.children[0].pid) - cpu0
+            window = r["turns_per_s"] * (o.duration + o.warmup)
+            servers.note_work(window, "turn")
+        rates[label] = float(r["turns_per_s"])
+        cpu_per_turn[label] = cpu / max(1.0, window) * 1e6
+        say(
+            f"history ({label}, {seeded:,} conversations stored): {rates[label]:,.0f} turns/s,"
+            f" {cpu_per_turn[label]:,.0f} µs of server CPU per turn, turn latency"
+            f" {r['turn_latency_ms']}"
+        )
+        if not os.environ.get("BENCH_KEEP"):
+            for leftover in path.parent.glob(path.name + "*"):
+                leftover.unlink()
+    ratio = rates["history"] / rates["empty"]
+    return [
+        Figure(
+            f"2 full turns, {n:,} stored / empty",
+            ratio,
+            "×",
+            f"≥ {HISTORY_GOAL}",
+            ratio >= HISTORY_GOAL,
+            note=f"{rates['history']:,.0f} vs {rates['empty']:,.0f} turns/s; server CPU per"
+            f" turn {cpu_per_turn['history']:,.0f} vs {cpu_per_turn['empty']:,.0f} µs",
+        )
+    ]
+
+
+async def migrate(url: str, o: Options) -> None:
+    """`smsbot db upgrade` on a fresh database, as an operator would."""
+    env = {**base_env(), "SMSBOT_DATABASE_URL": url}
+    proc = await asyncio.create_subprocess_exec(
+        *python_argv("smsbot", "db", "upgrade"),
+        env=env,
+        cwd=o.workdir,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    out, _ = await proc.communicate()
+    if proc.returncode != 0:
+        raise RuntimeError(f"smsbot db upgrade failed: {out.decode()[-2000:]}")

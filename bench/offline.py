@@ -6,7 +6,6 @@ import asyncio
 import csv
 import datetime as dt
 import os
-import signal
 import subprocess
 import time
 from pathlib import Path
@@ -26,6 +25,7 @@ from bench.common import (
     wait_for_quiet,
 )
 from bench.http_benches import Options, report_profile
+from bench.profiler import Profile
 
 BULK_GOAL_RATE = 20_000
 BULK_GOAL_MB = 500
@@ -50,16 +50,15 @@ async def bulk(o: Options) -> list[Figure]:
     async with Provider(o.workdir) as provider:
         port = free_port()
         env = server_env(db, port, provider.url)
-        prof = o.workdir / f"profile-bulk-serve-{port}.txt" if o.profile else None
-        server = Child(
-            f"bulk-serve-{port}", python_argv("smsbot", "serve", profile=prof), env, o.workdir
-        )
+        server = Child(f"bulk-serve-{port}", python_argv("smsbot", "serve"), env, o.workdir)
         server.start()
+        profile = None
         try:
             await server.wait_http(f"http://127.0.0.1:{port}/healthz")
-            if prof is not None:
-                server.proc.send_signal(signal.SIGUSR1)  # type: ignore[union-attr]
             await asyncio.to_thread(wait_for_quiet)
+            if o.profile:
+                profile = Profile(server.pid, o.workdir / f"profile-{server.name}.txt")
+                await profile.start()
             cpu0 = cpu_seconds(server.pid)
             started = time.monotonic()
             argv = python_argv("smsbot", "start", "appointment", "--csv", str(path))
@@ -77,9 +76,12 @@ async def bulk(o: Options) -> list[Figure]:
             server_cpu = cpu_seconds(server.pid) - cpu0
             server_peak = proc_status_kb(server.pid, "VmHWM") / 1024
         finally:
+            if profile is not None:
+                profile.work = (n, "message")
+                await profile.stop()
             await server.stop(30)
-        if prof is not None and prof.exists():
-            report_profile(prof)
+        if profile is not None:
+            report_profile(profile.out)
     starter_peak = rusage.ru_maxrss / 1024
     starter_time = rusage.ru_utime + rusage.ru_stime
     rate = sent / elapsed

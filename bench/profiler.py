@@ -1,104 +1,292 @@
-"""Profile a process the bench measures, from SIGUSR1 until it exits.
+"""`--profile`: every thread of a measured process, sampled from outside with py-spy.
 
-    python -m bench.profiler OUT.txt MODULE [ARGS...]
+    profile = Profile(pid, path)      # when the measured load starts
+    await profile.start()
+    ...
+    await profile.stop()              # before the process exits: writes the report to `path`
 
-runs `python -m MODULE ARGS...`. On SIGUSR1 it turns cProfile on (the event loop's thread,
-where smsbot's Python runs) and notes every thread's CPU time; at exit it writes OUT.txt with
-the CPU seconds each thread used meanwhile (SQLite itself runs in aiosqlite's threads, which
-cProfile cannot see), the top functions by own time and the smsbot functions by cumulative
-time.
+py-spy (a PyPI package; it reads the process's memory through ptrace, so it needs root or
+kernel.yama.ptrace_scope = 0) samples the stack of every thread PROFILE_RATE times a second
+with the C frames under the Python ones (`--native`), so SQLite's own C code shows apart from
+SQLAlchemy's Python that calls it. Only samples of a running thread count (py-spy leaves out
+threads waiting in epoll, a lock or a queue). The CPU seconds of each thread come from
+/proc/PID/task, exactly. py-spy pauses the process for each sample: throughput under the
+profiler is lower; the proportions are what to read.
+
+The report: wall and CPU seconds per thread; for each busy thread, the share of its samples
+by area (where the innermost frame is: SQLite's C library, SQLAlchemy, aiohttp, asyncio,
+smsbot, …); the top functions by own samples, all threads; smsbot's functions by inclusive
+samples. The raw samples stay next to it (`.raw`; one stack per line, as flamegraph.pl reads).
 """
 
 from __future__ import annotations
 
-import atexit
-import cProfile
-import io
+import asyncio
+import collections
 import os
-import pstats
 import re
-import runpy
+import shutil
 import signal
 import sys
-import threading
 import time
 from pathlib import Path
 
+PROFILE_RATE = 100  # samples a second per thread
 TICK = os.sysconf("SC_CLK_TCK")
 
+# The innermost Python frame's file decides the area; C frames of SQLite's library win.
+AREAS = [
+    ("sqlalchemy/", "SQLAlchemy"),
+    ("sqlmodel/", "SQLAlchemy"),
+    ("aiosqlite/", "aiosqlite"),
+    ("asyncpg/", "asyncpg"),
+    ("aiohttp/", "aiohttp"),
+    ("multidict/", "aiohttp"),
+    ("yarl/", "aiohttp"),
+    ("asyncio/", "asyncio"),
+    ("selectors.py", "asyncio"),
+    ("concurrent/", "thread hand-offs"),
+    ("threading.py", "thread hand-offs"),
+    ("queue.py", "thread hand-offs"),
+    ("smsbot/", "smsbot"),
+    ("jinja2/", "Jinja"),
+    ("markupsafe/", "Jinja"),
+    ("json/", "json"),
+    ("phonenumbers/", "phonenumbers"),
+    ("apscheduler/", "APScheduler"),
+    ("pydantic", "pydantic"),
+]
 
-def thread_cpu() -> dict[int, tuple[str, float]]:
-    """tid -> (name, CPU seconds) for every thread of this process."""
-    names = {t.native_id: t.name for t in threading.enumerate()}
+
+def thread_cpu(pid: int) -> dict[int, tuple[str, float]]:
+    """tid -> (thread name, CPU seconds so far) for every thread of `pid`."""
     result = {}
-    for task in Path("/proc/self/task").iterdir():
+    for task in Path(f"/proc/{pid}/task").iterdir():
         try:
+            name = (task / "comm").read_text().strip()
             fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
+        except OSError:  # the thread ended meanwhile
             continue
         tid = int(task.name)
-        name = "main (event loop)" if tid == os.getpid() else names.get(tid, "thread")
         result[tid] = (name, (int(fields[11]) + int(fields[12])) / TICK)
     return result
 
 
-class Profiler:
-    def __init__(self, out: Path) -> None:
+def problem() -> str | None:
+    """Why --profile cannot work here, or None."""
+    if shutil.which("py-spy") is None and not Path(sys.executable).with_name("py-spy").exists():
+        return "py-spy is not installed: .venv/bin/pip install py-spy"
+    return None
+
+
+class Profile:
+    """py-spy recording one process, plus its threads' CPU from /proc."""
+
+    def __init__(self, pid: int, out: Path) -> None:
+        self.pid = pid
         self.out = out
-        self.profile = cProfile.Profile()
-        self.started: float | None = None
+        self.raw = out.with_suffix(".raw")
+        self.proc: asyncio.subprocess.Process | None = None
         self.cpu0: dict[int, tuple[str, float]] = {}
-        self.cpu_last: dict[int, tuple[str, float]] = {}  # threads that exit keep their last
+        self.cpu_last: dict[int, tuple[str, float]] = {}
+        self.started = 0.0
+        self._watch: asyncio.Task[None] | None = None
+        self.work: tuple[float, str] | None = None  # (units of work done, their name)
 
-    def watch(self) -> None:
-        """Note every thread's CPU time twice a second (threads end before the report)."""
-        while True:
-            self.cpu_last.update(thread_cpu())
-            time.sleep(0.5)
-
-    def start(self, *_: object) -> None:
-        if self.started is None:
-            self.cpu0 = thread_cpu()
-            self.started = time.monotonic()
-            threading.Thread(target=self.watch, name="bench-profiler", daemon=True).start()
-            self.profile.enable()  # signal handlers run in the main thread: that is profiled
-
-    def report(self) -> None:
-        if self.started is None:
-            return
-        self.profile.disable()
-        wall = time.monotonic() - self.started
-        groups: dict[str, float] = {}
-        self.cpu_last.update(thread_cpu())
-        for tid, (name, cpu) in self.cpu_last.items():
-            key = name if name.startswith("main") else _group(name)
-            groups[key] = groups.get(key, 0.0) + cpu - self.cpu0.get(tid, (name, 0.0))[1]
-        lines = [f"wall {wall:.1f} s; CPU seconds by thread (cProfile overhead included):"]
-        lines += [
-            f"  {cpu:7.2f} s  {name}" for name, cpu in sorted(groups.items(), key=lambda g: -g[1])
+    async def start(self) -> None:
+        spy = Path(sys.executable).with_name("py-spy")
+        argv = [
+            str(spy if spy.exists() else "py-spy"),
+            "record",
+            "--pid",
+            str(self.pid),
+            "--threads",
+            "--native",
+            "--rate",
+            str(PROFILE_RATE),
+            "--format",
+            "raw",
+            "--output",
+            str(self.raw),
         ]
-        text = io.StringIO()
-        stats = pstats.Stats(self.profile, stream=text)
-        stats.sort_stats("tottime").print_stats(30)
-        stats.sort_stats("cumulative").print_stats("/smsbot/", 40)
-        lines.append(text.getvalue())
-        self.out.write_text("\n".join(lines))
+        log = self.out.with_suffix(".log").open("wb")
+        self.proc = await asyncio.create_subprocess_exec(*argv, stdout=log, stderr=log)
+        log.close()
+        self.cpu0 = thread_cpu(self.pid)
+        self.started = time.monotonic()
+        self._watch = asyncio.create_task(self._watch_threads())
+
+    async def _watch_threads(self) -> None:
+        # Threads that end before the report keep their last reading.
+        while True:
+            self.cpu_last.update(thread_cpu(self.pid))
+            await asyncio.sleep(0.5)
+
+    async def stop(self) -> None:
+        """Stop sampling (py-spy writes its samples on SIGINT) and write the report."""
+        if self.proc is None or self._watch is None:
+            return
+        wall = time.monotonic() - self.started
+        self._watch.cancel()
+        self.cpu_last.update(thread_cpu(self.pid))
+        self.proc.send_signal(signal.SIGINT)
+        try:
+            await asyncio.wait_for(self.proc.wait(), 60)
+        except TimeoutError:
+            self.proc.kill()
+            await self.proc.wait()
+        samples = self.raw.read_text() if self.raw.exists() else ""
+        names = _thread_names(samples)  # the OS knows no Python thread names; py-spy does
+        cpu: dict[str, float] = collections.Counter()
+        for tid, (label, seconds) in self.cpu_last.items():
+            name = "main" if tid == self.pid else names.get(tid, "threads py-spy never saw run")
+            cpu[_group(name)] += seconds - self.cpu0.get(tid, (label, 0.0))[1]
+        self.out.write_text(report(wall, dict(cpu), samples, self.work))
+
+
+def report(
+    wall: float, cpu: dict[str, float], raw: str, work: tuple[float, str] | None, top: int = 25
+) -> str:
+    """The text report from the CPU per thread group and py-spy's raw samples.
+
+    `work`: (how many units of work the window held, their name), for CPU per unit.
+    """
+    total_cpu = sum(cpu.values())
+    per = ""
+    if work and work[0] > 0:
+        per = f"; {total_cpu / work[0] * 1e6:,.0f} µs of CPU per {work[1]} ({work[0]:,.0f})"
+    lines = [f"wall {wall:.1f} s; CPU {total_cpu:.2f} s{per}; by thread (from /proc, exact):"]
+    lines += [f"  {s:7.2f} s  {name}" for name, s in sorted(cpu.items(), key=lambda g: -g[1])]
+    stacks = _stacks(raw)
+    states: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
+    for thread, frames, n in stacks:
+        states[thread][_state(frames)] += n
+    running = [(t, f, n) for t, f, n in stacks if _state(f) == "run"]
+    total = sum(n for _, _, n in running)
+    lines.append(
+        f"\npy-spy at {PROFILE_RATE}/s: {total:,} samples of running threads; left out: threads"
+        " idle in a queue, lock, epoll or sleep, and threads waiting for the GIL:"
+    )
+    for thread, counted in sorted(states.items(), key=lambda t: -t[1].total()):
+        lines.append(
+            f"  {thread}: {counted['run']:,} running, {counted['gil']:,} waiting for the GIL"
+            f" ({counted['gil'] / max(1, counted['run'] + counted['gil']):.0%} of its wanted"
+            f" time), {counted['wait']:,} idle"
+        )
+    if not total:
+        return "\n".join(lines) + "\n"
+    by_thread: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
+    own: collections.Counter[str] = collections.Counter()
+    inclusive: collections.Counter[str] = collections.Counter()
+    for thread, frames, n in running:
+        by_thread[thread][_area(frames)] += n
+        own[f"{_function(frames[-1])}  [{thread}]"] += n
+        for name in {_function(f) for f in frames if "smsbot/" in f}:
+            if not any(outer in name for outer in OUTERMOST):
+                inclusive[name] += n
+    # Each thread's CPU (exact) spread over areas by its samples: seconds that add up.
+    seconds: collections.Counter[str] = collections.Counter()
+    for thread, areas in by_thread.items():
+        for area, n in areas.items():
+            seconds[area] += cpu.get(thread, 0.0) * n / areas.total()
+    lines.append("\nall threads, CPU by area (each thread's CPU spread by its samples):")
+    for area, sec in seconds.most_common():
+        unit = f"  {sec / work[0] * 1e6:7,.0f} µs/{work[1]}" if work and work[0] > 0 else ""
+        lines.append(f"  {sec / max(total_cpu, 1e-9):6.1%}  {sec:7.2f} s{unit}  {area}")
+    for thread, areas in sorted(by_thread.items(), key=lambda t: -cpu.get(t[0], 0.0)):
+        count = areas.total()
+        lines.append(f"\n{thread}: {cpu.get(thread, 0.0):.2f} s CPU, {count:,} samples, by area:")
+        lines += [f"  {n / count:6.1%}  {area}" for area, n in areas.most_common()]
+    lines.append(f"\ntop {top} functions by own samples (innermost frame), all threads:")
+    lines += [f"  {n / total:6.1%}  {name}" for name, n in own.most_common(top)]
+    lines.append(f"\nsmsbot functions by inclusive samples (top {top + 15}):")
+    lines += [f"  {n / total:6.1%}  {name}" for name, n in inclusive.most_common(top + 15)]
+    return "\n".join(lines) + "\n"
+
+
+# Where a thread waits for work: a sample whose innermost Python frame is one of these.
+WAITS = re.compile(
+    r"^(Queue\.get \(queue|Condition\.wait \(threading|Event\.wait \(threading"
+    r"|Thread\._wait_for_tstate_lock|_worker \(concurrent/futures/thread"
+    r"|\w*Selector\.select \(selectors|sleep \(|Connection\.run \(aiosqlite"
+    r"|_connection_worker_thread \(aiosqlite)"
+)
+OUTERMOST = ("smsbot/__main__.py", "smsbot/app/cli.py", "smsbot/app/serve.py", "Bot._supervise")
+
+
+def _state(frames: list[str]) -> str:
+    """ "wait" (a thread idle in a queue, lock, epoll or sleep), "gil" (wants to run, waits
+    for the GIL: CPython's take_gil sleeps in pthread_cond_*wait) or "run"."""
+    python = [i for i, f in enumerate(frames) if re.search(r"\.py:\d+\)$", f)]
+    inner = frames[python[-1]] if python else ""
+    below = frames[python[-1] + 1 :] if python else frames
+    if any("gc_collect" in f for f in below):
+        return "run"
+    if WAITS.match(inner):
+        return "wait"
+    if any(f.startswith("pthread_cond_") for f in below):
+        return "gil"
+    return "run"
+
+
+def _thread_names(raw: str) -> dict[int, str]:
+    """tid -> Python thread name, from the first frame of py-spy's raw lines."""
+    names = {}
+    for m in re.finditer(r"^thread \((\d+)\): ([^;]*);", raw, re.MULTILINE):
+        names[int(m[1])] = m[2]
+    return names
+
+
+def _stacks(raw: str) -> list[tuple[str, list[str], int]]:
+    """(thread group, frames outermost first, count) from py-spy's raw format."""
+    result = []
+    for line in raw.splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        first, *frames = stack.split(";")
+        # first: "thread (TID): NAME" -- one group per thread name without its number
+        name = first.partition(": ")[2] or first
+        result.append((_group(name), frames or [first], int(count)))
+    return result
+
+
+SYSCALLS = re.compile(
+    r"(epoll_wait|epoll_ctl|send|recv|sendto|recvfrom|sendmsg|recvmsg|read|write|pread64"
+    r"|pwrite64|fdatasync|fsync|getpid|sem_post|futex|pthread_cond_signal)\b"
+)
+HAND_OFFS = ("_write_to_self", "call_soon_threadsafe", "run_in_executor", "set_result")
+
+
+def _area(frames: list[str]) -> str:
+    """Where a running sample's innermost frames are."""
+    python = [i for i, f in enumerate(frames) if re.search(r"\.py:\d+\)$", f)]
+    inner = frames[python[-1]] if python else ""
+    below = frames[python[-1] + 1 :] if python else frames
+    leaf = frames[-1]
+    if any("libsqlite3" in f or "_sqlite" in f for f in below):
+        return "SQLite: file I/O (syscalls)" if SYSCALLS.match(leaf) else "SQLite (C library)"
+    if any("gc_collect" in f for f in below):
+        return "garbage collection"
+    if any(h in f for f in frames[python[-3] if len(python) > 2 else 0 :] for h in HAND_OFFS):
+        return "thread hand-offs"
+    if SYSCALLS.match(leaf):
+        return "system calls (sockets, wake-ups)"
+    for marker, area in AREAS:
+        if marker in inner:
+            return area
+    if not inner:
+        return "C, no Python frame"
+    return "other: " + inner.rpartition("(")[2].split("/")[0].split(".py")[0]
+
+
+def _function(frame: str) -> str:
+    """A frame without its line number: `name (file.py)`."""
+    return re.sub(r":\d+\)$", ")", frame)
 
 
 def _group(name: str) -> str:
-    if "connection_worker" in name:
-        return "aiosqlite threads (SQLite runs here; one per connection)"
-    return "thread " + re.sub(r"[-_]?[0-9]+", "", name.split(" ")[0])
-
-
-def main() -> None:
-    out, module, *args = sys.argv[1:]
-    profiler = Profiler(Path(out))
-    signal.signal(signal.SIGUSR1, profiler.start)
-    atexit.register(profiler.report)
-    sys.argv = [module, *args]
-    runpy.run_module(module, run_name="__main__", alter_sys=True)
-
-
-if __name__ == "__main__":
-    main()
+    """Threads of one pool under one name: "smsbot-sqlite_0" -> "smsbot-sqlite"."""
+    if name.startswith("main") or name == "MainThread":
+        return "main (event loop)"
+    return re.sub(r"([-_]?\d+)+$", "", name.split(" (")[0]) or name

@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import cProfile
 import datetime as dt
 import math
-import pstats
+import os
 import sqlite3
 import time
 from pathlib import Path
@@ -30,7 +29,8 @@ from bench.common import (
     sqlite_url,
     wait_for_quiet,
 )
-from bench.http_benches import Options
+from bench.http_benches import Options, report_profile
+from bench.profiler import Profile
 from bench.provider import CountingSandbox
 from smsbot.channels.divergent.client import DivergentClient
 from smsbot.clock import VirtualClock
@@ -113,7 +113,7 @@ async def virtual(o: Options, n: int) -> list[Figure]:
     )
     await bot.start(background=False)
     await asyncio.to_thread(wait_for_quiet)
-    profile = cProfile.Profile() if o.profile else None
+    profile = Profile(os.getpid(), o.workdir / "profile-timers.txt") if o.profile else None
     try:
         for start in range(0, conversations, 1000):
             await bot.inbox.accept_many(
@@ -123,7 +123,7 @@ async def virtual(o: Options, n: int) -> list[Figure]:
                 ]
             )
         if profile:
-            profile.enable()
+            await profile.start()  # this process: the bench drives the bot in-process
         t = time.monotonic()
         await bot.dispatcher.run_until_idle()
         schedule_s = time.monotonic() - t
@@ -143,7 +143,8 @@ async def virtual(o: Options, n: int) -> list[Figure]:
             await bot.run_until_idle()
             deliver_s += time.monotonic() - t
         if profile:
-            profile.disable()
+            profile.work = (n, "reminder")  # scheduled, fired and delivered
+            await profile.stop()
         async with db.session() as s:
             rows = (
                 await s.execute(
@@ -175,12 +176,7 @@ async def virtual(o: Options, n: int) -> list[Figure]:
         f" order {per_convo_ok}"
     )
     if profile:
-        path = o.workdir / "profile-timers.txt"
-        with path.open("w") as f:
-            stats = pstats.Stats(profile, stream=f)
-            stats.sort_stats("tottime").print_stats(30)
-            stats.sort_stats("cumulative").print_stats("/smsbot/", 40)
-        say(f"profile: {path}")
+        report_profile(profile.out)
     all_ok = in_order and delivered_once and per_convo_ok and fired_ok
     return [
         Figure(

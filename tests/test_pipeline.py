@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import event, select, update
 
 from smsbot.app.server.app import create_app
 from smsbot.channels.sandbox import Sandbox
@@ -22,6 +22,8 @@ from smsbot.engine.contract import (
     OutgoingSms,
     StepResult,
 )
+from smsbot.pipeline.receipts import apply_receipts
+from smsbot.pipeline.sender import Sender
 from smsbot.sms.status import DeliveryStatus
 from smsbot.store.models import EventState, events_t, messages_t
 from tests.support import PHONE, VN, Harness, inbound_body, make_bot, receipt_body, signed
@@ -397,3 +399,133 @@ async def test_insecure_no_signature_accepts_unsigned_webhooks_and_warns_at_star
     assert resp.status == 200
     await bot.run_until_idle()
     assert [m.content for m in sandbox.messages] == ["You said: hi"]
+
+
+class Writes:
+    """The write transactions a Database runs while recording, each as its statements.
+
+    From engine events: a transaction begun on an engine that writes (on PostgreSQL, one not
+    marked READ ONLY) until it commits or rolls back. On SQLite every one of them holds the
+    single writer's lock.
+    """
+
+    def __init__(self, db: Any) -> None:
+        self.engines = db.write_engines
+        self.transactions: list[list[str]] = []
+        self._open: dict[int, list[str]] = {}
+
+    def __enter__(self) -> Writes:
+        for engine in self.engines:
+            event.listen(engine, "begin", self._begin)
+            event.listen(engine, "before_cursor_execute", self._statement)
+            event.listen(engine, "commit", self._end)
+            event.listen(engine, "rollback", self._end)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for engine in self.engines:
+            event.remove(engine, "begin", self._begin)
+            event.remove(engine, "before_cursor_execute", self._statement)
+            event.remove(engine, "commit", self._end)
+            event.remove(engine, "rollback", self._end)
+
+    def _begin(self, conn: Any) -> None:
+        if not conn.get_execution_options().get("postgresql_readonly"):
+            self._open[id(conn)] = statements = []
+            self.transactions.append(statements)
+
+    def _statement(self, conn: Any, _cursor: Any, sql: str, *_: Any) -> None:
+        if id(conn) in self._open and not sql.startswith("BEGIN"):
+            self._open[id(conn)].append(" ".join(sql.split()))
+
+    def _end(self, conn: Any) -> None:
+        self._open.pop(id(conn), None)
+
+    def empty(self) -> list[list[str]]:
+        """The transactions that changed nothing: no INSERT, UPDATE or DELETE."""
+        return [t for t in self.transactions if not any(_changes(s) for s in t)]
+
+
+def _changes(sql: str) -> bool:
+    return sql.startswith(("INSERT", "UPDATE", "DELETE"))
+
+
+async def test_an_idle_dispatcher_round_takes_no_write_transaction(harness: Harness) -> None:
+    with Writes(harness.bot.db) as writes:
+        assert await harness.bot.dispatcher.dispatch_round() is False  # receipts, then due keys
+        assert await harness.bot.run_until_idle() == 0
+    assert writes.transactions == []
+
+
+async def test_a_reply_is_claimed_and_recorded_in_two_transactions_of_one_update_each(
+    harness: Harness,
+) -> None:
+    await harness.post(inbound_body("evt_tx", "hi"))
+    assert await harness.bot.dispatcher.run_until_idle() == 1
+    with Writes(harness.bot.db) as writes:
+        assert await harness.bot.sender.send_until_idle() == 1
+    [claim, record] = writes.transactions  # and no empty claim after the useful one
+    assert [s.split()[0] for s in claim] == ["SELECT", "UPDATE"]
+    assert [s.split()[0] for s in record] == ["UPDATE"]
+    [sent] = harness.sandbox.messages
+    async with harness.bot.db.session() as s:
+        out = (await s.execute(select(messages_t).where(messages_t.c.direction == "out"))).one()
+    assert (out.status, out.outbox, out.provider_message_id) == (
+        DeliveryStatus.ACCEPTED,
+        "done",
+        sent.message_id,
+    )
+
+
+async def test_receipts_are_applied_in_a_transaction_only_when_there_are_some(
+    harness: Harness,
+) -> None:
+    await harness.post(inbound_body("evt_rc", "hi"))
+    await harness.bot.run_until_idle()
+    [sent] = harness.sandbox.messages
+    await harness.post(receipt_body(sent.client_reference, "Delivered"))
+    with Writes(harness.bot.db) as writes:
+        assert await apply_receipts(harness.bot.db, harness.clock, harness.bot.metrics) == 1
+        assert await apply_receipts(harness.bot.db, harness.clock, harness.bot.metrics) == 0
+    assert len(writes.transactions) == 1
+    assert writes.empty() == []
+
+
+class ReceiptFirst:
+    """A provider whose answer comes back after the message's delivery receipt was applied."""
+
+    def __init__(self, inner: Any, db: Any) -> None:
+        self.inner, self.db = inner, db
+        self.max_batch = inner.max_batch
+
+    async def send(self, message: Any) -> Any:
+        result = await self.inner.send(message)
+        delivered = (
+            update(messages_t)
+            .where(messages_t.c.id == message.client_reference)
+            .values(status=DeliveryStatus.DELIVERED.value, error="provider error code 7")
+        )
+        await self.db.write(lambda conn: conn.execute(delivered))
+        return result
+
+    async def send_many(self, messages: Any) -> Any:
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+
+async def test_recording_a_send_never_moves_a_receipts_status_back(harness: Harness) -> None:
+    bot = harness.bot
+    await harness.post(inbound_body("evt_rf", "hi"))
+    await bot.dispatcher.run_until_idle()
+    sender = Sender(bot.db, ReceiptFirst(bot.provider, bot.db), harness.clock)
+    assert await sender.send_until_idle() == 1
+    async with bot.db.session() as s:
+        out = (await s.execute(select(messages_t).where(messages_t.c.direction == "out"))).one()
+    assert (out.status, out.error, out.outbox) == (
+        DeliveryStatus.DELIVERED,
+        "provider error code 7",
+        "done",
+    )
+    assert out.sent_at == harness.clock.now()

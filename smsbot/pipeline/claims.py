@@ -13,9 +13,10 @@ import traceback
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import Connection, func, select, tuple_, update
+from sqlalchemy import Connection, func, select, update
 
 from smsbot.engine.contract import ConversationKey, EventKind, retryable
+from smsbot.store.lookup import rows_in
 from smsbot.store.models import (
     EventState,
     TimerState,
@@ -65,20 +66,17 @@ def lock_conversations(
     """Lock the conversations' rows (creating missing ones); skip those another process holds."""
     c = conversations_t
     wanted = {(k.virtual_number, k.phone) for k in keys}
+    key = (c.c.virtual_number, c.c.phone)
 
     def locking(pairs: set[tuple[str, str]]) -> Any:
-        query = select(c).where(tuple_(c.c.virtual_number, c.c.phone).in_(list(pairs)))
+        query = select(c).where(rows_in(key, pairs))
         return query.with_for_update(skip_locked=True) if postgres else query
 
     rows = {(r.virtual_number, r.phone): r for r in (conn.execute(locking(wanted))).all()}
     missing = wanted - set(rows)
     if missing and postgres:
         # Rows that exist but SKIP LOCKED skipped belong to another process right now.
-        held = conn.execute(
-            select(c.c.virtual_number, c.c.phone).where(
-                tuple_(c.c.virtual_number, c.c.phone).in_(list(missing))
-            )
-        )
+        held = conn.execute(select(*key).where(rows_in(key, missing)))
         missing -= {(vn, phone) for vn, phone in held.all()}
     if missing:
         conn.execute(
@@ -101,7 +99,7 @@ def oldest_events(
         select(func.min(e.c.id))
         .where(
             e.c.state == EventState.PENDING.value,
-            tuple_(e.c.virtual_number, e.c.phone).in_([(k.virtual_number, k.phone) for k in keys]),
+            rows_in((e.c.virtual_number, e.c.phone), _pairs(keys)),
         )
         .group_by(e.c.virtual_number, e.c.phone)
     )
@@ -115,12 +113,10 @@ def oldest_events(
 
 def opted_out(conn: Connection, keys: list[ConversationKey]) -> set[ConversationKey]:
     """The conversations whose phone opted out of their number."""
-    o = opt_outs_t
-    rows = conn.execute(
-        select(o.c.virtual_number, o.c.phone).where(
-            tuple_(o.c.virtual_number, o.c.phone).in_([(k.virtual_number, k.phone) for k in keys])
-        )
-    )
+    if not keys:
+        return set()
+    key = (opt_outs_t.c.virtual_number, opt_outs_t.c.phone)
+    rows = conn.execute(select(*key).where(rows_in(key, _pairs(keys))))
     return {ConversationKey(vn, phone) for vn, phone in rows.all()}
 
 
@@ -147,7 +143,7 @@ def claim_timers(
     claimed = conn.execute(
         update(t)
         .where(
-            tuple_(t.c.conversation_id, t.c.name, t.c.token).in_(list(wanted)),
+            rows_in((t.c.conversation_id, t.c.name, t.c.token), wanted),
             t.c.state == TimerState.SCHEDULED.value,
         )
         .values(state=TimerState.FIRED.value, fired_at=now)
@@ -205,6 +201,10 @@ def _said(exc: BaseException) -> str:
     """The error's type and first line, short enough for one log line."""
     lines = str(exc).splitlines()
     return f"{type(exc).__name__}: {lines[0][:300] if lines else ''}"
+
+
+def _pairs(keys: Sequence[ConversationKey]) -> list[tuple[str, str]]:
+    return [(k.virtual_number, k.phone) for k in keys]
 
 
 def backoff(attempt: int, base: float = 1.0, cap: float = 300.0) -> dt.timedelta:

@@ -192,7 +192,7 @@ class Dispatcher:
     async def due_keys(self, limit: int) -> list[ConversationKey]:
         """Return up to `limit` keys whose oldest pending event is due, oldest first."""
         now = self.clock.now()
-        return await self.db.write(lambda conn: claims.due_keys(conn, now, limit))
+        return await self.db.read(lambda conn: claims.due_keys(conn, now, limit))
 
     async def step(self, key: ConversationKey) -> bool:
         """Run the oldest due event of one conversation; True when an event finished."""

@@ -16,11 +16,12 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import Connection, select, tuple_
+from sqlalchemy import Connection, select
 
 from smsbot.clock import Clock
 from smsbot.engine.contract import EventKind
 from smsbot.store.engine import Database
+from smsbot.store.lookup import rows_in
 from smsbot.store.models import EventState, events_t
 from smsbot.store.upsert import insert_on_conflict
 
@@ -148,7 +149,7 @@ class Inbox:
         if missing:
             found = conn.execute(
                 select(events_t.c.source, events_t.c.event_id, events_t.c.body_sha256).where(
-                    tuple_(events_t.c.source, events_t.c.event_id).in_(missing)
+                    rows_in((events_t.c.source, events_t.c.event_id), missing)
                 )
             )
             known = {(src, eid): digest for src, eid, digest in found.all()}

@@ -30,18 +30,28 @@ DELIVERY_FAILURES = frozenset(
 )
 
 
+_PENDING = (
+    select(events_t.c.id, events_t.c.payload)
+    .where(
+        events_t.c.state == EventState.PENDING.value,
+        events_t.c.kind == EventKind.RECEIPT.value,
+    )
+    .order_by(events_t.c.id)
+)
+
+
+def _any_pending(conn: Connection) -> bool:
+    return conn.execute(_PENDING.with_only_columns(events_t.c.id).limit(1)).first() is not None
+
+
 async def apply_receipts(db: Database, clock: Clock, metrics: Metrics, limit: int = 500) -> int:
     """Apply up to `limit` pending receipts in one transaction; return how many were handled."""
+    # Most dispatcher rounds find no receipt: look first with a read, so that such a round
+    # takes no write transaction (on SQLite, the one writer's lock).
+    if not await db.read(_any_pending):
+        return 0
     now = clock.now()
-    claim = (
-        select(events_t.c.id, events_t.c.payload)
-        .where(
-            events_t.c.state == EventState.PENDING.value,
-            events_t.c.kind == EventKind.RECEIPT.value,
-        )
-        .order_by(events_t.c.id)
-        .limit(limit)
-    )
+    claim = _PENDING.limit(limit)
     if db.is_postgres:
         claim = claim.with_for_update(skip_locked=True)
     results = await db.write(lambda conn: _apply_all(conn, claim, now))

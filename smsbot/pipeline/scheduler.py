@@ -32,24 +32,19 @@ from apscheduler.triggers.date import DateTrigger
 from sqlalchemy import (
     ColumnElement,
     Engine,
-    String,
-    cast,
     create_engine,
-    exists,
-    literal_column,
-    select,
     true,
     update,
 )
 
 from smsbot.clock import Clock
 from smsbot.config import Settings
-from smsbot.engine.contract import EventKind
-from smsbot.pipeline.inbox import AcceptOutcome, Inbox, InboxEntry
+from smsbot.pipeline.due_timers import BATCH, fired_already, firing, unfired_page
+from smsbot.pipeline.inbox import AcceptOutcome, Inbox
 from smsbot.pipeline.leader import LeaderElection
 from smsbot.pipeline.metrics import Metrics
 from smsbot.store.engine import Database
-from smsbot.store.models import TimerState, conversations_t, events_t, timers_t
+from smsbot.store.models import TimerState, timers_t
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +58,6 @@ SWEEP_INTERVAL = 5.0  # the safety net: fire whatever is due that no job fired
 MIRROR_HORIZON = dt.timedelta(minutes=10)
 SYNC_OVERLAP = dt.timedelta(minutes=2)  # how long a mirrored job is remembered after its time
 STOP_TIMEOUT = 2.0
-BATCH = 500
 JOBS_PER_PAUSE = 100
 EXECUTOR_THREADS = 2  # a job only hands its timer id to the event loop
 
@@ -86,17 +80,6 @@ def fire_timer(timer_id: int, token: str) -> None:
 def job_id(timer_id: int) -> str:
     """The APScheduler job id of a timer: stable, so a reschedule replaces the old job."""
     return f"timer:{timer_id}"
-
-
-def _fired_already() -> ColumnElement[bool]:
-    """True when the inbox already holds the firing of the timer row's current token."""
-    event_id = (
-        literal_column("'timer:'", String)
-        + cast(timers_t.c.id, String)
-        + literal_column("':'", String)
-        + timers_t.c.token
-    )
-    return exists().where(events_t.c.source == "timer", events_t.c.event_id == event_id)
 
 
 class TimerScheduler:
@@ -173,33 +156,24 @@ class TimerScheduler:
 
     async def _fire(self, now: dt.datetime, which: ColumnElement[bool], *, via: str) -> int:
         cutoff = now - self.settings.reminder_max_lateness
-        query = (
-            select(timers_t, conversations_t.c.virtual_number, conversations_t.c.phone)
-            .join(conversations_t, conversations_t.c.id == timers_t.c.conversation_id)
-            .where(
-                timers_t.c.state == TimerState.SCHEDULED.value,
-                timers_t.c.due_at <= now,
-                ~_fired_already(),
-                which,
-            )
-            .order_by(timers_t.c.due_at, timers_t.c.id)
-            .limit(BATCH)
-        )
         fired = 0
+        after: tuple[dt.datetime, int] | None = None
         while True:
-            # Every row read here leaves the query's result (it gets its event, or is marked
-            # missed), so the next batch is new work and the loop ends.
-            async with self.db.session() as s:
-                rows = (await s.execute(query)).all()
-            late = [r.id for r in rows if r.due_at <= cutoff]
-            entries = [_entry(r) for r in rows if r.due_at > cutoff]
+            page = await self.db.read(unfired_page(now, which, after, keys=True))
+            late = [r.id for r in page.unfired if r.due_at <= cutoff]
+            entries = [
+                firing(r, page.keys[r.conversation_id])
+                for r in page.unfired
+                if r.due_at > cutoff and r.conversation_id in page.keys
+            ]
             if entries:
                 outcomes = await self.inbox.accept_many(entries)
                 fired += outcomes.count(AcceptOutcome.NEW)
             if late:
                 await self._mark_missed(late, cutoff, now)
-            if len(rows) < BATCH:
+            if page.last is None:
                 break
+            after = page.last
         if fired:
             self.metrics.inc("smsbot_timers_fired_total", fired, via=via)
             if self.on_fired is not None:
@@ -213,7 +187,7 @@ class TimerScheduler:
                 timers_t.c.id.in_(ids),
                 timers_t.c.state == TimerState.SCHEDULED.value,
                 timers_t.c.due_at <= cutoff,  # not rescheduled since it was read
-                ~_fired_already(),
+                ~fired_already(),
             )
             .values(state=TimerState.MISSED.value)
             .returning(timers_t.c.id, timers_t.c.name, timers_t.c.due_at)
@@ -333,28 +307,16 @@ class TimerScheduler:
         SQLite writer free) instead of copying every timer the moment it is created.
         """
         started = self.clock.now()
-        conditions = [
-            timers_t.c.state == TimerState.SCHEDULED.value,
-            ~_fired_already(),
-            timers_t.c.due_at < started + MIRROR_HORIZON,
-        ]
-        last_id = 0
+        after: tuple[dt.datetime, int] | None = None
         while not self._resigning:
-            query = (
-                select(timers_t.c.id, timers_t.c.token, timers_t.c.due_at)
-                .where(*conditions, timers_t.c.id > last_id)
-                .order_by(timers_t.c.id)
-                .limit(BATCH)
-            )
-            async with self.db.session() as s:
-                rows = (await s.execute(query)).all()
-            fresh = [r for r in rows if self._mirrored.get(r.id, ("",))[0] != r.token]
+            page = await self.db.read(unfired_page(started + MIRROR_HORIZON, true(), after))
+            fresh = [r for r in page.unfired if self._mirrored.get(r.id, ("",))[0] != r.token]
             if fresh:
                 await asyncio.to_thread(self._add_jobs, self._aps, fresh)
                 self._mirrored.update({r.id: (r.token, r.due_at) for r in fresh})
-            if len(rows) < BATCH:
+            if page.last is None:
                 break
-            last_id = rows[-1].id
+            after = page.last
         # A job whose time has passed has run (or been reported missed): forget it.
         past = started - SYNC_OVERLAP
         self._mirrored = {k: v for k, v in self._mirrored.items() if v[1] >= past}
@@ -422,20 +384,3 @@ def _shut_down(aps: Any, engine: Engine) -> None:
     # APScheduler's thread runs one more round after its job store closed the pool, on a
     # fresh one; close that too, or its connection lingers until garbage collection.
     engine.dispose()
-
-
-def _entry(row: Any) -> InboxEntry:
-    return InboxEntry(
-        source="timer",
-        event_id=f"timer:{row.id}:{row.token}",
-        kind=EventKind.TIMER,
-        payload={
-            "name": row.name,
-            "kind": row.kind,
-            "token": row.token,
-            "payload": row.payload,
-            "due_at": row.due_at.isoformat(),
-        },
-        virtual_number=row.virtual_number,
-        phone=row.phone,
-    )

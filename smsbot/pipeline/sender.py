@@ -15,21 +15,33 @@ import contextlib
 import dataclasses
 import datetime as dt
 import logging
-import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from sqlalchemy import Connection, and_, exists, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Select,
+    and_,
+    case,
+    exists,
+    literal,
+    or_,
+    select,
+    update,
+)
 
 from smsbot.channels.base import BulkOutcome, OutboundSms, SmsProvider
 from smsbot.channels.errors import PermanentError, ProviderError, RateLimitedError
 from smsbot.clock import Clock
 from smsbot.engine.contract import Origin
 from smsbot.pipeline.metrics import Metrics
+from smsbot.pipeline.rate_limit import RateLimiter
 from smsbot.pipeline.receipts import enqueue_send_failed
 from smsbot.sms.status import DeliveryStatus
 from smsbot.store.engine import Database
 from smsbot.store.models import OutboxState, messages_t, opt_out_blocks
+from smsbot.store.types import UTCDateTime
 
 log = logging.getLogger(__name__)
 
@@ -48,32 +60,6 @@ class Claimed:
     attempts: int
     created_at: dt.datetime
     origin: str | None = None
-
-
-class RateLimiter:
-    """A token bucket per sender: at most `rate` messages a second, bursts of one second."""
-
-    def __init__(self, rate: float, monotonic: Callable[[], float] = time.monotonic) -> None:
-        self.rate = rate
-        self.monotonic = monotonic
-        self._buckets: dict[str, tuple[float, float]] = {}
-
-    def take(self, sender: str) -> bool:
-        """Take one token for `sender` if there is one."""
-        if self.rate <= 0:
-            return True
-        now = self.monotonic()
-        tokens, last = self._buckets.get(sender, (self.rate, now))
-        tokens = min(max(self.rate, 1.0), tokens + (now - last) * self.rate)
-        if tokens < 1.0:
-            self._buckets[sender] = (tokens, now)
-            return False
-        self._buckets[sender] = (tokens - 1.0, now)
-        return True
-
-    def wait_hint(self) -> float:
-        """Seconds until some sender has a token again."""
-        return 1.0 / self.rate if self.rate > 0 else 0.0
 
 
 class Sender:
@@ -111,9 +97,13 @@ class Sender:
         # for the refused messages: nothing is claimed before this time.
         self._quiet_until: dt.datetime | None = None
         self._last_sweep: dt.datetime | None = None
+        # Whether the next claim can skip the look first (see claim()).
+        self._queued = False  # messages were queued in this process since the last claim
+        self._full = False  # the last claim filled a batch: there may be more
 
     def notify(self) -> None:
         """Wake the sender: new messages were queued."""
+        self._queued = True
         self._wakeup.set()
 
     def stop(self) -> None:
@@ -182,9 +172,22 @@ class Sender:
         if self._quiet_until is not None and now < self._quiet_until:
             return []
         sweep = self._last_sweep is None or now - self._last_sweep >= SWEEP_EVERY
+        # A claim is a write transaction (on SQLite, the one writer's lock). Straight to it when
+        # messages were just queued here or the last claim filled a batch; otherwise, and for
+        # the sweep, look first with a read, so that a round with nothing to send (or nothing
+        # the rate limit lets through, and no lapsed claim to recover) writes nothing.
         if sweep:
             self._last_sweep = now
+        if sweep or not (self._queued or self._full):
+            senders, lapsed = await self.db.read(lambda conn: self._look(conn, now, sweep))
+            sweep = lapsed  # the look was the sweep's check
+            if not lapsed and not any(self.limiter.ready(s) for s in senders):
+                if senders:
+                    await asyncio.sleep(self.limiter.wait_hint())
+                return []
+        self._queued = False
         due, taken, blocked = await self.db.write(lambda conn: self._claim(conn, now, sweep))
+        self._full = len(taken) >= self.batch_size
         if blocked:
             self.metrics.inc("smsbot_messages_suppressed_total", blocked)
         if not taken:
@@ -205,13 +208,15 @@ class Sender:
             for r in taken
         ]
 
-    def _claim(self, conn: Connection, now: dt.datetime, sweep: bool) -> tuple[int, list[Any], int]:
-        """In the claim's transaction: (how many were due, the rows taken, how many blocked)."""
+    def _look(self, conn: Connection, now: dt.datetime, sweep: bool) -> tuple[set[str], bool]:
+        """In a read: the senders of the messages a claim would take now; any lapsed claim?"""
+        senders = {vn for (vn,) in conn.execute(self._due(now, messages_t.c.virtual_number))}
+        lapsed = select(messages_t.c.id).where(self._lapsed(now)).limit(1)
+        return senders, sweep and conn.execute(lapsed).first() is not None
+
+    def _due(self, now: dt.datetime, *columns: ColumnElement[Any]) -> Select[Any]:
+        """The messages a claim takes, oldest first: due, and none to the same phone in flight."""
         m = messages_t
-        pending = m.c.outbox == OutboxState.PENDING.value
-        if sweep:
-            self._recover_lapsed(conn, now)
-        opted_out = exists().where(opt_out_blocks(m.c.virtual_number, m.c.phone))
         # One send at a time per conversation, across processes: a message waits while
         # another to the same phone from the same number is in flight. So a reply claimed
         # just before a STOP reaches the provider before the STOP's confirmation, never after.
@@ -224,21 +229,31 @@ class Sender:
                 other.c.lease_until >= now,
             )
         )
-        query = (
-            select(
-                m.c.id,
-                m.c.virtual_number,
-                m.c.phone,
-                m.c.body,
-                m.c.encoding,
-                m.c.attempts,
-                m.c.created_at,
-                m.c.origin,
-                opted_out.label("opted_out"),
-            )
-            .where(pending, m.c.send_after <= now, ~in_flight)
+        return (
+            select(*columns)
+            .where(m.c.outbox == OutboxState.PENDING.value, m.c.send_after <= now, ~in_flight)
             .order_by(m.c.send_after, m.c.created_at)
             .limit(self.batch_size)
+        )
+
+    def _claim(self, conn: Connection, now: dt.datetime, sweep: bool) -> tuple[int, list[Any], int]:
+        """In the claim's transaction: (how many were due, the rows taken, how many blocked)."""
+        m = messages_t
+        if sweep:
+            self._recover_lapsed(conn, now)
+        # a number's own STOP, and for an alphanumeric sender any of the phone's (opt_out_blocks)
+        opted_out = exists().where(opt_out_blocks(m.c.virtual_number, m.c.phone))
+        query = self._due(
+            now,
+            m.c.id,
+            m.c.virtual_number,
+            m.c.phone,
+            m.c.body,
+            m.c.encoding,
+            m.c.attempts,
+            m.c.created_at,
+            m.c.origin,
+            opted_out.label("opted_out"),
         )
         if self.db.is_postgres:
             query = query.with_for_update(of=m, skip_locked=True)
@@ -299,6 +314,9 @@ class Sender:
     ) -> int:
         """Record each send's outcome; return how many messages failed for good."""
         m = messages_t
+        # A receipt may have arrived before this answer: never move status back (nor wipe
+        # the error it recorded; only an earlier attempt's error goes). One UPDATE does both.
+        queued = m.c.status == DeliveryStatus.QUEUED.value
         for ids, batch_id in sent:
             conn.execute(
                 update(m)
@@ -308,14 +326,10 @@ class Sender:
                     sent_at=now,
                     batch_id=batch_id if len(ids) > 1 else None,
                     provider_message_id=batch_id if len(ids) == 1 else None,
+                    status=case((queued, DeliveryStatus.ACCEPTED.value), else_=m.c.status),
+                    status_at=case((queued, literal(now, UTCDateTime())), else_=m.c.status_at),
+                    error=case((queued, None), else_=m.c.error),
                 )
-            )
-            # A receipt may have arrived before this answer: never move status back
-            # (nor wipe the error it recorded; only an earlier attempt's error goes).
-            conn.execute(
-                update(m)
-                .where(m.c.id.in_(ids), m.c.status == DeliveryStatus.QUEUED.value)
-                .values(status=DeliveryStatus.ACCEPTED.value, status_at=now, error=None)
             )
         gave_up = 0
         for claimed, reason, values in failed:
@@ -326,22 +340,33 @@ class Sender:
                 enqueue_send_failed(conn, claimed, reason, now)
         return gave_up
 
+    def _lapsed(self, now: dt.datetime) -> ColumnElement[bool]:
+        """Claims whose process died (their lease lapsed) that _recover_lapsed settles now.
+
+        If a receipt (matched by clientReference) has moved the status on, the provider has
+        the message: it is done and must not go again. With no receipt we cannot tell whether
+        the call got through, so it waits `resend_grace` for one (the provider retries
+        receipts) before it is sent again.
+        """
+        m = messages_t
+        return and_(
+            m.c.outbox == OutboxState.INFLIGHT.value,
+            m.c.lease_until < now,
+            or_(
+                m.c.status != DeliveryStatus.QUEUED.value,
+                m.c.lease_until < now - self.resend_grace,
+            ),
+        )
+
     def _recover_lapsed(self, conn: Connection, now: dt.datetime) -> None:
         m = messages_t
-        lapsed = and_(m.c.outbox == OutboxState.INFLIGHT.value, m.c.lease_until < now)
-        # A claim whose process died. If a receipt (matched by clientReference) has moved the
-        # status on, the provider has the message: it must not go again. With no receipt we
-        # cannot tell whether the call got through, so wait `resend_grace` for one (the
-        # provider retries receipts) before sending it again.
+        moved_on = m.c.status != DeliveryStatus.QUEUED.value
         conn.execute(
             update(m)
-            .where(lapsed, m.c.status != DeliveryStatus.QUEUED.value)
-            .values(outbox=OutboxState.DONE.value)
-        )
-        conn.execute(
-            update(m)
-            .where(lapsed, m.c.lease_until < now - self.resend_grace)
-            .values(outbox=OutboxState.PENDING.value)
+            .where(self._lapsed(now))
+            .values(
+                outbox=case((moved_on, OutboxState.DONE.value), else_=OutboxState.PENDING.value)
+            )
         )
 
     def _after_error(self, c: Claimed, error: ProviderError, now: dt.datetime) -> dict[str, Any]:

@@ -55,6 +55,10 @@ class Database:
         # whole transaction on a synchronous connection in one thread instead: one hop.
         self._sync: Engine | None = None
         self._thread: ThreadPoolExecutor | None = None
+        # read() runs on its own connections and thread: in WAL mode a reader sees the last
+        # commit without waiting for the writer, and takes no write lock itself.
+        self._reader: Engine | None = None
+        self._reader_thread: ThreadPoolExecutor | None = None
         if not self.is_postgres:
             _configure_sqlite(self.engine.sync_engine)
             if ":memory:" not in url:  # a second engine would open a second, empty database
@@ -62,6 +66,8 @@ class Database:
                     url.replace("+aiosqlite", "", 1), hide_parameters=hide_parameters
                 )
                 _configure_sqlite(self._sync)
+                self._reader = create_engine(url.replace("+aiosqlite", "", 1))
+                _configure_sqlite(self._reader, begin="BEGIN")
         self._writer = None if self.is_postgres else asyncio.Lock()
         self._writer_task: asyncio.Task[Any] | None = None
         self.urgent_waits = 0  # how often an urgent writer (a webhook) had to wait (SQLite)
@@ -81,6 +87,34 @@ class Database:
         """
         async with self.transaction(urgent=urgent) as tx:
             return await tx.run(fn)
+
+    async def read(self, fn: Callable[[Connection], T]) -> T:
+        """Run read-only `fn(connection)` on one snapshot, without taking a write transaction.
+
+        SQLite: on a reader connection in a thread of its own, beside the writer (WAL), so a
+        look at whether there is work neither waits for the writer nor holds it. PostgreSQL: a
+        READ ONLY transaction.
+        """
+        if self.is_postgres:
+            async with self.engine.connect() as conn:
+                await conn.execution_options(postgresql_readonly=True)
+                return await conn.run_sync(fn)
+        if self._reader is None:  # :memory: has one connection, the writer's
+            return await self.write(fn)
+        if self._reader_thread is None:
+            self._reader_thread = ThreadPoolExecutor(1, thread_name_prefix="smsbot-sqlite-read")
+        reader = self._reader
+
+        def run() -> T:
+            with reader.connect() as conn, conn.begin():
+                return fn(conn)
+
+        return await asyncio.get_running_loop().run_in_executor(self._reader_thread, run)
+
+    @property
+    def write_engines(self) -> list[Engine]:
+        """The engines whose transactions may write (tests count their transactions)."""
+        return [e for e in (self.engine.sync_engine, self._sync) if e is not None]
 
     @contextlib.asynccontextmanager
     async def transaction(self, *, urgent: bool = False) -> AsyncIterator[Transaction]:
@@ -142,6 +176,11 @@ class Database:
             await asyncio.get_running_loop().run_in_executor(self._thread, self._sync.dispose)
             self._thread.shutdown(wait=False)
             self._thread = None
+        if self._reader is not None and self._reader_thread is not None:
+            loop = asyncio.get_running_loop()
+            await loop.run_in_executor(self._reader_thread, self._reader.dispose)
+            self._reader_thread.shutdown(wait=False)
+            self._reader_thread = None
 
 
 class Transaction(Protocol):
@@ -196,10 +235,11 @@ class _ThreadTransaction:
             self.conn = None
 
 
-def _configure_sqlite(engine: Engine) -> None:
+def _configure_sqlite(engine: Engine, begin: str = "BEGIN IMMEDIATE") -> None:
     # WAL lets readers run beside the one writer; busy_timeout makes a writer wait instead of
     # failing. BEGIN IMMEDIATE takes the write lock up front: a deferred transaction that
     # upgrades from read to write can fail at once with SQLITE_BUSY, whatever the timeout.
+    # Only the reader engine (read()) begins deferred: it never writes.
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         dbapi_connection.isolation_level = None
@@ -212,7 +252,7 @@ def _configure_sqlite(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Any) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        conn.exec_driver_sql(begin)
 
 
 def try_wal(cursor: Any) -> bool:

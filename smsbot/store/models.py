@@ -238,6 +238,9 @@ class TimerRow(SQLModel, table=True):
         UniqueConstraint("conversation_id", "name", name="uq_timer_name"),
         Index("ix_timers_due", "state", "due_at"),
         Index("ix_timers_changed", "state", "created_at"),  # the scheduler mirrors new ones
+        # A step cancels its conversation's scheduled timers: without this index SQLite
+        # walks every scheduled timer of every conversation (ix_timers_due's `state = ?`).
+        Index("ix_timers_conversation", "conversation_id", "state"),
     )
 
     id: int | None = Field(default=None, primary_key=True)

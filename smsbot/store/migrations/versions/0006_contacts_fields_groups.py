@@ -7,7 +7,7 @@ types table is what turns a stored string back into a datetime. `suppressions` k
 an erased phone's opt-out so an earlier STOP still holds after `smsbot contacts erase`.
 
 Revision ID: 0006
-Revises: 0004
+Revises: 0005
 Create Date: 2026-12-04 16:30:00
 """
 
@@ -20,7 +20,7 @@ from alembic import op
 from smsbot.store.types import UTCDateTime
 
 revision: str = "0006"
-down_revision: str | None = "0004"
+down_revision: str | None = "0005"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

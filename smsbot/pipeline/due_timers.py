@@ -1,0 +1,121 @@
+"""The timers table as the scheduler reads it: scheduled timers due by a time, page by page.
+
+Pages come in (due_at, id) order with keyset paging, so the (state, due_at) index yields each
+page in order and a read stops after one page, however many timers the table holds (history
+included). Which timers already fired (their event is in the inbox; the step that marks them
+FIRED has not run yet) is one lookup by event id, not a join a planner could turn into a pass
+over every timer event. tests/test_query_plans.py checks the plans.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+from collections.abc import Callable
+from typing import Any
+
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Row,
+    String,
+    cast,
+    exists,
+    literal_column,
+    select,
+    tuple_,
+)
+
+from smsbot.engine.contract import ConversationKey, EventKind
+from smsbot.pipeline.inbox import InboxEntry
+from smsbot.store.models import TimerState, conversations_t, events_t, timers_t
+
+BATCH = 500
+
+
+def fired_already() -> ColumnElement[bool]:
+    """True when the inbox already holds the firing of the timer row's current token."""
+    event_id = (
+        literal_column("'timer:'", String)
+        + cast(timers_t.c.id, String)
+        + literal_column("':'", String)
+        + timers_t.c.token
+    )
+    return exists().where(events_t.c.source == "timer", events_t.c.event_id == event_id)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Page:
+    """Scheduled timers due by some time, one BATCH in (due_at, id) order."""
+
+    unfired: list[Row[Any]]  # those whose firing is not in the inbox yet
+    keys: dict[int, ConversationKey]  # conversation id -> key (when asked for)
+    last: tuple[dt.datetime, int] | None  # where the next page starts; None: this was the last
+
+
+def unfired_page(
+    until: dt.datetime,
+    which: ColumnElement[bool],
+    after: tuple[dt.datetime, int] | None,
+    *,
+    keys: bool = False,
+) -> Callable[[Connection], Page]:
+    """A read (for Database.read) of the next page of scheduled timers due by `until`.
+
+    `which` narrows the timers (e.g. to some ids); `after` is the previous page's `last`.
+    `keys`: also look up each unfired timer's conversation key.
+    """
+    t = timers_t
+    query = select(t).where(t.c.state == TimerState.SCHEDULED.value, t.c.due_at <= until, which)
+    if after is not None:
+        query = query.where(tuple_(t.c.due_at, t.c.id) > after)
+    query = query.order_by(t.c.due_at, t.c.id).limit(BATCH)
+
+    def read(conn: Connection) -> Page:
+        rows = conn.execute(query).all()
+        if not rows:
+            return Page([], {}, None)
+        ids = {event_id(r.id, r.token): r for r in rows}
+        fired = conn.execute(
+            select(events_t.c.event_id).where(
+                events_t.c.source == "timer", events_t.c.event_id.in_(list(ids))
+            )
+        )
+        done = set(fired.scalars())
+        unfired = [r for eid, r in ids.items() if eid not in done]
+        found: dict[int, ConversationKey] = {}
+        if keys and unfired:
+            c = conversations_t
+            convos = conn.execute(
+                select(c.c.id, c.c.virtual_number, c.c.phone).where(
+                    c.c.id.in_({r.conversation_id for r in unfired})
+                )
+            )
+            found = {i: ConversationKey(vn, phone) for i, vn, phone in convos.all()}
+        last = (rows[-1].due_at, rows[-1].id) if len(rows) == BATCH else None
+        return Page(unfired, found, last)
+
+    return read
+
+
+def event_id(timer_id: int, token: str) -> str:
+    """The inbox event id of a timer's firing (unique: a double firing is one event)."""
+    return f"timer:{timer_id}:{token}"
+
+
+def firing(row: Any, key: ConversationKey) -> InboxEntry:
+    """The inbox event that fires the timer `row` of the conversation `key`."""
+    return InboxEntry(
+        source="timer",
+        event_id=event_id(row.id, row.token),
+        kind=EventKind.TIMER,
+        payload={
+            "name": row.name,
+            "kind": row.kind,
+            "token": row.token,
+            "payload": row.payload,
+            "due_at": row.due_at.isoformat(),
+        },
+        virtual_number=key.virtual_number,
+        phone=key.phone,
+    )
