@@ -22,6 +22,7 @@ over the history.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import json
 import re
@@ -140,7 +141,7 @@ async def take_turns(bot: Bot, client: TestClient[Any, Any], sandbox: Sandbox) -
 def sqlite_problems(db_path: str, statements: dict[str, Any]) -> list[str]:
     """The plan lines that read a large table in full, and statements over the work budget."""
     problems = []
-    with sqlite3.connect(db_path, isolation_level=None) as conn:
+    with contextlib.closing(sqlite3.connect(db_path, isolation_level=None)) as conn:
         for sql, params in statements.items():
             large = set(LARGE) | {alias for _, alias in ALIAS.findall(sql)}
             plan = [row[3] for row in conn.execute(f"EXPLAIN QUERY PLAN {sql}", params or ())]
