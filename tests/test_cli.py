@@ -432,6 +432,16 @@ def test_the_sandbox_sends_from_its_number_by_default() -> None:
     assert real.default_sender is None and real.sender is None  # never a made-up sender
 
 
+def test_sandbox_fail_takes_national_numbers_and_refuses_garbage(tmp_path: Path) -> None:
+    from smsbot.app.cli import _fail_number
+
+    # the sandbox compares E.164 recipients: a national number used to be a silent no-op
+    assert _fail_number("07700 900123", "GB") == "+447700900123"
+    out = smsbot("sandbox", "--fail", "garbage", cwd=tmp_path)
+    assert out.returncode == 2
+    assert one_line(out).startswith("smsbot: --fail: 'garbage' is not a phone number")
+
+
 def test_sandbox_listens_on_SMSBOT_SANDBOX_PORT(tmp_path: Path) -> None:
     port = free_port()
     proc = subprocess.Popen(
