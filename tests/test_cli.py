@@ -249,6 +249,17 @@ def test_chat_shows_the_state_a_conversation_ended_in() -> None:
     assert '"cancel_reason": "Hours are too short on Saturdays"' in out.stdout
 
 
+def test_chat_refuses_an_unknown_flow_before_greeting() -> None:
+    out = smsbot("chat", "--flow", "apointment", stdin="/quit\n")
+    assert out.returncode == 2
+    assert "You are" not in out.stdout  # no chat was opened for a typo
+    assert "Traceback" not in out.stderr, out.stderr
+    assert out.stderr.strip().splitlines()[-1] == (  # after the sandbox secret's warning
+        "smsbot: --flow: no flow named 'apointment' (did you mean 'appointment'?);"
+        " known flows: appointment, keywords"
+    )
+
+
 # --- a first run: fresh databases, unreachable ones, busy ports, the development key ----------
 
 
