@@ -273,7 +273,7 @@ def _recorded_spans(results: FlowResults, runs: list[_Run]) -> list[_Span]:
         results.started += 1
         results.outcomes[run_outcome(run)] += 1
         until = run.end.at if run.end is not None else None
-        replaced = run.end is not None and run.end.reason == "interrupted"
+        replaced = run.end if run.end is not None and run.end.reason == "interrupted" else None
         spans.append(
             _Span(
                 run.convo.virtual_number,
@@ -281,7 +281,7 @@ def _recorded_spans(results: FlowResults, runs: list[_Run]) -> list[_Span]:
                 run.start.at,
                 until,
                 first_event=run.start.event_id,
-                next_event=run.end.event_id if replaced else None,
+                next_event=replaced.event_id if replaced is not None else None,
             )
         )
     return spans
