@@ -60,7 +60,9 @@ from selenium.common.exceptions import (  # noqa: E402
     TimeoutException,
 )
 from selenium.webdriver.chrome.service import Service  # noqa: E402
+from selenium.webdriver.common.action_chains import ActionChains  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.common.keys import Keys  # noqa: E402
 from selenium.webdriver.remote.webdriver import WebDriver  # noqa: E402
 from selenium.webdriver.support.expected_conditions import staleness_of  # noqa: E402
 from selenium.webdriver.support.ui import Select, WebDriverWait  # noqa: E402
@@ -331,6 +333,14 @@ def test_an_appointment_reminder_fires_when_the_clock_moves_and_is_delivered(
         "Delivered",
     ]
     assert page.find_element(By.ID, "current-state").text == "confirmed"
+    # State changes sit in the timeline among the messages, in the order they happened.
+    lines = [li.text for li in page.find_elements(By.CSS_SELECTOR, "#timeline > li")]
+    started = _index(lines, "appointment started in waiting, on a start request")
+    asked = _index(lines, "Hi Sam, your appointment at Riverside Clinic")
+    moved = _index(lines, "appointment: waiting → confirmed, on a message")
+    replied = _index(lines, "Phone → bot")  # YES
+    assert started < asked < replied < moved < _index(lines, "Thanks Sam")
+    assert moved < _index(lines, "Timer reminder fired") < _index(lines, "Reminder: Sam")
     screenshot(page, shots, "conversation")
 
 
@@ -383,15 +393,63 @@ def test_screenshots_of_the_main_pages(page: WebDriver, server: Server, shots: P
     page.get(f"{server.url}/console/health")
     until(page, shows("Queues"), "the health page")
     screenshot(page, shots, "health")
+    _import_contacts(server)
     page.get(f"{server.url}/console/people")
     until(page, shows("+447700900214", "#opt-outs"), "the opt-out list")
+    contacts = page.find_element(By.ID, "contacts").text
+    assert "Sam Smith" in contacts and "visits" in contacts and "diabetes" in contacts
     screenshot(page, shots, "people")
     page.get(f"{server.url}/console/flows")
-    assert len(page.find_elements(By.CSS_SELECTOR, ".diagram svg")) == 3
+    assert len(page.find_elements(By.CSS_SELECTOR, ".diagram svg")) == 4
     screenshot(page, shots, "flows")
     page.find_element(By.LINK_TEXT, "appointment").click()
     until(page, shows("appointment/reminder.txt", "#samples"), "the rendered templates")
     screenshot(page, shots, "flow")
+
+
+def test_find_contacts_by_group_and_field_with_the_keyboard(
+    page: WebDriver, server: Server
+) -> None:
+    _import_contacts(server)
+    page.get(f"{server.url}/console/people")
+    active = ActionChains(page)
+    for _ in range(40):  # from the top of the page, Tab until the group filter has the focus
+        if page.switch_to.active_element.get_attribute("id") == "group":
+            break
+        active.send_keys(Keys.TAB).perform()
+    assert page.switch_to.active_element.get_attribute("id") == "group"
+    Select(page.find_element(By.ID, "group")).select_by_value("diabetes")
+    active.send_keys(Keys.TAB).perform()  # the field filter, then its value
+    Select(page.switch_to.active_element).select_by_value("visits")
+    active.send_keys(Keys.TAB, "3", Keys.ENTER).perform()
+    until(page, lambda b: "group=diabetes" in b.current_url, "the search")
+    rows = page.find_element(By.ID, "contacts").text
+    assert "Sam Smith" in rows and "Kim" not in rows
+    page.get(f"{server.url}/console/people?field=height&value=2")
+    until(page, shows("no custom field named 'height'", "[role=alert]"), "the field's error")
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/console/conversations",
+        "/console/simulator",
+        "/console/people",
+        "/console/results?flow=appointment",
+        "/console/events",
+    ],
+)
+def test_every_control_has_a_label(page: WebDriver, server: Server, path: str) -> None:
+    page.get(f"{server.url}{path}")
+    unlabelled = page.execute_script(
+        """
+        return [...document.querySelectorAll('input:not([type=hidden]), select, textarea, button')]
+          .filter(e => !(e.labels && e.labels.length) && !e.getAttribute('aria-label')
+                       && !(e.tagName === 'BUTTON' && e.textContent.trim()))
+          .map(e => e.outerHTML.slice(0, 120));
+        """
+    )
+    assert unlabelled == [], unlabelled
 
 
 def test_sign_out_closes_every_page(page: WebDriver, server: Server) -> None:
@@ -419,6 +477,34 @@ def test_sign_out_closes_every_page(page: WebDriver, server: Server) -> None:
     page.add_cookie({"name": old["name"], "value": old["value"], "path": "/console"})
     page.get(f"{server.url}/console/health")
     assert "/console/sign-in" in page.current_url
+
+
+CONTACTS = """phone,name,groups,visits,ward
++447700900202,Sam Smith,patients;diabetes,3,Riverside B
++447700900210,Kim,patients,1,
+"""
+
+
+def _import_contacts(server: Server) -> None:
+    """`smsbot contacts import` into the server's database, as a user would."""
+    csv_file = server.root / "contacts.csv"
+    if csv_file.exists():
+        return
+    csv_file.write_text(CONTACTS)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SMSBOT_")}
+    env["SMSBOT_DATABASE_URL"] = f"sqlite:///{server.root / 'smsbot.db'}"
+    done = subprocess.run(
+        [sys.executable, "-m", "smsbot", "contacts", "import", str(csv_file)],
+        cwd=server.root, env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+
+
+def _index(lines: list[str], text: str) -> int:
+    """The position of the first timeline line containing `text`."""
+    found = [n for n, line in enumerate(lines) if text in line]
+    assert found, (text, lines)
+    return found[0]
 
 
 def _in_days(days: int) -> str:
