@@ -10,6 +10,7 @@ the README's come from), else to a temporary directory.
 from __future__ import annotations
 
 import base64
+import contextlib
 import dataclasses
 import datetime as dt
 import json
@@ -27,6 +28,7 @@ from urllib.parse import quote
 
 import pytest
 
+from tests.fresh import KEY_LINE, fresh_project
 from tests.test_console import KEY, project
 
 CHROMIUM = os.environ.get("SMSBOT_TEST_CHROMIUM", "/usr/bin/chromium")
@@ -113,17 +115,27 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     root = project(tmp_path_factory.mktemp("console-server"))
+    with _serve(
+        root,
+        SMSBOT_API_KEY=KEY,
+        SMSBOT_DEFAULT_SENDER=VN,
+        SMSBOT_STEP_MAX_ATTEMPTS="1",
+        SMSBOT_FLOWS_DIR=str(root / "flows"),
+        SMSBOT_TEMPLATES_DIR=str(root / "templates"),
+    ) as running:
+        yield running
+
+
+@contextlib.contextmanager
+def _serve(root: Path, **settings: str) -> Iterator[Server]:
+    """`smsbot serve` in `root` with the sandbox provider, SQLite there and these settings."""
     port, sandbox_port = _free_port(), _free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("SMSBOT_")}
     env.update(
         SMSBOT_DATABASE_URL=f"sqlite:///{root / 'smsbot.db'}",
         SMSBOT_PORT=str(port),
         SMSBOT_SANDBOX_PORT=str(sandbox_port),
-        SMSBOT_API_KEY=KEY,
-        SMSBOT_DEFAULT_SENDER=VN,
-        SMSBOT_STEP_MAX_ATTEMPTS="1",
-        SMSBOT_FLOWS_DIR=str(root / "flows"),
-        SMSBOT_TEMPLATES_DIR=str(root / "templates"),
+        **settings,
     )
     log = root / "serve.log"
     with log.open("w") as out:
@@ -290,6 +302,19 @@ def test_sign_in_with_the_operator_key(server: Server, browser: WebDriver, shots
     assert browser.find_element(By.TAG_NAME, "h1").text == "Conversations"
 
 
+def test_a_new_user_signs_in_with_the_key_serve_prints(browser: WebDriver, tmp_path: Path) -> None:
+    """As `make run` does: no key set, so `smsbot serve` makes one and prints it."""
+    with _serve(fresh_project(tmp_path)) as running:
+        printed = KEY_LINE.search(running.log.read_text())
+        assert printed is not None, running.log.read_text()[-2000:]
+        browser.delete_all_cookies()
+        browser.get(f"{running.url}/console")
+        assert "/console/sign-in" in browser.current_url
+        sign_in(browser, printed[1])
+        until(browser, lambda b: b.current_url.endswith("/console/conversations"), "the list")
+        browser.delete_all_cookies()
+
+
 def test_text_hours_in_the_simulator_and_see_the_reply(page: WebDriver, server: Server) -> None:
     simulator(page, server, "+447700900201")
     send(page, "HOURS")
@@ -450,6 +475,29 @@ def test_every_control_has_a_label(page: WebDriver, server: Server, path: str) -
         """
     )
     assert unlabelled == [], unlabelled
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/console/conversations",
+        "/console/conversations/1",
+        "/console/simulator",
+        "/console/flows/appointment",
+        "/console/results?flow=appointment",
+        "/console/people",
+        "/console/health",
+    ],
+)
+def test_every_page_fits_a_phone_screen(page: WebDriver, server: Server, path: str) -> None:
+    """Nothing but a wide table's own scroller is wider than a phone: no sideways page scroll."""
+    page.set_window_size(*PHONE_SCREEN)
+    try:
+        page.get(f"{server.url}{path}")
+        wide = page.execute_script("return document.documentElement.scrollWidth")
+        assert wide <= page.execute_script("return window.innerWidth"), (path, wide)
+    finally:
+        page.set_window_size(*DESKTOP)
 
 
 def test_sign_out_closes_every_page(page: WebDriver, server: Server) -> None:
