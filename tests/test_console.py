@@ -492,9 +492,11 @@ async def test_every_state_change_is_recorded_with_its_cause(signed_in: Console)
     ]
     await c.start("appointment", SAM)  # replaces the survey
     await c.send("HOURS")  # an auto-reply begins and ends in one step: no state change
-    assert (await _history(c))[-2:] == [
+    await c.send("STOP")
+    assert (await _history(c))[-3:] == [
         ("survey", "asking", None, "interrupted", "start"),
         ("appointment", None, "waiting", "started", "start"),
+        ("appointment", "waiting", None, "opted out", "inbound"),
     ]
     async with c.bot.db.session() as s:
         at = (await s.execute(select(state_changes_t.c.at).order_by(state_changes_t.c.id))).all()

@@ -49,7 +49,7 @@ def changes(item: Stepped, now: dt.datetime) -> list[dict[str, Any]]:
             }
         )
 
-    if c.flow is not None and (r.end_reason is not None or r.flow is None):
+    if c.flow is not None and (r.end_reason is not None or r.flow != c.flow):
         last = r.end_state or c.state
         if last != c.state:
             add(c.flow, c.state, last, None)
