@@ -755,26 +755,30 @@ async def test_a_keyword_started_conversation_counts_for_its_flow_after_it_ended
     await c.send("SURVEY", phone="+447700900003")
     c.clock.advance(dt.timedelta(minutes=5))
     await c.start("appointment", SAM, phone="+447700900003")  # replaces that survey
+    await c.send("SURVEY", phone="+447700900004")
+    await c.send("STOP", phone="+447700900004")  # no answer, but an opt-out
     auth = {"Authorization": f"Bearer {KEY}"}
     resp = await c.client.get(
         "/api/flows/survey/results?from=2026-01-15&to=2026-01-15", headers=auth
     )
     body = await resp.json()
     assert resp.status == 200, body
-    assert body["started"] == 3
+    assert body["started"] == 4
     assert body["outcomes"] == {
         "ended: done": 1,
         "now in asking": 1,
         "replaced by a later start": 1,
+        "ended: opted out": 1,
     }
-    # each run's own messages: the question to all three, "Thank you" to the first
-    assert body["deliveries"] == {"delivered": 4}
-    assert body["replies_per_day"] == [{"date": "2026-01-15", "replies": 4}]
+    # each run's own messages: the question to all four, "Thank you" to the first, the STOP
+    # confirmation to the last; the replies: four SURVEYs, "5" and STOP
+    assert body["deliveries"] == {"delivered": 6}
+    assert body["replies_per_day"] == [{"date": "2026-01-15", "replies": 6}]
     csv_text = await c.text("/console/results.csv?flow=survey&from=2026-01-15&to=2026-01-15")
-    assert "conversations,started,3\n" in csv_text and "outcome,ended: done,1\n" in csv_text
-    assert "delivery,delivered,4\n" in csv_text and "replies,2026-01-15,4\n" in csv_text
+    assert "conversations,started,4\n" in csv_text and "outcome,ended: done,1\n" in csv_text
+    assert "delivery,delivered,6\n" in csv_text and "replies,2026-01-15,6\n" in csv_text
     page = await c.text("/console/results?flow=survey&from=2026-01-15&to=2026-01-15")
-    assert 'id="started">3<' in page and "ended: done 1" in page
+    assert 'id="started">4<' in page and "ended: done 1" in page
     appointment = await c.client.get(
         "/api/flows/appointment/results?from=2026-01-15&to=2026-01-15", headers=auth
     )

@@ -44,13 +44,20 @@ class PeriodError(ValueError):
 
 
 def conversation_outcome(row: Any) -> str:
-    """Where one conversation of a flow got to: its state while it runs, its end once ended.
-
-    The one place that reads how a conversation ended: the state it ended in, else the reason.
-    """
+    """Where one conversation of a flow got to: its state while it runs, its end once ended."""
     if row.flow is not None:
         return f"now in {row.state}"
-    return f"ended: {row.end_state or row.end_reason or 'ended'}"
+    return ended(row.end_state, row.end_reason)
+
+
+def ended(end_state: str | None, reason: str | None) -> str:
+    """How a run ended, as the results say it: the final state it completed in ("ended:
+    cancelled"), else why it stopped ("ended: opted out", "ended: expired", "ended: timed out").
+    The one place that reads how a conversation ended.
+    """
+    if reason in (None, "completed") and end_state:
+        return f"ended: {end_state}"
+    return f"ended: {reason or 'ended'}"
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -178,7 +185,7 @@ def run_outcome(run: _Run) -> str:
         return "replaced by a later conversation"
     if run.end.reason == "interrupted":
         return "replaced by a later start"
-    return f"ended: {run.end.from_state or run.end.reason or 'ended'}"
+    return ended(run.end.from_state, run.end.reason)
 
 
 async def compute(bot: Bot, flow: str, period: Period) -> FlowResults:
