@@ -29,6 +29,7 @@ from smsbot.store.models import (
     suppressions_t,
 )
 from smsbot.testing import BotDriver, StepFailedError, driver_settings
+from smsbot.testing.driver import StartRefusedError
 from smsbot.testing.harness import Chat, make_runtime
 
 NOW = dt.datetime(2026, 1, 15, 9, 0, tzinfo=dt.UTC)
@@ -376,7 +377,10 @@ async def test_an_erased_phone_stays_opted_out(kit: BotDriver) -> None:
 
         with pytest.raises(OperatorError, match=r"has opted out of messages from"):
             await send_now(kit.settings, to=ANN, text="Hello again", sender=None)
-        await kit.start("remind")  # a later send to the number: the STOP still holds
+        # a start through the operator API is refused up front, as for any opted-out phone
+        with pytest.raises(StartRefusedError, match=r"\(409\).*has opted out of messages from"):
+            await kit.start("remind")
+        await kit.send("hello")  # the number comes back: its opt-out is restored, no answer
         kit.expect_no_reply()
         with engine.connect() as conn:
             assert conn.execute(select(opt_outs_t.c.phone)).scalars().all() == [ANN]

@@ -15,10 +15,11 @@ from smsbot.app.operations import OperatorError, check_our_sender, deployment_se
 from smsbot.config import Settings
 from smsbot.engine.contract import EventKind
 from smsbot.engine.startdata import StartDataError
+from smsbot.pipeline.contacts import suppression_hash
 from smsbot.pipeline.inbox import Inbox, InboxEntry
 from smsbot.sms.phone import PhoneNumberError, normalize, normalize_sender
 from smsbot.store.engine import Database
-from smsbot.store.models import opt_out_applies, opt_outs_t
+from smsbot.store.models import opt_out_applies, opt_outs_t, suppressions_t
 
 BATCH = 1_000  # rows per INSERT: 100,000 rows are 100 round trips, not 100,000
 MAX_ROWS = 200_000
@@ -200,15 +201,25 @@ async def _opted_out(db: Database, keys: Iterable[tuple[str, str]]) -> set[tuple
     keys = list(keys)
     if not keys:
         return set()
+    phones = sorted({phone for _, phone in keys})
+    hashes = {suppression_hash(phone): phone for phone in phones}
     async with db.session() as s:
         rows = await s.execute(
             select(opt_outs_t.c.virtual_number, opt_outs_t.c.phone).where(
-                opt_outs_t.c.phone.in_(sorted({phone for _, phone in keys}))
+                opt_outs_t.c.phone.in_(phones)
+            )
+        )
+        # and the opt-outs of erased phones, kept as keyed hashes (smsbot contacts erase)
+        hashed = await s.execute(
+            select(suppressions_t.c.virtual_number, suppressions_t.c.phone_hash).where(
+                suppressions_t.c.phone_hash.in_(list(hashes))
             )
         )
         opted: dict[str, list[str]] = {}
         for number, phone in rows.all():
             opted.setdefault(phone, []).append(number)
+        for number, key in hashed.all():
+            opted.setdefault(hashes[key], []).append(number)
     return {
         (sender, phone)
         for sender, phone in keys

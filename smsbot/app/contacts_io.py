@@ -86,7 +86,7 @@ def declared_types(conn: Connection, config: Mapping[str, str], now: dt.datetime
     return {name: kind for name, kind in found.all()}
 
 
-def _header(reader: Iterator[list[str]], path: Path) -> list[str]:
+def _header(reader: Iterator[list[str]], path: str) -> list[str]:
     header = next(reader, None)
     if header is None:
         raise ContactsError(f"{path} is empty: its first line names the columns, e.g. phone,name")
@@ -107,6 +107,8 @@ def _header(reader: Iterator[list[str]], path: Path) -> list[str]:
 def _parse(cells: list[str], names: list[str], types: Mapping[str, str], region: str) -> _Row:
     if len(cells) != len(names):
         raise ValueError(f"{len(cells)} cell(s) where the header names {len(names)}")
+    if any("\x00" in cell for cell in cells):  # no database stores it; PostgreSQL refuses it
+        raise ValueError("a cell contains a NUL character")
     values = dict(zip(names, cells, strict=True))
     try:
         phone = normalize(values["phone"], region)
@@ -279,35 +281,62 @@ def import_csv(
     progress: Progress | None = None,
 ) -> ImportReport:
     """Upsert every good row of the CSV at `path` by phone; report the bad ones by line."""
-    report = ImportReport()
     total = count_lines(path) - 1 if progress else 0
     try:
         file: IO[str] = path.open(newline="", encoding="utf-8-sig")
     except OSError as exc:
         raise ContactsError(f"cannot read {path}: {exc.strerror}") from None
     with file:
-        reader = csv.reader(file)
-        try:
-            names = _header(reader, path)
-            with engine.begin() as conn:
-                types = declared_types(conn, config_fields, now)
-                new = [n for n in names if n not in STANDARD and n not in types]
-                if new:
-                    conn.execute(
-                        _NEW_FIELD, [{"name": n, "type": "text", "created_at": now} for n in new]
-                    )
-                    types.update(dict.fromkeys(new, "text"))
-                    report.new_fields = new
-            writer = _Writer(engine, group, now)
-            try:
-                _stream(reader, names, types, region, writer, report, progress, total)
-            finally:
-                writer.close()
-        except (csv.Error, UnicodeDecodeError) as exc:
-            where = f"line {reader.line_num}: " if reader.line_num else ""
-            raise ContactsError(f"{path}: {where}not a CSV file we can read ({exc})") from None
+        report = import_file(
+            engine,
+            file,
+            str(path),
+            region=region,
+            config_fields=config_fields,
+            now=now,
+            group=group,
+            progress=progress,
+            total=total,
+        )
     if progress:
         progress(total, total)
+    return report
+
+
+def import_file(
+    engine: Engine,
+    file: IO[str],
+    label: str,
+    *,
+    region: str,
+    config_fields: Mapping[str, str],
+    now: dt.datetime,
+    group: str | None = None,
+    progress: Progress | None = None,
+    total: int = 0,
+) -> ImportReport:
+    """Import from an open text file (opened with newline=""); `label` names it in errors."""
+    report = ImportReport()
+    reader = csv.reader(file)
+    try:
+        names = _header(reader, label)
+        with engine.begin() as conn:
+            types = declared_types(conn, config_fields, now)
+            new = [n for n in names if n not in STANDARD and n not in types]
+            if new:
+                conn.execute(
+                    _NEW_FIELD, [{"name": n, "type": "text", "created_at": now} for n in new]
+                )
+                types.update(dict.fromkeys(new, "text"))
+                report.new_fields = new
+        writer = _Writer(engine, group, now)
+        try:
+            _stream(reader, names, types, region, writer, report, progress, total)
+        finally:
+            writer.close()
+    except (csv.Error, UnicodeDecodeError) as exc:
+        where = f"line {reader.line_num}: " if reader.line_num else ""
+        raise ContactsError(f"{label}: {where}not a CSV file we can read ({exc})") from None
     return report
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 
-from sqlalchemy import select, update
+from sqlalchemy import CompoundSelect, select, update
 
 from smsbot.app.assembly import build_provider
 from smsbot.channels.base import OutboundSms
@@ -78,6 +78,24 @@ def check_our_sender(settings: Settings, sender: str, ours: frozenset[str] | Non
         )
 
 
+def opt_outs_stopping(sender: str, phone: str) -> CompoundSelect[tuple[int]]:
+    """SQL: the opt-outs that stop `sender` texting `phone`, hashed ones of erased phones too.
+
+    An erased phone's opt-outs are kept as keyed hashes (smsbot contacts erase); an
+    alphanumeric sender is stopped by any of them, as opt_out_blocks says for the others.
+    """
+    return (
+        select(opt_outs_t.c.id)
+        .where(opt_out_blocks(sender, phone))
+        .union_all(
+            select(suppressions_t.c.id).where(
+                suppressions_t.c.phone_hash == suppression_hash(phone),
+                *([suppressions_t.c.virtual_number == sender] if sender[:1] == "+" else []),
+            )
+        )
+    )
+
+
 def opted_out_error(phone: str, sender: str) -> str:
     """Why nothing may go from `sender` to `phone`, which opted out (opt_out_blocks said so)."""
     if sender.startswith("+"):
@@ -134,19 +152,7 @@ async def send_now(settings: Settings, *, to: str, text: str, sender: str | None
     provider = build_provider(settings, attempts=1 if sandbox else 4)
     try:
         async with db.session() as s, s.begin():
-            opted = await s.execute(
-                select(opt_outs_t.c.id)
-                .where(opt_out_blocks(origin, recipient))
-                # an opt-out kept as a hash when the number was erased (smsbot contacts erase);
-                # an alphanumeric sender is stopped by any of them, as by opt_out_blocks
-                .union_all(
-                    select(suppressions_t.c.id).where(
-                        suppressions_t.c.phone_hash == suppression_hash(recipient),
-                        *([suppressions_t.c.virtual_number == origin] if origin[:1] == "+" else []),
-                    )
-                )
-            )
-            if opted.first() is not None:
+            if (await s.execute(opt_outs_stopping(origin, recipient))).first() is not None:
                 raise OperatorError(opted_out_error(recipient, origin))
             message_id = new_id()
             now = clock.now()

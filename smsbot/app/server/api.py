@@ -30,10 +30,12 @@ from smsbot.app.operations import (
     OperatorError,
     operator_sender,
     operator_text,
+    opt_outs_stopping,
     opted_out_error,
     resolve_recipient,
 )
-from smsbot.app.server.bodies import read_body
+from smsbot.app.server import api_contacts
+from smsbot.app.server.bodies import check_storable, read_body, read_json
 from smsbot.app.server.keys import BOT
 from smsbot.app.server.openapi import build_openapi
 from smsbot.app.server.responses import problem
@@ -46,7 +48,6 @@ from smsbot.app.server.schema import (
     FieldError,
     start_body,
 )
-from smsbot.channels.events import WebhookFormatError, load_json
 from smsbot.config import Settings
 from smsbot.engine.contract import EventKind
 from smsbot.engine.flow import Flow
@@ -55,7 +56,7 @@ from smsbot.engine.startdata import StartDataError
 from smsbot.pipeline.bot import Bot
 from smsbot.pipeline.inbox import InboxEntry
 from smsbot.sms.templates import RenderedSms, TemplateError
-from smsbot.store.models import conversations_t, messages_t, opt_out_blocks, opt_outs_t
+from smsbot.store.models import conversations_t, messages_t, opt_outs_t
 
 log = logging.getLogger(__name__)
 
@@ -82,36 +83,6 @@ async def bearer_auth(request: web.Request, handler: Handler) -> web.StreamRespo
         return problem(400, exc.reason, field=exc.field)
     except OperatorError as exc:
         return problem(400, str(exc))
-
-
-async def _json(request: web.Request) -> object:
-    # The webhook parser's reader: UTF-8 only, no NaN, no absurd nesting or numbers.
-    try:
-        value = load_json(await read_body(request))
-    except WebhookFormatError as exc:
-        raise FieldError("body", exc.reason) from None
-    _check_storable(value, "body")
-    return value
-
-
-def _check_storable(value: object, where: str) -> None:
-    """Refuse strings the database cannot store (NUL, lone surrogates) while we can say where."""
-    stack: list[tuple[object, str]] = [(value, where)]
-    while stack:
-        node, path = stack.pop()
-        if isinstance(node, dict):
-            for key, child in node.items():
-                stack.append((key, path))
-                stack.append((child, f"{path}.{key}" if path != "body" else str(key)))
-        elif isinstance(node, list):
-            stack.extend((child, f"{path}[{i}]") for i, child in enumerate(node))
-        elif isinstance(node, str):
-            if "\x00" in node:
-                raise FieldError(path, "contains a NUL character")
-            try:
-                node.encode("utf-8")
-            except UnicodeEncodeError:
-                raise FieldError(path, "is not valid Unicode (a lone surrogate)") from None
 
 
 def _runtime(request: web.Request) -> FlowRuntime:
@@ -159,8 +130,7 @@ def _start_data(
 
 async def _opted_out(bot: Bot, vn: str, phone: str) -> bool:
     async with bot.db.session() as s:
-        row = await s.execute(select(opt_outs_t.c.id).where(opt_out_blocks(vn, phone)).limit(1))
-        return row.first() is not None
+        return (await s.execute(opt_outs_stopping(vn, phone))).first() is not None
 
 
 async def queue_outside_event(
@@ -217,7 +187,7 @@ async def start_flow(request: web.Request) -> web.Response:
     """POST /api/flows/{name}/start {"to", "from"?, "data"?, "policy"?}."""
     runtime, name = _flow(request)
     _query(request)
-    body = start_body(runtime.flows[name]).check(await _json(request))
+    body = start_body(runtime.flows[name]).check(await read_json(request))
     settings = request.config_dict[BOT].settings
     phone = _recipient(settings, body["to"])
     vn = _sender(settings, body.get("from"))
@@ -237,10 +207,10 @@ async def start_many(request: web.Request) -> web.Response:
     try:
         if csv_upload:
             text = (await read_body(request)).decode("utf-8-sig")
-            _check_storable(text, "body")
+            check_storable(text, "body")
             rows = rows_from_csv(text)
         else:
-            rows = rows_from_json(await _json(request))
+            rows = rows_from_json(await read_json(request))
     except (BulkInputError, csv.Error) as exc:
         return problem(400, str(exc), field="body")
     except UnicodeDecodeError:
@@ -288,7 +258,7 @@ async def send_message(request: web.Request) -> web.Response:
     bot = request.config_dict[BOT]
     settings = bot.settings
     _query(request)
-    body = MESSAGE.check(await _json(request))
+    body = MESSAGE.check(await read_json(request))
     phone = _recipient(settings, body["to"])
     vn = _sender(settings, body.get("from"))
     if "template" in body:
@@ -403,4 +373,5 @@ def create_api(flows: Mapping[str, type[Flow]]) -> web.Application:
     api.router.add_post("/messages", send_message)
     api.router.add_get("/conversations", conversations)
     api.router.add_get("/openapi.json", openapi)
+    api_contacts.add_routes(api)
     return api

@@ -14,6 +14,8 @@ from aiohttp.http_exceptions import ContentEncodingError
 from aiohttp.web_protocol import RequestPayloadError
 
 from smsbot.app.server.keys import BOT
+from smsbot.app.server.schema import FieldError
+from smsbot.channels.events import WebhookFormatError, load_json
 
 
 async def read_body(request: web.Request) -> bytes:
@@ -46,3 +48,33 @@ def _unreadable(request: web.Request, exc: RequestPayloadError) -> str:
             " as its Content-Encoding header says"
         )
     return "the body is malformed (broken chunked transfer encoding): send it again whole"
+
+
+async def read_json(request: web.Request) -> object:
+    """The body as JSON (UTF-8, no NaN, bounded nesting), storable; else FieldError (a 400)."""
+    try:
+        value = load_json(await read_body(request))
+    except WebhookFormatError as exc:
+        raise FieldError("body", exc.reason) from None
+    check_storable(value, "body")
+    return value
+
+
+def check_storable(value: object, where: str) -> None:
+    """Refuse strings the database cannot store (NUL, lone surrogates) while we can say where."""
+    stack: list[tuple[object, str]] = [(value, where)]
+    while stack:
+        node, path = stack.pop()
+        if isinstance(node, dict):
+            for key, child in node.items():
+                stack.append((key, path))
+                stack.append((child, f"{path}.{key}" if path != "body" else str(key)))
+        elif isinstance(node, list):
+            stack.extend((child, f"{path}[{i}]") for i, child in enumerate(node))
+        elif isinstance(node, str):
+            if "\x00" in node:
+                raise FieldError(path, "contains a NUL character")
+            try:
+                node.encode("utf-8")
+            except UnicodeEncodeError:
+                raise FieldError(path, "is not valid Unicode (a lone surrogate)") from None

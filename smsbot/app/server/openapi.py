@@ -10,6 +10,7 @@ import copy
 from collections.abc import Mapping
 from typing import Any
 
+from smsbot.app.server.api_contacts import CHANGE, CREATE, GROUP, SEARCH
 from smsbot.app.server.schema import (
     CONVERSATIONS,
     IDEMPOTENCY_KEY,
@@ -138,6 +139,117 @@ class _AnyFlow(Flow):
     name = "{name}"
 
 
+_CONTACT = {
+    "type": "object",
+    "properties": {
+        "phone": {"type": "string"},
+        "name": {"type": ["string", "null"]},
+        "language": {"type": ["string", "null"]},
+        "timezone": {"type": ["string", "null"]},
+        "fields": {"type": "object"},
+        "groups": {"type": "array", "items": {"type": "string"}},
+        "created_at": {"type": "string"},
+        "updated_at": {"type": ["string", "null"]},
+    },
+    "required": ["phone", "fields", "groups"],
+}
+_PAGE = {
+    "type": "object",
+    "properties": {
+        "contacts": {"type": "array", "items": _CONTACT},
+        "next": {"type": ["string", "null"], "description": "pass as `after` for the next page"},
+    },
+    "required": ["contacts", "next"],
+}
+_IMPORTED = {
+    "type": "object",
+    "properties": {
+        "imported": {"type": "integer"},
+        "bad_rows": {"type": "integer"},
+        "bad": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {"line": {"type": "integer"}, "reason": {"type": "string"}},
+            },
+            "description": "the first 1,000 bad rows: line number in the CSV and why",
+        },
+        "new_fields": {"type": "array", "items": {"type": "string"}},
+    },
+    "required": ["imported", "bad_rows", "bad", "new_fields"],
+}
+_ERASED = {
+    "type": "object",
+    "properties": {"phone": {"type": "string"}, "erased": {"type": "object"}},
+    "required": ["phone", "erased"],
+}
+
+
+def _contacts_paths() -> dict[str, Any]:
+    phone = {"name": "phone", "in": "path", "required": True, "schema": SEARCH[0].schema}
+    csv = {"text/csv": {"schema": {"type": "string"}}}
+    return {
+        "/api/contacts": {
+            "get": {
+                "summary": "Search contacts, a page at a time (in the order they were created)",
+                "description": "Filters combine. `next` is null on the last page; otherwise"
+                " pass it as `after` to get the next one. Contacts added meanwhile appear on"
+                " a later page; none is skipped or repeated.",
+                "parameters": [f.parameter("query") for f in SEARCH],
+                "responses": _responses("200", _PAGE, "400", "401"),
+            },
+            "post": {
+                "summary": "Create a contact",
+                "requestBody": _json_body(CREATE.schema()),
+                "responses": _responses("201", _CONTACT, "400", "401", "408", "409", "413"),
+            },
+        },
+        "/api/contacts/import": {
+            "post": {
+                "summary": "Import contacts from CSV (as `smsbot contacts import`), streamed",
+                "description": "Upserts by phone; every bad row is reported with its line"
+                " number and the rest are imported. Columns as in docs/contacts.md.",
+                "parameters": [GROUP.parameter("query")],
+                "requestBody": {"required": True, "content": csv},
+                "responses": _responses("200", _IMPORTED, "400", "401", "408", "413"),
+            }
+        },
+        "/api/contacts/export": {
+            "get": {
+                "summary": "Every contact (of ?group=) as CSV, streamed",
+                "parameters": [GROUP.parameter("query")],
+                "responses": _responses("200", {}, "400", "401")
+                | {"200": {"description": "the CSV", "content": csv}},
+            }
+        },
+        "/api/contacts/{phone}": {
+            "get": {
+                "summary": "One contact, with its fields and groups",
+                "parameters": [phone],
+                "responses": _responses("200", _CONTACT, "400", "401", "404"),
+            },
+            "patch": {
+                "summary": "Change a contact: only what the body names",
+                "parameters": [phone],
+                "requestBody": _json_body(CHANGE.schema()),
+                "responses": _responses("200", _CONTACT, "400", "401", "404", "408", "413"),
+            },
+            "delete": {
+                "summary": "Erase everything stored about a phone; an earlier STOP still holds",
+                "parameters": [phone],
+                "responses": _responses("200", _ERASED, "400", "401"),
+            },
+        },
+        "/api/contacts/{phone}/data": {
+            "get": {
+                "summary": "Everything stored about a phone, as JSON (a data-subject export)",
+                "parameters": [phone],
+                "responses": _responses("200", {"type": "object"}, "400", "401"),
+            }
+        },
+    }
+
+
 def build_openapi(flows: Mapping[str, type[Flow]]) -> dict[str, Any]:
     """The document for a server running `flows` (none with --echo)."""
     paths: dict[str, Any] = {}
@@ -182,6 +294,7 @@ def build_openapi(flows: Mapping[str, type[Flow]]) -> dict[str, Any]:
             "responses": _responses("200", {"type": "object"}, "400", "401"),
         }
     }
+    paths.update(_contacts_paths())
     return {
         "openapi": "3.1.0",
         "info": {
