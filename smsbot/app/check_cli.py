@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from smsbot.config import Settings
+from smsbot.engine.campaign import campaign_problems, campaigns_in
 from smsbot.engine.checks import CheckOptions, Finding, Report, check_project
 from smsbot.engine.graph import flow_graph, to_dot, to_mermaid
 from smsbot.engine.loader import FlowLoadError, load_flows
@@ -50,8 +51,17 @@ def _check(args: argparse.Namespace) -> int:
         smart_characters=settings.smart_characters,
         conversation_expiry=settings.conversation_expiry,
     )
+    campaigns: list[str] = []
     try:
         report = check_project(flows_dir, templates_dir, settings, options)
+        found = campaigns_in(flows_dir)  # the modules check_project imported
+        campaigns = sorted(c.name for c, _ in found)
+        for problem in campaign_problems(
+            found, report.flows, SmsTemplates(templates_dir), settings.sender
+        ):
+            report.findings.append(
+                Finding("error", "campaign", problem.file, problem.line, problem.message)
+            )
     except FlowLoadError as exc:  # no flows directory: nothing else can be checked
         report = Report([Finding("error", "load", str(flows_dir), None, str(exc))], [], [])
     if args.format == "json":
@@ -60,6 +70,8 @@ def _check(args: argparse.Namespace) -> int:
         names = ", ".join(report.flows) or "none"
         print(report.text(), end="")
         print(f"flows: {names}")
+        if campaigns:
+            print(f"campaigns: {', '.join(campaigns)}")
     return 1 if report.errors else 0
 
 
