@@ -15,8 +15,10 @@ from smsbot import Campaign
 from smsbot.app.cli import main
 from smsbot.app.contacts_erase import erase
 from smsbot.app.contacts_io import import_csv
+from smsbot.config import Secret, Settings
 from smsbot.engine.loader import FlowLoadError
 from smsbot.engine.runtime import FlowRuntime
+from smsbot.pipeline.campaigns import Plan, campaign_sender, no_sender
 from smsbot.store.models import TimerState, timers_t
 from smsbot.testing import BotDriver, driver_settings
 
@@ -376,7 +378,9 @@ def test_smsbot_campaigns_lists_them_and_their_fires(
     assert main(["campaigns"]) == 0
     out = capsys.readouterr().out
     assert "reminder: group patients, 24h before appointment_at, send reminder.txt" in out
-    assert "morning: group early, 24h before appointment_at, at 09:00 local, send morning.txt" in out
+    assert (
+        "morning: group early, 24h before appointment_at, at 09:00 local, send morning.txt" in out
+    )
     assert "  fires: 0 scheduled, 0 fired, 0 skipped, 0 cancelled, 0 missed" in out
     assert main(["campaigns", "--json", "--no-database"]) == 0
     listed = json.loads(capsys.readouterr().out)
@@ -389,3 +393,16 @@ def test_smsbot_campaigns_lists_them_and_their_fires(
     err = capsys.readouterr().err
     assert "campaign 'reminder' sends template 'nope.txt', which does not exist" in err
     assert "Traceback" not in err
+
+
+def test_a_campaign_sends_from_its_number_the_default_sender_or_the_only_number() -> None:
+    camp = Campaign(name="c", group="g", field="f", send="t.txt")
+    real = Settings(provider="divergent", divergent_api_key=Secret("k"))
+    assert campaign_sender(real, camp) is None
+    assert "campaign 'c' has no number to send from" in no_sender(camp)
+    assert campaign_sender(real.replace(default_sender="+447700900100"), camp) == "+447700900100"
+    one = real.replace(numbers={"+447700900200": {}})
+    assert campaign_sender(one, camp) == "+447700900200"
+    own = Campaign(name="c", group="g", field="f", send="t.txt", number="+447700900300")
+    assert campaign_sender(one, own) == "+447700900300"
+    assert Plan.of(real, {"c": camp}).sender(camp) is None  # nothing is scheduled for it

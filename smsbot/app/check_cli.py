@@ -12,6 +12,7 @@ from smsbot.engine.checks import CheckOptions, Finding, Report, check_project
 from smsbot.engine.graph import flow_graph, to_dot, to_mermaid
 from smsbot.engine.loader import FlowLoadError, load_flows
 from smsbot.hints import did_you_mean
+from smsbot.pipeline.campaigns import campaign_sender, no_sender
 from smsbot.sms.templates import SmsTemplates
 
 __all__ = ["GraphError", "add_commands"]
@@ -56,12 +57,13 @@ def _check(args: argparse.Namespace) -> int:
         report = check_project(flows_dir, templates_dir, settings, options)
         found = campaigns_in(flows_dir)  # the modules check_project imported
         campaigns = sorted(c.name for c, _ in found)
-        for problem in campaign_problems(
-            found, report.flows, SmsTemplates(templates_dir), settings.sender
-        ):
+        for problem in campaign_problems(found, report.flows, SmsTemplates(templates_dir)):
             report.findings.append(
                 Finding("error", "campaign", problem.file, problem.line, problem.message)
             )
+        for camp, file in found:
+            if campaign_sender(settings, camp) is None:
+                report.findings.append(Finding("warning", "campaign", file, None, no_sender(camp)))
     except FlowLoadError as exc:  # no flows directory: nothing else can be checked
         report = Report([Finding("error", "load", str(flows_dir), None, str(exc))], [], [])
     if args.format == "json":

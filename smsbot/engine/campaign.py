@@ -57,7 +57,7 @@ class Campaign:
     # What the template (or the started flow's start data) gets, by key: a contact field, or
     # name / language / phone. None: every field of the contact, and its name.
     data: Mapping[str, str] | None = None
-    number: str | None = None  # the sender; None: SMSBOT_DEFAULT_SENDER
+    number: str | None = None  # the sender; None: SMSBOT_DEFAULT_SENDER, or the only [numbers]
 
     def __post_init__(self) -> None:
         where = f"campaign {self.name!r}"
@@ -165,10 +165,7 @@ def campaigns_in(directory: Path) -> list[tuple[Campaign, str]]:
 
 
 def campaign_problems(
-    found: Sequence[tuple[Campaign, str]],
-    flows: Collection[str],
-    templates: SmsTemplates,
-    sender: str | None,
+    found: Sequence[tuple[Campaign, str]], flows: Collection[str], templates: SmsTemplates
 ) -> list[Problem]:
     """What is wrong with these campaigns: unknown templates or flows, names used twice."""
     problems: list[Problem] = []
@@ -206,23 +203,14 @@ def campaign_problems(
                     f" exist: {hint + ' ' if hint else ''}flows are {', '.join(sorted(flows))}",
                 )
             )
-        if camp.number is None and sender is None:
-            problems.append(
-                Problem(
-                    file,
-                    None,
-                    f"{where} has no number to send from: give it"
-                    ' number="+44..." or set SMSBOT_DEFAULT_SENDER',
-                )
-            )
     return problems
 
 
 def load_campaigns(
-    directory: Path, flows: Collection[str], templates: SmsTemplates, sender: str | None
+    directory: Path, flows: Collection[str], templates: SmsTemplates
 ) -> dict[str, Campaign]:
     """The campaigns of the flow modules in `directory` (after load_flows), checked, by name."""
     found = campaigns_in(directory)
-    if problems := campaign_problems(found, flows, templates, sender):
+    if problems := campaign_problems(found, flows, templates):
         raise FlowLoadError(problems)
     return {camp.name: camp for camp, _ in found}

@@ -103,7 +103,7 @@ class FlowRuntime:
                     " create it or set SMSBOT_TEMPLATES_DIR"
                 ) from None
             raise
-        campaigns = load_campaigns(settings.flows_dir, flows, templates, settings.sender)
+        campaigns = load_campaigns(settings.flows_dir, flows, templates)
         return cls(settings, templates, flows, campaigns)
 
     async def handle(

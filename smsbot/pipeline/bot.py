@@ -78,9 +78,7 @@ class Bot:
             self.clock,
             metrics=self.metrics,
             on_fired=self.dispatcher.notify,
-            campaigns=CampaignSync(
-                Plan(getattr(handler, "campaigns", {}), settings.default_timezone, settings.sender)
-            ),
+            campaigns=CampaignSync(Plan.of(settings, getattr(handler, "campaigns", {}))),
         )
         self._tasks: list[asyncio.Task[None]] = []
         # read once: the webhook path should not rebuild this list per request

@@ -31,6 +31,7 @@ from typing import Any
 
 from sqlalchemy import Connection, bindparam, delete, func, insert, select, tuple_, update
 
+from smsbot.config import Settings
 from smsbot.engine.campaign import Campaign, campaign_of, timer_name
 from smsbot.engine.contact import decode
 from smsbot.engine.quiet_hours import recipient_zone
@@ -74,17 +75,41 @@ class PageResult:
     last: tuple[dt.datetime, int] | None = None  # the last contact read; None: nothing read
 
 
+def campaign_sender(settings: Settings, campaign: Campaign) -> str | None:
+    """The number a campaign sends from: its own, SMSBOT_DEFAULT_SENDER, or the only [numbers]."""
+    if campaign.number or settings.sender:
+        return campaign.number or settings.sender
+    return next(iter(settings.numbers)) if len(settings.numbers) == 1 else None
+
+
+def no_sender(campaign: Campaign) -> str:
+    """What to say about a campaign without a number to send from."""
+    return (
+        f"campaign {campaign.name!r} has no number to send from, so nothing is scheduled for"
+        ' it: give it number="+44..." or set SMSBOT_DEFAULT_SENDER'
+    )
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class Plan:
     """The campaigns to keep, and what a fire needs that is not on the contact."""
 
     campaigns: Mapping[str, Campaign]
     default_timezone: str
-    default_sender: str | None
+    senders: Mapping[str, str | None]  # campaign name -> its number (None: it cannot send)
+
+    @classmethod
+    def of(cls, settings: Settings, campaigns: Mapping[str, Campaign]) -> Plan:
+        """The plan for these campaigns under these settings; warns of any that cannot send."""
+        senders = {name: campaign_sender(settings, c) for name, c in campaigns.items()}
+        for name, sender in senders.items():
+            if sender is None:
+                log.warning("%s", no_sender(campaigns[name]))
+        return cls(campaigns, settings.default_timezone, senders)
 
     def sender(self, campaign: Campaign) -> str | None:
         """The number a campaign sends from."""
-        return campaign.number or self.default_sender
+        return self.senders.get(campaign.name)
 
 
 def sync_page(
@@ -206,7 +231,8 @@ def _wanted(
     fields = row.fields or {}
     for camp in plan.campaigns.values():
         stored = fields.get(camp.field)
-        if camp.group not in groups or not isinstance(stored, str):
+        sender = plan.sender(camp)
+        if camp.group not in groups or not isinstance(stored, str) or sender is None:
             continue
         value = decode("datetime", stored)
         if not isinstance(value, dt.datetime):
@@ -217,7 +243,7 @@ def _wanted(
             "campaign": camp.name,
             "value": stored,
             "timezone": zone.key,
-            "number": plan.sender(camp),
+            "number": sender,
         }
         want[timer_name(camp.name, stored)] = (camp.due_at(value, zone), payload)
     return want
