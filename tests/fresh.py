@@ -33,7 +33,7 @@ def copy_example_flows(directory: Path) -> Path:
 
 
 def fresh_project(directory: Path) -> Path:
-    """A directory like a fresh clone as far as smsbot can tell: flows/, templates/, docs/examples/."""
+    """A directory like a fresh clone as far as smsbot can tell: flows/, templates/, examples."""
     copy_example_flows(directory / "flows")
     shutil.copytree(REPO / "templates", directory / "templates", dirs_exist_ok=True)
     # the example data the docs' commands use (docs/campaigns.md)
