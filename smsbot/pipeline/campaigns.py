@@ -20,6 +20,7 @@ scheduler instead of fired.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import datetime as dt
 import functools
@@ -29,7 +30,7 @@ import zoneinfo
 from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, delete, func, insert, select, tuple_, update
+from sqlalchemy import Connection, bindparam, delete, func, select, tuple_, update
 
 from smsbot.config import Settings
 from smsbot.engine.campaign import Campaign, campaign_of, timer_name
@@ -38,6 +39,7 @@ from smsbot.engine.quiet_hours import recipient_zone
 from smsbot.sms.phone import PhoneNumberError
 from smsbot.store.engine import Database
 from smsbot.store.models import TimerState, contact_groups_t, contacts_t, timers_t
+from smsbot.store.upsert import insert_on_conflict
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +60,9 @@ _RESCHEDULE = (
         fired_at=None,
     )
 )
+
+
+_NEW_FIRE = insert_on_conflict(timers_t, ["contact_id", "name"])
 
 
 def _token() -> str:
@@ -112,16 +117,27 @@ class Plan:
         return self.senders.get(campaign.name)
 
 
+def _changed(after: tuple[dt.datetime, int] | None) -> Any:
+    c = contacts_t
+    query = select(c.c.id).where(c.c.updated_at.is_not(None))
+    if after is not None:
+        query = query.where(tuple_(c.c.updated_at, c.c.id) > after)
+    return query
+
+
+def changed_since(conn: Connection, after: tuple[dt.datetime, int] | None) -> bool:
+    """Whether any contact changed after the cursor `after` (None: whether there are any)."""
+    return conn.execute(_changed(after).limit(1)).first() is not None
+
+
 def sync_page(
     conn: Connection, plan: Plan, now: dt.datetime, after: tuple[dt.datetime, int] | None
 ) -> PageResult:
     """(Re)schedule and cancel the fires of the next PAGE contacts changed after `after`."""
     c = contacts_t
-    query = select(c.c.id, c.c.phone, c.c.timezone, c.c.fields, c.c.updated_at).where(
-        c.c.updated_at.is_not(None)
+    query = _changed(after).with_only_columns(
+        c.c.id, c.c.phone, c.c.timezone, c.c.fields, c.c.updated_at
     )
-    if after is not None:
-        query = query.where(tuple_(c.c.updated_at, c.c.id) > after)
     rows = conn.execute(query.order_by(c.c.updated_at, c.c.id).limit(PAGE)).all()
     result = PageResult(contacts=len(rows))
     if not rows:
@@ -203,8 +219,8 @@ def apply(
             elif timer.state == TimerState.SCHEDULED.value:
                 skips.append(timer.id)  # moved into the past: skipped, not blasted
                 result.skipped += 1
-    if inserts:
-        conn.execute(insert(t), inserts)
+    if inserts:  # another process's sync may have just added the same fire: one is kept
+        conn.execute(_NEW_FIRE, inserts)
     if moves:
         conn.execute(_RESCHEDULE, moves)
     if skips:
@@ -287,6 +303,7 @@ class CampaignSync:
         self.plan = plan
         self.cursor: tuple[dt.datetime, int] | None = None
         self.full_at: dt.datetime | None = None  # when the last full pass started
+        self._lock = asyncio.Lock()  # one run at a time (the leader's loop, next_due)
 
     @property
     def active(self) -> bool:
@@ -313,9 +330,16 @@ class CampaignSync:
         total = PageResult()
         if not self.active:
             return total
+        async with self._lock:
+            return await self._run(db, now, total)
+
+    async def _run(self, db: Database, now: dt.datetime, total: PageResult) -> PageResult:
         full = self.due_full(now)
         after = None if full else self.cursor
         last: tuple[dt.datetime, int] | None = None
+        if not await db.read(functools.partial(changed_since, after=after)):
+            self.full_at = now if full else self.full_at
+            return total  # no write transaction when nothing changed
         while True:
             page = await db.write(
                 functools.partial(sync_page, plan=self.plan, now=now, after=after)
