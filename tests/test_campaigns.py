@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import json
 import zoneinfo
@@ -15,12 +16,15 @@ from smsbot import Campaign
 from smsbot.app.cli import main
 from smsbot.app.contacts_erase import erase
 from smsbot.app.contacts_io import import_csv
+from smsbot.channels.sandbox import Sandbox
+from smsbot.clock import SystemClock
 from smsbot.config import Secret, Settings
 from smsbot.engine.loader import FlowLoadError
 from smsbot.engine.runtime import FlowRuntime
 from smsbot.pipeline.campaigns import Plan, campaign_sender, no_sender
 from smsbot.store.models import TimerState, timers_t
 from smsbot.testing import BotDriver, driver_settings
+from tests.support import make_bot
 
 NOW = dt.datetime(2026, 3, 20, 12, 0, tzinfo=dt.UTC)
 ANN, BOB, CY, DI = "+447700900123", "+447700900124", "+447700900125", "+447700900126"
@@ -406,3 +410,38 @@ def test_a_campaign_sends_from_its_number_the_default_sender_or_the_only_number(
     own = Campaign(name="c", group="g", field="f", send="t.txt", number="+447700900300")
     assert campaign_sender(one, own) == "+447700900300"
     assert Plan.of(real, {"c": camp}).sender(camp) is None  # nothing is scheduled for it
+
+
+async def test_the_timer_leader_schedules_an_import_from_another_process_and_fires_it(
+    db_url: str, sandbox: Sandbox, project: Path, tmp_path: Path
+) -> None:
+    # Real time, as `smsbot serve` runs: the import is another writer; the leader's sync finds
+    # it by contacts.updated_at, and APScheduler fires the reminder a second later.
+    clock = SystemClock()
+    runtime = FlowRuntime.from_settings(driver_settings(project, db_url))
+    bot = await make_bot(db_url, sandbox, runtime, clock, SMSBOT_DEFAULT_SENDER="+447700900100")
+    bot.scheduler.sync_interval = 0.1
+    await bot.start()
+    engine = create_engine(bot.settings.sync_database_url, poolclass=pool.NullPool)
+    try:
+        async with asyncio.timeout(15):  # elected (PostgreSQL: after the lock settles)
+            while bot.scheduler.last_sync is None:
+                await asyncio.sleep(0.05)
+        appointment = clock.now() + dt.timedelta(hours=24, seconds=1.5)
+        path = tmp_path / "live.csv"
+        path.write_text(
+            f"phone,name,appointment_at,clinic\n{ANN},Ann,{appointment.isoformat()},R\n"
+        )
+        await asyncio.to_thread(
+            import_csv, engine, path, region="GB", config_fields={}, now=clock.now(),
+            group="patients",
+        )  # fmt: skip
+        async with asyncio.timeout(15):
+            while not sandbox.messages:
+                await asyncio.sleep(0.05)
+        await asyncio.sleep(0.3)  # a second send, if there were one, would land now
+        assert [m.content.split(",")[0] for m in sandbox.messages] == ["Hi Ann"]
+        assert list(_fires(engine).values()) == ["fired"]
+    finally:
+        engine.dispose()
+        await bot.stop()
