@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Engine, create_engine, pool, select
+from sqlalchemy import Engine, create_engine, delete, pool, select
 
 from smsbot import Campaign
 from smsbot.app.cli import main
@@ -22,7 +22,7 @@ from smsbot.config import Secret, Settings
 from smsbot.engine.loader import FlowLoadError
 from smsbot.engine.runtime import FlowRuntime
 from smsbot.pipeline.campaigns import Plan, campaign_sender, no_sender
-from smsbot.store.models import TimerState, timers_t
+from smsbot.store.models import TimerState, contact_groups_t, contacts_t, timers_t
 from smsbot.testing import BotDriver, driver_settings
 from tests.support import make_bot
 
@@ -445,3 +445,16 @@ async def test_the_timer_leader_schedules_an_import_from_another_process_and_fir
     finally:
         engine.dispose()
         await bot.stop()
+
+
+async def test_a_fire_whose_contact_was_deleted_is_cancelled_when_due(
+    kit: BotDriver, engine: Engine, tmp_path: Path
+) -> None:
+    _import(kit, engine, tmp_path / "c.csv", f"{ANN},Ann,2026-03-23T09:30:00+00:00,R\n", "patients")
+    await kit.advance(minutes=1)
+    with engine.begin() as conn:  # deleted by a writer that did not delete its fires
+        conn.execute(delete(contact_groups_t))
+        conn.execute(delete(contacts_t))
+    await kit.advance(days=5)
+    kit.expect_no_reply()
+    assert list(_fires(engine).values()) == ["cancelled"]

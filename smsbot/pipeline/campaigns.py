@@ -280,6 +280,19 @@ def cancel_contact_fires(conn: Connection, contact_ids: Collection[int]) -> int:
     return int(gone.rowcount)
 
 
+def cancel_fires(conn: Connection, ids: Collection[int]) -> int:
+    """Cancel these scheduled fires (their contact was deleted); return how many."""
+    t = timers_t
+    done = conn.execute(
+        update(t)
+        .where(t.c.id.in_(ids), t.c.state == TimerState.SCHEDULED.value)
+        .values(state=TimerState.CANCELLED.value)
+    )
+    if done.rowcount:
+        log.info("cancelled %d campaign fire(s) whose contact was deleted", done.rowcount)
+    return int(done.rowcount)
+
+
 def fire_counts(conn: Connection) -> dict[str, dict[str, int]]:
     """Each campaign's fires by state (for `smsbot campaigns`)."""
     t = timers_t

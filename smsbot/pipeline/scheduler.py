@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import functools
 import logging
 import time
 from collections.abc import Callable
@@ -39,7 +40,7 @@ from sqlalchemy import (
 
 from smsbot.clock import Clock
 from smsbot.config import Settings
-from smsbot.pipeline.campaigns import CampaignSync
+from smsbot.pipeline.campaigns import CampaignSync, cancel_fires
 from smsbot.pipeline.due_timers import BATCH, fired_already, firing, unfired_page
 from smsbot.pipeline.inbox import AcceptOutcome, Inbox
 from smsbot.pipeline.leader import LeaderElection
@@ -173,8 +174,8 @@ class TimerScheduler:
             late = [r.id for r in page.unfired if r.due_at <= cutoff]
             keyed = [(r, page.key(r)) for r in page.unfired if r.due_at > cutoff]
             entries = [firing(r, key) for r, key in keyed if key is not None]
-            if orphans := page.orphans():
-                await self._cancel(orphans)
+            if orphans := page.orphans():  # campaign fires whose contact was deleted
+                await self.db.write(functools.partial(cancel_fires, ids=orphans))
             if entries:
                 outcomes = await self.inbox.accept_many(entries)
                 fired += outcomes.count(AcceptOutcome.NEW)
@@ -213,16 +214,6 @@ class TimerScheduler:
             )
         if missed:
             self.metrics.inc("smsbot_timers_missed_total", len(missed))
-
-    async def _cancel(self, ids: list[int]) -> None:
-        stmt = (
-            update(timers_t)
-            .where(timers_t.c.id.in_(ids), timers_t.c.state == TimerState.SCHEDULED.value)
-            .values(state=TimerState.CANCELLED.value)
-        )
-        async with self.db.session() as s, s.begin():
-            await s.execute(stmt)
-        log.info("cancelled %d campaign fire(s) whose contact was deleted", len(ids))
 
     def _want(self, timer_id: int) -> None:
         self._requested.add(timer_id)
