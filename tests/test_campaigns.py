@@ -22,6 +22,7 @@ from smsbot.config import Secret, Settings
 from smsbot.engine.loader import FlowLoadError
 from smsbot.engine.runtime import FlowRuntime
 from smsbot.pipeline.campaigns import Plan, campaign_sender, no_sender
+from smsbot.sms.templates import SmsTemplates
 from smsbot.store.models import TimerState, contact_groups_t, contacts_t, timers_t
 from smsbot.testing import BotDriver, driver_settings
 from tests.support import make_bot
@@ -458,3 +459,10 @@ async def test_a_fire_whose_contact_was_deleted_is_cancelled_when_due(
     await kit.advance(days=5)
     kit.expect_no_reply()
     assert list(_fires(engine).values()) == ["cancelled"]
+
+
+def test_campaigns_given_to_a_runtime_are_checked_too(project: Path, db_url: str) -> None:
+    settings = driver_settings(project, db_url)
+    camp = Campaign(name="late", group="g", field="at", start="nowhere")
+    with pytest.raises(FlowLoadError, match=r"campaign 'late' starts flow 'nowhere'"):
+        FlowRuntime(settings, SmsTemplates(settings.templates_dir), [], {"late": camp})

@@ -20,7 +20,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from smsbot.config import Settings
-from smsbot.engine.campaign import Campaign, load_campaigns
+from smsbot.engine.campaign import Campaign, campaign_problems, load_campaigns
 from smsbot.engine.compliance import ComplianceAction
 from smsbot.engine.contact import decode
 from smsbot.engine.contract import (
@@ -70,6 +70,9 @@ class FlowRuntime:
         self.templates = templates
         classes = list(flows.values()) if isinstance(flows, Mapping) else list(flows)
         check_flows(classes, templates)  # raises FlowLoadError naming the problems
+        given = [(c, "campaigns") for c in self.campaigns.values()]
+        if problems := campaign_problems(given, [c.name for c in classes], templates):
+            raise FlowLoadError(problems)
         self.flows: dict[str, type[Flow]] = {cls.name: cls for cls in classes}
         # Flows keep no per-conversation state, so one instance of each serves every step.
         self.instances: dict[str, Flow] = {name: cls() for name, cls in self.flows.items()}
