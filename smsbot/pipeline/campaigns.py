@@ -25,6 +25,7 @@ import dataclasses
 import datetime as dt
 import functools
 import logging
+import time
 import uuid
 import zoneinfo
 from collections.abc import Collection, Mapping, Sequence
@@ -45,7 +46,9 @@ log = logging.getLogger(__name__)
 
 PAGE = 2000  # contacts per transaction
 SETTLE = dt.timedelta(seconds=5)  # the cursor stays this far behind the clock
-FULL_INTERVAL = dt.timedelta(hours=1)  # how often the leader re-reads every contact
+# How often the leader re-reads every contact, in real (monotonic) seconds: a virtual clock that
+# jumps a week must not turn every sync into a full pass.
+FULL_INTERVAL = 3600.0
 KIND = "campaign"  # the timers.kind of a campaign fire
 
 _RESCHEDULE = (
@@ -315,7 +318,7 @@ class CampaignSync:
     def __init__(self, plan: Plan) -> None:
         self.plan = plan
         self.cursor: tuple[dt.datetime, int] | None = None
-        self.full_at: dt.datetime | None = None  # when the last full pass started
+        self.full_at: float | None = None  # time.monotonic() of the last full pass
         self._lock = asyncio.Lock()  # one run at a time (the leader's loop, next_due)
 
     @property
@@ -327,9 +330,9 @@ class CampaignSync:
         """Read every contact on the next run (a new leader, or campaigns changed)."""
         self.cursor, self.full_at = None, None
 
-    def due_full(self, now: dt.datetime) -> bool:
+    def due_full(self) -> bool:
         """Whether the next run should re-read every contact."""
-        return self.full_at is None or now - self.full_at >= FULL_INTERVAL
+        return self.full_at is None or time.monotonic() - self.full_at >= FULL_INTERVAL
 
     def settle(self, now: dt.datetime, last: tuple[dt.datetime, int] | None) -> None:
         """Move the cursor after a run that read up to `last`, keeping SETTLE behind `now`."""
@@ -347,11 +350,11 @@ class CampaignSync:
             return await self._run(db, now, total)
 
     async def _run(self, db: Database, now: dt.datetime, total: PageResult) -> PageResult:
-        full = self.due_full(now)
+        full, started = self.due_full(), time.monotonic()
         after = None if full else self.cursor
         last: tuple[dt.datetime, int] | None = None
         if not await db.read(functools.partial(changed_since, after=after)):
-            self.full_at = now if full else self.full_at
+            self.full_at = started if full else self.full_at
             return total  # no write transaction when nothing changed
         while True:
             page = await db.write(
@@ -367,7 +370,7 @@ class CampaignSync:
             if page.contacts < PAGE:
                 break
         if full:
-            self.full_at = now
+            self.full_at = started
         self.settle(now, last)
         if total.scheduled or total.skipped or total.cancelled:
             log.info(
