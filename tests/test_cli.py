@@ -249,6 +249,17 @@ def test_chat_shows_the_state_a_conversation_ended_in() -> None:
     assert '"cancel_reason": "Hours are too short on Saturdays"' in out.stdout
 
 
+def test_chat_refuses_an_unknown_flow_before_greeting() -> None:
+    out = smsbot("chat", "--flow", "apointment", stdin="/quit\n")
+    assert out.returncode == 2
+    assert "You are" not in out.stdout  # no chat was opened for a typo
+    assert "Traceback" not in out.stderr, out.stderr
+    assert out.stderr.strip().splitlines()[-1] == (  # after the sandbox secret's warning
+        "smsbot: --flow: no flow named 'apointment' (did you mean 'appointment'?);"
+        " known flows: appointment, keywords"
+    )
+
+
 # --- a first run: fresh databases, unreachable ones, busy ports, the development key ----------
 
 
@@ -430,6 +441,16 @@ def test_the_sandbox_sends_from_its_number_by_default() -> None:
     assert Settings.from_env({"SMSBOT_DEFAULT_SENDER": "Clinic"}).sender == "Clinic"
     real = Settings.from_env({"SMSBOT_DIVERGENT_API_KEY": "k"})
     assert real.default_sender is None and real.sender is None  # never a made-up sender
+
+
+def test_sandbox_fail_takes_national_numbers_and_refuses_garbage(tmp_path: Path) -> None:
+    from smsbot.app.cli import _fail_number
+
+    # the sandbox compares E.164 recipients: a national number used to be a silent no-op
+    assert _fail_number("07700 900123", "GB") == "+447700900123"
+    out = smsbot("sandbox", "--fail", "garbage", cwd=tmp_path)
+    assert out.returncode == 2
+    assert one_line(out).startswith("smsbot: --fail: 'garbage' is not a phone number")
 
 
 def test_sandbox_listens_on_SMSBOT_SANDBOX_PORT(tmp_path: Path) -> None:

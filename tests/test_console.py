@@ -21,12 +21,12 @@ from urllib.parse import quote
 
 import pytest
 from aiohttp.test_utils import TestClient
-from sqlalchemy import select, update
+from sqlalchemy import create_engine, delete, pool, select, update
 
 from smsbot.app.assembly import build_provider
-from smsbot.app.console.reads import contacts_t
 from smsbot.app.console.render import HERE
 from smsbot.app.console.security import SESSION_LIFETIME, Sessions
+from smsbot.app.contacts_erase import erase, subject_data
 from smsbot.app.server.app import create_app
 from smsbot.app.server.keys import SANDBOX
 from smsbot.channels.sandbox import Sandbox
@@ -35,7 +35,16 @@ from smsbot.config import Secret, Settings
 from smsbot.engine.runtime import FlowRuntime
 from smsbot.pipeline.bot import Bot
 from smsbot.store.engine import Database
-from smsbot.store.models import EventState, conversations_t, events_t, opt_outs_t
+from smsbot.store.models import (
+    EventState,
+    contact_fields_t,
+    contact_groups_t,
+    contacts_t,
+    conversations_t,
+    events_t,
+    opt_outs_t,
+    state_changes_t,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 KEY = "console-key-1234567890"  # at least 16 characters, as SMSBOT_API_KEY must be
@@ -81,11 +90,35 @@ class Flaky(Flow):
 '''
 
 
+SURVEY = '''
+from smsbot import Conversation, Flow, Message, State
+
+
+class Survey(Flow):
+    """Texting SURVEY starts it: one question, then thanks (a conversation a keyword starts)."""
+
+    name = "survey"
+    triggers = ("SURVEY",)
+    asking = State(initial=True, free_text=True)
+    done = State(final=True)
+
+    async def start(self, convo: Conversation) -> State | None:
+        await convo.say("How did we do, 1 to 5?")
+        return None
+
+    @asking.otherwise
+    async def answer(self, convo: Conversation, msg: Message) -> State | None:
+        await convo.say("Thank you")
+        return self.done
+'''
+
+
 def project(tmp: Path) -> Path:
-    """The example flows and templates, plus the flaky flow."""
+    """The example flows and templates, plus the flaky flow and a keyword-started survey."""
     shutil.copytree(REPO / "flows", tmp / "flows", ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copytree(REPO / "templates", tmp / "templates")
     (tmp / "flows" / "flaky.py").write_text(FLAKY)
+    (tmp / "flows" / "survey.py").write_text(SURVEY)
     return tmp
 
 
@@ -428,6 +461,88 @@ async def test_a_timeline_shows_messages_statuses_timers_and_state(signed_in: Co
     assert (await c.client.get("/console/conversations/abc")).status == 404
 
 
+async def _history(c: Console, phone: str = PHONE) -> list[tuple[Any, ...]]:
+    h = state_changes_t
+    query = (
+        select(h.c.flow, h.c.from_state, h.c.to_state, h.c.reason, h.c.event_kind)
+        .where(h.c.conversation_id == await c.convo_id(phone))
+        .order_by(h.c.id)
+    )
+    async with c.bot.db.session() as s:
+        return [tuple(r) for r in await s.execute(query)]
+
+
+async def test_every_state_change_is_recorded_with_its_cause(signed_in: Console) -> None:
+    c = signed_in
+    await c.start("appointment", SAM)
+    c.clock.advance(dt.timedelta(hours=49))  # no answer: the nudge, and `waiting` again
+    await c.settle()
+    await c.send("YES")
+    await c.send("NO")
+    await c.send("Clashes with work")
+    await c.send("SURVEY")  # a keyword starts another flow
+    assert await _history(c) == [
+        ("appointment", None, "waiting", "started", "start"),
+        ("appointment", "waiting", "waiting", None, "timer"),
+        ("appointment", "waiting", "confirmed", None, "inbound"),
+        ("appointment", "confirmed", "asking_why", None, "inbound"),
+        ("appointment", "asking_why", "cancelled", None, "inbound"),
+        ("appointment", "cancelled", None, "completed", "inbound"),
+        ("survey", None, "asking", "started", "inbound"),
+    ]
+    await c.start("appointment", SAM)  # replaces the survey
+    await c.send("HOURS")  # an auto-reply begins and ends in one step: no state change
+    await c.send("STOP")
+    assert (await _history(c))[-3:] == [
+        ("survey", "asking", None, "interrupted", "start"),
+        ("appointment", None, "waiting", "started", "start"),
+        ("appointment", "waiting", None, "opted out", "inbound"),
+    ]
+    async with c.bot.db.session() as s:
+        at = (await s.execute(select(state_changes_t.c.at).order_by(state_changes_t.c.id))).all()
+    assert at[0][0] == T0 and at[1][0] == T0 + dt.timedelta(hours=49)  # the injected clock
+
+
+async def test_a_timeline_interleaves_state_changes_with_messages(signed_in: Console) -> None:
+    c = signed_in
+    await c.start("appointment", SAM)
+    await c.send("YES")
+    page = await c.text(f"/console/conversations/{await c.convo_id()}")
+    order = [
+        "appointment started in waiting, on a start request",
+        "Hi Sam, your appointment at Riverside Clinic",
+        '<div class="body">YES</div>',
+        "appointment: waiting → confirmed, on a message",
+        "Thanks Sam",
+    ]
+    where = [page.find(text) for text in order]
+    assert -1 not in where and where == sorted(where), where
+    assert "Conversation started" not in page  # the history says it
+    await c.send("NO")
+    await c.send("Busy")
+    live = await c.text(f"/console/conversations/{await c.convo_id()}/live")
+    assert "appointment: asking_why → cancelled, on a message" in live
+    assert "appointment ended in cancelled (completed), on a message" in live
+    assert live.find("Busy") < live.find("asking_why → cancelled")
+
+
+async def test_erasing_a_phone_removes_its_state_history(signed_in: Console) -> None:
+    c = signed_in
+    await c.start("appointment", SAM)
+    await c.send("YES", phone="+447700900999")  # another phone's history stays
+    await c.start("appointment", SAM, phone="+447700900999")
+    engine = create_engine(c.bot.settings.sync_database_url, poolclass=pool.NullPool)
+    try:
+        assert len(subject_data(engine, PHONE)["state_changes"]) == 1
+        erase(engine, PHONE)
+        with engine.connect() as conn:
+            left = conn.execute(select(state_changes_t.c.conversation_id)).scalars().all()
+        assert left == [await c.convo_id("+447700900999")]
+        assert subject_data(engine, PHONE)["state_changes"] == []
+    finally:
+        engine.dispose()
+
+
 async def test_a_timeline_shows_an_opt_out(signed_in: Console) -> None:
     await signed_in.send("STOP")
     page = await signed_in.text(f"/console/conversations/{await signed_in.convo_id()}")
@@ -621,12 +736,53 @@ async def test_an_ended_conversation_is_counted_by_how_it_ended(signed_in: Conso
     c = signed_in
     await c.start("appointment", SAM)
     await c.send("YES")
-    async with c.bot.db.session() as s, s.begin():  # as conversation expiry leaves it
+    async with c.bot.db.session() as s, s.begin():  # as expiry left it before migration 0007
         await s.execute(
             update(conversations_t).values(flow=None, state=None, ended_at=T0, end_reason="expired")
         )
+        await s.execute(delete(state_changes_t))
     results = await c.text("/console/results.csv?flow=appointment&from=2026-01-15&to=2026-01-15")
     assert "outcome,ended: expired,1\n" in results
+
+
+async def test_a_keyword_started_conversation_counts_for_its_flow_after_it_ended(
+    signed_in: Console,
+) -> None:
+    c = signed_in
+    await c.send("SURVEY")
+    await c.send("5")  # answered: the survey ends, its row no longer names the flow
+    await c.send("SURVEY", phone="+447700900002")  # still waiting for the answer
+    await c.send("SURVEY", phone="+447700900003")
+    c.clock.advance(dt.timedelta(minutes=5))
+    await c.start("appointment", SAM, phone="+447700900003")  # replaces that survey
+    await c.send("SURVEY", phone="+447700900004")
+    await c.send("STOP", phone="+447700900004")  # no answer, but an opt-out
+    auth = {"Authorization": f"Bearer {KEY}"}
+    resp = await c.client.get(
+        "/api/flows/survey/results?from=2026-01-15&to=2026-01-15", headers=auth
+    )
+    body = await resp.json()
+    assert resp.status == 200, body
+    assert body["started"] == 4
+    assert body["outcomes"] == {
+        "ended: done": 1,
+        "now in asking": 1,
+        "replaced by a later start": 1,
+        "ended: opted out": 1,
+    }
+    # each run's own messages: the question to all four, "Thank you" to the first, the STOP
+    # confirmation to the last; the replies: four SURVEYs, "5" and STOP
+    assert body["deliveries"] == {"delivered": 6}
+    assert body["replies_per_day"] == [{"date": "2026-01-15", "replies": 6}]
+    csv_text = await c.text("/console/results.csv?flow=survey&from=2026-01-15&to=2026-01-15")
+    assert "conversations,started,4\n" in csv_text and "outcome,ended: done,1\n" in csv_text
+    assert "delivery,delivered,6\n" in csv_text and "replies,2026-01-15,6\n" in csv_text
+    page = await c.text("/console/results?flow=survey&from=2026-01-15&to=2026-01-15")
+    assert 'id="started">4<' in page and "ended: done 1" in page
+    appointment = await c.client.get(
+        "/api/flows/appointment/results?from=2026-01-15&to=2026-01-15", headers=auth
+    )
+    assert (await appointment.json())["outcomes"] == {"now in waiting": 1}
 
 
 async def test_health_shows_queues_failures_and_parked_events(signed_in: Console) -> None:
@@ -659,6 +815,11 @@ async def test_people_lists_contacts_and_opt_outs(signed_in: Console) -> None:
             )
         )
         await s.execute(
+            contacts_t.insert().values(
+                phone="+447700900555", name="Kim Jones", created_at=T0, fields={"visits": 1}
+            )
+        )
+        await s.execute(
             opt_outs_t.insert().values(
                 virtual_number=VN, phone="+447700900999", keyword="STOP", created_at=T0
             )
@@ -673,14 +834,85 @@ async def test_people_lists_contacts_and_opt_outs(signed_in: Console) -> None:
     assert "Sam Smith" in timeline and "Europe/London" in timeline
 
 
+async def _contacts_with_fields_and_groups(c: Console) -> None:
+    """Sam: 3 visits, a VIP, appointment on 1 March, in patients and diabetes; Kim: 1 visit."""
+    fields = {"visits": "number", "vip": "boolean", "appointment_at": "datetime", "ward": "text"}
+    async with c.bot.db.session() as s, s.begin():
+        await s.execute(
+            contact_fields_t.insert(),
+            [{"name": k, "type": v, "created_at": T0} for k, v in fields.items()],
+        )
+        sam = {"visits": 3, "vip": True, "appointment_at": "2026-03-01T09:30:00+00:00"}
+        kim = {"visits": 1, "vip": False, "ward": "Riverside B"}
+        for phone, name, values in ((PHONE, "Sam Smith", sam), ("+447700900555", "Kim", kim)):
+            await s.execute(
+                contacts_t.insert().values(phone=phone, name=name, fields=values, created_at=T0)
+            )
+        ids = dict((await s.execute(select(contacts_t.c.phone, contacts_t.c.id))).tuples().all())
+        await s.execute(
+            contact_groups_t.insert(),
+            [
+                {"contact_id": ids[PHONE], "name": "patients", "created_at": T0},
+                {"contact_id": ids[PHONE], "name": "diabetes", "created_at": T0},
+                {"contact_id": ids["+447700900555"], "name": "patients", "created_at": T0},
+            ],
+        )
+
+
+async def test_people_shows_fields_and_groups_and_finds_by_them(signed_in: Console) -> None:
+    c = signed_in
+    await _contacts_with_fields_and_groups(c)
+    page = await c.text("/console/people")
+    for text in (
+        "<dt>visits</dt><dd>3 <span",
+        "<dt>vip</dt><dd>yes <span",
+        "<dt>appointment_at</dt><dd>2026-03-01 09:30:00 UTC",
+        '<span class="badge">diabetes</span>',
+        '<option value="diabetes">diabetes</option>',
+        '<option value="visits">visits (number)</option>',
+    ):
+        assert text in page, text
+
+    async def found(query: str) -> set[str]:
+        body = await c.text(f"/console/people?{query}")
+        table = (
+            body.split('id="contacts"')[1].split("</table>")[0] if 'id="contacts"' in body else ""
+        )
+        return set(re.findall(r">(\+4477009005?\d+)</a>", table))
+
+    sam, kim = {PHONE}, {"+447700900555"}
+    assert await found("group=diabetes") == sam
+    assert await found("group=patients") == sam | kim
+    assert await found("field=visits&value=3") == sam
+    assert await found("field=vip&value=no") == kim
+    assert await found("field=appointment_at&value=2026-03-01") == sam
+    assert await found("field=ward&value=riverside") == kim
+    assert await found("field=ward") == kim  # the field is set
+    assert await found("group=patients&field=visits&value=1&search=kim") == kim
+    assert await found("group=patients&search=nobody") == set()
+    for query, reason in (
+        (
+            "field=visits&value=many",
+            "Value: field &#39;visits&#39;: &#39;many&#39; is not a number",
+        ),
+        ("field=height&value=2", "Field: no custom field named &#39;height&#39;"),
+        ("value=3", "Value: pick the field"),
+    ):
+        assert reason in await c.text(f"/console/people?{query}", status=400), query
+    await c.send("hello")
+    timeline = await c.text(f"/console/conversations/{await c.convo_id()}")
+    assert "<dt>visits</dt><dd>3 <span" in timeline
+    assert 'id="contact-groups"><span class="badge">diabetes</span>' in timeline
+
+
 # --- flows -------------------------------------------------------------------------------------
 
 
 async def test_flows_show_each_flow_as_a_diagram(signed_in: Console) -> None:
     page = await signed_in.text("/console/flows")
-    for name in ("appointment", "keywords", "flaky"):
+    for name in ("appointment", "keywords", "flaky", "survey"):
         assert f'href="/console/flows/{name}"' in page
-    assert page.count("<svg") == 3
+    assert page.count("<svg") == 4
     # The text alternative names every transition of the graph `smsbot graph` prints.
     assert "waiting to confirmed on YES / Y / CONFIRM" in page
     assert "start to done on HOURS / ADDRESS" in page

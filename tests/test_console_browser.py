@@ -10,6 +10,7 @@ the README's come from), else to a temporary directory.
 from __future__ import annotations
 
 import base64
+import contextlib
 import dataclasses
 import datetime as dt
 import json
@@ -27,6 +28,7 @@ from urllib.parse import quote
 
 import pytest
 
+from tests.fresh import KEY_LINE, fresh_project
 from tests.test_console import KEY, project
 
 CHROMIUM = os.environ.get("SMSBOT_TEST_CHROMIUM", "/usr/bin/chromium")
@@ -60,7 +62,9 @@ from selenium.common.exceptions import (  # noqa: E402
     TimeoutException,
 )
 from selenium.webdriver.chrome.service import Service  # noqa: E402
+from selenium.webdriver.common.action_chains import ActionChains  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.common.keys import Keys  # noqa: E402
 from selenium.webdriver.remote.webdriver import WebDriver  # noqa: E402
 from selenium.webdriver.support.expected_conditions import staleness_of  # noqa: E402
 from selenium.webdriver.support.ui import Select, WebDriverWait  # noqa: E402
@@ -111,17 +115,27 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     root = project(tmp_path_factory.mktemp("console-server"))
+    with _serve(
+        root,
+        SMSBOT_API_KEY=KEY,
+        SMSBOT_DEFAULT_SENDER=VN,
+        SMSBOT_STEP_MAX_ATTEMPTS="1",
+        SMSBOT_FLOWS_DIR=str(root / "flows"),
+        SMSBOT_TEMPLATES_DIR=str(root / "templates"),
+    ) as running:
+        yield running
+
+
+@contextlib.contextmanager
+def _serve(root: Path, **settings: str) -> Iterator[Server]:
+    """`smsbot serve` in `root` with the sandbox provider, SQLite there and these settings."""
     port, sandbox_port = _free_port(), _free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("SMSBOT_")}
     env.update(
         SMSBOT_DATABASE_URL=f"sqlite:///{root / 'smsbot.db'}",
         SMSBOT_PORT=str(port),
         SMSBOT_SANDBOX_PORT=str(sandbox_port),
-        SMSBOT_API_KEY=KEY,
-        SMSBOT_DEFAULT_SENDER=VN,
-        SMSBOT_STEP_MAX_ATTEMPTS="1",
-        SMSBOT_FLOWS_DIR=str(root / "flows"),
-        SMSBOT_TEMPLATES_DIR=str(root / "templates"),
+        **settings,
     )
     log = root / "serve.log"
     with log.open("w") as out:
@@ -288,6 +302,19 @@ def test_sign_in_with_the_operator_key(server: Server, browser: WebDriver, shots
     assert browser.find_element(By.TAG_NAME, "h1").text == "Conversations"
 
 
+def test_a_new_user_signs_in_with_the_key_serve_prints(browser: WebDriver, tmp_path: Path) -> None:
+    """As `make run` does: no key set, so `smsbot serve` makes one and prints it."""
+    with _serve(fresh_project(tmp_path)) as running:
+        printed = KEY_LINE.search(running.log.read_text())
+        assert printed is not None, running.log.read_text()[-2000:]
+        browser.delete_all_cookies()
+        browser.get(f"{running.url}/console")
+        assert "/console/sign-in" in browser.current_url
+        sign_in(browser, printed[1])
+        until(browser, lambda b: b.current_url.endswith("/console/conversations"), "the list")
+        browser.delete_all_cookies()
+
+
 def test_text_hours_in_the_simulator_and_see_the_reply(page: WebDriver, server: Server) -> None:
     simulator(page, server, "+447700900201")
     send(page, "HOURS")
@@ -331,6 +358,14 @@ def test_an_appointment_reminder_fires_when_the_clock_moves_and_is_delivered(
         "Delivered",
     ]
     assert page.find_element(By.ID, "current-state").text == "confirmed"
+    # State changes sit in the timeline among the messages, in the order they happened.
+    lines = [li.text for li in page.find_elements(By.CSS_SELECTOR, "#timeline > li")]
+    started = _index(lines, "appointment started in waiting, on a start request")
+    asked = _index(lines, "Hi Sam, your appointment at Riverside Clinic")
+    moved = _index(lines, "appointment: waiting → confirmed, on a message")
+    replied = _index(lines, "Phone → bot")  # YES
+    assert started < asked < replied < moved < _index(lines, "Thanks Sam")
+    assert moved < _index(lines, "Timer reminder fired") < _index(lines, "Reminder: Sam")
     screenshot(page, shots, "conversation")
 
 
@@ -383,15 +418,86 @@ def test_screenshots_of_the_main_pages(page: WebDriver, server: Server, shots: P
     page.get(f"{server.url}/console/health")
     until(page, shows("Queues"), "the health page")
     screenshot(page, shots, "health")
+    _import_contacts(server)
     page.get(f"{server.url}/console/people")
     until(page, shows("+447700900214", "#opt-outs"), "the opt-out list")
+    contacts = page.find_element(By.ID, "contacts").text
+    assert "Sam Smith" in contacts and "visits" in contacts and "diabetes" in contacts
     screenshot(page, shots, "people")
     page.get(f"{server.url}/console/flows")
-    assert len(page.find_elements(By.CSS_SELECTOR, ".diagram svg")) == 3
+    assert len(page.find_elements(By.CSS_SELECTOR, ".diagram svg")) == 4
     screenshot(page, shots, "flows")
     page.find_element(By.LINK_TEXT, "appointment").click()
     until(page, shows("appointment/reminder.txt", "#samples"), "the rendered templates")
     screenshot(page, shots, "flow")
+
+
+def test_find_contacts_by_group_and_field_with_the_keyboard(
+    page: WebDriver, server: Server
+) -> None:
+    _import_contacts(server)
+    page.get(f"{server.url}/console/people")
+    active = ActionChains(page)
+    for _ in range(40):  # from the top of the page, Tab until the group filter has the focus
+        if page.switch_to.active_element.get_attribute("id") == "group":
+            break
+        active.send_keys(Keys.TAB).perform()
+    assert page.switch_to.active_element.get_attribute("id") == "group"
+    Select(page.find_element(By.ID, "group")).select_by_value("diabetes")
+    active.send_keys(Keys.TAB).perform()  # the field filter, then its value
+    Select(page.switch_to.active_element).select_by_value("visits")
+    active.send_keys(Keys.TAB, "3", Keys.ENTER).perform()
+    until(page, lambda b: "group=diabetes" in b.current_url, "the search")
+    rows = page.find_element(By.ID, "contacts").text
+    assert "Sam Smith" in rows and "Kim" not in rows
+    page.get(f"{server.url}/console/people?field=height&value=2")
+    until(page, shows("no custom field named 'height'", "[role=alert]"), "the field's error")
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/console/conversations",
+        "/console/simulator",
+        "/console/people",
+        "/console/results?flow=appointment",
+        "/console/events",
+    ],
+)
+def test_every_control_has_a_label(page: WebDriver, server: Server, path: str) -> None:
+    page.get(f"{server.url}{path}")
+    unlabelled = page.execute_script(
+        """
+        return [...document.querySelectorAll('input:not([type=hidden]), select, textarea, button')]
+          .filter(e => !(e.labels && e.labels.length) && !e.getAttribute('aria-label')
+                       && !(e.tagName === 'BUTTON' && e.textContent.trim()))
+          .map(e => e.outerHTML.slice(0, 120));
+        """
+    )
+    assert unlabelled == [], unlabelled
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/console/conversations",
+        "/console/conversations/1",
+        "/console/simulator",
+        "/console/flows/appointment",
+        "/console/results?flow=appointment",
+        "/console/people",
+        "/console/health",
+    ],
+)
+def test_every_page_fits_a_phone_screen(page: WebDriver, server: Server, path: str) -> None:
+    """Nothing but a wide table's own scroller is wider than a phone: no sideways page scroll."""
+    page.set_window_size(*PHONE_SCREEN)
+    try:
+        page.get(f"{server.url}{path}")
+        wide = page.execute_script("return document.documentElement.scrollWidth")
+        assert wide <= page.execute_script("return window.innerWidth"), (path, wide)
+    finally:
+        page.set_window_size(*DESKTOP)
 
 
 def test_sign_out_closes_every_page(page: WebDriver, server: Server) -> None:
@@ -419,6 +525,34 @@ def test_sign_out_closes_every_page(page: WebDriver, server: Server) -> None:
     page.add_cookie({"name": old["name"], "value": old["value"], "path": "/console"})
     page.get(f"{server.url}/console/health")
     assert "/console/sign-in" in page.current_url
+
+
+CONTACTS = """phone,name,groups,visits,ward
++447700900202,Sam Smith,patients;diabetes,3,Riverside B
++447700900210,Kim,patients,1,
+"""
+
+
+def _import_contacts(server: Server) -> None:
+    """`smsbot contacts import` into the server's database, as a user would."""
+    csv_file = server.root / "contacts.csv"
+    if csv_file.exists():
+        return
+    csv_file.write_text(CONTACTS)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SMSBOT_")}
+    env["SMSBOT_DATABASE_URL"] = f"sqlite:///{server.root / 'smsbot.db'}"
+    done = subprocess.run(
+        [sys.executable, "-m", "smsbot", "contacts", "import", str(csv_file)],
+        cwd=server.root, env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+
+
+def _index(lines: list[str], text: str) -> int:
+    """The position of the first timeline line containing `text`."""
+    found = [n for n, line in enumerate(lines) if text in line]
+    assert found, (text, lines)
+    return found[0]
 
 
 def _in_days(days: int) -> str:

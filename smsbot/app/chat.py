@@ -18,6 +18,8 @@ from pathlib import Path
 from smsbot.app.operations import resolve_recipient
 from smsbot.clock import SystemClock
 from smsbot.config import ConfigError, Settings, parse_duration
+from smsbot.engine.runtime import FlowRuntime
+from smsbot.hints import did_you_mean
 from smsbot.testing.driver import BotDriver, StepFailedError
 
 HELP = (
@@ -53,6 +55,17 @@ class _Prompt:
             print(f"     (the conversation ended in {convo.end_state}: {convo.end_reason})")
 
 
+def _check_flow(bot: BotDriver, flow: str | None) -> None:
+    """Refuse --flow naming no loaded flow, with the known names and the closest one."""
+    handler = bot.bot.handler
+    if flow is None or not isinstance(handler, FlowRuntime) or flow in handler.flows:
+        return
+    known = ", ".join(sorted(handler.flows)) or "none"
+    hint = did_you_mean(flow, handler.flows, "{!r}")
+    hint = f" ({hint})" if hint else ""
+    raise ConfigError(f"--flow: no flow named {flow!r}{hint}; known flows: {known}")
+
+
 async def run_chat(settings: Settings, *, flow: str | None, phone: str, data: str) -> None:
     """Run the interactive chat until /quit or end of input."""
     try:
@@ -67,6 +80,7 @@ async def run_chat(settings: Settings, *, flow: str | None, phone: str, data: st
         db = Path(tmp) / "chat.db"
         chat_settings = settings.replace(database_url=f"sqlite+aiosqlite:///{db}")
         async with BotDriver(chat_settings, now=now, phone=me) as bot:
+            _check_flow(bot, flow)  # before the greeting: a typo is one line, not a chat
             prompt = _Prompt(bot, me)
             print(f"You are {me}, texting {bot.virtual_number}. {HELP}")
             if flow:

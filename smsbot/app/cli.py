@@ -66,6 +66,7 @@ def _cmd_sandbox(args: argparse.Namespace) -> int:
     secrets = settings.webhook_secrets()
     webhook_url = args.webhook_url or f"http://127.0.0.1:{settings.port}/webhooks/divergent"
     port = settings.sandbox_port if args.port is None else args.port
+    failing = [_fail_number(raw, settings.default_region) for raw in args.fail or ()]
     try:
         run_sandbox(
             "127.0.0.1",
@@ -73,13 +74,23 @@ def _cmd_sandbox(args: argparse.Namespace) -> int:
             webhook_url,
             secrets[0] if secrets else None,
             args.api_key,
-            failing_numbers=args.fail or (),
+            failing_numbers=failing,
         )
     except OSError as exc:
         if exc.errno == errno.EADDRINUSE:
             raise port_in_use(port, "SMSBOT_SANDBOX_PORT (or pass --port)") from None
         raise
     return 0
+
+
+def _fail_number(raw: str, region: str) -> str:
+    """A --fail number in E.164, as the sandbox sees recipients; a typo is an error, not a no-op."""
+    from smsbot.sms.phone import PhoneNumberError, normalize
+
+    try:
+        return normalize(raw, region)
+    except PhoneNumberError as exc:
+        raise UsageError(f"--fail: {exc}") from None
 
 
 def _cmd_send(args: argparse.Namespace) -> int:

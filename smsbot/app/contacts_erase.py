@@ -1,10 +1,10 @@
 """A data subject's rights: everything stored about one phone (`show`), and erasure (`erase`).
 
-Erasure removes the contact, its fields and groups, its campaign fires, its conversations and
-their timers, blanks
-the body and number of its messages and the payload of its inbox events (delivery metadata
-stays for the accounts), and turns its opt-outs into keyed hashes (`suppressions`) so an
-earlier STOP still holds: the dispatcher restores the opt-out when the number comes back.
+Erasure removes the contact, its fields and groups, its campaign fires, its conversations with
+their timers and state history, blanks the body and number of its messages and the payload of
+its inbox events (delivery metadata stays for the accounts), and turns its opt-outs into keyed
+hashes (`suppressions`) so an earlier STOP still holds: the dispatcher restores the opt-out when
+the number comes back.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from smsbot.store.models import (
     events_t,
     messages_t,
     opt_outs_t,
+    state_changes_t,
     suppressions_t,
     timers_t,
 )
@@ -61,6 +62,12 @@ def subject_data(engine: Engine, phone: str) -> dict[str, Any]:
                 or_(timers_t.c.conversation_id.in_(ids), timers_t.c.contact_id.in_(people))
             ),
         )
+        changes = _rows(
+            conn,
+            select(state_changes_t)
+            .where(state_changes_t.c.conversation_id.in_(ids))
+            .order_by(state_changes_t.c.id),
+        )
         messages = _rows(
             conn,
             select(messages_t).where(messages_t.c.phone == phone).order_by(messages_t.c.created_at),
@@ -77,6 +84,7 @@ def subject_data(engine: Engine, phone: str) -> dict[str, Any]:
         "contact": contact[0] if contact else None,
         "conversations": convos,
         "timers": timers,
+        "state_changes": changes,
         "messages": messages,
         "opt_outs": opt_outs,
         "suppressions": suppressed,
@@ -100,6 +108,9 @@ def erase(engine: Engine, phone: str) -> dict[str, int]:
             ).scalars()
         )
         conn.execute(delete(timers_t).where(timers_t.c.conversation_id.in_(convo_ids)))
+        conn.execute(
+            delete(state_changes_t).where(state_changes_t.c.conversation_id.in_(convo_ids))
+        )
         done["conversations"] = conn.execute(
             delete(conversations_t).where(conversations_t.c.id.in_(convo_ids))
         ).rowcount

@@ -18,7 +18,6 @@ import dataclasses
 import datetime as dt
 import json
 import logging
-import zoneinfo
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -28,6 +27,7 @@ from sqlalchemy import Connection, Engine, bindparam, select, text
 
 from smsbot.engine.contact import FieldTypeError, check_field_name, encode, parse_field
 from smsbot.sms.phone import PhoneNumberError, normalize
+from smsbot.sms.zones import iana_zone
 from smsbot.store.models import contact_fields_t, contact_groups_t, contacts_t
 from smsbot.store.types import UTCDateTime
 from smsbot.store.upsert import insert_on_conflict
@@ -114,12 +114,7 @@ def _parse(cells: list[str], names: list[str], types: Mapping[str, str], region:
         raise ValueError(str(exc)) from None
     zone = values.get("timezone", "").strip() or None
     if zone is not None:
-        try:
-            zoneinfo.ZoneInfo(zone)
-        except (ValueError, zoneinfo.ZoneInfoNotFoundError):
-            raise ValueError(
-                f"{zone[:40]!r} is not an IANA time zone such as Europe/London"
-            ) from None
+        iana_zone(zone)  # raises a ValueError saying what a zone looks like
     fields: dict[str, Any] = {}
     for name, cell in values.items():
         if name not in STANDARD:

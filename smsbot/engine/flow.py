@@ -20,6 +20,7 @@ from smsbot.engine.contract import ConversationKey, Origin, OutgoingSms, TimerRe
 from smsbot.engine.startdata import parse_start_data
 from smsbot.sms.keywords import match_keyword, normalize_keyword
 from smsbot.sms.templates import SmsTemplates
+from smsbot.sms.zones import UnknownTimeZoneError, iana_zone
 
 __all__ = ["Conversation", "Flow", "FlowError", "Message", "State"]
 
@@ -327,9 +328,9 @@ class Conversation:
     @timezone.setter
     def timezone(self, zone: str) -> None:
         try:
-            self._zone = zoneinfo.ZoneInfo(zone)
-        except (ValueError, zoneinfo.ZoneInfoNotFoundError):
-            raise FlowError(f"{zone!r} is not an IANA time zone such as Europe/London") from None
+            self._zone = iana_zone(zone)
+        except UnknownTimeZoneError as exc:
+            raise FlowError(str(exc)) from None
         self.data["timezone"] = zone
         self.timezone_changed = True
 

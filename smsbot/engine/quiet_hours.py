@@ -9,6 +9,7 @@ import re
 import zoneinfo
 
 from smsbot.sms.phone import country_zones, time_zones_of
+from smsbot.sms.zones import UnknownTimeZoneError, iana_zone
 
 __all__ = ["defer_until", "parse_window", "recipient_zone"]
 
@@ -63,8 +64,8 @@ def recipient_zone(phone: str, contact_timezone: str | None, default: str) -> zo
     """The recipient's zone: the contact's own, else their number's, else `default`."""
     if contact_timezone:
         try:
-            return zoneinfo.ZoneInfo(contact_timezone)
-        except (ValueError, zoneinfo.ZoneInfoNotFoundError):
+            return iana_zone(contact_timezone)
+        except UnknownTimeZoneError:
             # Still honour quiet hours with the next-best zone rather than fail the message.
             logger.warning(
                 "contact time zone %r is not an IANA time zone; using the phone number's zone",

@@ -32,11 +32,11 @@ import datetime as dt
 import math
 import re
 import typing
-import zoneinfo
 from collections.abc import Mapping
 from typing import Any
 
 from smsbot.hints import did_you_mean
+from smsbot.sms.zones import UnknownTimeZoneError, iana_zone
 
 __all__ = [
     "Future",
@@ -367,11 +367,9 @@ def parse_start_data(
 
 def _timezone(value: Any) -> str:
     try:
-        zoneinfo.ZoneInfo(value)
-    except (TypeError, ValueError, OSError, zoneinfo.ZoneInfoNotFoundError):  # OSError: too long
-        raise StartDataError(
-            TIMEZONE, f"{value!r} is not an IANA time zone such as Europe/London"
-        ) from None
+        iana_zone(value)
+    except UnknownTimeZoneError as exc:
+        raise StartDataError(TIMEZONE, str(exc)) from None
     return str(value)
 
 

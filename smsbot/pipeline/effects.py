@@ -20,6 +20,7 @@ from smsbot.engine.contract import (
     Origin,
     StepResult,
 )
+from smsbot.pipeline import history
 from smsbot.sms.status import DeliveryStatus
 from smsbot.sms.text import analyze
 from smsbot.store.models import (
@@ -139,6 +140,7 @@ def write_effects(conn: Connection, items: list[Stepped], now: dt.datetime) -> l
     if not items:
         return []
     conn.execute(_UPDATE_CONVERSATION, [conversation_values(i, now) for i in items])
+    history.record(conn, items, now)
     messages: list[dict[str, Any]] = []
     outcomes: list[StepOutcome] = []
     for item in items:

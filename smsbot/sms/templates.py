@@ -18,6 +18,7 @@ import jinja2.meta
 import jinja2.sandbox
 
 from smsbot.sms.text import MAX_PARTS, Encoding, analyze, to_gsm
+from smsbot.sms.zones import UnknownTimeZoneError, iana_zone
 
 __all__ = ["RenderedSms", "SmsTemplates", "TemplateError"]
 
@@ -299,8 +300,8 @@ class SmsTemplates:
         if isinstance(timezone, zoneinfo.ZoneInfo):
             return timezone
         try:
-            return zoneinfo.ZoneInfo(timezone)
-        except (ValueError, zoneinfo.ZoneInfoNotFoundError):
+            return iana_zone(timezone)
+        except UnknownTimeZoneError:
             raise TemplateError(
                 f"{_label(name)} was rendered for time zone {_shown(timezone)}, which is not an"
                 " IANA time zone: use a name such as Europe/London or America/New_York"

@@ -1,4 +1,5 @@
-"""The tables: contacts, conversations, messages (in and out), the inbox, opt-outs and timers."""
+"""The tables: contacts, conversations and their state changes, messages (in and out), the inbox,
+opt-outs and timers."""
 
 from __future__ import annotations
 
@@ -265,6 +266,26 @@ class TimerRow(SQLModel, table=True):
     fired_at: dt.datetime | None = _ts()
 
 
+class StateChangeRow(SQLModel, table=True):
+    """One change of a conversation's state: a flow started, moved or ended (its history)."""
+
+    __tablename__ = "state_changes"
+    __table_args__ = (
+        Index("ix_state_changes_conversation", "conversation_id", "id"),
+        Index("ix_state_changes_flow", "flow", "at"),  # flow results: a flow's runs in a period
+    )
+
+    id: int | None = Field(default=None, primary_key=True)  # order within one step
+    conversation_id: int = Field(foreign_key="conversations.id")
+    at: dt.datetime = _ts(nullable=False)  # the step's time (the injected clock)
+    flow: str = Field(max_length=100)
+    from_state: str | None = Field(default=None, max_length=100)  # None: the flow started
+    to_state: str | None = Field(default=None, max_length=100)  # None: the flow ended
+    reason: str | None = Field(default=None, max_length=100)  # why it ended (completed, …)
+    event_kind: str = Field(max_length=16)  # what caused it: inbound, timer, start, …
+    event_id: int | None = Field(default=None)  # the inbox event of the step
+
+
 def table(model: type[SQLModel]) -> Table:
     """Return a model's Core table, for the few set-based queries that claim work."""
     t = getattr(model, "__table__")  # noqa: B009  (SQLModel declares no type for it)
@@ -281,6 +302,7 @@ contact_fields_t = table(ContactFieldRow)
 contact_groups_t = table(ContactGroupRow)
 suppressions_t = table(SuppressionRow)
 timers_t = table(TimerRow)
+state_changes_t = table(StateChangeRow)
 
 
 def opt_out_applies(opted_out_of: str, sender: str) -> bool:

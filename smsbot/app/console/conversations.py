@@ -9,7 +9,7 @@ from urllib.parse import urlencode
 
 from aiohttp import web
 
-from smsbot.app.console import reads
+from smsbot.app.console import people, reads
 from smsbot.app.console.render import MOUNT, redirect, render
 from smsbot.app.operations import OperatorError, requeue_failed, resolve_recipient, resolve_sender
 from smsbot.app.server.keys import BOT
@@ -88,7 +88,7 @@ class Item:
     """One line of a timeline."""
 
     at: dt.datetime
-    kind: str  # in | out | event | timer | lifecycle
+    kind: str  # in | out | event | state | lifecycle
     title: str
     row: Any = None
     statuses: tuple[tuple[str, dt.datetime], ...] = ()
@@ -134,13 +134,45 @@ def timeline_items(t: reads.Timeline) -> list[Item]:
         elif e.kind == EventKind.TIMER.value:
             title = f"Timer {e.payload.get('name', '?')!s} fired"
         items.append(Item(e.received_at, "event", title, e))
+    items += [Item(h.at, "state", transition_title(h), h) for h in t.changes]
     c = t.convo
-    if c.started_at is not None:
-        items.append(Item(c.started_at, "lifecycle", "Conversation started"))
-    if c.ended_at is not None and c.flow is None:
-        items.append(Item(c.ended_at, "lifecycle", f"Conversation ended: {c.end_reason or '-'}"))
-    order = {"lifecycle": 0, "event": 1, "in": 2, "timer": 3, "out": 4}
-    return sorted(items, key=lambda i: (i.at, order[i.kind]))
+    if not t.changes:  # recorded before state history was (migration 0007): start and end only
+        if c.started_at is not None:
+            items.append(Item(c.started_at, "lifecycle", "Conversation started"))
+        if c.ended_at is not None and c.flow is None:
+            reason = c.end_reason or "-"
+            items.append(Item(c.ended_at, "lifecycle", f"Conversation ended: {reason}"))
+    # In time order; at the same time (a virtual clock that stood still) by step, the inbox
+    # event's id, and within a step: its message arrived, its state changed, it replied.
+    order = {"lifecycle": 0, "event": 1, "in": 2, "state": 3, "out": 4}
+    return sorted(items, key=lambda i: (i.at, _step(i), order[i.kind]))
+
+
+def _step(item: Item) -> int:
+    if item.row is None:
+        return 0
+    if item.kind == "event":
+        return int(item.row.id)
+    return int(item.row.event_id or 0)
+
+
+_CAUSES = {
+    EventKind.INBOUND.value: "a message",
+    EventKind.TIMER.value: "a timer",
+    EventKind.START.value: "a start request",
+    EventKind.SEND_FAILED.value: "a failed send",
+    EventKind.SEND.value: "an operator message",
+}
+
+
+def transition_title(h: Any) -> str:
+    """One state change in words: "appointment: waiting → confirmed, on a message"."""
+    cause = _CAUSES.get(h.event_kind, h.event_kind)
+    if h.from_state is None:
+        return f"{h.flow} started in {h.to_state}, on {cause}"
+    if h.to_state is None:
+        return f"{h.flow} ended in {h.from_state} ({h.reason or 'ended'}), on {cause}"
+    return f"{h.flow}: {h.from_state} → {h.to_state}, on {cause}"
 
 
 async def _timeline_or_404(request: web.Request) -> reads.Timeline:
@@ -158,7 +190,8 @@ async def _timeline_or_404(request: web.Request) -> reads.Timeline:
 async def conversation_page(request: web.Request) -> web.Response:
     """GET /console/conversations/{id}: the timeline, refreshed live."""
     t = await _timeline_or_404(request)
-    return render(request, "conversation.html", **_timeline_context(t))
+    person = await people.person(request.config_dict[BOT].db, t.convo.phone)
+    return render(request, "conversation.html", person=person, **_timeline_context(t))
 
 
 async def conversation_fragment(request: web.Request) -> web.Response:

@@ -10,19 +10,19 @@ import dataclasses
 import datetime as dt
 from typing import Any
 
-from sqlalchemy import and_, or_, select
+from sqlalchemy import and_, select
 
 from smsbot.engine.contract import EventKind
 from smsbot.store.engine import Database
 from smsbot.store.models import (
-    ContactRow,
     Direction,
     EventState,
+    contacts_t,
     conversations_t,
     events_t,
     messages_t,
     opt_outs_t,
-    table,
+    state_changes_t,
     timers_t,
 )
 
@@ -30,7 +30,6 @@ PAGE_SIZE = 25
 TIMELINE_LIMIT = 200  # messages and events shown for one conversation, newest kept
 ENDED = "none"  # the flow filter's value for conversations with no flow running
 
-contacts_t = table(ContactRow)
 _ALL_EVENT_STATES = [s.value for s in EventState]
 
 
@@ -96,6 +95,7 @@ class Timeline:
     timers: list[Any]
     opted_out: Any | None
     contact: Any | None
+    changes: list[Any] = dataclasses.field(default_factory=list)  # state changes, oldest first
 
     @property
     def parked(self) -> list[Any]:
@@ -152,7 +152,25 @@ async def timeline(db: Database, convo: Any) -> Timeline:
         ).first()
         contact = (await s.execute(select(contacts_t).where(contacts_t.c.phone == phone))).first()
         statuses = await _receipts(s, [r for r in messages if r.direction == Direction.OUTBOUND])
-    return Timeline(convo, list(messages), statuses, list(events), list(timers), opted_out, contact)
+        h = state_changes_t
+        changes = (
+            await s.execute(
+                select(h)
+                .where(h.c.conversation_id == convo.id)
+                .order_by(h.c.id.desc())
+                .limit(TIMELINE_LIMIT)
+            )
+        ).all()[::-1]
+    return Timeline(
+        convo,
+        list(messages),
+        statuses,
+        list(events),
+        list(timers),
+        opted_out,
+        contact,
+        list(changes),
+    )
 
 
 async def _receipts(s: Any, outbound: list[Any]) -> dict[str, list[tuple[str, dt.datetime]]]:
@@ -193,19 +211,3 @@ async def parked_events(db: Database, limit: int = 100) -> list[Any]:
     )
     async with db.session() as s:
         return list((await s.execute(query)).all())
-
-
-async def people(db: Database, search: str | None, limit: int = 100) -> tuple[list[Any], list[Any]]:
-    """Contacts and opt-outs whose phone (or name) contains `search`, newest first."""
-    contacts = select(contacts_t).order_by(contacts_t.c.id.desc()).limit(limit)
-    opt_outs = select(opt_outs_t).order_by(opt_outs_t.c.id.desc()).limit(limit)
-    if search:
-        contacts = contacts.where(
-            or_(
-                contacts_t.c.phone.contains(search, autoescape=True),
-                contacts_t.c.name.icontains(search, autoescape=True),
-            )
-        )
-        opt_outs = opt_outs.where(opt_outs_t.c.phone.contains(search, autoescape=True))
-    async with db.session() as s:
-        return list((await s.execute(contacts)).all()), list((await s.execute(opt_outs)).all())

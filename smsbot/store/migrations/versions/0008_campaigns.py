@@ -7,8 +7,8 @@ the campaign's number is made then). (contact_id, name) is unique, and is the in
 finds a contact's fires when it changes or is erased. contacts get an index on (updated_at, id):
 the order in which the sync reads the contacts that changed.
 
-Revision ID: 0007
-Revises: 0006
+Revision ID: 0008
+Revises: 0007
 Create Date: 2026-12-04 18:45:00
 """
 
@@ -17,8 +17,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0007"
-down_revision: str | None = "0006"
+revision: str = "0008"
+down_revision: str | None = "0007"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

@@ -1,0 +1,68 @@
+"""A conversation's state history: each step's flow starts, state changes and ends, as rows.
+
+Written by effects.write_effects in the dispatcher's transaction (one executemany per batch), so
+a change is recorded exactly when the step that made it commits. What one step records, from
+the conversation before it and its StepResult:
+
+- the running flow ended: a move to the state it ended in (if it moved), then an end row
+  (`to_state` None, `reason` why: completed, interrupted, expired, opted out, …);
+- a flow started (another one, or the same one again): a start row (`from_state` None);
+- otherwise a change of state, or the same state entered again (a question asked again).
+
+A flow that begins and finishes within one step (an auto-reply such as HOURS) never takes the
+conversation and leaves no row. States passed through inside one step are not recorded: the
+step's result holds only where it ended up.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import Connection
+
+from smsbot.store.models import state_changes_t
+
+if TYPE_CHECKING:
+    from smsbot.pipeline.effects import Stepped
+
+STARTED = "started"  # the reason on a start row
+
+
+def changes(item: Stepped, now: dt.datetime) -> list[dict[str, Any]]:
+    """The state_changes rows one step makes, in order."""
+    c, r = item.convo, item.result
+    rows: list[dict[str, Any]] = []
+
+    def add(flow: str, before: str | None, after: str | None, reason: str | None) -> None:
+        rows.append(
+            {
+                "conversation_id": c.id,
+                "at": now,
+                "flow": flow[:100],
+                "from_state": before,
+                "to_state": after,
+                "reason": reason[:100] if reason else None,
+                "event_kind": item.event.kind.value,
+                "event_id": item.event.id,
+            }
+        )
+
+    if c.flow is not None and (r.end_reason is not None or r.flow != c.flow):
+        last = r.end_state or c.state
+        if last != c.state:
+            add(c.flow, c.state, last, None)
+        add(c.flow, last, None, r.end_reason or "ended")
+    if r.flow is not None and (r.flow != c.flow or r.end_reason is not None):
+        add(r.flow, None, r.state, STARTED)
+    elif r.flow is not None and (r.state != c.state or r.state_entered):
+        add(r.flow, c.state, r.state, None)
+    return rows
+
+
+def record(conn: Connection, items: Iterable[Stepped], now: dt.datetime) -> None:
+    """Insert every item's state changes with one executemany."""
+    rows = [row for item in items for row in changes(item, now)]
+    if rows:
+        conn.execute(state_changes_t.insert(), rows)
