@@ -20,7 +20,7 @@ REPO = Path(__file__).resolve().parents[1]
 # flows/ as shipped. docs/writing-flows.md invites users to add their own flows there, so tests
 # about the examples use a copy of these files, never the whole directory.
 EXAMPLE_FLOWS = {"appointment", "keywords"}
-EXAMPLE_FILES = ("appointment.py", "keywords.py", "keywords.toml")
+EXAMPLE_FILES = ("appointment.py", "appointment_reminders.py", "keywords.py", "keywords.toml")
 KEY_LINE = re.compile(r"^export SMSBOT_API_KEY=(\S+)$", re.MULTILINE)
 
 
@@ -33,9 +33,11 @@ def copy_example_flows(directory: Path) -> Path:
 
 
 def fresh_project(directory: Path) -> Path:
-    """A directory like a fresh clone as far as smsbot can tell: flows/ and templates/."""
+    """A directory like a fresh clone as far as smsbot can tell: flows/, templates/, examples."""
     copy_example_flows(directory / "flows")
     shutil.copytree(REPO / "templates", directory / "templates", dirs_exist_ok=True)
+    # the example data the docs' commands use (docs/campaigns.md)
+    shutil.copytree(REPO / "docs" / "examples", directory / "docs" / "examples", dirs_exist_ok=True)
     return directory
 
 

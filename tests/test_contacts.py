@@ -362,7 +362,13 @@ async def test_an_erased_phone_stays_opted_out(kit: BotDriver) -> None:
     engine = _sync(kit)
     try:
         done = erase(engine, ANN)
-        assert done == {"contact": 1, "conversations": 1, "messages": 4, "opt_outs": 1}
+        assert done == {
+            "contact": 1,
+            "campaign_fires": 0,
+            "conversations": 1,
+            "messages": 4,
+            "opt_outs": 1,
+        }
         with engine.connect() as conn:
             assert conn.execute(select(opt_outs_t)).all() == []
             hashes = conn.execute(select(suppressions_t.c.phone_hash)).scalars().all()

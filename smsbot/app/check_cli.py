@@ -7,10 +7,12 @@ import json
 from pathlib import Path
 
 from smsbot.config import Settings
+from smsbot.engine.campaign import campaign_problems, campaigns_in
 from smsbot.engine.checks import CheckOptions, Finding, Report, check_project
 from smsbot.engine.graph import flow_graph, to_dot, to_mermaid
 from smsbot.engine.loader import FlowLoadError, load_flows
 from smsbot.hints import did_you_mean
+from smsbot.pipeline.campaigns import campaign_sender, no_sender
 from smsbot.sms.templates import SmsTemplates
 
 __all__ = ["GraphError", "add_commands"]
@@ -50,8 +52,20 @@ def _check(args: argparse.Namespace) -> int:
         smart_characters=settings.smart_characters,
         conversation_expiry=settings.conversation_expiry,
     )
+    campaigns: list[str] = []
     try:
         report = check_project(flows_dir, templates_dir, settings, options)
+        found = campaigns_in(flows_dir)  # the modules check_project imported
+        campaigns = sorted(c.name for c, _ in found)
+        # without a templates directory the one "load" finding says so; not one per campaign
+        checked = found if Path(templates_dir).is_dir() else []
+        for problem in campaign_problems(checked, report.flows, SmsTemplates(templates_dir)):
+            report.findings.append(
+                Finding("error", "campaign", problem.file, problem.line, problem.message)
+            )
+        for camp, file in found:
+            if campaign_sender(settings, camp) is None:
+                report.findings.append(Finding("warning", "campaign", file, None, no_sender(camp)))
     except FlowLoadError as exc:  # no flows directory: nothing else can be checked
         report = Report([Finding("error", "load", str(flows_dir), None, str(exc))], [], [])
     if args.format == "json":
@@ -60,6 +74,8 @@ def _check(args: argparse.Namespace) -> int:
         names = ", ".join(report.flows) or "none"
         print(report.text(), end="")
         print(f"flows: {names}")
+        if campaigns:
+            print(f"campaigns: {', '.join(campaigns)}")
     return 1 if report.errors else 0
 
 

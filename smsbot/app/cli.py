@@ -1,4 +1,5 @@
-"""The `smsbot` command: serve, sandbox, send, chat, start, db, events, check, graph, contacts."""
+"""The `smsbot` command: serve, sandbox, send, chat, start, db, events, check, graph, contacts,
+campaigns."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from smsbot.app.campaigns_cli import add_commands as add_campaigns_commands
 from smsbot.app.check_cli import GraphError
 from smsbot.app.check_cli import add_commands as add_check_commands
 from smsbot.app.contacts_cli import ContactsCommandError
@@ -214,6 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_check_commands(sub)  # check, graph
     add_contacts_commands(sub)  # contacts import|export|show|erase
+    add_campaigns_commands(sub)  # campaigns
     return parser
 
 

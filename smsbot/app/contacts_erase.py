@@ -1,10 +1,10 @@
 """A data subject's rights: everything stored about one phone (`show`), and erasure (`erase`).
 
-Erasure removes the contact, its fields and groups, its conversations with their timers and
-state history, blanks the body and number of its messages and the payload of its inbox events
-(delivery metadata stays for the accounts), and turns its opt-outs into keyed hashes
-(`suppressions`) so an earlier STOP still holds: the dispatcher restores the opt-out when the
-number comes back.
+Erasure removes the contact, its fields and groups, its campaign fires, its conversations with
+their timers and state history, blanks the body and number of its messages and the payload of
+its inbox events (delivery metadata stays for the accounts), and turns its opt-outs into keyed
+hashes (`suppressions`) so an earlier STOP still holds: the dispatcher restores the opt-out when
+the number comes back.
 """
 
 from __future__ import annotations
@@ -13,8 +13,9 @@ import datetime as dt
 import logging
 from typing import Any
 
-from sqlalchemy import Connection, Engine, delete, select, update
+from sqlalchemy import Connection, Engine, delete, or_, select, update
 
+from smsbot.pipeline.campaigns import cancel_contact_fires
 from smsbot.pipeline.contacts import suppression_hash
 from smsbot.store.models import (
     contact_groups_t,
@@ -54,7 +55,13 @@ def subject_data(engine: Engine, phone: str) -> dict[str, Any]:
             )
         convos = _rows(conn, select(conversations_t).where(conversations_t.c.phone == phone))
         ids = [c["id"] for c in convos]
-        timers = _rows(conn, select(timers_t).where(timers_t.c.conversation_id.in_(ids)))
+        people = [c["id"] for c in contact]
+        timers = _rows(
+            conn,
+            select(timers_t).where(
+                or_(timers_t.c.conversation_id.in_(ids), timers_t.c.contact_id.in_(people))
+            ),
+        )
         changes = _rows(
             conn,
             select(state_changes_t)
@@ -90,6 +97,7 @@ def erase(engine: Engine, phone: str) -> dict[str, int]:
         done: dict[str, int] = {}
         ids = conn.execute(select(contacts_t.c.id).where(contacts_t.c.phone == phone)).scalars()
         contact_ids = list(ids)
+        done["campaign_fires"] = cancel_contact_fires(conn, contact_ids)
         conn.execute(delete(contact_groups_t).where(contact_groups_t.c.contact_id.in_(contact_ids)))
         done["contact"] = conn.execute(
             delete(contacts_t).where(contacts_t.c.phone == phone)

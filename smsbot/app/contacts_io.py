@@ -18,6 +18,7 @@ import dataclasses
 import datetime as dt
 import json
 import logging
+import time
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -202,12 +203,17 @@ class _Writer:
 
     def __init__(self, engine: Engine, group: str | None, now: dt.datetime) -> None:
         self._engine, self._group, self._now = engine, group, now
+        self._started = time.monotonic()
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="smsbot-import")
         self._pending: Future[None] | None = None
 
     def _write(self, batch: dict[str, _Row]) -> None:
         with self._engine.begin() as conn:
-            _write(conn, batch, self._group, self._now)
+            # Each batch is stamped with when it is written, not when the import began: the
+            # campaigns sync reads contacts changed since a cursor a few seconds behind the
+            # clock, and a long import's later batches must land after it.
+            elapsed = dt.timedelta(seconds=time.monotonic() - self._started)
+            _write(conn, batch, self._group, self._now + elapsed)
 
     def submit(self, batch: dict[str, _Row]) -> None:
         """Wait for the batch in flight (raising its error), then start writing `batch`."""

@@ -20,7 +20,9 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from smsbot.config import Settings
+from smsbot.engine.campaign import Campaign, campaign_problems, load_campaigns
 from smsbot.engine.compliance import ComplianceAction
+from smsbot.engine.contact import decode
 from smsbot.engine.contract import (
     ConversationSnapshot,
     DispatchEvent,
@@ -61,11 +63,16 @@ class FlowRuntime:
         settings: Settings,
         templates: SmsTemplates,
         flows: Mapping[str, type[Flow]] | Iterable[type[Flow]],
+        campaigns: Mapping[str, Campaign] | None = None,
     ) -> None:
         self.settings = settings
+        self.campaigns: dict[str, Campaign] = dict(campaigns or {})
         self.templates = templates
         classes = list(flows.values()) if isinstance(flows, Mapping) else list(flows)
         check_flows(classes, templates)  # raises FlowLoadError naming the problems
+        given = [(c, "campaigns") for c in self.campaigns.values()]
+        if problems := campaign_problems(given, [c.name for c in classes], templates):
+            raise FlowLoadError(problems)
         self.flows: dict[str, type[Flow]] = {cls.name: cls for cls in classes}
         # Flows keep no per-conversation state, so one instance of each serves every step.
         self.instances: dict[str, Flow] = {name: cls() for name, cls in self.flows.items()}
@@ -99,7 +106,8 @@ class FlowRuntime:
                     " create it or set SMSBOT_TEMPLATES_DIR"
                 ) from None
             raise
-        return cls(settings, templates, flows)
+        campaigns = load_campaigns(settings.flows_dir, flows, templates)
+        return cls(settings, templates, flows, campaigns)
 
     async def handle(
         self, event: DispatchEvent, convo: ConversationSnapshot, now: dt.datetime
@@ -170,6 +178,9 @@ class FlowRuntime:
         if kind == "remind":
             await self._remind(step, name, body)
             return
+        if kind == "campaign":
+            await self._campaign(step, body)
+            return
         if active is None or (kind != "expiry" and name not in step.owned):
             return  # the conversation that asked for it has ended or been replaced
         cls, state = active
@@ -204,6 +215,35 @@ class FlowRuntime:
         when = defer_until(step.now, step.binding.quiet_window, zone)
         step.result.replies.append(OutgoingSms(rendered.text, Origin.REMINDER, when))
         step.owned.pop(name, None)
+
+    async def _campaign(self, step: Step, body: Mapping[str, Any]) -> None:
+        # A campaign fire (pipeline/campaigns.py): checked against the contact as it is now,
+        # since the fire was scheduled before this step locked the conversation.
+        camp = self.campaigns.get(str(body.get("campaign")))
+        contact = step.snap.contact
+        if camp is None:
+            log.warning("campaign %r fired but is no longer declared", body.get("campaign"))
+            return
+        if (
+            contact is None
+            or not contact.exists
+            or camp.group not in contact.groups
+            or contact.fields.get(camp.field) != body.get("value")
+        ):
+            return  # left the group or changed the date since: the sync moves or cancels it
+        key = step.snap.key
+        if camp.send is not None:
+            typed = {k: decode(contact.types.get(k), v) for k, v in contact.fields.items()}
+            context = camp.context(key.phone, contact.name, contact.language, typed)
+            context.update(phone=key.phone, virtual_number=key.virtual_number, now=step.now)
+            zone = step.zone(body)
+            rendered = self.templates.render(camp.send, context, timezone=zone)
+            when = defer_until(step.now, step.binding.quiet_window, zone)
+            step.result.replies.append(OutgoingSms(rendered.text, Origin.REMINDER, when))
+            return
+        data = camp.context(key.phone, contact.name, contact.language, contact.fields)
+        start = self.router.check_start(step.binding, {"flow": camp.start, "data": data})
+        await self._begin(step, start.flow, dict(start.data), Origin.FLOW, None)
 
     def _operator_send(self, step: Step) -> None:
         # An operator's message: already rendered by the API, held back by quiet hours like a

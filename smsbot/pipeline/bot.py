@@ -14,6 +14,7 @@ from smsbot.channels.base import SmsProvider
 from smsbot.clock import Clock, SystemClock
 from smsbot.config import Settings
 from smsbot.engine.contract import StepHandler
+from smsbot.pipeline.campaigns import CampaignSync, Plan
 from smsbot.pipeline.dispatcher import Dispatcher, StepOutcome
 from smsbot.pipeline.inbox import Inbox
 from smsbot.pipeline.metrics import Metrics
@@ -77,6 +78,7 @@ class Bot:
             self.clock,
             metrics=self.metrics,
             on_fired=self.dispatcher.notify,
+            campaigns=CampaignSync(Plan.of(settings, getattr(handler, "campaigns", {}))),
         )
         self._tasks: list[asyncio.Task[None]] = []
         # read once: the webhook path should not rebuild this list per request
@@ -145,8 +147,10 @@ class Bot:
         """The first instant after now, up to `until`, when a timer or a held message is due.
 
         What moves a virtual clock one due instant at a time (the test kit, the console).
+        Campaign fires of contacts changed since the last look are scheduled first.
         """
         now = self.clock.now()
+        await self.scheduler.sync_campaigns(now)
         timer = select(func.min(timers_t.c.due_at)).where(
             timers_t.c.state == TimerState.SCHEDULED.value,
             timers_t.c.due_at > now,

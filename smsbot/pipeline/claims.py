@@ -132,14 +132,30 @@ def claim_timers(
     token match the firing may run, and it is marked fired in the step's own transaction.
     """
     wanted: dict[tuple[int, str, str], int] = {}
+    fires: dict[tuple[int, str], int] = {}  # campaign fires: (timer id, token) -> event id
     for key, row in events.items():
         if row.kind == EventKind.TIMER.value:
             name, token = row.payload.get("name"), row.payload.get("token")
-            if isinstance(name, str) and isinstance(token, str):
+            timer_id = row.payload.get("timer_id")
+            if isinstance(timer_id, int) and isinstance(token, str):
+                fires[(timer_id, token)] = row.id
+            elif isinstance(name, str) and isinstance(token, str):
                 wanted[(convos[key].id, name, token)] = row.id
-    if not wanted:
-        return set()
     t = timers_t
+    live: set[int] = set()
+    if fires:
+        claimed_fires = conn.execute(
+            update(t)
+            .where(
+                rows_in((t.c.id, t.c.token), fires),
+                t.c.state == TimerState.SCHEDULED.value,
+            )
+            .values(state=TimerState.FIRED.value, fired_at=now)
+            .returning(t.c.id, t.c.token)
+        )
+        live = {fires[(i, tok)] for i, tok in claimed_fires.all()}
+    if not wanted:
+        return live
     claimed = conn.execute(
         update(t)
         .where(
@@ -149,7 +165,7 @@ def claim_timers(
         .values(state=TimerState.FIRED.value, fired_at=now)
         .returning(t.c.conversation_id, t.c.name, t.c.token)
     )
-    return {wanted[(c, n, tok)] for c, n, tok in claimed.all()}
+    return live | {wanted[(c, n, tok)] for c, n, tok in claimed.all()}
 
 
 def record_failures(

@@ -28,7 +28,7 @@ from sqlalchemy import (
 
 from smsbot.engine.contract import ConversationKey, EventKind
 from smsbot.pipeline.inbox import InboxEntry
-from smsbot.store.models import TimerState, conversations_t, events_t, timers_t
+from smsbot.store.models import TimerState, contacts_t, conversations_t, events_t, timers_t
 
 BATCH = 500
 
@@ -51,6 +51,22 @@ class Page:
     unfired: list[Row[Any]]  # those whose firing is not in the inbox yet
     keys: dict[int, ConversationKey]  # conversation id -> key (when asked for)
     last: tuple[dt.datetime, int] | None  # where the next page starts; None: this was the last
+    contact_keys: dict[int, ConversationKey] = dataclasses.field(default_factory=dict)
+    # ^ a campaign fire's timer id -> its contact's phone and the campaign's number
+
+    def key(self, row: Any) -> ConversationKey | None:
+        """The conversation an unfired timer fires into; None: its contact is gone."""
+        if row.conversation_id is None:
+            return self.contact_keys.get(row.id)
+        return self.keys.get(row.conversation_id)
+
+    def orphans(self) -> list[int]:
+        """Campaign fires whose contact was deleted: cancelled, never fired."""
+        return [
+            r.id
+            for r in self.unfired
+            if r.conversation_id is None and r.id not in self.contact_keys
+        ]
 
 
 def unfired_page(
@@ -84,16 +100,31 @@ def unfired_page(
         done = set(fired.scalars())
         unfired = [r for eid, r in ids.items() if eid not in done]
         found: dict[int, ConversationKey] = {}
+        people: dict[int, ConversationKey] = {}
         if keys and unfired:
             c = conversations_t
             convos = conn.execute(
                 select(c.c.id, c.c.virtual_number, c.c.phone).where(
-                    c.c.id.in_({r.conversation_id for r in unfired})
+                    c.c.id.in_({r.conversation_id for r in unfired if r.conversation_id})
                 )
             )
             found = {i: ConversationKey(vn, phone) for i, vn, phone in convos.all()}
+            if contact_ids := {r.contact_id for r in unfired if r.conversation_id is None}:
+                found_phones = conn.execute(
+                    select(contacts_t.c.id, contacts_t.c.phone).where(
+                        contacts_t.c.id.in_(contact_ids)
+                    )
+                )
+                phones: dict[int, str] = {i: phone for i, phone in found_phones.tuples()}
+                people = {
+                    r.id: ConversationKey(str(r.payload.get("number")), phones[r.contact_id])
+                    for r in unfired
+                    if r.conversation_id is None
+                    and r.contact_id in phones
+                    and r.payload.get("number")
+                }
         last = (rows[-1].due_at, rows[-1].id) if len(rows) == BATCH else None
-        return Page(unfired, found, last)
+        return Page(unfired, found, last, people)
 
     return read
 
@@ -115,6 +146,8 @@ def firing(row: Any, key: ConversationKey) -> InboxEntry:
             "token": row.token,
             "payload": row.payload,
             "due_at": row.due_at.isoformat(),
+            # a campaign fire (no conversation yet) is claimed by its id and token
+            **({"timer_id": row.id} if row.conversation_id is None else {}),
         },
         virtual_number=key.virtual_number,
         phone=key.phone,

@@ -162,6 +162,7 @@ def write_effects(conn: Connection, items: list[Stepped], now: dt.datetime) -> l
                 _reply_row(key, event, reply.text, reply.origin, send_after, suppressed, created)
             )
         timers = bool(result.timers or result.cancel_timers or result.cancel_all_timers)
+        timers |= result.contact is not None  # its campaign fires may move (pipeline/campaigns)
         outcomes.append(StepOutcome(key, event.id, queued, timers))
     if messages:
         conn.execute(messages_t.insert(), messages)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import functools
 import logging
 import time
 from collections.abc import Callable
@@ -39,6 +40,7 @@ from sqlalchemy import (
 
 from smsbot.clock import Clock
 from smsbot.config import Settings
+from smsbot.pipeline.campaigns import CampaignSync, cancel_fires
 from smsbot.pipeline.due_timers import BATCH, fired_already, firing, unfired_page
 from smsbot.pipeline.inbox import AcceptOutcome, Inbox
 from smsbot.pipeline.leader import LeaderElection
@@ -96,6 +98,7 @@ class TimerScheduler:
         on_fired: Callable[[], None] | None = None,
         sync_interval: float = SYNC_INTERVAL,
         sweep_interval: float = SWEEP_INTERVAL,
+        campaigns: CampaignSync | None = None,
     ) -> None:
         self.settings = settings
         self.db = db
@@ -105,6 +108,7 @@ class TimerScheduler:
         self.on_fired = on_fired
         self.sync_interval = sync_interval
         self.sweep_interval = sweep_interval
+        self.campaigns = campaigns  # campaign fires kept in step with contacts (the leader's)
         self.election = LeaderElection(
             settings.database_url, on_elected=self._start_leading, on_deposed=self._stop_leading
         )
@@ -140,9 +144,16 @@ class TimerScheduler:
         """Fire every scheduled timer due by `now`; return how many inbox events were added.
 
         A timer more than SMSBOT_REMINDER_MAX_LATENESS late is marked MISSED instead (and
-        logged). Calling it again fires nothing twice.
+        logged). Calling it again fires nothing twice. Campaign fires of contacts that changed
+        are brought up to date first.
         """
+        await self.sync_campaigns(now)
         return await self._fire(now, true(), via="due")
+
+    async def sync_campaigns(self, now: dt.datetime) -> None:
+        """(Re)schedule and cancel campaign fires of the contacts that changed (see campaigns)."""
+        if self.campaigns is not None and self.campaigns.active:
+            await self.campaigns.run(self.db, now)
 
     def request_fire(self, timer_id: int) -> None:
         """Fire this timer soon if it is due; thread-safe (APScheduler's threads call it)."""
@@ -161,11 +172,10 @@ class TimerScheduler:
         while True:
             page = await self.db.read(unfired_page(now, which, after, keys=True))
             late = [r.id for r in page.unfired if r.due_at <= cutoff]
-            entries = [
-                firing(r, page.keys[r.conversation_id])
-                for r in page.unfired
-                if r.due_at > cutoff and r.conversation_id in page.keys
-            ]
+            keyed = [(r, page.key(r)) for r in page.unfired if r.due_at > cutoff]
+            entries = [firing(r, key) for r, key in keyed if key is not None]
+            if orphans := page.orphans():  # campaign fires whose contact was deleted
+                await self.db.write(functools.partial(cancel_fires, ids=orphans))
             if entries:
                 outcomes = await self.inbox.accept_many(entries)
                 fired += outcomes.count(AcceptOutcome.NEW)
@@ -248,6 +258,8 @@ class TimerScheduler:
         self._resigning = False
         self._mirrored.clear()
         self.last_sync = None
+        if self.campaigns is not None:
+            self.campaigns.reset()  # a new leader reads every contact once
         self.metrics.set("smsbot_timer_leader", 1)
         self._tasks = [
             asyncio.create_task(self._lead(), name="smsbot-timers-sync"),
@@ -290,6 +302,7 @@ class TimerScheduler:
                 if time.monotonic() >= next_sweep:
                     await self._fire(self.clock.now(), true(), via="sweep")
                     next_sweep = time.monotonic() + self.sweep_interval
+                await self.sync_campaigns(self.clock.now())
                 synced = await self._mirror()
                 if not self._resigning:
                     self.last_sync = synced

@@ -80,6 +80,8 @@ class ContactRow(SQLModel, table=True):
     """A person we text: name, language, time zone (quiet hours) and typed custom fields."""
 
     __tablename__ = "contacts"
+    # The campaign sync reads contacts changed since its cursor, in this order.
+    __table_args__ = (Index("ix_contacts_updated", "updated_at", "id"),)
 
     id: int | None = Field(default=None, primary_key=True)
     phone: str = Field(max_length=32, unique=True)
@@ -229,14 +231,20 @@ class TimerState(enum.StrEnum):
     FIRED = "fired"
     CANCELLED = "cancelled"
     MISSED = "missed"  # fell due while we were down for longer than the allowed lateness
+    SKIPPED = "skipped"  # a campaign fire already past due when it was (re)scheduled
 
 
 class TimerRow(SQLModel, table=True):
-    """A reminder, wait timeout or expiry; the guard that makes a double firing a no-op."""
+    """A reminder, wait timeout, expiry or campaign fire; what makes a double firing a no-op.
+
+    A conversation's timers have a conversation_id; a campaign's fires (pipeline/campaigns.py)
+    have a contact_id instead, and no conversation until they fire.
+    """
 
     __tablename__ = "timers"
     __table_args__ = (
         UniqueConstraint("conversation_id", "name", name="uq_timer_name"),
+        UniqueConstraint("contact_id", "name", name="uq_timer_contact_name"),
         Index("ix_timers_due", "state", "due_at"),
         Index("ix_timers_changed", "state", "created_at"),  # the scheduler mirrors new ones
         # A step cancels its conversation's scheduled timers: without this index SQLite
@@ -245,7 +253,9 @@ class TimerRow(SQLModel, table=True):
     )
 
     id: int | None = Field(default=None, primary_key=True)
-    conversation_id: int = Field(foreign_key="conversations.id")
+    conversation_id: int | None = Field(default=None, foreign_key="conversations.id")
+    # No foreign key: erasing or deleting a contact deletes its fires (cancel_contact_fires).
+    contact_id: int | None = Field(default=None)
     name: str = Field(max_length=100)
     kind: str = Field(max_length=16)  # remind | call | timeout | expiry
     token: str = Field(max_length=32)  # new on every (re)schedule; a firing must match it
