@@ -18,7 +18,7 @@ import time
 import traceback
 from collections.abc import Awaitable, Callable
 
-from bench import campaigns, footprint, http_benches, offline, profiler, timers
+from bench import campaigns, contacts_import, footprint, http_benches, offline, profiler, timers
 from bench.common import QUIET, REPO, Figure, postgres_problem, say, skipped, workdir
 from bench.http_benches import Options
 
@@ -31,6 +31,7 @@ BENCHES: dict[str, Bench] = {
     "timers": timers.timers,
     "footprint": footprint.footprint,
     "campaigns": campaigns.campaigns,
+    "contacts": contacts_import.contacts,
 }
 
 

@@ -21,6 +21,7 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 FIELDS = {"appointment_at": "datetime", "visits": "number", "vip": "boolean"}
 PG = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -101,3 +102,41 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+async def contacts(o: Any) -> list[Any]:
+    """`make bench`'s figures: an import of 100,000 contacts (10,000 with --quick) per backend."""
+    import asyncio
+
+    from bench.common import Figure, postgres_database, postgres_problem, skipped
+
+    n = 10_000 if o.quick else 100_000
+    path = o.workdir / "contacts-import.csv"
+    write_csv(path, n)
+    urls = {"SQLite": f"sqlite:///{o.workdir / f'contacts-{uuid.uuid4().hex[:8]}.db'}"}
+    figures: list[Figure] = []
+
+    async def measure(backend: str, url: str) -> None:
+        cmd = [sys.executable, "-m", "bench.contacts_import", "--child", str(path), url]
+        done = await asyncio.to_thread(
+            subprocess.run, cmd, capture_output=True, text=True, check=True
+        )
+        r = json.loads(done.stdout)
+        rate = r["rows"] / r["seconds"]
+        figures.append(
+            Figure(f"7 contacts: import {n:,} rows, 3 fields ({backend})", rate, "rows/s",
+                   ">= 10,000 rows/s", rate >= 10_000)
+        )  # fmt: skip
+        figures.append(
+            Figure(f"7 contacts: import {n:,} rows, peak RSS ({backend})", r["rss_mb"], "MB",
+                   "<= 200 MB", r["rss_mb"] <= 200)
+        )  # fmt: skip
+
+    await measure("SQLite", urls["SQLite"])
+    if (problem := postgres_problem()) is None:
+        with postgres_database() as url:
+            plain = url.replace("postgresql+asyncpg://", "postgresql://")
+            await measure("PostgreSQL", plain)
+    else:
+        figures.append(skipped(f"7 contacts: import {n:,} rows (PostgreSQL)", problem))
+    return figures
