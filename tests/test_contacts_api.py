@@ -274,3 +274,24 @@ async def test_erasure_through_the_api_keeps_the_stop(api: Api) -> None:
         "POST", "/api/flows/appointment/start-many", data=csv, headers={"Content-Type": "text/csv"}
     )
     assert (status, body["started"], body["skipped_opted_out"]) == (202, 1, 1)
+
+
+async def test_campaigns_are_listed_with_their_fires(api: Api) -> None:
+    contact = {
+        "phone": PHONE,
+        "name": "Sam",
+        "fields": {"appointment_at": "2026-01-20T10:30:00+00:00", "clinic": "Riverside"},
+        "groups": ["patients"],
+    }
+    assert (await api.call("POST", "/api/contacts", json=contact))[0] == 201
+    api.clock.advance(dt.timedelta(seconds=10))  # past the sync's settling delay
+    await api.bot.scheduler.sync_campaigns(api.clock.now())
+    status, body = await api.call("GET", "/api/campaigns")
+    assert status == 200
+    [reminder] = body["campaigns"]  # the example flows' appointment-reminder
+    assert (reminder["name"], reminder["group"], reminder["field"]) == (
+        "appointment-reminder",
+        "patients",
+        "appointment_at",
+    )
+    assert reminder["fires"]["scheduled"] == 1  # the day before, 9:00, for the one contact

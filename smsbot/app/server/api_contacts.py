@@ -1,4 +1,5 @@
-"""The operator API's contacts: create, read, update, erase, search, CSV import and export.
+"""The operator API's contacts (create, read, update, erase, search, CSV import and export)
+and the campaigns timed from them.
 
 Reads and single-contact writes run through the bot's database (its writer on SQLite). The CSV
 import spools the request body to a temporary file as it arrives (constant memory, bounded in
@@ -27,6 +28,7 @@ from smsbot.app.server.bodies import read_json
 from smsbot.app.server.keys import BOT
 from smsbot.app.server.responses import problem
 from smsbot.app.server.schema import PHONE, Body, Field
+from smsbot.engine.runtime import FlowRuntime
 from smsbot.pipeline.bot import Bot
 
 MAX_IMPORT_BYTES = 1 << 30  # 1 GiB of CSV (some 10 million rows): split a larger file
@@ -318,8 +320,24 @@ async def export_contacts(request: web.Request) -> web.StreamResponse:
         return response
 
 
+async def list_campaigns(request: web.Request) -> web.Response:
+    """GET /api/campaigns: the declared campaigns and their fires by state (`smsbot campaigns`)."""
+    from smsbot.app.campaigns_cli import describe
+    from smsbot.pipeline.campaigns import fire_counts
+
+    bot = _bot(request)
+    handler = bot.handler
+    declared = handler.campaigns if isinstance(handler, FlowRuntime) else {}
+    counts = await bot.db.read(fire_counts)
+    found = [
+        describe(c, counts.get(c.name, {})) for c in sorted(declared.values(), key=lambda c: c.name)
+    ]
+    return web.json_response({"campaigns": found})
+
+
 def add_routes(api: web.Application) -> None:
     """Mount the contacts routes on the operator API's application."""
+    api.router.add_get("/campaigns", list_campaigns)
     api.router.add_get("/contacts", list_contacts)
     api.router.add_post("/contacts", create_contact)
     api.router.add_get("/contacts/export", export_contacts)

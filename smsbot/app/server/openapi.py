@@ -189,6 +189,13 @@ def _contacts_paths() -> dict[str, Any]:
     phone = {"name": "phone", "in": "path", "required": True, "schema": SEARCH[0].schema}
     csv = {"text/csv": {"schema": {"type": "string"}}}
     return {
+        "/api/campaigns": {
+            "get": {
+                "summary": "The campaigns declared beside the flows, and their fires by state",
+                "description": "As `smsbot campaigns --json`; see docs/campaigns.md.",
+                "responses": _responses("200", {"type": "object"}, "401"),
+            }
+        },
         "/api/contacts": {
             "get": {
                 "summary": "Search contacts, a page at a time (in the order they were created)",
