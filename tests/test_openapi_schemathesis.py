@@ -166,4 +166,7 @@ def test_the_operator_api_keeps_to_its_openapi_document(server: str, mode: Gener
     )
     flows = load_flows(REPO / "flows", SmsTemplates(REPO / "templates"))
     for operation in operations:
+        inputs = operation.query or operation.path_parameters or operation.body
+        if mode is GenerationMode.NEGATIVE and not inputs:
+            continue  # nothing a case could break (GET /api/campaigns takes no input)
         _exercise(operation, mode, server, flows)
