@@ -5,25 +5,40 @@ SMSBOT_CONFIG), then the default. An empty value counts as unset. Every error na
 setting and the fix, and never contains a secret or a database password.
 """
 
-# _var() returns a dataclasses.field(), which RUF009 cannot see through
+# setting() returns a dataclasses.field(), which RUF009 cannot see through
 # ruff: noqa: RUF009
 
 from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import hmac
 import os
 import re
 import tomllib
-import zoneinfo
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import urlsplit
 
-import phonenumbers
-
+from smsbot.config_values import ConfigError as ConfigError  # the public names, kept here
+from smsbot.config_values import Secret as Secret
+from smsbot.config_values import (
+    boolean,
+    db_url,
+    http_url,
+    int_between,
+    log_level_name,
+    mask_url,
+    positive_float,
+    provider_name,
+    quiet_hours_window,
+    region_code,
+    rename_query,
+    segment_policy_name,
+    setting,
+    zone_name,
+)
+from smsbot.config_values import parse_duration as parse_duration
+from smsbot.config_values import port_in_use as port_in_use
 from smsbot.engine.quiet_hours import parse_window
 from smsbot.hints import did_you_mean
 
@@ -33,185 +48,6 @@ _NOT_SETTINGS = re.compile(r"SMSBOT_(CONFIG|TEST_.*)")
 
 Provider = Literal["sandbox", "divergent", "puresms"]
 SegmentPolicy = Literal["warn", "fail"]
-
-
-class ConfigError(Exception):
-    """A setting is missing or invalid; the message names it and says how to fix it."""
-
-
-def port_in_use(port: int, setting: str) -> ConfigError:
-    """The error for a port something else listens on: it names the port and the setting."""
-    return ConfigError(f"port {port} is in use: stop what uses it or set {setting}")
-
-
-class Secret:
-    """A secret string that shows itself only through .get(), never in repr, str or f-strings."""
-
-    __slots__ = ("_value",)
-
-    def __init__(self, value: str) -> None:
-        self._value = value
-
-    def get(self) -> str:
-        """Return the secret value."""
-        return self._value
-
-    def __repr__(self) -> str:
-        return "Secret('**********')"
-
-    __str__ = __repr__
-
-    def __bool__(self) -> bool:
-        return bool(self._value)
-
-    def __eq__(self, other: object) -> bool:
-        if isinstance(other, Secret):
-            other = other._value
-        if not isinstance(other, str):
-            return NotImplemented
-        # Constant time, so checking a caller's token does not reveal how much of it matched;
-        # surrogatepass, so a token decoded with surrogateescape compares instead of raising.
-        mine, theirs = (v.encode("utf-8", "surrogatepass") for v in (self._value, other))
-        return hmac.compare_digest(mine, theirs)
-
-    def __hash__(self) -> int:
-        return hash(self._value)
-
-
-# --- converters: text -> value, or ValueError(what the setting must be) ---------------------
-
-_Convert = Callable[[str], Any]
-
-
-def _checked(expected: str, check: Callable[[str], object]) -> _Convert:
-    """A converter that keeps the text if `check` passes and does not raise."""
-
-    def convert(text: str) -> str:
-        try:
-            ok = check(text)
-        except (ValueError, LookupError, OSError):  # ZoneInfoNotFoundError is a KeyError
-            ok = False
-        if not ok:
-            raise ValueError(expected)
-        return text
-
-    return convert
-
-
-def _int(low: int, high: int) -> _Convert:
-    def convert(text: str) -> int:
-        if not (re.fullmatch(r"[+-]?[0-9]{1,12}", text) and low <= int(text) <= high):
-            raise ValueError(f"an integer between {low} and {high}")
-        return int(text)
-
-    return convert
-
-
-def _positive_float(text: str) -> float:
-    if not re.fullmatch(r"[0-9]+(\.[0-9]*)?|\.[0-9]+", text) or float(text) <= 0:
-        raise ValueError("a number greater than 0")
-    return float(text)
-
-
-_BOOLS = dict.fromkeys(("true", "1", "yes", "on"), True)
-_BOOLS |= dict.fromkeys(("false", "0", "no", "off"), False)
-
-
-def _bool(text: str) -> bool:
-    if text.lower() not in _BOOLS:
-        raise ValueError("one of true/false, 1/0, yes/no, on/off")
-    return _BOOLS[text.lower()]
-
-
-def _choice(*choices: str) -> _Convert:
-    """A converter to one of `choices`, in any case (`debug` is DEBUG, `Sandbox` is sandbox)."""
-    canonical = {choice.lower(): choice for choice in choices}
-
-    def convert(text: str) -> str:
-        if text.lower() not in canonical:
-            raise ValueError("one of " + ", ".join(choices))
-        return canonical[text.lower()]
-
-    return convert
-
-
-def _url(text: str) -> str:
-    try:
-        parts = urlsplit(text)
-        ok = parts.scheme in ("http", "https") and bool(parts.hostname) and parts.port != 0
-    except ValueError:  # a bad port or IPv6 literal
-        ok = False
-    if not ok:
-        raise ValueError("an http(s) URL such as https://api.example.com")
-    return text.rstrip("/")  # clients append "/sms/send" and the like
-
-
-# Group 2 is the password in the user info: up to the last '@', so a stray '@' over-masks.
-_URL_PASSWORD = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://[^:/@]*:)(.*)@")
-_QUERY_PASSWORD = re.compile(r"(?i)([?&]password=)[^&]*")
-
-
-def _mask_url(url: str) -> str:
-    """Return `url` with any password replaced by ***, for repr and error messages."""
-    return _QUERY_PASSWORD.sub(r"\1***", _URL_PASSWORD.sub(r"\1***@", url, count=1))
-
-
-_ASYNC_DRIVER = dict.fromkeys(("sqlite", "sqlite+aiosqlite"), "sqlite+aiosqlite")
-_ASYNC_DRIVER |= dict.fromkeys(
-    ("postgresql", "postgres", "postgresql+psycopg", "postgresql+asyncpg"), "postgresql+asyncpg"
-)
-
-
-def _rename_query(rest: str, old: str, new: str) -> str:
-    base, sep, query = rest.partition("?")
-    return base + sep + re.sub(rf"(^|&){old}=", rf"\g<1>{new}=", query)
-
-
-def _db_url(text: str) -> str:
-    scheme, _, rest = text.partition("://")
-    driver = _ASYNC_DRIVER.get(scheme.lower(), "") if rest else ""
-    if not driver or (driver.startswith("sqlite") and not rest.startswith("/")):
-        raise ValueError(
-            "sqlite:///path/to/file.db or postgresql://user:password@host/db (postgres://,"
-            " postgresql+psycopg://, postgresql+asyncpg:// and sqlite+aiosqlite:// also work)"
-        )
-    if driver == "postgresql+asyncpg":  # asyncpg spells libpq's sslmode= as ssl=
-        rest = _rename_query(rest, "sslmode", "ssl")
-    return f"{driver}://{rest}"
-
-
-def _quiet_hours(text: str) -> str:
-    parse_window(text)  # its ValueError says what was expected
-    return text.strip()
-
-
-_DURATION = re.compile(r"(?:([0-9]{1,6})d)?(?:([0-9]{1,7})h)?(?:([0-9]{1,9})m)?(?:([0-9]{1,10})s)?")
-
-
-def parse_duration(text: str) -> dt.timedelta:
-    """Parse "7d", "12h", "30m", "3600s", "1d12h" or bare seconds; ValueError if not positive."""
-    # Bare digits are seconds only on their own: "1h30" is likelier a typo than 1h + 30s.
-    match = _DURATION.fullmatch(text.lower() + ("s" if text.isdecimal() else ""))
-    days, hours, minutes, seconds = (int(g or 0) for g in match.groups()) if match else (0,) * 4
-    value = dt.timedelta(days=days, hours=hours, minutes=minutes, seconds=seconds)
-    if value <= dt.timedelta(0):
-        raise ValueError("a positive duration such as 7d, 12h, 30m, 3600s or 3600")
-    return value
-
-
-_provider = _choice("sandbox", "divergent", "puresms")
-_segment_policy = _choice("warn", "fail")
-_log_level = _choice("DEBUG", "INFO", "WARNING", "ERROR")
-_region = _checked(
-    "a two-letter ISO 3166 code such as GB (not UK) or US",
-    phonenumbers.SUPPORTED_REGIONS.__contains__,
-)
-_timezone = _checked("an IANA time zone such as Europe/London or UTC", zoneinfo.ZoneInfo)
-
-
-def _var(env: str, default: Any, convert: _Convert = str) -> Any:
-    """Declare a Settings field read from the environment variable `env`."""
-    return dataclasses.field(default=default, metadata={"env": env, "convert": convert})
 
 
 SANDBOX_SECRET = Secret("sandbox-secret")  # well known on purpose: the sandbox is local only
@@ -224,51 +60,61 @@ SANDBOX_NUMBER = "+447700900100"
 class Settings:
     """Every smsbot setting, typed and validated; build it with Settings.from_env()."""
 
-    database_url: str = _var("SMSBOT_DATABASE_URL", "sqlite+aiosqlite:///./smsbot.db", _db_url)
-    provider: Provider = _var("SMSBOT_PROVIDER", "sandbox", _provider)
-    divergent_api_key: Secret | None = _var("SMSBOT_DIVERGENT_API_KEY", None, Secret)
-    divergent_url: str = _var("SMSBOT_DIVERGENT_URL", "https://connect-api.divergent.cloud", _url)
-    puresms_api_key: Secret | None = _var("SMSBOT_PURESMS_API_KEY", None, Secret)
-    puresms_url: str = _var("SMSBOT_PURESMS_URL", "https://api.puresms.uk", _url)
-    puresms_test_mode: bool = _var("SMSBOT_PURESMS_TEST_MODE", False, _bool)
-    webhook_secret: Secret | None = _var("SMSBOT_WEBHOOK_SECRET", None, Secret)
-    webhook_secret_previous: Secret | None = _var("SMSBOT_WEBHOOK_SECRET_PREVIOUS", None, Secret)
-    webhook_tolerance_seconds: int = _var("SMSBOT_WEBHOOK_TOLERANCE", 300, _int(1, 86_400))
-    insecure_no_signature: bool = _var("SMSBOT_INSECURE_NO_SIGNATURE", False, _bool)
-    puresms_webhook_token: Secret | None = _var("SMSBOT_PURESMS_WEBHOOK_TOKEN", None, Secret)
-    sandbox_webhook_secret: Secret = _var("SMSBOT_SANDBOX_WEBHOOK_SECRET", SANDBOX_SECRET, Secret)
-    api_key: Secret | None = _var("SMSBOT_API_KEY", None, Secret)
-    default_sender: str | None = _var("SMSBOT_DEFAULT_SENDER", None)
-    default_region: str = _var("SMSBOT_DEFAULT_REGION", "GB", _region)
-    host: str = _var("SMSBOT_HOST", "127.0.0.1")
-    port: int = _var("SMSBOT_PORT", 8080, _int(1, 65_535))
-    sandbox_port: int = _var("SMSBOT_SANDBOX_PORT", 8081, _int(0, 65_535))  # 0: any free port
-    workers: int = _var("SMSBOT_WORKERS", 8, _int(1, 256))
-    step_max_attempts: int = _var("SMSBOT_STEP_MAX_ATTEMPTS", 5, _int(1, 100))
-    lease_seconds: float = _var("SMSBOT_LEASE_SECONDS", 30.0, _positive_float)
-    resend_grace: dt.timedelta = _var(
+    database_url: str = setting("SMSBOT_DATABASE_URL", "sqlite+aiosqlite:///./smsbot.db", db_url)
+    provider: Provider = setting("SMSBOT_PROVIDER", "sandbox", provider_name)
+    divergent_api_key: Secret | None = setting("SMSBOT_DIVERGENT_API_KEY", None, Secret)
+    divergent_url: str = setting(
+        "SMSBOT_DIVERGENT_URL", "https://connect-api.divergent.cloud", http_url
+    )
+    puresms_api_key: Secret | None = setting("SMSBOT_PURESMS_API_KEY", None, Secret)
+    puresms_url: str = setting("SMSBOT_PURESMS_URL", "https://api.puresms.uk", http_url)
+    puresms_test_mode: bool = setting("SMSBOT_PURESMS_TEST_MODE", False, boolean)
+    webhook_secret: Secret | None = setting("SMSBOT_WEBHOOK_SECRET", None, Secret)
+    webhook_secret_previous: Secret | None = setting("SMSBOT_WEBHOOK_SECRET_PREVIOUS", None, Secret)
+    webhook_tolerance_seconds: int = setting(
+        "SMSBOT_WEBHOOK_TOLERANCE", 300, int_between(1, 86_400)
+    )
+    insecure_no_signature: bool = setting("SMSBOT_INSECURE_NO_SIGNATURE", False, boolean)
+    puresms_webhook_token: Secret | None = setting("SMSBOT_PURESMS_WEBHOOK_TOKEN", None, Secret)
+    sandbox_webhook_secret: Secret = setting(
+        "SMSBOT_SANDBOX_WEBHOOK_SECRET", SANDBOX_SECRET, Secret
+    )
+    api_key: Secret | None = setting("SMSBOT_API_KEY", None, Secret)
+    default_sender: str | None = setting("SMSBOT_DEFAULT_SENDER", None)
+    default_region: str = setting("SMSBOT_DEFAULT_REGION", "GB", region_code)
+    host: str = setting("SMSBOT_HOST", "127.0.0.1")
+    port: int = setting("SMSBOT_PORT", 8080, int_between(1, 65_535))
+    sandbox_port: int = setting(
+        "SMSBOT_SANDBOX_PORT", 8081, int_between(0, 65_535)
+    )  # 0: any free port
+    workers: int = setting("SMSBOT_WORKERS", 8, int_between(1, 256))
+    step_max_attempts: int = setting("SMSBOT_STEP_MAX_ATTEMPTS", 5, int_between(1, 100))
+    lease_seconds: float = setting("SMSBOT_LEASE_SECONDS", 30.0, positive_float)
+    resend_grace: dt.timedelta = setting(
         "SMSBOT_RESEND_GRACE", dt.timedelta(minutes=2), parse_duration
     )
-    send_rate_per_second: float = _var("SMSBOT_SEND_RATE", 10.0, _positive_float)
+    send_rate_per_second: float = setting("SMSBOT_SEND_RATE", 10.0, positive_float)
     # 15,000 is the provider's limit for one bulk call
-    send_batch_size: int = _var("SMSBOT_SEND_BATCH", 500, _int(1, 15_000))
-    max_body_bytes: int = _var("SMSBOT_MAX_BODY_BYTES", 1_048_576, _int(1_024, 104_857_600))
-    body_timeout: float = _var("SMSBOT_BODY_TIMEOUT", 10.0, _positive_float)
-    quiet_hours: str = _var("SMSBOT_QUIET_HOURS", "", _quiet_hours)
-    default_timezone: str = _var("SMSBOT_DEFAULT_TIMEZONE", "Europe/London", _timezone)
-    conversation_expiry: dt.timedelta = _var(
+    send_batch_size: int = setting("SMSBOT_SEND_BATCH", 500, int_between(1, 15_000))
+    max_body_bytes: int = setting(
+        "SMSBOT_MAX_BODY_BYTES", 1_048_576, int_between(1_024, 104_857_600)
+    )
+    body_timeout: float = setting("SMSBOT_BODY_TIMEOUT", 10.0, positive_float)
+    quiet_hours: str = setting("SMSBOT_QUIET_HOURS", "", quiet_hours_window)
+    default_timezone: str = setting("SMSBOT_DEFAULT_TIMEZONE", "Europe/London", zone_name)
+    conversation_expiry: dt.timedelta = setting(
         "SMSBOT_CONVERSATION_EXPIRY", dt.timedelta(days=7), parse_duration
     )
-    reminder_max_lateness: dt.timedelta = _var(
+    reminder_max_lateness: dt.timedelta = setting(
         "SMSBOT_REMINDER_MAX_LATENESS", dt.timedelta(hours=6), parse_duration
     )
-    max_segments: int = _var("SMSBOT_MAX_SEGMENTS", 6, _int(1, 255))
-    segment_policy: SegmentPolicy = _var("SMSBOT_SEGMENT_POLICY", "warn", _segment_policy)
-    smart_characters: bool = _var("SMSBOT_SMART_CHARACTERS", True, _bool)
-    flows_dir: Path = _var("SMSBOT_FLOWS_DIR", Path("flows"), Path)
-    templates_dir: Path = _var("SMSBOT_TEMPLATES_DIR", Path("templates"), Path)
-    log_level: str = _var("SMSBOT_LOG_LEVEL", "INFO", _log_level)
-    log_sensitive: bool = _var("SMSBOT_LOG_SENSITIVE", False, _bool)
+    max_segments: int = setting("SMSBOT_MAX_SEGMENTS", 6, int_between(1, 255))
+    segment_policy: SegmentPolicy = setting("SMSBOT_SEGMENT_POLICY", "warn", segment_policy_name)
+    smart_characters: bool = setting("SMSBOT_SMART_CHARACTERS", True, boolean)
+    flows_dir: Path = setting("SMSBOT_FLOWS_DIR", Path("flows"), Path)
+    templates_dir: Path = setting("SMSBOT_TEMPLATES_DIR", Path("templates"), Path)
+    log_level: str = setting("SMSBOT_LOG_LEVEL", "INFO", log_level_name)
+    log_sensitive: bool = setting("SMSBOT_LOG_SENSITIVE", False, boolean)
     # Per-number settings from [numbers."+44…"] tables; the router validates them.
     numbers: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
     # Contact fields declared in [contacts.fields]: name -> text | number | datetime | boolean
@@ -325,7 +171,7 @@ class Settings:
                     values[name] = convert(text)
                 except ValueError as exc:
                     # secrets never fail to convert, so `text` is not one; URLs are masked
-                    raise ConfigError(f"{label} must be {exc}, got {_mask_url(text)!r}") from None
+                    raise ConfigError(f"{label} must be {exc}, got {mask_url(text)!r}") from None
         if "numbers" in table:
             values["numbers"] = _numbers(path, table["numbers"])
         if "contacts" in table:
@@ -348,7 +194,7 @@ class Settings:
         scheme, _, rest = self.database_url.partition("://")
         if scheme.startswith("sqlite"):
             return f"sqlite://{rest}"
-        return f"postgresql+psycopg://{_rename_query(rest, 'ssl', 'sslmode')}"
+        return f"postgresql+psycopg://{rename_query(rest, 'ssl', 'sslmode')}"
 
     @property
     def sender(self) -> str | None:
@@ -390,7 +236,7 @@ class Settings:
     def __repr__(self) -> str:
         def shown(name: str) -> Any:
             value = getattr(self, name)
-            return _mask_url(value) if name == "database_url" else value
+            return mask_url(value) if name == "database_url" else value
 
         fields = ", ".join(f"{f.name}={shown(f.name)!r}" for f in dataclasses.fields(self))
         return f"Settings({fields})"
