@@ -19,7 +19,8 @@ from smsbot import Flow, Future, Length, Range, StartDataError, State
 from smsbot.app.bulk_cli import start_from_csv
 from smsbot.app.operations import OperatorError
 from smsbot.config import Settings
-from smsbot.engine.startdata import parse_start_data, start_data_schema, start_fields
+from smsbot.engine.startdata import parse_start_data, start_fields
+from smsbot.engine.startschema import start_data_schema
 from smsbot.testing.harness import make_runtime
 from tests import test_operator_api as operator_api
 from tests.support import PHONE, VN

@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from smsbot.engine.flow import Flow
-from smsbot.engine.startdata import start_data_schema as engine_start_data_schema
+from smsbot.engine.startschema import start_data_schema as engine_start_data_schema
 
 __all__ = [
     "CONVERSATIONS",
