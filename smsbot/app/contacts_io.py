@@ -16,7 +16,6 @@ from __future__ import annotations
 import csv
 import dataclasses
 import datetime as dt
-import json
 import logging
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -24,13 +23,13 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import IO, Any
 
-from sqlalchemy import Connection, Engine, bindparam, select, text
+from sqlalchemy import Connection, Engine, select
 
+from smsbot.app.contacts_write import ImportRow, write_batch
 from smsbot.engine.contact import FieldTypeError, check_field_name, encode, parse_field
 from smsbot.sms.phone import PhoneNumberError, normalize
 from smsbot.sms.zones import iana_zone
 from smsbot.store.models import contact_fields_t, contact_groups_t, contacts_t
-from smsbot.store.types import UTCDateTime
 from smsbot.store.upsert import insert_on_conflict
 
 log = logging.getLogger(__name__)
@@ -40,10 +39,6 @@ STANDARD = ("phone", "name", "language", "timezone", "groups")
 
 Progress = Callable[[int, int], None]
 
-_UPSERT = insert_on_conflict(
-    contacts_t, ["phone"], update=("name", "language", "timezone", "fields", "updated_at")
-)
-_JOIN = insert_on_conflict(contact_groups_t, ["contact_id", "name"])
 _DECLARE = insert_on_conflict(contact_fields_t, ["name"], update=("type",))
 _NEW_FIELD = insert_on_conflict(contact_fields_t, ["name"])
 
@@ -66,16 +61,6 @@ class ImportReport:
         return (
             f"imported {self.imported:,} contact(s) from {path}; {len(self.bad):,} bad row(s){new}"
         )
-
-
-@dataclasses.dataclass(slots=True)
-class _Row:
-    phone: str
-    name: str | None
-    language: str | None
-    timezone: str | None
-    fields: dict[str, Any]
-    groups: set[str]
 
 
 def declared_types(conn: Connection, config: Mapping[str, str], now: dt.datetime) -> dict[str, str]:
@@ -105,7 +90,7 @@ def _header(reader: Iterator[list[str]], path: str) -> list[str]:
     return names
 
 
-def _parse(cells: list[str], names: list[str], types: Mapping[str, str], region: str) -> _Row:
+def _parse(cells: list[str], names: list[str], types: Mapping[str, str], region: str) -> ImportRow:
     if len(cells) != len(names):
         raise ValueError(f"{len(cells)} cell(s) where the header names {len(names)}")
     if any("\x00" in cell for cell in cells):  # no database stores it; PostgreSQL refuses it
@@ -125,76 +110,13 @@ def _parse(cells: list[str], names: list[str], types: Mapping[str, str], region:
             if value is not None:
                 fields[name] = encode(value)
     groups = {g.strip()[:100] for g in values.get("groups", "").split(";") if g.strip()}
-    return _Row(
+    return ImportRow(
         phone,
         values.get("name", "").strip()[:200] or None,
         values.get("language", "").strip()[:16] or None,
         zone,
         fields,
         groups,
-    )
-
-
-def _write(conn: Connection, batch: dict[str, _Row], group: str | None, now: dt.datetime) -> None:
-    c = contacts_t
-    found = conn.execute(
-        select(c.c.phone, c.c.name, c.c.language, c.c.timezone, c.c.fields).where(
-            c.c.phone.in_(list(batch))
-        )
-    )
-    old = {r.phone: r for r in found.all()}
-    rows = []
-    for phone, row in batch.items():
-        was = old.get(phone)
-        rows.append(
-            {
-                "phone": phone,
-                "name": row.name or (was.name if was else None),
-                "language": row.language or (was.language if was else None),
-                "timezone": row.timezone or (was.timezone if was else None),
-                "fields": {**(was.fields if was else {}), **row.fields},
-                "created_at": now,
-                "updated_at": now,
-            }
-        )
-    if conn.dialect.name == "postgresql":
-        _upsert_unnest(conn, rows)
-    else:
-        conn.execute(_UPSERT, rows)
-    members = {p: r.groups | ({group} if group else set()) for p, r in batch.items()}
-    if any(members.values()):
-        ids = conn.execute(select(c.c.phone, c.c.id).where(c.c.phone.in_(list(batch))))
-        joins = [
-            {"contact_id": contact_id, "name": name, "created_at": now}
-            for phone, contact_id in ids.all()
-            for name in members[phone]
-        ]
-        if joins:
-            conn.execute(_JOIN, joins)
-
-
-# On PostgreSQL one statement over arrays: psycopg's executemany sends an upsert per row.
-_UNNEST = text(
-    "INSERT INTO contacts (phone, name, language, timezone, fields, created_at, updated_at)"
-    " SELECT p, n, l, t, f::json, :now, :now FROM unnest("
-    "CAST(:phone AS text[]), CAST(:name AS text[]), CAST(:language AS text[]),"
-    " CAST(:timezone AS text[]), CAST(:fields AS text[])) AS u(p, n, l, t, f)"
-    " ON CONFLICT (phone) DO UPDATE SET name = excluded.name, language = excluded.language,"
-    " timezone = excluded.timezone, fields = excluded.fields, updated_at = excluded.updated_at"
-).bindparams(bindparam("now", type_=UTCDateTime()))
-
-
-def _upsert_unnest(conn: Connection, rows: list[dict[str, Any]]) -> None:
-    conn.execute(
-        _UNNEST,
-        {
-            "phone": [r["phone"] for r in rows],
-            "name": [r["name"] for r in rows],
-            "language": [r["language"] for r in rows],
-            "timezone": [r["timezone"] for r in rows],
-            "fields": [json.dumps(r["fields"]) for r in rows],
-            "now": rows[0]["updated_at"],
-        },
     )
 
 
@@ -206,16 +128,21 @@ class _Writer:
         self._started = time.monotonic()
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="smsbot-import")
         self._pending: Future[None] | None = None
+        # One connection for the whole import, a transaction per batch: a new connection per
+        # batch cost as much as writing the batch on PostgreSQL.
+        self._conn: Connection | None = None
 
-    def _write(self, batch: dict[str, _Row]) -> None:
-        with self._engine.begin() as conn:
+    def _write(self, batch: dict[str, ImportRow]) -> None:
+        if self._conn is None:
+            self._conn = self._engine.connect()
+        with self._conn.begin():
             # Each batch is stamped with when it is written, not when the import began: the
             # campaigns sync reads contacts changed since a cursor a few seconds behind the
             # clock, and a long import's later batches must land after it.
             elapsed = dt.timedelta(seconds=time.monotonic() - self._started)
-            _write(conn, batch, self._group, self._now + elapsed)
+            write_batch(self._conn, batch, self._group, self._now + elapsed)
 
-    def submit(self, batch: dict[str, _Row]) -> None:
+    def submit(self, batch: dict[str, ImportRow]) -> None:
         """Wait for the batch in flight (raising its error), then start writing `batch`."""
         self.wait()
         if batch:
@@ -232,6 +159,9 @@ class _Writer:
         try:
             self.wait()
         finally:
+            if self._conn is not None:  # closed in the thread that used it
+                self._pool.submit(self._conn.close).result()
+                self._conn = None
             self._pool.shutdown()
 
 
@@ -245,7 +175,7 @@ def _stream(
     progress: Progress | None,
     total: int,
 ) -> None:
-    batch: dict[str, _Row] = {}
+    batch: dict[str, ImportRow] = {}
     for cells in reader:
         if not any(cell.strip() for cell in cells):
             continue  # a blank line
