@@ -214,6 +214,10 @@ async def test_no_hot_query_scans_a_large_table(
     statements = {s: p for s, p in recorded.seen.items() if not s.startswith(("BEGIN", "COMMIT"))}
     touched = {t for s in statements for t in MENTIONS.findall(s)}
     assert touched == set(LARGE)  # the turns reached every large table
+    # the dispatcher's interactive lane (claims.due_keys: pending inbound messages first) ran
+    # and so has its plan checked below
+    lane = [s for s in statements if "webhook_events.kind =" in s and "IS NOT NULL" in s]
+    assert lane, "the interactive lane's query did not run"
     if bot.db.is_postgres:
         problems = await postgres_problems(bot, statements)
     else:

@@ -33,6 +33,47 @@ _NEW_CONVERSATION = insert_on_conflict(conversations_t, ["virtual_number", "phon
 
 
 def due_keys(conn: Connection, now: dt.datetime, limit: int) -> list[ConversationKey]:
+    """Up to `limit` due conversations: people who texted first, then the rest oldest first."""
+    # Two lanes. The interactive lane (pending inbound messages, on ix_events_state_kind)
+    # fills up to half the batch, so a reply never waits behind a bulk campaign's thousands
+    # of queued starts; the arrival-order lane fills the rest, so bulk keeps progressing
+    # while people text. Per-conversation order is untouched: whichever lane picks a key,
+    # `oldest_events` steps that conversation's oldest pending event, and only if it is due.
+    keys = _interactive_keys(conn, max(1, limit // 2)) if limit > 1 else []
+    picked = {(k.virtual_number, k.phone) for k in keys}
+    for key in _arrival_keys(conn, now, limit):
+        if len(keys) >= limit:
+            break
+        if (key.virtual_number, key.phone) not in picked:
+            picked.add((key.virtual_number, key.phone))
+            keys.append(key)
+    return keys
+
+
+def _interactive_keys(conn: Connection, limit: int) -> list[ConversationKey]:
+    """Up to `limit` conversations with a pending inbound message, oldest message first."""
+    stmt = (
+        select(events_t.c.virtual_number, events_t.c.phone)
+        .where(
+            events_t.c.state == EventState.PENDING.value,
+            events_t.c.kind == EventKind.INBOUND.value,
+            events_t.c.virtual_number.is_not(None),
+        )
+        .order_by(events_t.c.id)
+        .limit(limit * 8)
+    )
+    seen: set[tuple[str, str]] = set()
+    keys: list[ConversationKey] = []
+    for vn, phone in conn.execute(stmt):
+        if (vn, phone) not in seen:
+            seen.add((vn, phone))
+            keys.append(ConversationKey(vn, phone))
+            if len(keys) >= limit:
+                break
+    return keys
+
+
+def _arrival_keys(conn: Connection, now: dt.datetime, limit: int) -> list[ConversationKey]:
     """Up to `limit` conversations whose oldest pending event is due, oldest first."""
     # Pending events in arrival order (an index range scan on (state, id)): the first time a
     # key appears is its oldest pending event. A key whose oldest event waits for a retry is

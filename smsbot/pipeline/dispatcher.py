@@ -190,7 +190,7 @@ class Dispatcher:
         return await self.db.write(record)
 
     async def due_keys(self, limit: int) -> list[ConversationKey]:
-        """Return up to `limit` keys whose oldest pending event is due, oldest first."""
+        """Up to `limit` due keys: inbound texts first (half a batch at most), then the rest."""
         now = self.clock.now()
         return await self.db.read(lambda conn: claims.due_keys(conn, now, limit))
 

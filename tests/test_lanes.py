@@ -1,0 +1,105 @@
+"""Interactive before bulk: a person who texts the bot is answered ahead of a queued campaign.
+
+The dispatcher reads due conversations in two lanes (claims.due_keys): pending inbound
+messages first, up to half a batch, then everything else in arrival order. These tests queue
+5,000 bulk starts, then a text from a person, and step the dispatcher one batch at a time on
+the virtual clock: the reply is sent while most of the campaign is still queued, and the
+campaign keeps moving while people text.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from sqlalchemy import func, select
+
+from smsbot.app.bulk import StartRow, enqueue_starts
+from smsbot.channels.sandbox import Sandbox
+from smsbot.clock import VirtualClock
+from smsbot.engine.contract import EventKind
+from smsbot.pipeline import claims
+from smsbot.store.models import EventState, events_t
+from tests.support import VN, inbound_body
+from tests.test_faults import T0, FlowRig, appointment, flow_rig, phone
+
+BULK = 5_000
+PERSON = "+447711700001"  # not one of the campaign's phones
+
+
+async def pending_starts(rig: FlowRig) -> int:
+    async with rig.bot.db.session() as s:
+        query = select(func.count()).where(
+            events_t.c.state == EventState.PENDING.value,
+            events_t.c.kind == EventKind.START.value,
+        )
+        return int((await s.execute(query)).scalar_one())
+
+
+async def queue_campaign(rig: FlowRig) -> None:
+    starts_at = T0.replace(day=20)
+    rows = [StartRow(i + 2, phone(i), VN, appointment(starts_at, f"P{i}")) for i in range(BULK)]
+    result = await enqueue_starts(rig.bot.db, rig.bot.inbox, "appointment", rows)
+    assert result.started == BULK
+
+
+async def one_round(rig: FlowRig) -> int:
+    """One dispatcher batch and one sender claim, as the running workers would do them."""
+    dispatcher = rig.bot.dispatcher
+    keys = await dispatcher.due_keys(limit=dispatcher.batch_size)
+    stepped = await dispatcher.step_safely(keys) if keys else 0
+    await rig.bot.sender.send_until_idle()
+    return stepped
+
+
+async def test_a_reply_goes_out_before_the_bulk_backlog_drains(
+    db_url: str, sandbox: Sandbox, aiohttp_client: Any
+) -> None:
+    rig = await flow_rig(db_url, sandbox, aiohttp_client, VirtualClock(T0))
+    async with asyncio.timeout(120):
+        await queue_campaign(rig)
+        assert (await rig.post(inbound_body("evt_person", "hello", sender=PERSON))).status == 200
+        rounds = 0
+        while not [m for m in sandbox.messages if m.recipient == PERSON]:
+            assert await one_round(rig) > 0
+            rounds += 1
+            assert rounds < 5
+        left = await pending_starts(rig)
+    # The person was answered in the first batch, with almost the whole campaign still queued.
+    assert rounds == 1
+    assert left >= BULK - rig.bot.dispatcher.batch_size
+    bulk_sent = [m for m in sandbox.messages if m.recipient != PERSON]
+    assert len(bulk_sent) < BULK
+
+
+async def test_bulk_keeps_moving_while_people_text(
+    db_url: str, sandbox: Sandbox, aiohttp_client: Any
+) -> None:
+    """No starvation: with an inbound text in every batch, each batch still starts bulk rows."""
+    rig = await flow_rig(db_url, sandbox, aiohttp_client, VirtualClock(T0))
+    async with asyncio.timeout(120):
+        await queue_campaign(rig)
+        before = await pending_starts(rig)
+        for n in range(3):
+            people = [f"+4477118{n}{i:04d}" for i in range(rig.bot.dispatcher.batch_size)]
+            for i, p in enumerate(people):
+                body = inbound_body(f"evt_{n}_{i}", "hi", sender=p)
+                assert (await rig.post(body)).status == 200
+            await one_round(rig)
+            after = await pending_starts(rig)
+            # half the batch at most goes to the interactive lane: bulk got the rest
+            assert before - after >= rig.bot.dispatcher.batch_size // 2
+            before = after
+
+
+async def test_the_interactive_lane_takes_at_most_half_a_batch(
+    db_url: str, sandbox: Sandbox, aiohttp_client: Any
+) -> None:
+    rig = await flow_rig(db_url, sandbox, aiohttp_client, VirtualClock(T0))
+    await queue_campaign(rig)
+    people = [f"+44771190{i:04d}" for i in range(20)]
+    for i, p in enumerate(people):
+        assert (await rig.post(inbound_body(f"evt_h{i}", "hi", sender=p))).status == 200
+    keys = await rig.bot.db.read(lambda conn: claims.due_keys(conn, rig.clock.now(), 10))
+    assert [k.phone for k in keys[:5]] == people[:5]  # the oldest texts first
+    assert [k.phone for k in keys[5:]] == [phone(i) for i in range(5)]  # then the campaign
