@@ -45,6 +45,9 @@ from smsbot.store.types import UTCDateTime
 
 log = logging.getLogger(__name__)
 
+# Answers to a person: the outbox's interactive lane (see Sender._due).
+INTERACTIVE = (Origin.REPLY.value, Origin.COMPLIANCE.value)
+
 SWEEP_EVERY = dt.timedelta(seconds=1)  # how often lapsed claims are looked for
 
 
@@ -214,8 +217,18 @@ class Sender:
         lapsed = select(messages_t.c.id).where(self._lapsed(now)).limit(1)
         return senders, sweep and conn.execute(lapsed).first() is not None
 
-    def _due(self, now: dt.datetime, *columns: ColumnElement[Any]) -> Select[Any]:
-        """The messages a claim takes, oldest first: due, and none to the same phone in flight."""
+    def _due(
+        self,
+        now: dt.datetime,
+        *columns: ColumnElement[Any],
+        interactive: bool = False,
+        limit: int | None = None,
+    ) -> Select[Any]:
+        """The messages a claim takes, oldest first: due, and none to the same phone in flight.
+
+        `interactive`: only answers to a person (replies, STOP/START/HELP) that are the oldest
+        pending message of their conversation, so the lane never reorders a conversation.
+        """
         m = messages_t
         # One send at a time per conversation, across processes: a message waits while
         # another to the same phone from the same number is in flight. So a reply claimed
@@ -229,12 +242,32 @@ class Sender:
                 other.c.lease_until >= now,
             )
         )
-        return (
-            select(*columns)
-            .where(m.c.outbox == OutboxState.PENDING.value, m.c.send_after <= now, ~in_flight)
-            .order_by(m.c.send_after, m.c.created_at)
-            .limit(self.batch_size)
+        query = select(*columns).where(
+            m.c.outbox == OutboxState.PENDING.value, m.c.send_after <= now, ~in_flight
         )
+        if interactive:
+            older = m.alias("older")
+            query = query.where(
+                m.c.origin.in_(INTERACTIVE),  # on ix_messages_lane, past any bulk backlog
+                ~exists().where(
+                    and_(
+                        older.c.virtual_number == m.c.virtual_number,
+                        older.c.phone == m.c.phone,
+                        older.c.outbox == OutboxState.PENDING.value,
+                        older.c.id != m.c.id,
+                        # written earlier, or in the same instant and not an answer itself
+                        # (one step's messages share a time): left to the send-order lane
+                        or_(
+                            older.c.created_at < m.c.created_at,
+                            and_(
+                                older.c.created_at == m.c.created_at,
+                                older.c.origin.not_in(INTERACTIVE),
+                            ),
+                        ),
+                    )
+                ),
+            )
+        return query.order_by(m.c.send_after, m.c.created_at).limit(limit or self.batch_size)
 
     def _claim(self, conn: Connection, now: dt.datetime, sweep: bool) -> tuple[int, list[Any], int]:
         """In the claim's transaction: (how many were due, the rows taken, how many blocked)."""
@@ -243,8 +276,7 @@ class Sender:
             self._recover_lapsed(conn, now)
         # a number's own STOP, and for an alphanumeric sender any of the phone's (opt_out_blocks)
         opted_out = exists().where(opt_out_blocks(m.c.virtual_number, m.c.phone))
-        query = self._due(
-            now,
+        columns = (
             m.c.id,
             m.c.virtual_number,
             m.c.phone,
@@ -255,9 +287,20 @@ class Sender:
             m.c.origin,
             opted_out.label("opted_out"),
         )
-        if self.db.is_postgres:
-            query = query.with_for_update(of=m, skip_locked=True)
-        rows = conn.execute(query).all()
+
+        def run(query: Select[Any]) -> list[Any]:
+            if self.db.is_postgres:
+                query = query.with_for_update(of=m, skip_locked=True)
+            return list(conn.execute(query).all())
+
+        # Two lanes: answers to people first, up to half the batch, so a reply never waits
+        # behind a campaign's backlog; then everything in send order, so bulk keeps moving.
+        rows = run(self._due(now, *columns, interactive=True, limit=max(1, self.batch_size // 2)))
+        if (room := self.batch_size - len(rows)) > 0:
+            rest = self._due(now, *columns, limit=room)
+            if rows:
+                rest = rest.where(m.c.id.not_in([r.id for r in rows]))
+            rows += run(rest)
         # Opt-out is checked as the message is claimed: only the STOP confirmation itself
         # goes to a phone that opted out; everything else is marked suppressed, never sent.
         blocked = {r.id for r in rows if r.opted_out and r.origin != Origin.COMPLIANCE.value}

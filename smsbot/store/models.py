@@ -157,6 +157,8 @@ class MessageRow(SQLModel, table=True):
     __tablename__ = "messages"
     __table_args__ = (
         Index("ix_messages_outbox", "outbox", "send_after", "created_at"),
+        # the sender's interactive lane: replies found past a campaign's pending backlog
+        Index("ix_messages_lane", "outbox", "origin", "send_after", "created_at"),
         Index("ix_messages_key", "virtual_number", "phone", "created_at"),
     )
 
