@@ -252,6 +252,13 @@ class Provider:
             await asyncio.sleep(poll)
         return None
 
+    async def first_to(self, phone: str) -> float | None:
+        """When the provider accepted the first message to `phone` (wall clock), or None."""
+        url = f"{self.url}/bench/to"
+        async with aiohttp.ClientSession() as http, http.get(url, params={"phone": phone}) as r:
+            at = (await r.json())["at"]
+            return None if at is None else float(at)
+
     async def count(self) -> int:
         url = f"{self.url}/bench/count"
         async with aiohttp.ClientSession() as http, http.get(url) as resp:

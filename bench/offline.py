@@ -5,12 +5,18 @@ from __future__ import annotations
 import asyncio
 import csv
 import datetime as dt
+import itertools
 import os
 import subprocess
 import time
+import uuid
 from pathlib import Path
 
+import aiohttp
+
 from bench.common import (
+    SECRET,
+    VN,
     Child,
     Figure,
     Provider,
@@ -26,6 +32,7 @@ from bench.common import (
 )
 from bench.http_benches import Options, report_profile
 from bench.profiler import Profile
+from smsbot.channels.divergent.signature import sign
 
 BULK_GOAL_RATE = 20_000
 BULK_GOAL_MB = 500
@@ -39,6 +46,58 @@ def write_csv(path: Path, n: int) -> None:
         out.writerow(["to", "name", "starts_at", "location"])
         for i in range(n):
             out.writerow([phone(i), f"Patient {i}", starts.isoformat(), "Riverside Clinic"])
+
+
+REPLY_GOAL_S = 1.0  # issue 13: a person's reply during a 100,000 bulk run, p99
+PROBE = (
+    '{"id":"evt_%s","timestamp":"2026-01-15T14:22:30Z","workspaceId":"ws_bench","eventType":2,'
+    '"data":{"messageId":"inb_%s","inboundNumber":"' + VN + '","sender":"%s","body":"HOURS",'
+    '"receivedAt":"2026-01-15T14:22:30Z"}}'
+)
+
+
+async def _reply_latencies(port: int, provider: Provider) -> list[float]:
+    """Text HOURS from a new phone every second until cancelled; each reply's latency (s)."""
+    latencies: list[float] = []
+    waits: list[asyncio.Task[None]] = []
+
+    async def one(phone: str, http: aiohttp.ClientSession) -> None:
+        key = uuid.uuid4().hex
+        body = (PROBE % (key, key, phone)).encode()
+        ts = str(int(time.time()))
+        headers = {
+            "Content-Type": "application/json",
+            "X-Webhook-Timestamp": ts,
+            "X-Webhook-Signature": sign(SECRET, ts, body),
+        }
+        sent = time.time()
+        async with http.post(
+            f"http://127.0.0.1:{port}/webhooks/divergent", data=body, headers=headers
+        ) as r:
+            await r.read()
+        for _ in range(600):  # 30 s at most
+            if (at := await provider.first_to(phone)) is not None:
+                latencies.append(at - sent)
+                return
+            await asyncio.sleep(0.05)
+        latencies.append(30.0)  # no reply in 30 s: counted as 30 s
+
+    async with aiohttp.ClientSession() as http:
+        try:
+            for i in itertools.count():
+                waits.append(asyncio.create_task(one(f"+4477118{i:05d}", http)))
+                await asyncio.sleep(1.0)
+        except asyncio.CancelledError:
+            pass
+        await asyncio.gather(*waits, return_exceptions=True)
+    return latencies
+
+
+def _p99(values: list[float]) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))]
 
 
 async def bulk(o: Options) -> list[Figure]:
@@ -68,7 +127,10 @@ async def bulk(o: Options) -> list[Figure]:
                 None, os.wait4, starter.pid, 0
             )
             limit = 120 if o.quick else 900
+            replies = asyncio.create_task(_reply_latencies(port, provider))
             done_at = await provider.wait_count(n, limit, poll=0.25)
+            replies.cancel()
+            latencies = await replies
             _, status, rusage = await starter_rusage
             log.close()
             sent = await provider.count()
@@ -92,7 +154,17 @@ async def bulk(o: Options) -> list[Figure]:
     )
     peak = max(starter_peak, server_peak)
     note = "" if done_at else f"INCOMPLETE: {sent:,} of {n:,} after {elapsed:.0f} s"
+    p99 = _p99(latencies)
     return [
+        Figure(
+            f"3 bulk start {n:,}: a person's reply p99 meanwhile",
+            p99,
+            "s",
+            f"< {REPLY_GOAL_S:g} s",
+            p99 is not None and p99 < REPLY_GOAL_S,
+            note=f"{len(latencies)} texts (HOURS), one a second, while the campaign was sent;"
+            f" max {max(latencies, default=0):.2f} s",
+        ),
         Figure(
             f"3 bulk start {n:,}: messages/s",
             rate,

@@ -34,17 +34,24 @@ class CountingSandbox(Sandbox):
         self.accepted_at: list[float] = []
         self.app.router.add_get("/bench/count", self._handle_count)
         self.app.router.add_get("/bench/stats", self._handle_stats)
+        self.app.router.add_get("/bench/to", self._handle_to)
+        self.first_to: dict[str, float] = {}  # recipient -> when its first message came
 
     def _record(self, fields: dict[str, Any], *, batch_id: str | None) -> SandboxMessage:
         message = super()._record(fields, batch_id=batch_id)
         now = time.time()
         self.accepted_at.append(now)
+        self.first_to.setdefault(message.recipient, now)
         if self.on_message is not None:
             self.on_message(message, now)
         return message
 
     async def _handle_count(self, request: web.Request) -> web.Response:
         return web.json_response({"count": len(self.messages)})
+
+    async def _handle_to(self, request: web.Request) -> web.Response:
+        """When the first message to ?phone= was accepted (wall clock), or null."""
+        return web.json_response({"at": self.first_to.get(request.query.get("phone", ""))})
 
     async def _handle_stats(self, request: web.Request) -> web.Response:
         since = int(request.query.get("since", "0"))
