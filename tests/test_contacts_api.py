@@ -295,3 +295,22 @@ async def test_campaigns_are_listed_with_their_fires(api: Api) -> None:
         "appointment_at",
     )
     assert reminder["fires"]["scheduled"] == 1  # the day before, 9:00, for the one contact
+
+
+async def test_a_value_stored_before_its_field_was_retyped_is_skipped_by_search(api: Api) -> None:
+    # `visits` held text ("many") before smsbot.toml declared it a number: searching by
+    # number skips that contact instead of failing the query (PostgreSQL refuses the cast)
+    await api.call("POST", "/api/contacts", json={"phone": PHONE, "fields": {"visits": "many"}})
+    await api.call("POST", "/api/contacts", json={"phone": OTHER, "fields": {"vip": "maybe"}})
+    async with api.bot.db.session() as s, s.begin():
+        await s.execute(
+            contact_fields_t.update()
+            .where(contact_fields_t.c.name.in_(["visits", "vip"]))
+            .values(type="number")
+        )
+        await s.execute(
+            contact_fields_t.update().where(contact_fields_t.c.name == "vip").values(type="boolean")
+        )
+    for query in ("field=visits&value=4", "field=vip&value=true"):
+        status, page = await api.call("GET", f"/api/contacts?{query}")
+        assert (status, page["contacts"]) == (200, []), query

@@ -13,7 +13,7 @@ import datetime as dt
 from collections.abc import Mapping
 from typing import Any
 
-from sqlalchemy import Connection, delete, func, insert, select, true, update
+from sqlalchemy import Connection, case, delete, func, insert, select, true, update
 from sqlalchemy.sql.elements import ColumnElement
 
 from smsbot.engine.contact import (
@@ -124,10 +124,14 @@ def _field_match(conn: Connection, field: str, value: str) -> ColumnElement[bool
     match: ColumnElement[bool]
     if typed is None:  # an empty value: contacts that have the field at all
         match = stored.as_string().is_not(None)
-    elif kind == "number":
-        match = stored.as_float() == typed
-    elif kind == "boolean":
-        match = stored.as_boolean() == typed
+    elif kind in ("number", "boolean"):
+        cell: Any = stored.as_float() if kind == "number" else stored.as_boolean()
+        if conn.dialect.name == "postgresql":
+            # PostgreSQL's cast fails the whole query on a value stored before the field had
+            # this type (text in a field smsbot.toml later declared a number): skip those.
+            json_type = "number" if kind == "number" else "boolean"
+            cell = case((func.json_typeof(stored) == json_type, cell))
+        match = cell == typed
     else:  # text, and datetimes stored as ISO text in UTC (encode): compared as stored
         match = stored.as_string() == encode(typed)
     return match
