@@ -207,6 +207,9 @@ def page(server: Server, browser: WebDriver) -> Iterator[WebDriver]:
     browser.get(f"{server.url}/console/sign-in")
     if "/console/sign-in" in browser.current_url:
         sign_in(browser, KEY)
+        # wait for the sign-in's answer (its cookie): a page opened before it lands is
+        # redirected to the sign-in form, which failed a test now and then
+        until(browser, lambda b: "/console/sign-in" not in b.current_url, "signed in")
     yield browser
     problems = [
         e["message"]
