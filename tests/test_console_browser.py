@@ -60,6 +60,7 @@ from selenium import webdriver  # noqa: E402  (only once the browser is known to
 from selenium.common.exceptions import (  # noqa: E402
     StaleElementReferenceException,
     TimeoutException,
+    WebDriverException,
 )
 from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.action_chains import ActionChains  # noqa: E402
@@ -232,9 +233,24 @@ def until(browser: WebDriver, check: Callable[[WebDriver], Any], what: str) -> A
         waiting = WebDriverWait(
             browser, WAIT, poll_frequency=0.1, ignored_exceptions=[StaleElementReferenceException]
         )
-        return waiting.until(check)
+        return waiting.until(_mid_swap_is_not_yet(check))
     except TimeoutException:
         raise AssertionError(f"gave up waiting for {what} on {browser.current_url}") from None
+
+
+def _mid_swap_is_not_yet(check: Callable[[WebDriver], Any]) -> Callable[[WebDriver], Any]:
+    """An element htmx replaced while Chromium read it ("Node with given id does not belong to
+    the document", a WebDriverException rather than a stale reference) is read again."""
+
+    def tolerant(browser: WebDriver) -> Any:
+        try:
+            return check(browser)
+        except WebDriverException as exc:
+            if "does not belong to the document" in str(exc):
+                return False
+            raise
+
+    return tolerant
 
 
 def shows(text: str, where: str = "main") -> Callable[[WebDriver], bool]:
