@@ -112,24 +112,30 @@ async def drain_dispatcher(rig: FlowRig) -> None:
         assert await dispatcher.step_safely(keys) > 0
 
 
+async def first_claim_after_a_text(rig: FlowRig, texter: str) -> list[Any]:
+    """1,000 campaign questions pending in the outbox, then HOURS from `texter`, answered and
+    pending too: what the sender's first claim takes."""
+    async with asyncio.timeout(120):
+        starts_at = T0.replace(day=20)
+        rows = [StartRow(i + 2, phone(i), VN, appointment(starts_at, f"P{i}")) for i in range(1000)]
+        await enqueue_starts(rig.bot.db, rig.bot.inbox, "appointment", rows)
+        await drain_dispatcher(rig)
+        assert (await rig.post(inbound_body("evt_text", "HOURS", sender=texter))).status == 200
+        await drain_dispatcher(rig)
+        return await rig.bot.sender.claim()
+
+
 async def test_a_reply_is_claimed_ahead_of_the_outbox_backlog(
     db_url: str, sandbox: Sandbox, aiohttp_client: Any
 ) -> None:
     """The outbox's lanes: a reply written after a campaign's thousand messages goes first."""
     rig = await flow_rig(db_url, sandbox, aiohttp_client, VirtualClock(T0))
-    sender = rig.bot.sender
-    async with asyncio.timeout(120):
-        starts_at = T0.replace(day=20)
-        rows = [StartRow(i + 2, phone(i), VN, appointment(starts_at, f"P{i}")) for i in range(1000)]
-        await enqueue_starts(rig.bot.db, rig.bot.inbox, "appointment", rows)
-        await drain_dispatcher(rig)  # 1,000 questions pending in the outbox
-        assert (await rig.post(inbound_body("evt_person", "HOURS", sender=PERSON))).status == 200
-        await drain_dispatcher(rig)  # the opening hours: a reply, pending behind them
-        claimed = await sender.claim()
+    claimed = await first_claim_after_a_text(rig, PERSON)
     phones = [c.recipient for c in claimed]
-    assert len(claimed) == sender.batch_size < 1000
+    batch = rig.bot.sender.batch_size
+    assert len(claimed) == batch < 1000
     assert phones[0] == PERSON  # the reply leads the first claim
-    assert phones[1:] == [phone(i) for i in range(sender.batch_size - 1)]  # then bulk, in order
+    assert phones[1:] == [phone(i) for i in range(batch - 1)]  # then bulk, in order
 
 
 async def test_the_outbox_lane_never_reorders_a_conversation(
@@ -137,14 +143,6 @@ async def test_the_outbox_lane_never_reorders_a_conversation(
 ) -> None:
     """A reply waits behind an older message to the same phone, even a campaign's."""
     rig = await flow_rig(db_url, sandbox, aiohttp_client, VirtualClock(T0))
-    sender = rig.bot.sender
-    async with asyncio.timeout(120):
-        starts_at = T0.replace(day=20)
-        rows = [StartRow(i + 2, phone(i), VN, appointment(starts_at, f"P{i}")) for i in range(1000)]
-        await enqueue_starts(rig.bot.db, rig.bot.inbox, "appointment", rows)
-        await drain_dispatcher(rig)
-        late = phone(999)  # the last of the campaign, far past the first claim
-        assert (await rig.post(inbound_body("evt_late", "HOURS", sender=late))).status == 200
-        await drain_dispatcher(rig)
-        claimed = await sender.claim()
+    late = phone(999)  # the last of the campaign, far past the first claim
+    claimed = await first_claim_after_a_text(rig, late)
     assert late not in [c.recipient for c in claimed]  # its question first, then the answer
