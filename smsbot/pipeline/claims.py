@@ -13,7 +13,7 @@ import traceback
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import Connection, func, select, update
+from sqlalchemy import ColumnElement, Connection, func, select, update
 
 from smsbot.engine.contract import ConversationKey, EventKind, retryable
 from smsbot.store.lookup import rows_in
@@ -52,38 +52,30 @@ def due_keys(conn: Connection, now: dt.datetime, limit: int) -> list[Conversatio
 
 def _interactive_keys(conn: Connection, limit: int) -> list[ConversationKey]:
     """Up to `limit` conversations with a pending inbound message, oldest message first."""
-    stmt = (
-        select(events_t.c.virtual_number, events_t.c.phone)
-        .where(
-            events_t.c.state == EventState.PENDING.value,
-            events_t.c.kind == EventKind.INBOUND.value,
-            events_t.c.virtual_number.is_not(None),
-        )
-        .order_by(events_t.c.id)
-        .limit(limit * 8)
-    )
-    seen: set[tuple[str, str]] = set()
-    keys: list[ConversationKey] = []
-    for vn, phone in conn.execute(stmt):
-        if (vn, phone) not in seen:
-            seen.add((vn, phone))
-            keys.append(ConversationKey(vn, phone))
-            if len(keys) >= limit:
-                break
-    return keys
+    inbound = events_t.c.kind == EventKind.INBOUND.value  # on ix_events_state_kind
+    return _pending_keys(conn, None, limit, inbound)
 
 
 def _arrival_keys(conn: Connection, now: dt.datetime, limit: int) -> list[ConversationKey]:
     """Up to `limit` conversations whose oldest pending event is due, oldest first."""
     # Pending events in arrival order (an index range scan on (state, id)): the first time a
     # key appears is its oldest pending event. A key whose oldest event waits for a retry is
-    # skipped entirely, so its later events wait too: per-conversation order holds. The rows
-    # are read as they come (SQLite streams them) and reading stops once `limit` are found.
+    # skipped entirely, so its later events wait too: per-conversation order holds.
+    return _pending_keys(conn, now, limit)
+
+
+def _pending_keys(
+    conn: Connection, now: dt.datetime | None, limit: int, *where: ColumnElement[bool]
+) -> list[ConversationKey]:
+    """The conversations of pending events (`where`), by their first event in arrival order;
+    with `now`, one whose first event is not due yet is skipped. The rows are read as they
+    come (SQLite streams them) and reading stops once `limit` are found."""
     stmt = (
         select(events_t.c.virtual_number, events_t.c.phone, events_t.c.next_attempt_at)
         .where(
             events_t.c.state == EventState.PENDING.value,
             events_t.c.virtual_number.is_not(None),
+            *where,
         )
         .order_by(events_t.c.id)
         .limit(limit * 8)
@@ -94,7 +86,7 @@ def _arrival_keys(conn: Connection, now: dt.datetime, limit: int) -> list[Conver
         if (vn, phone) in seen:
             continue
         seen.add((vn, phone))
-        if due is None or due <= now:
+        if now is None or due is None or due <= now:
             keys.append(ConversationKey(vn, phone))
             if len(keys) >= limit:
                 break
