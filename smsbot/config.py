@@ -41,6 +41,9 @@ from smsbot.config_values import parse_duration as parse_duration
 from smsbot.config_values import port_in_use as port_in_use
 from smsbot.engine.quiet_hours import parse_window
 from smsbot.hints import did_you_mean
+from smsbot.workspaces import Workspaces
+from smsbot.workspaces import build as build_workspaces
+from smsbot.workspaces import parse_tables as parse_workspace_tables
 
 DEFAULT_TOML = Path("smsbot.toml")
 # Read by tests and tools rather than by Settings, so they are not typos.
@@ -119,6 +122,9 @@ class Settings:
     numbers: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
     # Contact fields declared in [contacts.fields]: name -> text | number | datetime | boolean
     contact_fields: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    # The [workspaces.NAME] tables as written; `workspaces` is what they mean (workspaces.py).
+    workspace_tables: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
+    workspaces: Workspaces = dataclasses.field(init=False, compare=False)
 
     def __post_init__(self) -> None:
         for name, key in (("divergent", self.divergent_api_key), ("puresms", self.puresms_api_key)):
@@ -138,6 +144,7 @@ class Settings:
                 "SMSBOT_WEBHOOK_SECRET_PREVIOUS is set but SMSBOT_WEBHOOK_SECRET is not:"
                 " during a rotation put the new secret in SMSBOT_WEBHOOK_SECRET"
             )
+        object.__setattr__(self, "workspaces", build_workspaces(self))
 
     @classmethod
     def from_env(
@@ -176,6 +183,8 @@ class Settings:
             values["numbers"] = _numbers(path, table["numbers"])
         if "contacts" in table:
             values["contact_fields"] = _contact_fields(path, table["contacts"])
+        if "workspaces" in table:
+            values["workspace_tables"] = parse_workspace_tables(path, table["workspaces"], env)
         if "provider" not in values:
             values["provider"] = (
                 "divergent" if values.get("divergent_api_key")
@@ -238,7 +247,11 @@ class Settings:
             value = getattr(self, name)
             return mask_url(value) if name == "database_url" else value
 
-        fields = ", ".join(f"{f.name}={shown(f.name)!r}" for f in dataclasses.fields(self))
+        fields = ", ".join(
+            f"{f.name}={shown(f.name)!r}"
+            for f in dataclasses.fields(self)
+            if f.name != "workspaces"
+        )
         return f"Settings({fields})"
 
 
@@ -253,7 +266,7 @@ _ENV_FIELDS = {
     for f in dataclasses.fields(Settings)
     if f.metadata
 }
-_TOML_KEYS = [*map(_toml_key, _ENV_FIELDS), "numbers", "contacts"]
+_TOML_KEYS = [*map(_toml_key, _ENV_FIELDS), "numbers", "contacts", "workspaces"]
 
 
 def _suggest(name: str, known: Mapping[str, object] | list[str]) -> str:

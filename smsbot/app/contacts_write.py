@@ -20,7 +20,9 @@ from smsbot.store.types import UTCDateTime
 from smsbot.store.upsert import insert_on_conflict
 
 _UPSERT = insert_on_conflict(
-    contacts_t, ["phone"], update=("name", "language", "timezone", "fields", "updated_at")
+    contacts_t,
+    ["workspace", "phone"],
+    update=("name", "language", "timezone", "fields", "updated_at"),
 )
 _JOIN = insert_on_conflict(contact_groups_t, ["contact_id", "name"])
 
@@ -90,7 +92,7 @@ def _upsert_sqlite(
 # On PostgreSQL the merge with what is stored happens in the upsert itself: an empty cell is
 # NULL (COALESCE keeps the stored value) and fields merge as jsonb, so no query reads first.
 _MERGE = (
-    " ON CONFLICT (phone) DO UPDATE SET name = COALESCE(excluded.name, c.name),"
+    " ON CONFLICT (workspace, phone) DO UPDATE SET name = COALESCE(excluded.name, c.name),"
     " language = COALESCE(excluded.language, c.language),"
     " timezone = COALESCE(excluded.timezone, c.timezone),"
     " fields = (c.fields::jsonb || excluded.fields::jsonb)::json,"

@@ -35,9 +35,9 @@ log = logging.getLogger(__name__)
 # numbers hashed with plain SHA-256; the key is fixed, so the same phone always meets its entry.
 _SUPPRESSION_KEY = b"smsbot suppression v1"
 
-_NEW_CONTACT = insert_on_conflict(contacts_t, ["phone"])
+_NEW_CONTACT = insert_on_conflict(contacts_t, ["workspace", "phone"])
 _UPSERT_CONTACT = insert_on_conflict(
-    contacts_t, ["phone"], update=("name", "language", "fields", "updated_at")
+    contacts_t, ["workspace", "phone"], update=("name", "language", "fields", "updated_at")
 )
 _NEW_FIELD = insert_on_conflict(contact_fields_t, ["name"])
 _JOIN = insert_on_conflict(contact_groups_t, ["contact_id", "name"])

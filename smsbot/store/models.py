@@ -28,6 +28,8 @@ from smsbot.engine.contract import EventKind, Origin
 from smsbot.sms.status import DeliveryStatus
 from smsbot.store.types import UTCDateTime
 
+DEFAULT_WORKSPACE = "default"
+
 
 def new_id() -> str:
     """Return a fresh message id; it is also the clientReference sent to the provider."""
@@ -36,6 +38,17 @@ def new_id() -> str:
 
 def _ts(nullable: bool = True, index: bool = False) -> Any:
     return Field(default=None, sa_type=UTCDateTime, nullable=nullable, index=index)
+
+
+def _workspace(nullable: bool = False) -> Any:
+    # Every row belongs to one workspace (smsbot/workspaces.py); rows from before workspaces
+    # existed, and writers that name none, are the `default` one's.
+    return Field(
+        default=DEFAULT_WORKSPACE,
+        max_length=64,
+        nullable=nullable,
+        sa_column_kwargs={"server_default": DEFAULT_WORKSPACE},
+    )
 
 
 def _enum(enum_type: type[enum.StrEnum], default: Any = None, nullable: bool = True) -> Any:
@@ -81,10 +94,15 @@ class ContactRow(SQLModel, table=True):
 
     __tablename__ = "contacts"
     # The campaign sync reads contacts changed since its cursor, in this order.
-    __table_args__ = (Index("ix_contacts_updated", "updated_at", "id"),)
+    __table_args__ = (
+        Index("ix_contacts_updated", "updated_at", "id"),
+        # one contact per phone in each workspace: the same person may be two clients' patient
+        UniqueConstraint("workspace", "phone", name="uq_contact_key"),
+    )
 
     id: int | None = Field(default=None, primary_key=True)
-    phone: str = Field(max_length=32, unique=True)
+    workspace: str = _workspace()
+    phone: str = Field(max_length=32)
     name: str | None = Field(default=None, max_length=200)
     language: str | None = Field(default=None, max_length=16)
     timezone: str | None = Field(default=None, max_length=64)
@@ -124,6 +142,7 @@ class SuppressionRow(SQLModel, table=True):
     __table_args__ = (UniqueConstraint("virtual_number", "phone_hash", name="uq_suppression_key"),)
 
     id: int | None = Field(default=None, primary_key=True)
+    workspace: str = _workspace()
     virtual_number: str = Field(max_length=32)
     phone_hash: str = Field(max_length=64, index=True)
     keyword: str = Field(max_length=50)
@@ -137,6 +156,7 @@ class ConversationRow(SQLModel, table=True):
     __table_args__ = (UniqueConstraint("virtual_number", "phone", name="uq_conversation_key"),)
 
     id: int | None = Field(default=None, primary_key=True)
+    workspace: str = _workspace()
     virtual_number: str = Field(max_length=32)
     phone: str = Field(max_length=32, index=True)
     flow: str | None = Field(default=None, max_length=100)  # None: no active conversation
@@ -164,6 +184,7 @@ class MessageRow(SQLModel, table=True):
 
     id: str = Field(default_factory=new_id, primary_key=True, max_length=32)
     direction: Direction = _enum(Direction, nullable=False)
+    workspace: str = _workspace()
     virtual_number: str = Field(max_length=32)
     phone: str = Field(max_length=32)
     body: str = Field(sa_column=Column(Text, nullable=False))
@@ -201,6 +222,8 @@ class InboxEventRow(SQLModel, table=True):
     source: str = Field(max_length=16)  # divergent | puresms | timer | api
     event_id: str = Field(max_length=200)
     kind: EventKind = _enum(EventKind, nullable=False)
+    # None: a webhook for a number no workspace owns, kept for reconciliation (UNMATCHED)
+    workspace: str | None = _workspace(nullable=True)
     virtual_number: str | None = Field(default=None, max_length=32)
     phone: str | None = Field(default=None, max_length=32)
     body_sha256: str | None = Field(default=None, max_length=64)
@@ -220,6 +243,7 @@ class OptOutRow(SQLModel, table=True):
     __table_args__ = (UniqueConstraint("virtual_number", "phone", name="uq_optout_key"),)
 
     id: int | None = Field(default=None, primary_key=True)
+    workspace: str = _workspace()
     virtual_number: str = Field(max_length=32)
     phone: str = Field(max_length=32, index=True)
     keyword: str = Field(max_length=50)
@@ -258,6 +282,7 @@ class TimerRow(SQLModel, table=True):
     conversation_id: int | None = Field(default=None, foreign_key="conversations.id")
     # No foreign key: erasing or deleting a contact deletes its fires (cancel_contact_fires).
     contact_id: int | None = Field(default=None)
+    workspace: str = _workspace()
     name: str = Field(max_length=100)
     kind: str = Field(max_length=16)  # remind | call | timeout | expiry
     token: str = Field(max_length=32)  # new on every (re)schedule; a firing must match it
@@ -279,6 +304,7 @@ class StateChangeRow(SQLModel, table=True):
 
     id: int | None = Field(default=None, primary_key=True)  # order within one step
     conversation_id: int = Field(foreign_key="conversations.id")
+    workspace: str = _workspace()
     at: dt.datetime = _ts(nullable=False)  # the step's time (the injected clock)
     flow: str = Field(max_length=100)
     from_state: str | None = Field(default=None, max_length=100)  # None: the flow started
