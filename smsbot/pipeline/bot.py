@@ -90,6 +90,11 @@ class Bot:
         if outcome.timers_changed:
             self.scheduler.notify()
 
+    def provider_for(self, workspace: str) -> SmsProvider:
+        """The provider client of `workspace`'s account."""
+        # One account today; per-workspace clients are built by app/assembly.py (issue 14).
+        return self.provider
+
     @property
     def runs_workers(self) -> bool:
         """True while the dispatcher, sender and timers run in the background (`start()`)."""
