@@ -7,8 +7,12 @@ OAuth 2.0 bearer tokens issued for them at POST /oauth/token act in one workspac
 from __future__ import annotations
 
 import dataclasses
+from typing import TYPE_CHECKING
 
 from smsbot.config import Settings
+
+if TYPE_CHECKING:
+    from smsbot.pipeline.bot import Bot
 
 ADMIN = "admin"  # the name of the SMSBOT_API_KEY credential
 
@@ -36,3 +40,11 @@ def admin_caller(settings: Settings, token: str) -> Caller | None:
     if key is not None and token and key == token:
         return Caller(ADMIN, None)
     return None
+
+
+async def authenticate(bot: Bot, token: str) -> Caller | None:
+    """The Caller a bearer `token` proves, or None: the admin key, a workspace key or a token.
+
+    The one check behind the operator API and the console's sign-in.
+    """
+    return admin_caller(bot.settings, token)
