@@ -206,3 +206,15 @@ def test_an_error_never_shows_a_secret(tmp_path: Path) -> None:
         load(tmp_path, text, {})
     assert "the sandbox's public secret" in str(caught.value)
     assert "zebra" not in str(caught.value)
+
+
+def test_the_documented_two_client_example_loads(tmp_path: Path) -> None:
+    page = Path(__file__).resolve().parents[1] / "docs" / "workspaces.md"
+    blocks = re.findall(r"^```toml\n(.*?)^```", page.read_text(encoding="utf-8"), re.M | re.S)
+    env = {"CLINIC_API_KEY": KEY_A, "CLINIC_WEBHOOK_SECRET": SECRET_A}
+    workspaces = load(tmp_path, "\n".join(blocks), env).workspaces
+    assert workspaces.names == [DEFAULT, "clinic", "shop"]
+    assert workspaces.owner("+447700900100") is workspaces[DEFAULT]
+    assert workspaces.owner("+447700900200") is workspaces["clinic"]
+    assert workspaces.owner("Clinic") is workspaces["clinic"]
+    assert workspaces["clinic"].routing["compliance"]["help_text"].startswith("Riverside")
