@@ -9,15 +9,19 @@ For each inbound SMS, in order (docs/writing-flows.md, "How a message finds its 
 4. the active conversation's current state;
 5. the number's catch-all flow.
 
-A number's bindings come from `[numbers."+44…"]` in smsbot.toml; numbers not listed there
-(and every number when none is) get the defaults: every loaded flow, its `triggers`, and the
-`keywords` flow as the catch-all when it is loaded.
+A number's bindings come from `[numbers."+44…"]` in smsbot.toml. A number without a table of
+its own that a workspace owns (`[workspaces.NAME]`, smsbot/workspaces.py) gets that workspace's
+flows, keywords, catch_all, quiet_hours and compliance (the `default` workspace's, when it owns
+every number, are the defaults). Other numbers (and every number when nothing is said) get the
+defaults: every loaded flow, its `triggers`, and the `keywords` flow as the catch-all when it
+is loaded.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import enum
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -32,7 +36,7 @@ from smsbot.sms.phone import PhoneNumberError, normalize
 __all__ = ["CheckedStart", "NumberBinding", "Route", "RouteKind", "Router"]
 
 DEFAULT_CATCH_ALL = "keywords"
-NUMBER_KEYS = ("flows", "keywords", "catch_all", "quiet_hours", "compliance")
+NUMBER_KEYS = ("flows", "keywords", "catch_all", "quiet_hours", "compliance", "send_rate")
 
 
 class RouteKind(enum.StrEnum):
@@ -63,6 +67,7 @@ class NumberBinding:
     catch_all: str | None
     quiet_window: Window | None
     compliance: ComplianceRules
+    send_rate: float | None = None  # messages per second from this number; None: its account's
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -80,6 +85,22 @@ def _suggest(name: str, known: list[str]) -> str:
     return f"{name!r}{hint}; loaded flows: {', '.join(sorted(known)) or 'none'}"
 
 
+def _send_rate(where: str, value: object) -> float | None:
+    if value is None:
+        return None
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or value <= 0
+    ):
+        raise ConfigError(
+            f"{where}.send_rate must be a positive number of messages per second, such as 5 or"
+            f" 0.5, got {value!r}"
+        )
+    return float(value)
+
+
 class Router:
     """Resolves a number's bindings and routes one inbound message."""
 
@@ -95,6 +116,15 @@ class Router:
             except PhoneNumberError as exc:
                 raise ConfigError(f"{where}: {exc}") from None
             self._numbers[number] = self._binding(where, table)
+        # A workspace's defaults, for its numbers and sender IDs without a table of their own.
+        for workspace in settings.workspaces:
+            if not workspace.routing:
+                continue
+            binding = self._binding(f"workspaces.{workspace.name}", workspace.routing)
+            if workspace.catch_all:
+                self.default = binding
+            for sender in workspace.numbers | workspace.sender_ids:
+                self._numbers.setdefault(sender, binding)
 
     def binding(self, virtual_number: str) -> NumberBinding:
         """The bindings of `virtual_number` (the defaults if it has no table of its own)."""
@@ -200,6 +230,7 @@ class Router:
             catch_all=catch_all or None,
             quiet_window=window,
             compliance=compliance,
+            send_rate=_send_rate(where, table.get("send_rate")),
         )
 
     def _bound_flows(self, where: str, names: object) -> frozenset[str]:
