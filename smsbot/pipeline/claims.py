@@ -72,10 +72,11 @@ def _arrival_keys(conn: Connection, now: dt.datetime, limit: int) -> list[Conver
     # Each workspace's oldest keys (on ix_events_workspace), taken one from each in turn; a
     # workspace with fewer than its share leaves the rest of the batch to the next round.
     # The oldest keys of all come last in each turn (mostly the same keys again, which the
-    # caller skips), so whatever no lane names (past MAX_FAIR_WORKSPACES) still moves.
+    # caller skips): they fill what the shares leave of the batch, and whatever no lane names
+    # (past MAX_FAIR_WORKSPACES) still moves.
     share = -(-limit // len(waiting))
     lanes = [_pending_keys(conn, now, share, events_t.c.workspace == name) for name in waiting]
-    lanes.append(_pending_keys(conn, now, share))
+    lanes.append(_pending_keys(conn, now, limit))
     return [key for turn in itertools.zip_longest(*lanes) for key in turn if key is not None]
 
 
