@@ -1,5 +1,5 @@
 """The `smsbot` command: serve, sandbox, send, chat, start, db, events, check, graph, contacts,
-campaigns."""
+campaigns, keys."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from smsbot.app.check_cli import GraphError
 from smsbot.app.check_cli import add_commands as add_check_commands
 from smsbot.app.contacts_cli import ContactsCommandError
 from smsbot.app.contacts_cli import add_commands as add_contacts_commands
+from smsbot.app.keys_cli import add_commands as add_keys_commands
 from smsbot.app.operations import OperatorError, operator_sender
 from smsbot.config import ConfigError, Settings, port_in_use
 from smsbot.engine.loader import FlowLoadError
@@ -217,6 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_check_commands(sub)  # check, graph
     add_contacts_commands(sub)  # contacts import|export|show|erase
     add_campaigns_commands(sub)  # campaigns
+    add_keys_commands(sub)  # keys create|list|revoke
     return parser
 
 
