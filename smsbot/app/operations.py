@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+from typing import Any
 
 from sqlalchemy import CompoundSelect, select, update
 
@@ -15,6 +16,7 @@ from smsbot.config import Settings
 from smsbot.engine.contract import Origin
 from smsbot.hints import did_you_mean
 from smsbot.pipeline.contacts import suppression_hash
+from smsbot.pipeline.inbox import InboxEntry
 from smsbot.sms.phone import PhoneNumberError, normalize, normalize_sender
 from smsbot.sms.status import DeliveryStatus
 from smsbot.sms.templates import RenderedSms, SmsTemplates, TemplateError
@@ -319,6 +321,15 @@ async def send_now(
     finally:
         await provider.close()
         await db.dispose()
+
+
+def inbox_entry(workspace: str, **fields: Any) -> InboxEntry:
+    """An inbox event of `workspace` (an API start or send)."""
+    # InboxEntry gains its `workspace` with the inbound work of issue 14; until then the
+    # event's row takes the column's default, and the dispatcher the number's owner.
+    if "workspace" in InboxEntry.__dataclass_fields__:
+        fields["workspace"] = workspace
+    return InboxEntry(**fields)
 
 
 async def failed_events(
