@@ -27,11 +27,12 @@ from tests.support import API_KEY, EXAMPLE_FLOWS, VN, no_sleep, settings_for
 T0 = dt.datetime(2026, 1, 15, 9, 0, tzinfo=dt.UTC)
 ADMIN = "admin-operator-key-0123456789"
 A_VN = "+447700900200"
+A_SENDER_ID = "ACLINIC"
 B_VN = "+447700900300"
 B_SENDER_ID = "BCLINIC"
 WORKSPACES: dict[str, dict[str, Any]] = {
     "default": {"numbers": [VN]},
-    "a": {"provider": "sandbox", "numbers": [A_VN]},
+    "a": {"provider": "sandbox", "numbers": [A_VN], "sender_ids": [A_SENDER_ID]},
     "b": {"provider": "sandbox", "numbers": [B_VN], "sender_ids": [B_SENDER_ID]},
 }
 
