@@ -3,6 +3,7 @@ revocation, and which workspace each credential acts in."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import datetime as dt
 import hashlib
@@ -341,3 +342,18 @@ async def test_a_key_of_a_workspace_no_longer_configured_is_refused(api: Workspa
     assert await authenticate(api.bot, key) is None
     assert (await api.call("GET", "/api/contacts", key))[0] == 401
     assert (await api.call("GET", "/api/contacts", ADMIN))[0] == 200
+
+
+async def test_processes_starting_together_make_one_signing_key(db_url: str) -> None:
+    from smsbot.app.tokens import signing_key
+    from smsbot.store.engine import Database
+
+    first, second = Database(db_url), Database(db_url)  # two `smsbot serve` on one database
+    await first.create_all()
+    try:
+        keys = await asyncio.gather(signing_key(first, T0), signing_key(second, T0))
+        assert keys[0] == keys[1] and len(keys[0]) >= 64
+        assert await signing_key(first, T0 + LIFETIME) == keys[0]  # made once, kept
+    finally:
+        await first.dispose()
+        await second.dispose()
