@@ -83,7 +83,10 @@ def prepared(text: str, ports: dict[str, int]) -> str:
     """The block as the test runs it: its ports moved, its `smsbot` this installation's."""
     for old, new in ports.items():
         text = text.replace(old, str(new))
-    text = re.sub(r"(?m)(^|\s)(?:\.venv/bin/)?smsbot ", rf"\g<1>{shlex.quote(str(SMSBOT))} ", text)
+    # a command, also inside a command substitution: "$(smsbot keys create …)"
+    text = re.sub(
+        r"(?m)(^|\s|\$\()(?:\.venv/bin/)?smsbot ", rf"\g<1>{shlex.quote(str(SMSBOT))} ", text
+    )
     # curl fails on an HTTP error answer, and never waits long
     return 'curl() { command curl --fail-with-body --max-time 20 "$@"; }\n' + text
 

@@ -38,10 +38,11 @@ from tests.support import API_KEY, EXAMPLE_FLOWS, VN, settings_for
 REPO = Path(__file__).resolve().parents[1]
 TOKEN = "schemathesis-operator-token"
 EXAMPLES = 25  # per operation and mode
-# What the schema cannot say, the test supplies: values of the two semantic formats that are
-# valid here, so a generated case is refused only for what it breaks on purpose.
+# What the schema cannot say, the test supplies: values of the semantic formats that are valid
+# here, so a generated case is refused only for what it breaks on purpose.
 schemathesis.openapi.format("phone", st.sampled_from(["+447700900123", "07700 900456"]))
 schemathesis.openapi.format("sender", st.just(VN))
+schemathesis.openapi.format("workspace", st.just("default"))  # the only one configured here
 # Operations where a case that fits the document must be accepted: every field's meaning is in
 # the schema or a format above (other routes also check template variables and flow data, such
 # as a start's data.timezone, which must name an IANA zone).

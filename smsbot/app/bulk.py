@@ -11,15 +11,23 @@ from typing import Any
 
 from sqlalchemy import select
 
-from smsbot.app.operations import OperatorError, check_our_sender, deployment_senders
+from smsbot.app.operations import (
+    OperatorError,
+    check_our_sender,
+    default_sender,
+    inbox_entry,
+    workspace_named,
+    workspace_senders,
+)
 from smsbot.config import Settings
 from smsbot.engine.contract import EventKind
 from smsbot.engine.startdata import StartDataError
 from smsbot.pipeline.contacts import suppression_hash
-from smsbot.pipeline.inbox import Inbox, InboxEntry
+from smsbot.pipeline.inbox import Inbox
 from smsbot.sms.phone import PhoneNumberError, normalize, normalize_sender
 from smsbot.store.engine import Database
 from smsbot.store.models import opt_out_applies, opt_outs_t, suppressions_t
+from smsbot.workspaces import DEFAULT
 
 BATCH = 1_000  # rows per INSERT: 100,000 rows are 100 round trips, not 100,000
 MAX_ROWS = 200_000
@@ -107,34 +115,43 @@ def validate(
     rows: Sequence[tuple[int, Mapping[str, Any]]],
     settings: Settings,
     parse_data: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+    *,
+    workspace: str = DEFAULT,
+    sender: str | None = None,
 ) -> tuple[list[StartRow], list[RowError]]:
-    """Check every row; return the good ones and an error per bad one.
+    """Check every row for `workspace`; return the good ones and an error per bad one.
 
     `parse_data` checks a row's data against the flow's start_data (Flow.parse_start_data)
-    and returns it with the declared types.
+    and returns it with the declared types. `sender` is for rows without a "from" (else the
+    workspace's default sender).
     """
     good: list[StartRow] = []
     bad: list[RowError] = []
     seen: set[tuple[str, str]] = set()
-    ours = deployment_senders(settings)
+    region = workspace_named(settings, workspace).default_region
+    ours = workspace_senders(settings, workspace)
+    fallback = sender or default_sender(settings, workspace)
+    missing = (
+        "missing: give a 'from' or set SMSBOT_DEFAULT_SENDER"
+        if workspace == DEFAULT
+        else f"missing: give a 'from', or add numbers to [workspaces.{workspace}]"
+    )
     for line, row in rows:
         if "__error__" in row:
             bad.append(RowError(line, "row", str(row["__error__"])))
             continue
         try:
-            phone = normalize(str(row.get("to") or ""), settings.default_region)
+            phone = normalize(str(row.get("to") or ""), region)
         except PhoneNumberError as exc:
             bad.append(RowError(line, "to", str(exc)))
             continue
-        sender = row.get("from") or settings.sender
-        if not sender:
-            bad.append(
-                RowError(line, "from", "missing: give a 'from' or set SMSBOT_DEFAULT_SENDER")
-            )
+        chosen = row.get("from") or fallback
+        if not chosen:
+            bad.append(RowError(line, "from", missing))
             continue
         try:
-            virtual_number = normalize_sender(str(sender), settings.default_region)
-            check_our_sender(settings, virtual_number, ours)
+            virtual_number = normalize_sender(str(chosen), region)
+            check_our_sender(settings, virtual_number, ours, workspace=workspace)
         except (PhoneNumberError, OperatorError) as exc:
             bad.append(RowError(line, "from", str(exc)))
             continue
@@ -167,20 +184,22 @@ async def enqueue_starts(
     *,
     policy: str = "interrupt",
     progress: Callable[[int, int], None] | None = None,
+    workspace: str = DEFAULT,
 ) -> BulkResult:
     """Queue a START event per request, in batches; opted-out phones are skipped and counted."""
     result = BulkResult()
     run = uuid.uuid4().hex[:12]
     for start in range(0, len(requests), BATCH):
         chunk = requests[start : start + BATCH]
-        opted = await _opted_out(db, [(r.virtual_number, r.phone) for r in chunk])
+        opted = await _opted_out(db, [(r.virtual_number, r.phone) for r in chunk], workspace)
         entries = []
         for r in chunk:
             if (r.virtual_number, r.phone) in opted:
                 result.skipped_opted_out += 1
                 continue
             entries.append(
-                InboxEntry(
+                inbox_entry(
+                    workspace,
                     source="api",
                     event_id=f"bulk:{run}:{r.line}",
                     kind=EventKind.START,
@@ -197,7 +216,9 @@ async def enqueue_starts(
     return result
 
 
-async def _opted_out(db: Database, keys: Iterable[tuple[str, str]]) -> set[tuple[str, str]]:
+async def _opted_out(
+    db: Database, keys: Iterable[tuple[str, str]], workspace: str
+) -> set[tuple[str, str]]:
     keys = list(keys)
     if not keys:
         return set()
@@ -206,13 +227,14 @@ async def _opted_out(db: Database, keys: Iterable[tuple[str, str]]) -> set[tuple
     async with db.session() as s:
         rows = await s.execute(
             select(opt_outs_t.c.virtual_number, opt_outs_t.c.phone).where(
-                opt_outs_t.c.phone.in_(phones)
+                opt_outs_t.c.phone.in_(phones), opt_outs_t.c.workspace == workspace
             )
         )
         # and the opt-outs of erased phones, kept as keyed hashes (smsbot contacts erase)
         hashed = await s.execute(
             select(suppressions_t.c.virtual_number, suppressions_t.c.phone_hash).where(
-                suppressions_t.c.phone_hash.in_(list(hashes))
+                suppressions_t.c.phone_hash.in_(list(hashes)),
+                suppressions_t.c.workspace == workspace,
             )
         )
         opted: dict[str, list[str]] = {}

@@ -15,6 +15,7 @@ from smsbot.config import Settings
 from smsbot.engine.runtime import FlowRuntime
 from smsbot.pipeline.inbox import Inbox
 from smsbot.store.engine import Database
+from smsbot.workspaces import DEFAULT
 
 SHOWN_ERRORS = 20
 
@@ -30,8 +31,17 @@ def progress(done: int, total: int) -> None:
     sys.stderr.flush()
 
 
-async def start_from_csv(settings: Settings, flow: str, path: Path, skip_invalid: bool) -> str:
-    """Start `flow` for every valid row of the CSV at `path`; return a one-line summary."""
+async def start_from_csv(
+    settings: Settings,
+    flow: str,
+    path: Path,
+    skip_invalid: bool,
+    *,
+    workspace: str = DEFAULT,
+    sender: str | None = None,
+) -> str:
+    """Start `flow` in `workspace` for every valid row of the CSV at `path` (`sender` for rows
+    without a "from"); return a one-line summary."""
     runtime = FlowRuntime.from_settings(settings)
     if flow not in runtime.flows:
         known = ", ".join(sorted(runtime.flows)) or "none"
@@ -46,7 +56,7 @@ async def start_from_csv(settings: Settings, flow: str, path: Path, skip_invalid
         raise OperatorError(f"{path}: {exc}") from None
     now = SystemClock().now()
     parse = functools.partial(runtime.flows[flow].parse_start_data, now=now, from_text=True)
-    good, bad = validate(rows, settings, parse)
+    good, bad = validate(rows, settings, parse, workspace=workspace, sender=sender)
     if bad and not skip_invalid:
         shown = "\n".join(f"  {path}:{e}" for e in bad[:SHOWN_ERRORS])
         more = f"\n  … and {len(bad) - SHOWN_ERRORS} more" if len(bad) > SHOWN_ERRORS else ""
@@ -58,7 +68,8 @@ async def start_from_csv(settings: Settings, flow: str, path: Path, skip_invalid
         print(f"smsbot: {done}", file=sys.stderr)
     db = Database(settings.database_url)
     try:
-        result = await enqueue_starts(db, Inbox(db, SystemClock()), flow, good, progress=progress)
+        inbox = Inbox(db, SystemClock())
+        result = await enqueue_starts(db, inbox, flow, good, progress=progress, workspace=workspace)
     finally:
         await db.dispose()
     return (

@@ -6,10 +6,15 @@ import argparse
 import json
 from typing import Any
 
-from smsbot.config import Settings
-from smsbot.engine.campaign import Campaign
+from sqlalchemy import Connection, func, select
 
-__all__ = ["add_commands", "describe"]
+from smsbot.config import Settings
+from smsbot.engine.campaign import Campaign, campaign_of
+from smsbot.pipeline.campaigns import KIND
+from smsbot.store.models import timers_t
+from smsbot.workspaces import DEFAULT
+
+__all__ = ["add_commands", "describe", "fire_counts"]
 
 STATES = ("scheduled", "fired", "skipped", "cancelled", "missed")
 
@@ -29,17 +34,33 @@ def describe(campaign: Campaign, counts: dict[str, int] | None) -> dict[str, Any
     }
 
 
+def fire_counts(conn: Connection, workspace: str = DEFAULT) -> dict[str, dict[str, int]]:
+    """Each campaign's fires of `workspace`'s contacts, by state."""
+    t = timers_t
+    rows = conn.execute(
+        select(t.c.name, t.c.state, func.count())
+        .where(t.c.workspace == workspace, t.c.contact_id.is_not(None), t.c.kind == KIND)
+        .group_by(t.c.name, t.c.state)
+    )
+    counts: dict[str, dict[str, int]] = {}
+    for name, state, n in rows:
+        per = counts.setdefault(campaign_of(name) or "?", {})
+        per[str(state)] = per.get(str(state), 0) + int(n)
+    return counts
+
+
 def _campaigns(args: argparse.Namespace) -> int:
     from smsbot.app.contacts_cli import _engine
+    from smsbot.app.operations import workspace_named
     from smsbot.engine.runtime import FlowRuntime
-    from smsbot.pipeline.campaigns import fire_counts
 
     settings = Settings.from_env()
+    workspace = workspace_named(settings, args.workspace).name
     runtime = FlowRuntime.from_settings(settings)  # a FlowLoadError names the campaign
     counts: dict[str, dict[str, int]] | None = None
     if not args.no_database:
         with _engine(settings) as engine, engine.connect() as conn:
-            counts = fire_counts(conn)
+            counts = fire_counts(conn, workspace)
     found = [
         describe(c, None if counts is None else counts.get(c.name, {}))
         for c in sorted(runtime.campaigns.values(), key=lambda c: c.name)
@@ -71,4 +92,5 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     p.add_argument(
         "--no-database", action="store_true", help="only the declarations; no fire counts"
     )
+    p.add_argument("--workspace", default=DEFAULT, help="count this workspace's fires")
     p.set_defaults(func=_campaigns)

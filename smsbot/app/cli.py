@@ -1,5 +1,5 @@
 """The `smsbot` command: serve, sandbox, send, chat, start, db, events, check, graph, contacts,
-campaigns."""
+campaigns, keys."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from smsbot.app.check_cli import GraphError
 from smsbot.app.check_cli import add_commands as add_check_commands
 from smsbot.app.contacts_cli import ContactsCommandError
 from smsbot.app.contacts_cli import add_commands as add_contacts_commands
+from smsbot.app.keys_cli import add_commands as add_keys_commands
 from smsbot.app.operations import OperatorError, operator_sender
 from smsbot.config import ConfigError, Settings, port_in_use
 from smsbot.engine.loader import FlowLoadError
@@ -97,9 +98,10 @@ def _cmd_send(args: argparse.Namespace) -> int:
     from smsbot.app.operations import check_send, send_now
 
     settings = Settings.from_env()
-    check_send(settings, to=args.to, text=args.text, sender=args.sender)  # before creating
+    given = {"to": args.to, "text": args.text, "sender": args.sender, "workspace": args.workspace}
+    check_send(settings, **given)  # before creating the database
     _database(settings)
-    result = asyncio.run(send_now(settings, to=args.to, text=args.text, sender=args.sender))
+    result = asyncio.run(send_now(settings, **given))
     print(result)
     return 0
 
@@ -114,34 +116,50 @@ def _cmd_db_upgrade(args: argparse.Namespace) -> int:
 
 
 def _cmd_events_failed(args: argparse.Namespace) -> int:
-    from smsbot.app.operations import failed_events
+    from smsbot.app.operations import failed_events, workspace_named
 
-    settings = _database(Settings.from_env())
-    rows = asyncio.run(failed_events(settings, limit=args.limit))
+    settings = Settings.from_env()
+    workspace = workspace_named(settings, args.workspace).name
+    _database(settings)
+    rows = asyncio.run(failed_events(settings, limit=args.limit, workspace=workspace))
     if not rows:
-        print("no failed events")
+        print(f"no failed events in workspace {workspace}")
     for line in rows:
         print(line)
     return 0
 
 
 def _cmd_events_retry(args: argparse.Namespace) -> int:
-    from smsbot.app.operations import retry_event
+    from smsbot.app.operations import retry_event, workspace_named
 
-    settings = _database(Settings.from_env())
-    print(asyncio.run(retry_event(settings, args.event_id)))
+    settings = Settings.from_env()
+    workspace = workspace_named(settings, args.workspace).name
+    _database(settings)
+    print(asyncio.run(retry_event(settings, args.event_id, workspace)))
     return 0
 
 
 def _cmd_start(args: argparse.Namespace) -> int:
     from smsbot.app.bulk_cli import start_from_csv
+    from smsbot.app.operations import workspace_named
 
     settings = Settings.from_env()
-    if args.sender:  # one of the deployment's senders, like a row's "from" (or a one-line error)
-        settings = settings.replace(
-            default_sender=operator_sender(settings, args.sender, given_as="--from")
+    workspace = workspace_named(settings, args.workspace).name
+    sender = None
+    if args.sender:  # one of the workspace's senders, like a row's "from" (or a one-line error)
+        sender = operator_sender(settings, args.sender, given_as="--from", workspace=workspace)
+    print(
+        asyncio.run(
+            start_from_csv(
+                settings,
+                args.flow,
+                args.csv,
+                args.skip_invalid,
+                workspace=workspace,
+                sender=sender,
+            )
         )
-    print(asyncio.run(start_from_csv(settings, args.flow, args.csv, args.skip_invalid)))
+    )
     return 0
 
 
@@ -182,7 +200,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("send", help="send one SMS now through the configured provider")
     p.add_argument("--to", required=True, help="recipient phone number")
     p.add_argument("--text", required=True, help="message text")
-    p.add_argument("--from", dest="sender", help="sender (default SMSBOT_DEFAULT_SENDER)")
+    p.add_argument("--from", dest="sender", help="sender (default: the workspace's first number)")
+    _workspace_option(p, "send from this workspace's account and numbers")
     p.set_defaults(func=_cmd_send)
 
     db = sub.add_parser("db", help="database schema").add_subparsers(
@@ -196,9 +215,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p = ev.add_parser("failed", help="list events parked after their retries")
     p.add_argument("--limit", type=int, default=50)
+    _workspace_option(p, "this workspace's events")
     p.set_defaults(func=_cmd_events_failed)
     p = ev.add_parser("retry", help="put a failed event back in the queue")
     p.add_argument("event_id", type=int)
+    _workspace_option(p, "the workspace the event belongs to")
     p.set_defaults(func=_cmd_events_retry)
 
     p = sub.add_parser("start", help="start a flow for every row of a CSV file")
@@ -206,6 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--csv", required=True, type=Path, help="header row: to[,from],data columns…")
     p.add_argument("--from", dest="sender", help="sender for rows without a 'from' column")
     p.add_argument("--skip-invalid", action="store_true", help="start the good rows anyway")
+    _workspace_option(p, "start from this workspace's numbers")
     p.set_defaults(func=_cmd_start)
 
     p = sub.add_parser("chat", help="talk to your flows from the terminal, through the sandbox")
@@ -217,7 +239,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_check_commands(sub)  # check, graph
     add_contacts_commands(sub)  # contacts import|export|show|erase
     add_campaigns_commands(sub)  # campaigns
+    add_keys_commands(sub)  # keys create|list|revoke
     return parser
+
+
+def _workspace_option(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument("--workspace", default="default", help=f"{what} (default: default)")
 
 
 def _logging(level: str) -> None:

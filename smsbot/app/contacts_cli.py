@@ -17,6 +17,7 @@ from sqlalchemy.exc import DBAPIError
 from smsbot.clock import SystemClock
 from smsbot.config import Settings
 from smsbot.sms.phone import PhoneNumberError, normalize
+from smsbot.workspaces import DEFAULT, Workspace
 
 SHOWN_ERRORS = 20
 
@@ -42,9 +43,18 @@ def _engine(settings: Settings) -> Iterator[Engine]:
         engine.dispose()
 
 
-def _phone(settings: Settings, raw: str) -> str:
+def _workspace(settings: Settings, name: str) -> Workspace:
+    from smsbot.app.operations import OperatorError, workspace_named
+
     try:
-        return normalize(raw, settings.default_region)
+        return workspace_named(settings, name)
+    except OperatorError as exc:
+        raise ContactsCommandError(str(exc)) from None
+
+
+def _phone(settings: Settings, raw: str, region: str | None = None) -> str:
+    try:
+        return normalize(raw, region or settings.default_region)
     except PhoneNumberError as exc:
         raise ContactsCommandError(
             f"{exc}; pass the contact's number, e.g. +447700900123"
@@ -56,6 +66,7 @@ def _cmd_import(args: argparse.Namespace) -> int:
     from smsbot.app.contacts_io import ContactsError, import_csv
 
     settings = Settings.from_env()
+    workspace = _workspace(settings, args.workspace)
     path: Path = args.file
     if not path.is_file():
         raise ContactsCommandError(f"{path} is not a file: pass the CSV to import")
@@ -64,11 +75,12 @@ def _cmd_import(args: argparse.Namespace) -> int:
             report = import_csv(
                 engine,
                 path,
-                region=settings.default_region,
+                region=workspace.default_region,
                 config_fields=settings.contact_fields,
                 now=SystemClock().now(),
                 group=args.group,
                 progress=progress if sys.stderr.isatty() else None,
+                workspace=workspace.name,
             )
     except ContactsError as exc:
         raise ContactsCommandError(str(exc)) from None
@@ -84,16 +96,17 @@ def _cmd_export(args: argparse.Namespace) -> int:
     from smsbot.app.contacts_io import export_csv
 
     settings = Settings.from_env()
+    workspace = _workspace(settings, args.workspace).name
     with _engine(settings) as engine:
         if args.output is None:
             try:
-                export_csv(engine, sys.stdout, args.group)
+                export_csv(engine, sys.stdout, args.group, workspace)
                 sys.stdout.flush()
             except BrokenPipeError:  # `smsbot contacts export | head`: the reader had enough
                 os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         else:
             with args.output.open("w", newline="", encoding="utf-8") as out:
-                count = export_csv(engine, out, args.group)
+                count = export_csv(engine, out, args.group, workspace)
             print(f"exported {count:,} contact(s) to {args.output}", file=sys.stderr)
     return 0
 
@@ -102,9 +115,10 @@ def _cmd_erase(args: argparse.Namespace) -> int:
     from smsbot.app.contacts_erase import erase
 
     settings = Settings.from_env()
-    phone = _phone(settings, args.phone)
+    workspace = _workspace(settings, args.workspace)
+    phone = _phone(settings, args.phone, workspace.default_region)
     with _engine(settings) as engine:
-        done = erase(engine, phone)
+        done = erase(engine, phone, workspace.name)
     print(
         f"erased {phone}: {done['contact']} contact, {done['conversations']} conversation(s),"
         f" {done['messages']} message(s) blanked, {done['opt_outs']} opt-out(s) kept as"
@@ -117,9 +131,10 @@ def _cmd_show(args: argparse.Namespace) -> int:
     from smsbot.app.contacts_erase import subject_data
 
     settings = Settings.from_env()
-    phone = _phone(settings, args.phone)
+    workspace = _workspace(settings, args.workspace)
+    phone = _phone(settings, args.phone, workspace.default_region)
     with _engine(settings) as engine:
-        data: dict[str, Any] = subject_data(engine, phone)
+        data: dict[str, Any] = subject_data(engine, phone, workspace.name)
     if args.json:
         print(json.dumps(data, indent=2, ensure_ascii=False))
         return 0
@@ -142,15 +157,23 @@ def add_commands(sub: Any) -> None:
     p = cmds.add_parser("import", help="upsert contacts from a CSV file (header: phone,…)")
     p.add_argument("file", type=Path, help="the CSV: phone[,name,language,timezone,groups,fields…]")
     p.add_argument("--group", help="also put every imported contact in this group")
+    _workspace_option(p, "import into this workspace")
     p.set_defaults(func=_cmd_import)
     p = cmds.add_parser("export", help="write contacts as CSV")
     p.add_argument("--group", help="only the contacts in this group")
     p.add_argument("-o", "--output", type=Path, help="the file to write (default: stdout)")
+    _workspace_option(p, "this workspace's contacts")
     p.set_defaults(func=_cmd_export)
     p = cmds.add_parser("show", help="everything stored about one phone")
     p.add_argument("phone")
     p.add_argument("--json", action="store_true", help="all of it, as JSON (data-subject export)")
+    _workspace_option(p, "what this workspace stores")
     p.set_defaults(func=_cmd_show)
     p = cmds.add_parser("erase", help="erase one phone's contact, conversations and bodies")
     p.add_argument("phone")
+    _workspace_option(p, "erase what this workspace stores")
     p.set_defaults(func=_cmd_erase)
+
+
+def _workspace_option(parser: Any, what: str) -> None:
+    parser.add_argument("--workspace", default=DEFAULT, help=f"{what} (default: default)")

@@ -5,6 +5,9 @@ their timers and state history, blanks the body and number of its messages and t
 its inbox events (delivery metadata stays for the accounts), and turns its opt-outs into keyed
 hashes (`suppressions`) so an earlier STOP still holds: the dispatcher restores the opt-out when
 the number comes back.
+
+Both act in one workspace: the same phone in another workspace is another client's data subject,
+neither shown nor erased.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from smsbot.store.models import (
     timers_t,
 )
 from smsbot.store.upsert import insert_on_conflict
+from smsbot.workspaces import DEFAULT
 
 log = logging.getLogger(__name__)
 
@@ -41,10 +45,15 @@ def _json(row: dict[str, Any]) -> dict[str, Any]:
     return {k: v.isoformat() if isinstance(v, dt.datetime) else v for k, v in row.items()}
 
 
-def subject_data(engine: Engine, phone: str) -> dict[str, Any]:
-    """Everything stored about `phone` (E.164), as JSON-ready dicts."""
+def subject_data(engine: Engine, phone: str, workspace: str = DEFAULT) -> dict[str, Any]:
+    """Everything `workspace` stores about `phone` (E.164), as JSON-ready dicts."""
     with engine.connect() as conn:
-        contact = _rows(conn, select(contacts_t).where(contacts_t.c.phone == phone))
+        contact = _rows(
+            conn,
+            select(contacts_t).where(
+                contacts_t.c.phone == phone, contacts_t.c.workspace == workspace
+            ),
+        )
         if contact:
             contact[0]["groups"] = sorted(
                 conn.execute(
@@ -53,13 +62,15 @@ def subject_data(engine: Engine, phone: str) -> dict[str, Any]:
                     )
                 ).scalars()
             )
-        convos = _rows(conn, select(conversations_t).where(conversations_t.c.phone == phone))
+        c = conversations_t
+        convos = _rows(conn, select(c).where(c.c.phone == phone, c.c.workspace == workspace))
         ids = [c["id"] for c in convos]
         people = [c["id"] for c in contact]
         timers = _rows(
             conn,
             select(timers_t).where(
-                or_(timers_t.c.conversation_id.in_(ids), timers_t.c.contact_id.in_(people))
+                timers_t.c.workspace == workspace,
+                or_(timers_t.c.conversation_id.in_(ids), timers_t.c.contact_id.in_(people)),
             ),
         )
         changes = _rows(
@@ -70,13 +81,17 @@ def subject_data(engine: Engine, phone: str) -> dict[str, Any]:
         )
         messages = _rows(
             conn,
-            select(messages_t).where(messages_t.c.phone == phone).order_by(messages_t.c.created_at),
+            select(messages_t)
+            .where(messages_t.c.phone == phone, messages_t.c.workspace == workspace)
+            .order_by(messages_t.c.created_at),
         )
-        opt_outs = _rows(conn, select(opt_outs_t).where(opt_outs_t.c.phone == phone))
+        o = opt_outs_t
+        opt_outs = _rows(conn, select(o).where(o.c.phone == phone, o.c.workspace == workspace))
         suppressed = _rows(
             conn,
             select(suppressions_t.c.virtual_number, suppressions_t.c.keyword).where(
-                suppressions_t.c.phone_hash == suppression_hash(phone)
+                suppressions_t.c.phone_hash == suppression_hash(phone),
+                suppressions_t.c.workspace == workspace,
             ),
         )
     return {
@@ -91,20 +106,21 @@ def subject_data(engine: Engine, phone: str) -> dict[str, Any]:
     }
 
 
-def erase(engine: Engine, phone: str) -> dict[str, int]:
-    """Erase `phone` (E.164) in one transaction; return what was removed or blanked, by kind."""
+def erase(engine: Engine, phone: str, workspace: str = DEFAULT) -> dict[str, int]:
+    """Erase what `workspace` stores of `phone` (E.164) in one transaction; return what was
+    removed or blanked, by kind."""
     with engine.begin() as conn:
         done: dict[str, int] = {}
-        ids = conn.execute(select(contacts_t.c.id).where(contacts_t.c.phone == phone)).scalars()
+        contact = [contacts_t.c.phone == phone, contacts_t.c.workspace == workspace]
+        ids = conn.execute(select(contacts_t.c.id).where(*contact)).scalars()
         contact_ids = list(ids)
         done["campaign_fires"] = cancel_contact_fires(conn, contact_ids)
         conn.execute(delete(contact_groups_t).where(contact_groups_t.c.contact_id.in_(contact_ids)))
-        done["contact"] = conn.execute(
-            delete(contacts_t).where(contacts_t.c.phone == phone)
-        ).rowcount
+        done["contact"] = conn.execute(delete(contacts_t).where(*contact)).rowcount
+        c = conversations_t
         convo_ids = list(
             conn.execute(
-                select(conversations_t.c.id).where(conversations_t.c.phone == phone)
+                select(c.c.id).where(c.c.phone == phone, c.c.workspace == workspace)
             ).scalars()
         )
         conn.execute(delete(timers_t).where(timers_t.c.conversation_id.in_(convo_ids)))
@@ -114,30 +130,39 @@ def erase(engine: Engine, phone: str) -> dict[str, int]:
         done["conversations"] = conn.execute(
             delete(conversations_t).where(conversations_t.c.id.in_(convo_ids))
         ).rowcount
+        m = messages_t
         done["messages"] = conn.execute(
-            update(messages_t).where(messages_t.c.phone == phone).values(body="", phone="")
+            update(m)
+            .where(m.c.phone == phone, m.c.workspace == workspace)
+            .values(body="", phone="")
         ).rowcount
         # Inbox events carry the body and number in their payload; pending ones are dropped.
         conn.execute(
             update(events_t)
-            .where(events_t.c.phone == phone)
+            .where(events_t.c.phone == phone, events_t.c.workspace == workspace)
             .values(payload={}, phone=None, virtual_number=None, body_sha256=None, state="ignored")
         )
+        o = opt_outs_t
+        mine = [o.c.phone == phone, o.c.workspace == workspace]
         opted = conn.execute(
-            select(
-                opt_outs_t.c.virtual_number, opt_outs_t.c.keyword, opt_outs_t.c.created_at
-            ).where(opt_outs_t.c.phone == phone)
+            select(o.c.virtual_number, o.c.keyword, o.c.created_at).where(*mine)
         ).all()
         if opted:
             key = suppression_hash(phone)
             conn.execute(
                 insert_on_conflict(suppressions_t, ["virtual_number", "phone_hash"]),
                 [
-                    {"virtual_number": vn, "phone_hash": key, "keyword": kw, "created_at": at}
+                    {
+                        "workspace": workspace,
+                        "virtual_number": vn,
+                        "phone_hash": key,
+                        "keyword": kw,
+                        "created_at": at,
+                    }
                     for vn, kw, at in opted
                 ],
             )
-            conn.execute(delete(opt_outs_t).where(opt_outs_t.c.phone == phone))
+            conn.execute(delete(o).where(*mine))
         done["opt_outs"] = len(opted)
     log.info("erased a contact: %s", done)  # counts only, never the number
     return done

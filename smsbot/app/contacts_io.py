@@ -9,6 +9,10 @@ Columns: `phone` (required), then optionally `name`, `language`, `timezone`, `gr
 (separated by ";"); every other column is a custom field. A field declared in smsbot.toml
 (`[contacts.fields]`) or by an earlier import keeps its type; a new column becomes a text
 field, and the report says so. An empty cell leaves what is stored unchanged.
+
+Both act in one workspace: an import upserts that workspace's contacts, an export reads only
+them, and its header names only the fields they hold (field types are the deployment's, but
+which fields another workspace uses is its own business).
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import IO, Any
 
-from sqlalchemy import Connection, Engine, select
+from sqlalchemy import Connection, Engine, select, text
 
 from smsbot.app.contacts_write import ImportRow, write_batch
 from smsbot.engine.contact import FieldTypeError, check_field_name, encode, parse_field
@@ -31,6 +35,7 @@ from smsbot.sms.phone import PhoneNumberError, normalize
 from smsbot.sms.zones import iana_zone
 from smsbot.store.models import contact_fields_t, contact_groups_t, contacts_t
 from smsbot.store.upsert import insert_on_conflict
+from smsbot.workspaces import DEFAULT
 
 log = logging.getLogger(__name__)
 
@@ -123,8 +128,9 @@ def _parse(cells: list[str], names: list[str], types: Mapping[str, str], region:
 class _Writer:
     """Writes one batch in a thread while the next is parsed; never more than one in flight."""
 
-    def __init__(self, engine: Engine, group: str | None, now: dt.datetime) -> None:
+    def __init__(self, engine: Engine, group: str | None, now: dt.datetime, workspace: str) -> None:
         self._engine, self._group, self._now = engine, group, now
+        self._workspace = workspace
         self._started = time.monotonic()
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="smsbot-import")
         self._pending: Future[None] | None = None
@@ -140,7 +146,7 @@ class _Writer:
             # campaigns sync reads contacts changed since a cursor a few seconds behind the
             # clock, and a long import's later batches must land after it.
             elapsed = dt.timedelta(seconds=time.monotonic() - self._started)
-            write_batch(self._conn, batch, self._group, self._now + elapsed)
+            write_batch(self._conn, batch, self._group, self._now + elapsed, self._workspace)
 
     def submit(self, batch: dict[str, ImportRow]) -> None:
         """Wait for the batch in flight (raising its error), then start writing `batch`."""
@@ -215,6 +221,7 @@ def import_csv(
     now: dt.datetime,
     group: str | None = None,
     progress: Progress | None = None,
+    workspace: str = DEFAULT,
 ) -> ImportReport:
     """Upsert every good row of the CSV at `path` by phone; report the bad ones by line."""
     total = count_lines(path) - 1 if progress else 0
@@ -233,6 +240,7 @@ def import_csv(
             group=group,
             progress=progress,
             total=total,
+            workspace=workspace,
         )
     if progress:
         progress(total, total)
@@ -250,8 +258,10 @@ def import_file(
     group: str | None = None,
     progress: Progress | None = None,
     total: int = 0,
+    workspace: str = DEFAULT,
 ) -> ImportReport:
-    """Import from an open text file (opened with newline=""); `label` names it in errors."""
+    """Import into `workspace` from an open text file (opened with newline=""); `label` names
+    it in errors."""
     report = ImportReport()
     reader = csv.reader(file)
     try:
@@ -265,7 +275,7 @@ def import_file(
                 )
                 types.update(dict.fromkeys(new, "text"))
                 report.new_fields = new
-        writer = _Writer(engine, group, now)
+        writer = _Writer(engine, group, now, workspace)
         try:
             _stream(reader, names, types, region, writer, report, progress, total)
         finally:
@@ -276,17 +286,37 @@ def import_file(
     return report
 
 
-def export_rows(engine: Engine, group: str | None = None) -> Iterator[list[str]]:
-    """The header, then one CSV row per contact (of `group`), read BATCH at a time."""
+_USED_FIELDS = {
+    "sqlite": "SELECT DISTINCT j.key FROM contacts AS c, json_each(c.fields) AS j"
+    " WHERE c.workspace = :workspace",
+    "postgresql": "SELECT DISTINCT json_object_keys(c.fields) FROM contacts AS c"
+    " WHERE c.workspace = :workspace",
+}
+
+
+def used_fields(conn: Connection, workspace: str) -> list[str]:
+    """The custom fields `workspace`'s contacts hold, by name."""
+    used = set(conn.execute(text(_USED_FIELDS[conn.dialect.name]), {"workspace": workspace}))
+    declared = set(conn.execute(select(contact_fields_t.c.name)).scalars().all())
+    return sorted(declared & {str(name) for (name,) in used})
+
+
+def export_rows(
+    engine: Engine, group: str | None = None, workspace: str = DEFAULT
+) -> Iterator[list[str]]:
+    """The header, then one CSV row per contact of `workspace` (of `group`), BATCH at a time."""
     c, g = contacts_t, contact_groups_t
     with engine.connect() as conn:
-        fields = sorted(
-            conn.execute(select(contact_fields_t.c.name)).scalars().all()  # every field
-        )
+        fields = used_fields(conn, workspace)
         yield [*STANDARD, *fields]
         last = 0
         while True:
-            query = select(c).where(c.c.id > last).order_by(c.c.id).limit(BATCH)
+            query = (
+                select(c)
+                .where(c.c.workspace == workspace, c.c.id > last)
+                .order_by(c.c.id)
+                .limit(BATCH)
+            )
             if group is not None:
                 query = query.where(c.c.id.in_(select(g.c.contact_id).where(g.c.name == group)))
             rows = conn.execute(query).all()
@@ -320,10 +350,12 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
-def export_csv(engine: Engine, out: IO[str], group: str | None = None) -> int:
-    """Write contacts (of `group`) to `out` as CSV; return how many."""
+def export_csv(
+    engine: Engine, out: IO[str], group: str | None = None, workspace: str = DEFAULT
+) -> int:
+    """Write `workspace`'s contacts (of `group`) to `out` as CSV; return how many."""
     writer = csv.writer(out)
     count = -1
-    for count, row in enumerate(export_rows(engine, group)):  # noqa: B007
+    for count, row in enumerate(export_rows(engine, group, workspace)):  # noqa: B007
         writer.writerow(row)
     return count

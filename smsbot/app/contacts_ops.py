@@ -1,6 +1,8 @@
 """One contact at a time, for the operator API: read, search, create and update, on a connection.
 
-Each function runs inside the caller's transaction. Every change sets `updated_at`, the mark
+Each function runs inside the caller's transaction, on one workspace's contacts: a contact is
+its workspace's (unique per workspace and phone), and another workspace's is not found. Every
+change sets `updated_at`, the mark
 campaigns and exports read. Custom fields keep their declared type (`contact_fields`); a field
 named for the first time takes the type of its first value, as a flow's assignment does.
 Erasure and the data-subject export are in contacts_erase.py; CSV import/export in contacts_io.py.
@@ -13,7 +15,7 @@ import datetime as dt
 from collections.abc import Mapping
 from typing import Any
 
-from sqlalchemy import Connection, case, delete, func, insert, select, true, update
+from sqlalchemy import Connection, case, delete, func, insert, select, update
 from sqlalchemy.sql.elements import ColumnElement
 
 from smsbot.engine.contact import (
@@ -28,6 +30,7 @@ from smsbot.sms.phone import PhoneNumberError, normalize
 from smsbot.sms.zones import UnknownTimeZoneError, iana_zone
 from smsbot.store.models import contact_fields_t, contact_groups_t, contacts_t
 from smsbot.store.upsert import insert_on_conflict
+from smsbot.workspaces import DEFAULT
 
 MAX_GROUPS = 100  # group names in one request
 MAX_TEXT = 1_000  # characters in one text field value
@@ -55,6 +58,7 @@ class ContactExistsError(ValueError):
 class Search:
     """A page of contacts: filters, where the last page ended, and how many."""
 
+    workspace: str = DEFAULT
     phone: str | None = None
     name: str | None = None  # contained in the name, any case
     group: str | None = None
@@ -104,9 +108,13 @@ def _rows_json(conn: Connection, rows: list[Any]) -> list[dict[str, Any]]:
     ]
 
 
-def get(conn: Connection, phone: str) -> dict[str, Any]:
-    """The contact with `phone` (E.164) as JSON, or ContactNotFoundError."""
-    rows = conn.execute(select(contacts_t).where(contacts_t.c.phone == phone)).all()
+def _key(phone: str, workspace: str) -> list[ColumnElement[bool]]:
+    return [contacts_t.c.workspace == workspace, contacts_t.c.phone == phone]
+
+
+def get(conn: Connection, phone: str, workspace: str = DEFAULT) -> dict[str, Any]:
+    """The contact of `workspace` with `phone` (E.164) as JSON, or ContactNotFoundError."""
+    rows = conn.execute(select(contacts_t).where(*_key(phone, workspace))).all()
     if not rows:
         raise ContactNotFoundError(phone)
     return _rows_json(conn, list(rows))[0]
@@ -140,7 +148,7 @@ def _field_match(conn: Connection, field: str, value: str) -> ColumnElement[bool
 def search(conn: Connection, q: Search) -> tuple[list[dict[str, Any]], int | None]:
     """One page of contacts in id order and the cursor of the next page (None: the last)."""
     c = contacts_t
-    where: list[ColumnElement[bool]] = []
+    where: list[ColumnElement[bool]] = [c.c.workspace == q.workspace]
     if q.after is not None:
         where.append(c.c.id > q.after)
     if q.phone is not None:
@@ -154,7 +162,7 @@ def search(conn: Connection, q: Search) -> tuple[list[dict[str, Any]], int | Non
         where.append(_field_match(conn, q.field, q.value or ""))
     elif q.value is not None:
         raise ContactInputError("value", "give the field it is a value of in 'field'")
-    stmt = select(c).where(true(), *where).order_by(c.c.id).limit(q.limit + 1)
+    stmt = select(c).where(*where).order_by(c.c.id).limit(q.limit + 1)
     rows = list(conn.execute(stmt).all())
     cursor = rows[q.limit - 1].id if len(rows) > q.limit else None
     return _rows_json(conn, rows[: q.limit]), cursor
@@ -214,16 +222,23 @@ def _zone(value: str | None) -> str | None:
         raise ContactInputError("timezone", str(exc)) from None
 
 
-def create(conn: Connection, body: Mapping[str, Any], region: str, now: dt.datetime) -> str:
-    """Insert a contact from a checked request body; return its phone (E.164)."""
+def create(
+    conn: Connection,
+    body: Mapping[str, Any],
+    region: str,
+    now: dt.datetime,
+    workspace: str = DEFAULT,
+) -> str:
+    """Insert a contact of `workspace` from a checked request body; return its phone (E.164)."""
     phone = phone_of(body["phone"], region)
-    if conn.execute(select(contacts_t.c.id).where(contacts_t.c.phone == phone)).first():
+    if conn.execute(select(contacts_t.c.id).where(*_key(phone, workspace))).first():
         raise ContactExistsError(phone)
     fields = {k: v for k, v in _typed_fields(conn, body.get("fields", {}), now).items() if v}
     groups = _groups(body.get("groups", []), "groups")
     contact_id = conn.execute(
         insert(contacts_t)
         .values(
+            workspace=workspace,
             phone=phone,
             name=body.get("name") or None,
             language=body.get("language") or None,
@@ -241,9 +256,15 @@ def create(conn: Connection, body: Mapping[str, Any], region: str, now: dt.datet
     return phone
 
 
-def change(conn: Connection, phone: str, body: Mapping[str, Any], now: dt.datetime) -> None:
+def change(
+    conn: Connection,
+    phone: str,
+    body: Mapping[str, Any],
+    now: dt.datetime,
+    workspace: str = DEFAULT,
+) -> None:
     """Apply a checked partial update: "" clears a text setting, a null field is removed."""
-    row = conn.execute(select(contacts_t).where(contacts_t.c.phone == phone)).first()
+    row = conn.execute(select(contacts_t).where(*_key(phone, workspace))).first()
     if row is None:
         raise ContactNotFoundError(phone)
     values: dict[str, Any] = {"updated_at": now}  # group changes count as changes too

@@ -1,4 +1,4 @@
-"""Writing a batch of imported contacts: one upsert by phone, then their group memberships.
+"""Writing a batch of imported contacts: one upsert by (workspace, phone), then their groups.
 
 Every row written gets updated_at = the batch's `now`, in the batch's transaction (campaigns
 reschedule from it). SQLite merges with what is stored in Python (one read, one executemany);
@@ -18,6 +18,7 @@ from sqlalchemy import Connection, bindparam, select, text
 from smsbot.store.models import contact_groups_t, contacts_t
 from smsbot.store.types import UTCDateTime
 from smsbot.store.upsert import insert_on_conflict
+from smsbot.workspaces import DEFAULT
 
 _UPSERT = insert_on_conflict(
     contacts_t,
@@ -40,14 +41,18 @@ class ImportRow:
 
 
 def write_batch(
-    conn: Connection, batch: dict[str, ImportRow], group: str | None, now: dt.datetime
+    conn: Connection,
+    batch: dict[str, ImportRow],
+    group: str | None,
+    now: dt.datetime,
+    workspace: str = DEFAULT,
 ) -> None:
-    """Upsert a batch of rows by phone, in the caller's transaction, and join their groups."""
+    """Upsert a batch of `workspace`'s rows by phone, in the caller's transaction; join groups."""
     members = {p: r.groups | ({group} if group else set()) for p, r in batch.items()}
     if conn.dialect.name == "postgresql":
-        ids = _upsert_postgres(conn, batch, now)
+        ids = _upsert_postgres(conn, batch, now, workspace)
     else:
-        ids = _upsert_sqlite(conn, batch, now, any(members.values()))
+        ids = _upsert_sqlite(conn, batch, now, any(members.values()), workspace)
     joins = [
         {"contact_id": ids[phone], "name": name, "created_at": now}
         for phone, names in members.items()
@@ -58,13 +63,13 @@ def write_batch(
 
 
 def _upsert_sqlite(
-    conn: Connection, batch: dict[str, ImportRow], now: dt.datetime, ids: bool
+    conn: Connection, batch: dict[str, ImportRow], now: dt.datetime, ids: bool, workspace: str
 ) -> dict[str, int]:
     """Merge with what is stored in Python, then one executemany; return {phone: id} if `ids`."""
     c = contacts_t
     found = conn.execute(
         select(c.c.phone, c.c.name, c.c.language, c.c.timezone, c.c.fields).where(
-            c.c.phone.in_(list(batch))
+            c.c.workspace == workspace, c.c.phone.in_(list(batch))
         )
     )
     old = {r.phone: r for r in found.all()}
@@ -73,6 +78,7 @@ def _upsert_sqlite(
         was = old.get(phone)
         rows.append(
             {
+                "workspace": workspace,
                 "phone": phone,
                 "name": row.name or (was.name if was else None),
                 "language": row.language or (was.language if was else None),
@@ -85,7 +91,9 @@ def _upsert_sqlite(
     conn.execute(_UPSERT, rows)
     if not ids:
         return {}
-    found = conn.execute(select(c.c.phone, c.c.id).where(c.c.phone.in_(list(batch))))
+    found = conn.execute(
+        select(c.c.phone, c.c.id).where(c.c.workspace == workspace, c.c.phone.in_(list(batch)))
+    )
     return {phone: contact_id for phone, contact_id in found.all()}
 
 
@@ -99,7 +107,8 @@ _MERGE = (
     " updated_at = excluded.updated_at RETURNING c.phone, c.id"
 )
 _INSERT = (
-    "INSERT INTO contacts AS c (phone, name, language, timezone, fields, created_at, updated_at)"
+    "INSERT INTO contacts AS c"
+    " (workspace, phone, name, language, timezone, fields, created_at, updated_at)"
 )
 # COPY the batch into a temporary table, then one INSERT … SELECT from it.
 _STAGE = (
@@ -108,13 +117,13 @@ _STAGE = (
 )
 _COPY = "COPY smsbot_contacts_import (phone, name, language, timezone, fields) FROM STDIN"
 _FROM_STAGE = text(
-    f"{_INSERT} SELECT phone, name, language, timezone, fields::json, :now, :now"  # noqa: S608
+    f"{_INSERT} SELECT :workspace, phone, name, language, timezone, fields::json, :now, :now"  # noqa: S608
     f" FROM smsbot_contacts_import{_MERGE}"
 ).bindparams(bindparam("now", type_=UTCDateTime()))
 
 
 def _upsert_postgres(
-    conn: Connection, batch: dict[str, ImportRow], now: dt.datetime
+    conn: Connection, batch: dict[str, ImportRow], now: dt.datetime, workspace: str
 ) -> dict[str, int]:
     """One upsert for the batch, merging in SQL; return {phone: id}."""
     # the engines that import are synchronous ones: Settings.sync_database_url is psycopg's
@@ -125,5 +134,5 @@ def _upsert_postgres(
     with raw.cursor() as cursor, cursor.copy(_COPY) as copy:
         for phone, r in batch.items():
             copy.write_row((phone, r.name, r.language, r.timezone, json.dumps(r.fields)))
-    found = conn.execute(_FROM_STAGE, {"now": now})
+    found = conn.execute(_FROM_STAGE, {"now": now, "workspace": workspace})
     return {phone: contact_id for phone, contact_id in found.all()}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+from typing import Any
 
 from sqlalchemy import CompoundSelect, select, update
 
@@ -13,7 +14,9 @@ from smsbot.channels.errors import ProviderError
 from smsbot.clock import SystemClock
 from smsbot.config import Settings
 from smsbot.engine.contract import Origin
+from smsbot.hints import did_you_mean
 from smsbot.pipeline.contacts import suppression_hash
+from smsbot.pipeline.inbox import InboxEntry
 from smsbot.sms.phone import PhoneNumberError, normalize, normalize_sender
 from smsbot.sms.status import DeliveryStatus
 from smsbot.sms.templates import RenderedSms, SmsTemplates, TemplateError
@@ -30,22 +33,66 @@ from smsbot.store.models import (
     opt_outs_t,
     suppressions_t,
 )
+from smsbot.workspaces import DEFAULT, Workspace
 
 
 class OperatorError(Exception):
     """An operator request that cannot be carried out; the message says why and what to do."""
 
 
-def resolve_sender(settings: Settings, sender: str | None, *, given_as: str = '"from"') -> str:
+def workspace_named(settings: Settings, name: str) -> Workspace:
+    """The configured workspace `name`, or OperatorError naming the workspaces there are."""
+    found = settings.workspaces.get(name)
+    if found is None:
+        hint = did_you_mean(name, settings.workspaces.names, "{!r}")
+        raise OperatorError(
+            f"no workspace {name!r}{f' ({hint})' if hint else ''}; the workspaces here:"
+            f" {', '.join(settings.workspaces.names)} (declare one as [workspaces.NAME] in"
+            " smsbot.toml)"
+        )
+    return found
+
+
+def default_sender(settings: Settings, workspace: str = DEFAULT) -> str | None:
+    """What `workspace` sends from when a request names no sender, as written (or None).
+
+    `default`: SMSBOT_DEFAULT_SENDER (or the sandbox's number), as before workspaces; then its
+    first number. A declared workspace: its first number as written in smsbot.toml, else its
+    first sender ID.
+    """
+    if workspace == DEFAULT and settings.sender:
+        return settings.sender
+    table = settings.workspace_tables.get(workspace, {})
+    for key in ("numbers", "sender_ids"):
+        listed = table.get(key)
+        if isinstance(listed, list) and listed and isinstance(listed[0], str):
+            return listed[0]
+    return None
+
+
+def resolve_sender(
+    settings: Settings,
+    sender: str | None,
+    *,
+    given_as: str = '"from"',
+    workspace: str = DEFAULT,
+) -> str:
     """Return the sender to use, normalised, or raise OperatorError naming the fix.
 
     `given_as` is how the caller's user names a sender: the API's "from", the CLI's --from.
     """
-    chosen = sender or settings.sender
+    chosen = sender or default_sender(settings, workspace)
     if not chosen:
-        raise OperatorError(f"no sender: give one in {given_as}, or set SMSBOT_DEFAULT_SENDER")
+        where = (
+            "set SMSBOT_DEFAULT_SENDER"
+            if workspace == DEFAULT
+            else f"add numbers to [workspaces.{workspace}] in smsbot.toml"
+        )
+        raise OperatorError(f"no sender: give one in {given_as}, or {where}")
+    owner = settings.workspaces.get(workspace)
+    region = owner.default_region if owner is not None else settings.default_region
     try:
-        return normalize_sender(chosen, settings.default_region)
+        return normalize_sender(chosen, region)
     except PhoneNumberError as exc:
         raise OperatorError(f"sender: {exc}") from None
 
@@ -59,37 +106,75 @@ def deployment_senders(settings: Settings) -> frozenset[str]:
     return frozenset(ours)
 
 
-def operator_sender(settings: Settings, sender: str | None, *, given_as: str = '"from"') -> str:
+def workspace_senders(settings: Settings, workspace: str = DEFAULT) -> frozenset[str]:
+    """The senders `workspace` may send from: those of the deployment's it owns, and its own.
+
+    With no declared workspace, `default` owns every number, so this is deployment_senders().
+    """
+    found = settings.workspaces.get(workspace)
+    if found is None:
+        return frozenset()
+    candidates = deployment_senders(settings) | found.numbers | found.sender_ids
+    if (first := default_sender(settings, workspace)) is not None:
+        with contextlib.suppress(PhoneNumberError):
+            candidates |= {normalize_sender(first, found.default_region)}
+    return frozenset(s for s in candidates if settings.workspaces.owner_name(s) == workspace)
+
+
+def operator_sender(
+    settings: Settings,
+    sender: str | None,
+    *,
+    given_as: str = '"from"',
+    workspace: str = DEFAULT,
+) -> str:
     """The sender an operator's message or start goes from: one of ours, or OperatorError."""
-    chosen = resolve_sender(settings, sender, given_as=given_as)
-    check_our_sender(settings, chosen)
+    chosen = resolve_sender(settings, sender, given_as=given_as, workspace=workspace)
+    check_our_sender(settings, chosen, workspace=workspace)
     return chosen
 
 
-def check_our_sender(settings: Settings, sender: str, ours: frozenset[str] | None = None) -> None:
-    """Raise OperatorError unless the normalised `sender` is one of deployment_senders()."""
-    ours = deployment_senders(settings) if ours is None else ours
-    if sender not in ours:
-        listed = ", ".join(sorted(ours)) or "none is configured"
+def check_our_sender(
+    settings: Settings,
+    sender: str,
+    ours: frozenset[str] | None = None,
+    *,
+    workspace: str = DEFAULT,
+) -> None:
+    """Raise OperatorError unless the normalised `sender` is one of workspace_senders()."""
+    ours = workspace_senders(settings, workspace) if ours is None else ours
+    if sender in ours:
+        return
+    listed = ", ".join(sorted(ours)) or "none is configured"
+    if workspace == DEFAULT and len(settings.workspaces) == 1:
         raise OperatorError(
             f"{sender} is not one of this deployment's senders ({listed}): send from one of"
             ' them, or configure it as SMSBOT_DEFAULT_SENDER or, for a number, as [numbers."…"]'
             " in smsbot.toml"
         )
+    # Whether another workspace owns it is not said: that is the other workspace's business.
+    raise OperatorError(
+        f"{sender} is not one of workspace {workspace}'s senders ({listed}): send from one of"
+        f" them, or add it to numbers or sender_ids in [workspaces.{workspace}] of smsbot.toml"
+    )
 
 
-def opt_outs_stopping(sender: str, phone: str) -> CompoundSelect[tuple[int]]:
+def opt_outs_stopping(
+    sender: str, phone: str, workspace: str = DEFAULT
+) -> CompoundSelect[tuple[int]]:
     """SQL: the opt-outs that stop `sender` texting `phone`, hashed ones of erased phones too.
 
     An erased phone's opt-outs are kept as keyed hashes (smsbot contacts erase); an
-    alphanumeric sender is stopped by any of them, as opt_out_blocks says for the others.
+    alphanumeric sender is stopped by any of them in its workspace, as opt_out_blocks says for
+    the others. Another workspace's opt-outs never stop it.
     """
     return (
         select(opt_outs_t.c.id)
-        .where(opt_out_blocks(sender, phone))
+        .where(opt_out_blocks(sender, phone), opt_outs_t.c.workspace == workspace)
         .union_all(
             select(suppressions_t.c.id).where(
                 suppressions_t.c.phone_hash == suppression_hash(phone),
+                suppressions_t.c.workspace == workspace,
                 *([suppressions_t.c.virtual_number == sender] if sender[:1] == "+" else []),
             )
         )
@@ -101,7 +186,7 @@ def opted_out_error(phone: str, sender: str) -> str:
     if sender.startswith("+"):
         return f"{phone} has opted out of messages from {sender}; they must text START to it"
     return (
-        f"{phone} has opted out of one of this deployment's numbers, and {sender} is an"
+        f"{phone} has opted out of one of this workspace's numbers, and {sender} is an"
         " alphanumeric sender nobody can reply STOP to, so the opt-out stops it too; they must"
         " text START to that number"
     )
@@ -123,36 +208,64 @@ def operator_text(
         raise OperatorError(str(exc)) from None
 
 
-def resolve_recipient(settings: Settings, to: str) -> str:
-    """Return `to` in E.164, or raise OperatorError."""
+def resolve_recipient(settings: Settings, to: str, *, region: str | None = None) -> str:
+    """Return `to` in E.164 (a national number read in `region`), or raise OperatorError."""
     try:
-        return normalize(to, settings.default_region)
+        return normalize(to, region or settings.default_region)
     except PhoneNumberError as exc:
         raise OperatorError(f"recipient: {exc}") from None
 
 
 def check_send(
-    settings: Settings, *, to: str, text: str, sender: str | None
+    settings: Settings, *, to: str, text: str, sender: str | None, workspace: str = DEFAULT
 ) -> tuple[str, str, RenderedSms]:
     """Return (recipient, sender, checked text) for `smsbot send`, or raise OperatorError."""
-    recipient = resolve_recipient(settings, to)
-    origin = operator_sender(settings, sender, given_as="--from")
+    owner = workspace_named(settings, workspace)
+    recipient = resolve_recipient(settings, to, region=owner.default_region)
+    origin = operator_sender(settings, sender, given_as="--from", workspace=workspace)
     if not text.strip():
         raise OperatorError("the text is empty: pass --text with something to say")
     return recipient, origin, operator_text(settings, text)
 
 
-async def send_now(settings: Settings, *, to: str, text: str, sender: str | None) -> str:
-    """Send one SMS at once through the configured provider (`smsbot send`), recorded."""
-    recipient, origin, sms = check_send(settings, to=to, text=text, sender=sender)
+def account_settings(settings: Settings, workspace: Workspace) -> Settings:
+    """`settings` with `workspace`'s account in the SMSBOT_* fields build_provider reads."""
+    if workspace.name == DEFAULT:
+        return settings
+    changes: dict[str, object] = {"provider": workspace.provider}
+    if workspace.provider == "divergent":
+        changes["divergent_api_key"] = workspace.api_key
+        if workspace.url:
+            changes["divergent_url"] = workspace.url
+    elif workspace.provider == "puresms":
+        changes["puresms_api_key"] = workspace.api_key
+        changes["puresms_test_mode"] = workspace.test_mode
+        if workspace.url:
+            changes["puresms_url"] = workspace.url
+    return settings.replace(**changes)
+
+
+async def send_now(
+    settings: Settings, *, to: str, text: str, sender: str | None, workspace: str = DEFAULT
+) -> str:
+    """Send one SMS at once through `workspace`'s provider account (`smsbot send`), recorded."""
+    recipient, origin, sms = check_send(
+        settings, to=to, text=text, sender=sender, workspace=workspace
+    )
+    owner = workspace_named(settings, workspace)
     db = Database(settings.database_url)
     clock = SystemClock()
     # The sandbox is local: running or not, so retrying it only delays the answer.
-    sandbox = settings.provider == "sandbox"
-    provider = build_provider(settings, attempts=1 if sandbox else 4)
+    sandbox = owner.provider == "sandbox"
+    provider = build_provider(
+        account_settings(settings, owner),
+        sandbox_url=owner.url if sandbox else None,
+        attempts=1 if sandbox else 4,
+    )
     try:
         async with db.session() as s, s.begin():
-            if (await s.execute(opt_outs_stopping(origin, recipient))).first() is not None:
+            stopping = opt_outs_stopping(origin, recipient, workspace)
+            if (await s.execute(stopping)).first() is not None:
                 raise OperatorError(opted_out_error(recipient, origin))
             message_id = new_id()
             now = clock.now()
@@ -160,6 +273,7 @@ async def send_now(settings: Settings, *, to: str, text: str, sender: str | None
                 messages_t.insert().values(
                     id=message_id,
                     direction=Direction.OUTBOUND.value,
+                    workspace=workspace,
                     virtual_number=origin,
                     phone=recipient,
                     body=sms.text,
@@ -209,15 +323,25 @@ async def send_now(settings: Settings, *, to: str, text: str, sender: str | None
         await db.dispose()
 
 
-async def failed_events(settings: Settings, *, limit: int = 50) -> list[str]:
-    """Return one line per parked event: id, kind, conversation, attempts, error."""
+def inbox_entry(workspace: str, **fields: Any) -> InboxEntry:
+    """An inbox event of `workspace` (an API start or send)."""
+    return InboxEntry(workspace=workspace, **fields)
+
+
+async def failed_events(
+    settings: Settings, *, limit: int = 50, workspace: str = DEFAULT
+) -> list[str]:
+    """Return one line per parked event of `workspace`: id, kind, conversation, attempts, error."""
     db = Database(settings.database_url)
     try:
         async with db.session() as s:
             rows = (
                 await s.execute(
                     select(events_t)
-                    .where(events_t.c.state == EventState.FAILED.value)
+                    .where(
+                        events_t.c.state == EventState.FAILED.value,
+                        events_t.c.workspace == workspace,
+                    )
                     .order_by(events_t.c.id.desc())
                     .limit(limit)
                 )
@@ -239,24 +363,31 @@ def error_message(stored: str | None) -> str:
     return next((line for line in reversed(lines) if not line[:1].isspace()), "")
 
 
-async def requeue_failed(db: Database, event_id: int) -> bool:
-    """Put a parked event back in the queue with its attempts reset; False if it is not parked."""
+async def requeue_failed(db: Database, event_id: int, workspace: str | None = None) -> bool:
+    """Put a parked event (of `workspace`, None: any) back in the queue with its attempts reset.
+
+    False if it is not a parked event (of that workspace).
+    """
+    scope = [events_t.c.workspace == workspace] if workspace is not None else []
     async with db.session() as s, s.begin():
         result = await s.execute(
             update(events_t)
-            .where(events_t.c.id == event_id, events_t.c.state == EventState.FAILED.value)
+            .where(events_t.c.id == event_id, events_t.c.state == EventState.FAILED.value, *scope)
             .values(state=EventState.PENDING.value, attempts=0, next_attempt_at=None)
         )
         return bool(result.rowcount)  # type: ignore[attr-defined]
 
 
-async def retry_event(settings: Settings, event_id: int) -> str:
-    """Put a parked event back in the queue with its attempts reset."""
+async def retry_event(settings: Settings, event_id: int, workspace: str = DEFAULT) -> str:
+    """Put a parked event of `workspace` back in the queue with its attempts reset."""
     db = Database(settings.database_url)
     try:
-        changed = await requeue_failed(db, event_id)
+        changed = await requeue_failed(db, event_id, workspace)
     finally:
         await db.dispose()
     if not changed:
-        raise OperatorError(f"event #{event_id} is not a failed event; see `smsbot events failed`")
+        raise OperatorError(
+            f"event #{event_id} is not a failed event of workspace {workspace}; see"
+            f" `smsbot events failed --workspace {workspace}`"
+        )
     return f"event #{event_id} queued again"

@@ -18,10 +18,10 @@ import datetime as dt
 import io
 import zoneinfo
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import ColumnElement, Table, select
 
 from smsbot.engine.contract import EventKind
 from smsbot.pipeline.bot import Bot
@@ -188,13 +188,17 @@ def run_outcome(run: _Run) -> str:
     return ended(run.end.from_state, run.end.reason)
 
 
-async def compute(bot: Bot, flow: str, period: Period) -> FlowResults:
-    """Every figure for `flow` over `period`."""
+async def compute(
+    bot: Bot, flow: str, period: Period, *, workspace: str | None = None
+) -> FlowResults:
+    """Every figure for `flow` over `period`, in `workspace` (None: in every workspace)."""
     results = FlowResults(flow, period)
-    e, c = events_t, conversations_t
+    e, c, m = events_t, conversations_t, messages_t
+    ours = _in(workspace)
     starts = (
         select(e.c.id, e.c.virtual_number, e.c.phone, e.c.state, e.c.processed_at, e.c.received_at)
         .where(
+            *ours(e),
             e.c.received_at >= period.start,
             e.c.received_at < period.end,
             e.c.kind == EventKind.START.value,
@@ -203,11 +207,11 @@ async def compute(bot: Bot, flow: str, period: Period) -> FlowResults:
         .order_by(e.c.id)
     )
     running = select(c).where(
-        c.c.flow == flow, c.c.started_at >= period.start, c.c.started_at < period.end
+        *ours(c), c.c.flow == flow, c.c.started_at >= period.start, c.c.started_at < period.end
     )
     async with bot.db.session() as s:
         start_rows = (await s.execute(starts)).all()
-        runs = await _recorded_runs(s, flow, period)
+        runs = await _recorded_runs(s, flow, period, ours)
         recorded = {r.start.event_id for r in runs}
         legacy_starts = [x for x in start_rows if x.id not in recorded]
         run_convos = {r.start.conversation_id for r in runs}
@@ -218,22 +222,31 @@ async def compute(bot: Bot, flow: str, period: Period) -> FlowResults:
         }
         keys = {(r.virtual_number, r.phone) for r in legacy_starts} - rows.keys()
         for vn, phones in _by_number(keys):
-            found = select(c).where(c.c.virtual_number == vn, c.c.phone.in_(phones))
+            found = select(c).where(*ours(c), c.c.virtual_number == vn, c.c.phone.in_(phones))
             rows.update({(r.virtual_number, r.phone): r for r in (await s.execute(found)).all()})
     spans = _recorded_spans(results, runs) + _spans(results, legacy_starts, rows)
     async with bot.db.session() as s:
         for vn, phones in _by_number({(x.virtual_number, x.phone) for x in spans}):
-            m = messages_t
             query = select(m.c.phone, m.c.direction, m.c.status, m.c.created_at, m.c.event_id)
             query = query.where(
-                m.c.virtual_number == vn, m.c.phone.in_(phones), m.c.created_at >= period.start
+                *ours(m),
+                m.c.virtual_number == vn,
+                m.c.phone.in_(phones),
+                m.c.created_at >= period.start,
             )
             for row in await s.execute(query):
                 _count_message(results, spans, vn, row)
     return results
 
 
-async def _recorded_runs(s: Any, flow: str, period: Period) -> list[_Run]:
+def _in(workspace: str | None) -> Callable[[Table], list[ColumnElement[bool]]]:
+    """The condition that keeps a table's rows to `workspace` (none for None)."""
+    return lambda t: [] if workspace is None else [t.c.workspace == workspace]
+
+
+async def _recorded_runs(
+    s: Any, flow: str, period: Period, ours: Callable[[Table], list[ColumnElement[bool]]]
+) -> list[_Run]:
     """The flow's runs that began in the period, by the state history (migration 0007 on).
 
     Every run is there, whichever way it started: a START event, or a keyword, whose
@@ -243,7 +256,7 @@ async def _recorded_runs(s: Any, flow: str, period: Period) -> list[_Run]:
     starts = (
         await s.execute(
             select(h)
-            .where(h.c.flow == flow, h.c.at >= period.start, h.c.at < period.end)
+            .where(*ours(h), h.c.flow == flow, h.c.at >= period.start, h.c.at < period.end)
             .where(h.c.from_state.is_(None))
             .order_by(h.c.id)
         )

@@ -1,13 +1,14 @@
 """The operator API for the user's own systems: start flows, send messages, read conversations.
 
-Every route needs `Authorization: Bearer <SMSBOT_API_KEY>`. Bad input is a 400 naming the field.
+Every route needs a bearer credential and acts in one workspace (scope.py): it reads and changes
+that workspace's rows only, and another workspace's are answered as if they did not exist. Bad
+input is a 400 naming the field.
 """
 
 from __future__ import annotations
 
 import csv
 import functools
-import hmac
 import logging
 import uuid
 from collections.abc import Mapping
@@ -15,7 +16,6 @@ from typing import Any
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
-from sqlalchemy import select
 
 from smsbot.app.bulk import (
     BulkInputError,
@@ -25,26 +25,24 @@ from smsbot.app.bulk import (
     rows_from_json,
     validate,
 )
-from smsbot.app.console.results import results_api
 from smsbot.app.operations import (
     OperatorError,
+    inbox_entry,
     operator_sender,
     operator_text,
     opt_outs_stopping,
     opted_out_error,
-    resolve_recipient,
 )
-from smsbot.app.server import api_contacts
+from smsbot.app.server import api_contacts, api_reads, scope
+from smsbot.app.server.api_reads import flow_named, only_query, recipient, runtime_of
 from smsbot.app.server.bodies import check_storable, read_body, read_json
 from smsbot.app.server.keys import BOT
 from smsbot.app.server.openapi import build_openapi
 from smsbot.app.server.responses import problem
 from smsbot.app.server.schema import (
-    CONVERSATIONS,
     MESSAGE,
     SKIP_INVALID,
     START_MANY_POLICY,
-    Field,
     FieldError,
     start_body,
 )
@@ -54,29 +52,21 @@ from smsbot.engine.flow import Flow
 from smsbot.engine.runtime import FlowRuntime
 from smsbot.engine.startdata import StartDataError
 from smsbot.pipeline.bot import Bot
-from smsbot.pipeline.inbox import InboxEntry
 from smsbot.sms.templates import RenderedSms, TemplateError
-from smsbot.store.models import conversations_t, messages_t, opt_outs_t
+from smsbot.workspaces import DEFAULT, Workspace
 
 log = logging.getLogger(__name__)
 
-MAX_MESSAGES = 100  # per conversation in GET /api/conversations
 _OPENAPI = web.AppKey("openapi", dict[str, Any])
 
 
 @web.middleware
 async def bearer_auth(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Refuse (401) any request without the operator API key; the OpenAPI document is open."""
+    """Refuse (401/403) a request without a credential for its workspace; the document is open."""
     if request.path.endswith("/openapi.json"):
         return await handler(request)
-    key = request.config_dict[BOT].settings.api_key
-    if key is None:
-        return problem(401, "the operator API is off: set SMSBOT_API_KEY")
-    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(
-        token.strip().encode("utf-8", "surrogateescape"), key.get().encode()
-    ):
-        return problem(401, "missing or wrong 'Authorization: Bearer <SMSBOT_API_KEY>' header")
+    if (refused := await scope.identify(request)) is not None:
+        return refused
     try:
         return await handler(request)
     except FieldError as exc:
@@ -85,32 +75,9 @@ async def bearer_auth(request: web.Request, handler: Handler) -> web.StreamRespo
         return problem(400, str(exc))
 
 
-def _runtime(request: web.Request) -> FlowRuntime:
-    handler = request.config_dict[BOT].handler
-    if not isinstance(handler, FlowRuntime):
-        raise web.HTTPNotFound(reason="this server runs no flows: it was started in echo mode")
-    return handler
-
-
-def _flow(request: web.Request) -> tuple[FlowRuntime, str]:
-    runtime = _runtime(request)
-    name = request.match_info["name"]
-    if name not in runtime.flows:
-        known = ", ".join(sorted(runtime.flows)) or "none"
-        raise web.HTTPNotFound(reason=f"no flow named {name!r}; known flows: {known}")
-    return runtime, name
-
-
-def _recipient(settings: Settings, raw: str, field: str = "to") -> str:
+def _sender(settings: Settings, ws: Workspace, raw: str | None) -> str:
     try:
-        return resolve_recipient(settings, raw)
-    except OperatorError as exc:
-        raise FieldError(field, str(exc)) from None
-
-
-def _sender(settings: Settings, raw: str | None) -> str:
-    try:
-        return operator_sender(settings, raw)
+        return operator_sender(settings, raw, workspace=ws.name)
     except OperatorError as exc:
         raise FieldError("from", str(exc)) from None
 
@@ -128,9 +95,9 @@ def _start_data(
         raise FieldError("data", str(exc).strip("'\"")) from None
 
 
-async def _opted_out(bot: Bot, vn: str, phone: str) -> bool:
+async def _opted_out(bot: Bot, vn: str, phone: str, workspace: str) -> bool:
     async with bot.db.session() as s:
-        return (await s.execute(opt_outs_stopping(vn, phone))).first() is not None
+        return (await s.execute(opt_outs_stopping(vn, phone, workspace))).first() is not None
 
 
 async def queue_outside_event(
@@ -140,14 +107,19 @@ async def queue_outside_event(
     vn: str,
     phone: str,
     idempotency_key: str | None = None,
+    workspace: str = DEFAULT,
 ) -> str | None:
     """Queue a start or a send for (vn, phone): "queued" or "duplicate"; None if opted out."""
-    if await _opted_out(bot, vn, phone):
+    if await _opted_out(bot, vn, phone, workspace):
         return None
     key = idempotency_key or uuid.uuid4().hex
-    entry = InboxEntry(
+    # Idempotency keys are each workspace's own: one client's key never meets another's
+    # (`default` keeps the form from before workspaces, so a retry across an upgrade holds).
+    scoped = key if workspace == DEFAULT else f"{workspace}:{key}"
+    entry = inbox_entry(
+        workspace,
         source="api",
-        event_id=f"{kind.value}:{key}"[:200],
+        event_id=f"{kind.value}:{scoped}"[:200],
         kind=kind,
         payload=payload,
         virtual_number=vn,
@@ -168,29 +140,21 @@ async def _enqueue(
 ) -> web.Response:
     bot = request.config_dict[BOT]
     key = request.headers.get("Idempotency-Key")
-    status = await queue_outside_event(bot, kind, payload, vn, phone, key)
+    ws = scope.workspace(request).name
+    status = await queue_outside_event(bot, kind, payload, vn, phone, key, ws)
     if status is None:
         return problem(409, opted_out_error(phone, vn))
     return web.json_response({"status": status, "to": phone, "from": vn, **answer}, status=202)
 
 
-def _query(request: web.Request, *known: Field) -> None:
-    """Refuse query parameters the route does not take, as the OpenAPI document says."""
-    names = [f.name for f in known]
-    for name in request.query:
-        if name not in names:
-            takes = f"it takes {', '.join(names)}" if names else "it takes none"
-            raise FieldError(name, f"is not a query parameter of this route; {takes}")
-
-
 async def start_flow(request: web.Request) -> web.Response:
     """POST /api/flows/{name}/start {"to", "from"?, "data"?, "policy"?}."""
-    runtime, name = _flow(request)
-    _query(request)
+    runtime, name = flow_named(request)
+    only_query(request)
     body = start_body(runtime.flows[name]).check(await read_json(request))
-    settings = request.config_dict[BOT].settings
-    phone = _recipient(settings, body["to"])
-    vn = _sender(settings, body.get("from"))
+    settings, ws = request.config_dict[BOT].settings, scope.workspace(request)
+    phone = recipient(settings, ws, body["to"])
+    vn = _sender(settings, ws, body.get("from"))
     data = _start_data(request, runtime, name, body.get("data", {}))
     payload = {"flow": name, "data": data, "policy": body.get("policy", "interrupt")}
     return await _enqueue(request, EventKind.START, payload, vn, phone)
@@ -198,9 +162,9 @@ async def start_flow(request: web.Request) -> web.Response:
 
 async def start_many(request: web.Request) -> web.Response:
     """POST /api/flows/{name}/start-many: a JSON list, or a CSV upload (text/csv)."""
-    runtime, name = _flow(request)
+    runtime, name = flow_named(request)
     bot = request.config_dict[BOT]
-    _query(request, SKIP_INVALID, START_MANY_POLICY)
+    only_query(request, SKIP_INVALID, START_MANY_POLICY)
     skip_invalid = SKIP_INVALID.check_query(request.query) is True
     policy = str(START_MANY_POLICY.check_query(request.query) or "interrupt")
     csv_upload = request.content_type in ("text/csv", "application/csv")
@@ -219,7 +183,8 @@ async def start_many(request: web.Request) -> web.Response:
     parse = functools.partial(
         runtime.flows[name].parse_start_data, now=bot.clock.now(), from_text=csv_upload
     )
-    good, bad = validate(rows, bot.settings, parse)
+    ws = scope.workspace(request).name
+    good, bad = validate(rows, bot.settings, parse, workspace=ws)
     bad = sorted([*misshapen, *bad], key=lambda e: e.line)
     if bad and not skip_invalid:
         return web.json_response(
@@ -230,7 +195,7 @@ async def start_many(request: web.Request) -> web.Response:
             },
             status=400,
         )
-    result = await enqueue_starts(bot.db, bot.inbox, name, good, policy=policy)
+    result = await enqueue_starts(bot.db, bot.inbox, name, good, policy=policy, workspace=ws)
     result.invalid = bad
     bot.dispatcher.notify()
     return web.json_response(result.as_json(), status=202)
@@ -257,12 +222,13 @@ async def send_message(request: web.Request) -> web.Response:
     """POST /api/messages {"to", "from"?, "text"} or {"to", "from"?, "template", "data"?}."""
     bot = request.config_dict[BOT]
     settings = bot.settings
-    _query(request)
+    only_query(request)
     body = MESSAGE.check(await read_json(request))
-    phone = _recipient(settings, body["to"])
-    vn = _sender(settings, body.get("from"))
+    ws = scope.workspace(request)
+    phone = recipient(settings, ws, body["to"])
+    vn = _sender(settings, ws, body.get("from"))
     if "template" in body:
-        runtime = _runtime(request)
+        runtime = runtime_of(request)
         context = {**body.get("data", {}), "phone": phone, "virtual_number": vn}
         try:
             sms = runtime.templates.render(body["template"], context)
@@ -289,75 +255,6 @@ def _size(settings: Settings, sms: RenderedSms) -> dict[str, Any]:
     return answer
 
 
-async def conversations(request: web.Request) -> web.Response:
-    """GET /api/conversations?phone=…: state, data and messages with their statuses."""
-    bot = request.config_dict[BOT]
-    _query(request, CONVERSATIONS)
-    raw = CONVERSATIONS.check_query(request.query)
-    phone = _recipient(bot.settings, str(raw), "phone")
-    async with bot.db.session() as s:
-        convos = (
-            await s.execute(select(conversations_t).where(conversations_t.c.phone == phone))
-        ).all()
-        opted = {
-            vn
-            for (vn,) in (
-                await s.execute(
-                    select(opt_outs_t.c.virtual_number).where(opt_outs_t.c.phone == phone)
-                )
-            ).all()
-        }
-        out = []
-        for c in convos:
-            msgs = (
-                await s.execute(
-                    select(messages_t)
-                    .where(
-                        messages_t.c.phone == phone,
-                        messages_t.c.virtual_number == c.virtual_number,
-                    )
-                    .order_by(messages_t.c.created_at.desc())
-                    .limit(MAX_MESSAGES)
-                )
-            ).all()
-            out.append(_conversation_json(c, c.virtual_number in opted, reversed(msgs)))
-    return web.json_response({"phone": phone, "conversations": out})
-
-
-def _iso(value: Any) -> str | None:
-    return value.isoformat() if value is not None else None
-
-
-def _conversation_json(c: Any, opted_out: bool, msgs: Any) -> dict[str, Any]:
-    return {
-        "virtual_number": c.virtual_number,
-        "flow": c.flow,
-        "state": c.state,
-        "data": c.data,
-        "active": c.flow is not None,
-        "opted_out": opted_out,
-        "started_at": _iso(c.started_at),
-        "last_activity_at": _iso(c.last_activity_at),
-        "ended_at": _iso(c.ended_at),
-        "end_reason": c.end_reason,
-        "end_state": c.end_state,
-        "messages": [
-            {
-                "id": m.id,
-                "direction": m.direction,
-                "text": m.body,
-                "status": m.status,
-                "segments": m.segments,
-                "encoding": m.encoding,
-                "created_at": _iso(m.created_at),
-                "sent_at": _iso(m.sent_at),
-                "error": m.error,
-            }
-            for m in msgs
-        ],
-    }
-
-
 async def openapi(request: web.Request) -> web.Response:
     """GET /api/openapi.json: this deployment's operator API, with its flows' start routes."""
     return web.json_response(request.app[_OPENAPI])
@@ -369,9 +266,9 @@ def create_api(flows: Mapping[str, type[Flow]]) -> web.Application:
     api[_OPENAPI] = build_openapi(flows)
     api.router.add_post("/flows/{name}/start", start_flow)
     api.router.add_post("/flows/{name}/start-many", start_many)
-    api.router.add_get("/flows/{name}/results", results_api)
+    api.router.add_get("/flows/{name}/results", api_reads.flow_results)
     api.router.add_post("/messages", send_message)
-    api.router.add_get("/conversations", conversations)
+    api.router.add_get("/conversations", api_reads.conversations)
     api.router.add_get("/openapi.json", openapi)
     api_contacts.add_routes(api)
     return api

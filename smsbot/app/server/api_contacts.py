@@ -1,5 +1,5 @@
 """The operator API's contacts (create, read, update, erase, search, CSV import and export)
-and the campaigns timed from them.
+and the campaigns timed from them, each within the request's workspace (scope.py).
 
 Reads and single-contact writes run through the bot's database (its writer on SQLite). The CSV
 import spools the request body to a temporary file as it arrives (constant memory, bounded in
@@ -24,6 +24,7 @@ from sqlalchemy import Engine, create_engine, pool
 from smsbot.app import contacts_ops as ops
 from smsbot.app.contacts_erase import erase, subject_data
 from smsbot.app.contacts_io import ContactsError, export_csv, import_file
+from smsbot.app.server import scope
 from smsbot.app.server.bodies import read_json
 from smsbot.app.server.keys import BOT
 from smsbot.app.server.responses import problem
@@ -147,11 +148,19 @@ def _bot(request: web.Request) -> Bot:
     return request.config_dict[BOT]
 
 
+def _ws(request: web.Request) -> str:
+    return scope.workspace(request).name
+
+
+def _region(request: web.Request) -> str:
+    return scope.workspace(request).default_region
+
+
 def _phone(request: web.Request) -> str:
     raw = request.match_info["phone"]
     if not 1 <= len(raw) <= 64:
         raise ops.ContactInputError("phone", "must be 1 to 64 characters")
-    return ops.phone_of(raw, _bot(request).settings.default_region)
+    return ops.phone_of(raw, _region(request))
 
 
 def _sync_engine(request: web.Request) -> Engine:
@@ -170,7 +179,8 @@ async def list_contacts(request: web.Request) -> web.Response:
     bot = _bot(request)
     phone = q["phone"]
     search = ops.Search(
-        phone=ops.phone_of(phone, bot.settings.default_region) if isinstance(phone, str) else None,
+        workspace=_ws(request),
+        phone=ops.phone_of(phone, _region(request)) if isinstance(phone, str) else None,
         name=_text(q["name"]),
         group=_text(q["group"]),
         field=_text(q["field"]),
@@ -193,10 +203,10 @@ async def create_contact(request: web.Request) -> web.Response:
     """POST /api/contacts: a new contact (409 if its phone has one already)."""
     body = CREATE.check(await read_json(request))
     bot = _bot(request)
-    now, region = bot.clock.now(), bot.settings.default_region
+    now, region, ws = bot.clock.now(), _region(request), _ws(request)
 
     def write(conn: Any) -> dict[str, Any]:
-        return ops.get(conn, ops.create(conn, body, region, now))
+        return ops.get(conn, ops.create(conn, body, region, now, ws), ws)
 
     return web.json_response(await bot.db.write(write), status=201)
 
@@ -204,8 +214,8 @@ async def create_contact(request: web.Request) -> web.Response:
 @_answers
 async def get_contact(request: web.Request) -> web.Response:
     """GET /api/contacts/{phone}: one contact with its fields and groups."""
-    phone = _phone(request)
-    return web.json_response(await _bot(request).db.read(lambda conn: ops.get(conn, phone)))
+    phone, ws = _phone(request), _ws(request)
+    return web.json_response(await _bot(request).db.read(lambda conn: ops.get(conn, phone, ws)))
 
 
 @_answers
@@ -214,11 +224,11 @@ async def change_contact(request: web.Request) -> web.Response:
     phone = _phone(request)
     body = CHANGE.check(await read_json(request))
     bot = _bot(request)
-    now = bot.clock.now()
+    now, ws = bot.clock.now(), _ws(request)
 
     def write(conn: Any) -> dict[str, Any]:
-        ops.change(conn, phone, body, now)
-        return ops.get(conn, phone)
+        ops.change(conn, phone, body, now, ws)
+        return ops.get(conn, phone, ws)
 
     return web.json_response(await bot.db.write(write))
 
@@ -227,7 +237,7 @@ async def change_contact(request: web.Request) -> web.Response:
 async def erase_contact(request: web.Request) -> web.Response:
     """DELETE /api/contacts/{phone}: erase everything about the phone; a STOP still holds."""
     phone = _phone(request)
-    done = await asyncio.to_thread(erase, _sync_engine(request), phone)
+    done = await asyncio.to_thread(erase, _sync_engine(request), phone, _ws(request))
     return web.json_response({"phone": phone, "erased": done})
 
 
@@ -235,7 +245,8 @@ async def erase_contact(request: web.Request) -> web.Response:
 async def contact_data(request: web.Request) -> web.Response:
     """GET /api/contacts/{phone}/data: everything stored about the phone (a subject access)."""
     phone = _phone(request)
-    return web.json_response(await asyncio.to_thread(subject_data, _sync_engine(request), phone))
+    found = await asyncio.to_thread(subject_data, _sync_engine(request), phone, _ws(request))
+    return web.json_response(found)
 
 
 async def _spool(request: web.Request, out: IO[bytes]) -> None:
@@ -266,7 +277,7 @@ async def import_contacts(request: web.Request) -> web.Response:
     """POST /api/contacts/import: a CSV body, as `smsbot contacts import`; bad rows by line."""
     group = _text(GROUP.check_query(request.query))
     bot = _bot(request)
-    settings, now = bot.settings, bot.clock.now()
+    settings, now, ws = bot.settings, bot.clock.now(), scope.workspace(request)
     engine = _sync_engine(request)
     with tempfile.TemporaryFile() as spool:
         await _spool(request, spool)
@@ -279,10 +290,11 @@ async def import_contacts(request: web.Request) -> web.Response:
                     engine,
                     text,
                     "the body",
-                    region=settings.default_region,
+                    region=ws.default_region,
                     config_fields=settings.contact_fields,
                     now=now,
                     group=group,
+                    workspace=ws.name,
                 )
             finally:
                 text.detach()
@@ -307,7 +319,7 @@ async def export_contacts(request: web.Request) -> web.StreamResponse:
     group = _text(GROUP.check_query(request.query))  # a FieldError is a 400 (bearer_auth)
     engine = _sync_engine(request)
     with tempfile.TemporaryFile("w+", newline="", encoding="utf-8") as out:
-        await asyncio.to_thread(export_csv, engine, out, group)
+        await asyncio.to_thread(export_csv, engine, out, group, _ws(request))
         out.seek(0)
         response = web.StreamResponse(
             headers={
@@ -324,13 +336,13 @@ async def export_contacts(request: web.Request) -> web.StreamResponse:
 
 async def list_campaigns(request: web.Request) -> web.Response:
     """GET /api/campaigns: the declared campaigns and their fires by state (`smsbot campaigns`)."""
-    from smsbot.app.campaigns_cli import describe
-    from smsbot.pipeline.campaigns import fire_counts
+    from smsbot.app.campaigns_cli import describe, fire_counts
 
     bot = _bot(request)
     handler = bot.handler
     declared = handler.campaigns if isinstance(handler, FlowRuntime) else {}
-    counts = await bot.db.read(fire_counts)
+    ws = _ws(request)
+    counts = await bot.db.read(lambda conn: fire_counts(conn, ws))
     found = [
         describe(c, counts.get(c.name, {})) for c in sorted(declared.values(), key=lambda c: c.name)
     ]

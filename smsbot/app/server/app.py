@@ -12,7 +12,7 @@ from aiohttp.typedefs import Handler
 from smsbot.app.console import MOUNT as CONSOLE
 from smsbot.app.console import create_console
 from smsbot.app.logs import HTTP_LOG, keep_private
-from smsbot.app.server import health
+from smsbot.app.server import health, oauth
 from smsbot.app.server.api import create_api
 from smsbot.app.server.keys import BOT
 from smsbot.channels.webhook_routes import WEBHOOK_ROUTES
@@ -83,6 +83,7 @@ def create_app(bot: Bot, *, run_workers: bool = True) -> web.Application:
         app.router.add_routes(channel_routes)
     app.router.add_get("/healthz", health.healthz)
     app.router.add_get("/metrics", health.metrics)
+    oauth.add_routes(app)  # POST /oauth/token: access tokens for workspace keys
     flows = bot.handler.flows if isinstance(bot.handler, FlowRuntime) else {}
     app.add_subapp("/api", create_api(flows))
     app.add_subapp(CONSOLE, create_console())

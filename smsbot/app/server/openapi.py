@@ -17,6 +17,7 @@ from smsbot.app.server.schema import (
     MESSAGE,
     SKIP_INVALID,
     START_MANY_POLICY,
+    WORKSPACE,
     start_body,
 )
 from smsbot.engine.flow import Flow
@@ -54,7 +55,8 @@ _STARTED = {
 }
 _ERRORS = {
     "400": "bad input; `field` names the field",
-    "401": "missing or wrong bearer token, or the API is off",
+    "401": "missing or wrong bearer credential",
+    "403": "a workspace credential named another workspace in ?workspace=",
     "404": "no such flow or template, or this server runs no flows",
     "408": "the body took longer than SMSBOT_BODY_TIMEOUT to arrive",
     "409": "the recipient opted out (texted STOP)",
@@ -257,6 +259,19 @@ def _contacts_paths() -> dict[str, Any]:
     }
 
 
+def _scoped(paths: dict[str, Any]) -> None:
+    """Every operation takes ?workspace=, and may answer 400, 401 or 403 for it."""
+    errors = _responses("200", {}, "400", "401", "403")
+    del errors["200"]
+    for item in paths.values():
+        for operation in item.values():
+            operation["parameters"] = [
+                *operation.get("parameters", []),
+                WORKSPACE.parameter("query"),
+            ]
+            operation["responses"] = {**errors, **operation["responses"]}
+
+
 def build_openapi(flows: Mapping[str, type[Flow]]) -> dict[str, Any]:
     """The document for a server running `flows` (none with --echo)."""
     paths: dict[str, Any] = {}
@@ -302,21 +317,37 @@ def build_openapi(flows: Mapping[str, type[Flow]]) -> dict[str, Any]:
         }
     }
     paths.update(_contacts_paths())
+    _scoped(paths)
     return {
         "openapi": "3.1.0",
         "info": {
             "title": "smsbot operator API",
             "version": "1",
             "description": "Start flows, send messages and read conversations. Every request"
-            " needs `Authorization: Bearer <SMSBOT_API_KEY>`. Writes are queued and answered"
-            " 202; an `Idempotency-Key` header makes a retried request a no-op. No string"
-            " anywhere in a body may contain U+0000 or a lone surrogate (the database cannot"
-            " store them): such a request is a 400 naming where.",
+            " needs `Authorization: Bearer <credential>`: the admin key SMSBOT_API_KEY, a"
+            " workspace key (`smsbot keys create`) or an OAuth 2.0 access token from POST"
+            " /oauth/token (client credentials: the key's id and the key). Every request acts in"
+            " one workspace (`?workspace=`) and sees nothing of another. Writes are queued and"
+            " answered 202; an `Idempotency-Key` header makes a retried request a no-op. No"
+            " string anywhere in a body may contain U+0000 or a lone surrogate (the database"
+            " cannot store them): such a request is a 400 naming where.",
         },
         "components": {
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "securitySchemes": {
+                "bearer": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "SMSBOT_API_KEY (every workspace), or a workspace key",
+                },
+                "oauth2": {
+                    "type": "oauth2",
+                    "description": "client credentials: client_id is a workspace key's id,"
+                    " client_secret the key; tokens last 15 minutes",
+                    "flows": {"clientCredentials": {"tokenUrl": "/oauth/token", "scopes": {}}},
+                },
+            },
             "schemas": schemas,
         },
-        "security": [{"bearer": []}],
+        "security": [{"bearer": []}, {"oauth2": []}],
         "paths": paths,
     }

@@ -26,6 +26,7 @@ __all__ = [
     "MESSAGE",
     "SKIP_INVALID",
     "START_MANY_POLICY",
+    "WORKSPACE",
     "Body",
     "Field",
     "FieldError",
@@ -164,10 +165,10 @@ SENDER = {
     "format": "sender",  # an annotation: one of this deployment's senders, checked after
     "minLength": 1,
     "maxLength": 64,
-    "description": "What to send from: one of this deployment's numbers or sender IDs"
-    " (SMSBOT_DEFAULT_SENDER and the numbers in smsbot.toml); SMSBOT_DEFAULT_SENDER when left"
-    " out. An alphanumeric sender ID is refused (409) for a phone that opted out of any of the"
-    " deployment's numbers.",
+    "description": "What to send from: one of the workspace's numbers or sender IDs (for"
+    " `default`: SMSBOT_DEFAULT_SENDER and the numbers in smsbot.toml); when left out, the"
+    " workspace's first number (`default`: SMSBOT_DEFAULT_SENDER). An alphanumeric sender ID is"
+    " refused (409) for a phone that opted out of any of the workspace's numbers.",
 }
 TO = Field("to", PHONE, required=True)
 FROM = Field("from", SENDER)
@@ -238,3 +239,15 @@ IDEMPOTENCY_KEY = Field(
     {"type": "string", "description": "a retried request with the same key is a no-op"},
 )
 CONVERSATIONS = Field("phone", PHONE, required=True)
+WORKSPACE = Field(
+    "workspace",
+    {
+        "type": "string",
+        "format": "workspace",  # an annotation: one of this deployment's workspaces
+        "pattern": r"^[a-z0-9][a-z0-9_-]{0,63}$",
+        "description": "The workspace to act in. A workspace key or OAuth token acts in its"
+        " own workspace only: leave this out, or name that one (another is a 403). The admin"
+        " key (SMSBOT_API_KEY) acts in any: `default` when left out.",
+    },
+    hint="must be a workspace name: lower-case letters, digits, - or _",
+)
