@@ -370,9 +370,11 @@ def test_a_session_is_signed_expires_and_ends_when_the_key_changes() -> None:
     cookie = sessions.open(key, "admin")
     session = sessions.read(key, cookie)
     assert session is not None and session.who == "admin" and len(session.csrf) == 32
-    sid, issued, who, mac = cookie.split(".")
-    assert sessions.read(key, f"{sid}.{issued}.root.{mac}") is None  # tampered
-    assert sessions.read(key, f"{sid}.{int(issued) + 1}.{who}.{mac}") is None
+    assert session.is_admin and session.workspace == "default"
+    sid, issued, who, scope, workspace, mac = cookie.split(".")
+    assert sessions.read(key, f"{sid}.{issued}.cm9vdA.{scope}.{workspace}.{mac}") is None
+    assert sessions.read(key, f"{sid}.{int(issued) + 1}.{who}.{scope}.{workspace}.{mac}") is None
+    assert sessions.read(key, f"{sid}.{issued}.{who}.{scope}.b.{mac}") is None  # tampered
     assert sessions.read(Secret("k2"), cookie) is None  # the key changed
     assert sessions.read(None, cookie) is None  # the console was switched off
     now[0] += SESSION_LIFETIME - 1

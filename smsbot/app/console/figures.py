@@ -8,6 +8,9 @@ keyword began it, with how it ended. A START event that began no run counts too 
 queued). For runs from before the history was kept (migration 0007) the conversation row is all
 there is: one slot per (number, phone), so a later conversation on the same phone replaces an
 earlier one, which then counts as "replaced", and a keyword-started run is known while it runs.
+
+The figures are one workspace's (the console's session's), or every workspace's together for
+the admin key on the operator API (workspace None).
 """
 
 from __future__ import annotations
@@ -188,10 +191,11 @@ def run_outcome(run: _Run) -> str:
     return ended(run.end.from_state, run.end.reason)
 
 
-async def compute(bot: Bot, flow: str, period: Period) -> FlowResults:
-    """Every figure for `flow` over `period`."""
+async def compute(bot: Bot, flow: str, period: Period, workspace: str | None) -> FlowResults:
+    """Every figure for `flow` over `period`, in `workspace` (None: in every workspace)."""
     results = FlowResults(flow, period)
     e, c = events_t, conversations_t
+    ws = _Within(workspace)
     starts = (
         select(e.c.id, e.c.virtual_number, e.c.phone, e.c.state, e.c.processed_at, e.c.received_at)
         .where(
@@ -199,15 +203,16 @@ async def compute(bot: Bot, flow: str, period: Period) -> FlowResults:
             e.c.received_at < period.end,
             e.c.kind == EventKind.START.value,
             e.c.payload["flow"].as_string() == flow,
+            *ws(e),
         )
         .order_by(e.c.id)
     )
     running = select(c).where(
-        c.c.flow == flow, c.c.started_at >= period.start, c.c.started_at < period.end
+        c.c.flow == flow, c.c.started_at >= period.start, c.c.started_at < period.end, *ws(c)
     )
     async with bot.db.session() as s:
         start_rows = (await s.execute(starts)).all()
-        runs = await _recorded_runs(s, flow, period)
+        runs = await _recorded_runs(s, flow, period, ws)
         recorded = {r.start.event_id for r in runs}
         legacy_starts = [x for x in start_rows if x.id not in recorded]
         run_convos = {r.start.conversation_id for r in runs}
@@ -218,7 +223,7 @@ async def compute(bot: Bot, flow: str, period: Period) -> FlowResults:
         }
         keys = {(r.virtual_number, r.phone) for r in legacy_starts} - rows.keys()
         for vn, phones in _by_number(keys):
-            found = select(c).where(c.c.virtual_number == vn, c.c.phone.in_(phones))
+            found = select(c).where(c.c.virtual_number == vn, c.c.phone.in_(phones), *ws(c))
             rows.update({(r.virtual_number, r.phone): r for r in (await s.execute(found)).all()})
     spans = _recorded_spans(results, runs) + _spans(results, legacy_starts, rows)
     async with bot.db.session() as s:
@@ -226,14 +231,27 @@ async def compute(bot: Bot, flow: str, period: Period) -> FlowResults:
             m = messages_t
             query = select(m.c.phone, m.c.direction, m.c.status, m.c.created_at, m.c.event_id)
             query = query.where(
-                m.c.virtual_number == vn, m.c.phone.in_(phones), m.c.created_at >= period.start
+                m.c.virtual_number == vn,
+                m.c.phone.in_(phones),
+                m.c.created_at >= period.start,
+                *ws(m),
             )
             for row in await s.execute(query):
                 _count_message(results, spans, vn, row)
     return results
 
 
-async def _recorded_runs(s: Any, flow: str, period: Period) -> list[_Run]:
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Within:
+    """The condition that keeps a query in one workspace (none: every workspace)."""
+
+    workspace: str | None
+
+    def __call__(self, table: Any) -> list[Any]:
+        return [] if self.workspace is None else [table.c.workspace == self.workspace]
+
+
+async def _recorded_runs(s: Any, flow: str, period: Period, ws: _Within) -> list[_Run]:
     """The flow's runs that began in the period, by the state history (migration 0007 on).
 
     Every run is there, whichever way it started: a START event, or a keyword, whose
@@ -244,7 +262,7 @@ async def _recorded_runs(s: Any, flow: str, period: Period) -> list[_Run]:
         await s.execute(
             select(h)
             .where(h.c.flow == flow, h.c.at >= period.start, h.c.at < period.end)
-            .where(h.c.from_state.is_(None))
+            .where(h.c.from_state.is_(None), *ws(h))
             .order_by(h.c.id)
         )
     ).all()
@@ -258,10 +276,11 @@ async def _recorded_runs(s: Any, flow: str, period: Period) -> list[_Run]:
             h.c.flow == flow,
             h.c.to_state.is_(None),
             h.c.at >= period.start,
+            *ws(h),
         )
         for row in await s.execute(found.order_by(h.c.id)):
             ends.setdefault(row.conversation_id, []).append(row)
-        rows = await s.execute(select(c).where(c.c.id.in_(chunk)))
+        rows = await s.execute(select(c).where(c.c.id.in_(chunk), *ws(c)))
         convos.update({row.id: row for row in rows})
     runs = []
     for start in starts:
