@@ -201,10 +201,19 @@ def console_settings(db_url: str, flows: Path, **extra: str) -> Settings:
 
 @contextlib.asynccontextmanager
 async def open_console(
-    db_url: str, tmp_path: Path, aiohttp_client: Any, *, workers: bool = False, **extra: str
+    db_url: str,
+    tmp_path: Path,
+    aiohttp_client: Any,
+    *,
+    workers: bool = False,
+    workspaces: dict[str, dict[str, Any]] | None = None,
+    **extra: str,
 ) -> AsyncIterator[Console]:
+    """The console over a fresh bot; `workspaces`: [workspaces.NAME] tables, as in smsbot.toml."""
     flows = project(tmp_path)
     settings = console_settings(db_url, flows, **extra)
+    if workspaces:
+        settings = settings.replace(workspace_tables=workspaces)
     clock = VirtualClock(T0)
     sandbox = Sandbox(webhook_secret=settings.webhook_secrets()[0], clock=clock)
     url = await sandbox.start()
