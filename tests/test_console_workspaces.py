@@ -272,6 +272,14 @@ async def test_the_selector_refuses_an_unknown_workspace(console: Console) -> No
         assert said in body and "pick one of default, a, b" in body
     hinted = await (await choose(c, "bb")).text()
     assert "did you mean &#39;b&#39;?" in hinted
+    for back, lands in (
+        ("/console/people/1", "/console/people"),
+        ("/console/results?flow=appointment", "/console/results"),
+        ("/console/workspace", "/console/"),  # the selector on its own error page
+        ("https://evil.example/console/", "/console/"),
+    ):
+        resp = await choose(c, "a", back=back)
+        assert (resp.status, resp.headers["Location"]) == (303, lands), back
     forged = await c.client.post(
         "/console/workspace", data={"workspace": "b", "csrf_token": "x"}, allow_redirects=False
     )

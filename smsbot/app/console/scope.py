@@ -16,7 +16,7 @@ from typing import Any
 
 from aiohttp import web
 
-from smsbot.app.console.render import MOUNT, redirect, session_of
+from smsbot.app.console.render import MOUNT, NAVIGATION, redirect, session_of
 from smsbot.app.console.security import (
     SESSION_COOKIE,
     SESSIONS,
@@ -83,13 +83,17 @@ def flows(request: web.Request) -> dict[str, type[Flow]]:
     return dict(sorted(loaded.items()))
 
 
+# The pages a switch may return to: the navigation's and the parked events' list.
+_SECTIONS = {path.strip("/") for path, _ in NAVIGATION} | {"events"}
+
+
 def _section(back: Any) -> str:
-    """Where to go after switching: the same page's list (an item of the old workspace would be
-    a 404 in the new one), never another site."""
-    if not isinstance(back, str) or not back.startswith(f"{MOUNT}/") or "//" in back:
+    """Where to go after switching: the list of the page it was made on (an item of the old
+    workspace would be a 404 in the new one), else the start page; never another site."""
+    if not isinstance(back, str) or not back.startswith(f"{MOUNT}/"):
         return f"{MOUNT}/"
     first = back[len(MOUNT) + 1 :].split("/")[0].split("?")[0]
-    return f"{MOUNT}/{first}" if first else f"{MOUNT}/"
+    return f"{MOUNT}/{first}" if first in _SECTIONS else f"{MOUNT}/"
 
 
 async def choose(request: web.Request) -> web.StreamResponse:
