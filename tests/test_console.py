@@ -67,6 +67,7 @@ PAGES = [
     "/console/results",
     "/console/results.csv?flow=appointment",
     "/console/people",
+    "/console/people/{id}",
     "/console/health",
     "/console/health/live",
     "/console/no-such-page",
