@@ -287,6 +287,24 @@ async def test_the_selector_refuses_an_unknown_workspace(console: Console) -> No
     assert PA in await c.text("/console/conversations")  # still acting in a
 
 
+def test_a_session_carries_its_scope_and_the_admins_choice() -> None:
+    sessions, key = Sessions(), Secret(KEY)
+    mine = sessions.read(key, sessions.open(key, "key-of-a", "a"))
+    assert mine is not None and (mine.who, mine.scope, mine.workspace) == ("key-of-a", "a", "a")
+    assert not mine.is_admin
+    with pytest.raises(ValueError, match="acts in workspace a only"):
+        sessions.switch(key, mine, "b")
+    admin = sessions.read(key, sessions.open(key, "admin"))
+    assert admin is not None and admin.is_admin and admin.workspace == "default"
+    moved = sessions.read(key, sessions.switch(key, admin, "b"))
+    assert moved is not None and moved.workspace == "b" and moved.is_admin
+    assert (moved.sid, moved.issued, moved.csrf) == (admin.sid, admin.issued, admin.csrf)
+    sessions.end(moved)  # signing out ends the session whichever workspace it acts in
+    assert sessions.read(key, sessions.switch(key, admin, "a")) is None
+    with pytest.raises(ValueError, match="not a workspace name"):
+        sessions.switch(key, admin, "a.b")
+
+
 async def as_workspace_key(c: Console, workspace: str) -> None:
     """The session a workspace credential's sign-in opens (the same signed cookie)."""
     cookie = Sessions().open(Secret(KEY), "key-of-a", workspace)
