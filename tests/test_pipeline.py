@@ -308,7 +308,7 @@ async def test_healthz_and_metrics(harness: Harness) -> None:
     await harness.post(inbound_body("evt_m", "x"))
     await harness.bot.run_until_idle()
     text = await (await harness.client.get("/metrics")).text()
-    assert 'smsbot_webhooks_total{result="new",source="divergent"} 1' in text
+    assert 'smsbot_webhooks_total{result="new",source="divergent",workspace="default"} 1' in text
     assert "smsbot_messages_sent_total 1" in text
     assert 'smsbot_queue_depth{queue="inbox"} 0' in text
     assert "smsbot_step_seconds_count 1" in text
@@ -319,7 +319,7 @@ async def test_legacy_puresms_receipts_need_the_url_token_and_apply_in_batches(
 ) -> None:
     clock = VirtualClock(T0)
     bot = await make_bot(
-        db_url, sandbox, EchoHandler(), clock, SMSBOT_PURESMS_WEBHOOK_TOKEN="tok-123"
+        db_url, sandbox, EchoHandler(), clock, SMSBOT_PURESMS_WEBHOOK_TOKEN="tok-1234567890abcdef"
     )
     client = await aiohttp_client(create_app(bot, run_workers=False))
     h = Harness(bot, client, sandbox, clock)
@@ -341,10 +341,12 @@ async def test_legacy_puresms_receipts_need_the_url_token_and_apply_in_batches(
         ]
     ).encode()
     assert (await client.post("/webhooks/puresms/wrong", data=batch)).status == 401
-    resp = await client.post("/webhooks/puresms/tok-123", data=batch)
+    resp = await client.post("/webhooks/puresms/tok-1234567890abcdef", data=batch)
     assert resp.status == 200
     assert (await resp.json())["new"] == 2
-    assert (await client.post("/webhooks/puresms/tok-123", data=batch)).status == 200  # replay
+    assert (
+        await client.post("/webhooks/puresms/tok-1234567890abcdef", data=batch)
+    ).status == 200  # replay
     await bot.run_until_idle()
     async with bot.db.session() as s:
         row = (await s.execute(select(messages_t).where(messages_t.c.id == out_id))).one()
@@ -355,7 +357,7 @@ async def test_legacy_puresms_receipts_need_the_url_token_and_apply_in_batches(
     assert row.provider_message_id == "R1"
     assert len(receipts) == 2
     bad = b'[{"reference":"R1","deliveryStatus":12}]'
-    resp = await client.post("/webhooks/puresms/tok-123", data=bad)
+    resp = await client.post("/webhooks/puresms/tok-1234567890abcdef", data=bad)
     assert resp.status == 400
     assert "deliveryStatus" in (await resp.json())["error"]
 

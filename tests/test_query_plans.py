@@ -33,15 +33,18 @@ from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient
-from sqlalchemy import Engine, event
+from sqlalchemy import Engine, event, update
 
 from bench.seed import seed_phone, seed_postgres, seed_sqlite
 from smsbot.app.bulk import StartRow, enqueue_starts
 from smsbot.app.server.app import create_app
 from smsbot.channels.sandbox import Sandbox
 from smsbot.clock import VirtualClock
+from smsbot.engine.contract import EventKind
 from smsbot.engine.runtime import FlowRuntime
 from smsbot.pipeline.bot import Bot
+from smsbot.pipeline.inbox import InboxEntry
+from smsbot.store.models import events_t
 from tests.support import VN, inbound_body, make_bot, receipt_body, settings_for, signed
 
 REPO = Path(__file__).resolve().parents[1]
@@ -209,6 +212,17 @@ async def test_no_hot_query_scans_a_large_table(
     bot: Bot, sandbox: Sandbox, aiohttp_client: Any
 ) -> None:
     client = await aiohttp_client(create_app(bot, run_workers=False))
+    # Another workspace waits too (its event not due for a month), so the dispatcher shares
+    # each batch between workspaces (claims.due_keys' fair lanes) all through the turns.
+    other = InboxEntry(
+        "api", "other", EventKind.START, {}, "+447700900999", "+447700900998", workspace="other"
+    )
+    await bot.inbox.accept(other)
+    async with bot.db.session() as s, s.begin():
+        later = T0 + dt.timedelta(days=30)
+        await s.execute(
+            update(events_t).where(events_t.c.event_id == "other").values(next_attempt_at=later)
+        )
     with Statements() as recorded:
         await take_turns(bot, client, sandbox)
     statements = {s: p for s, p in recorded.seen.items() if not s.startswith(("BEGIN", "COMMIT"))}
@@ -218,6 +232,8 @@ async def test_no_hot_query_scans_a_large_table(
     # and so has its plan checked below
     lane = [s for s in statements if "webhook_events.kind =" in s and "IS NOT NULL" in s]
     assert lane, "the interactive lane's query did not run"
+    fair = [s for s in statements if "webhook_events.workspace =" in s]
+    assert fair, "the dispatcher's per-workspace lanes did not run"
     if bot.db.is_postgres:
         problems = await postgres_problems(bot, statements)
     else:

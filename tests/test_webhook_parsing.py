@@ -104,6 +104,7 @@ def test_reference_delivery_receipt() -> None:
         raw_status="Delivered",
         error_code=None,
         occurred_at=dt.datetime(2026, 1, 15, 10, 30, tzinfo=UTC),
+        workspace_id="ws_xyz789",
     )
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from smsbot.config import ConfigError, Settings
+from smsbot.engine.runtime import FlowRuntime
 from smsbot.workspaces import DEFAULT
 
 KEY_A = "a-key-0123456789abcdef"
@@ -212,9 +213,19 @@ def test_the_documented_two_client_example_loads(tmp_path: Path) -> None:
     page = Path(__file__).resolve().parents[1] / "docs" / "workspaces.md"
     blocks = re.findall(r"^```toml\n(.*?)^```", page.read_text(encoding="utf-8"), re.M | re.S)
     env = {"CLINIC_API_KEY": KEY_A, "CLINIC_WEBHOOK_SECRET": SECRET_A}
-    workspaces = load(tmp_path, "\n".join(blocks), env).workspaces
+    repo = page.parents[1]
+    settings = load(tmp_path, "\n".join(blocks), env).replace(
+        flows_dir=repo / "flows", templates_dir=repo / "templates"
+    )
+    workspaces = settings.workspaces
     assert workspaces.names == [DEFAULT, "clinic", "shop"]
     assert workspaces.owner("+447700900100") is workspaces[DEFAULT]
     assert workspaces.owner("+447700900200") is workspaces["clinic"]
     assert workspaces.owner("Clinic") is workspaces["clinic"]
-    assert workspaces["clinic"].routing["compliance"]["help_text"].startswith("Riverside")
+    # the example's routing holds too: its flows exist, and a number's own table (send_rate)
+    # keeps the clinic's flows and HELP text
+    router = FlowRuntime.from_settings(settings).router
+    clinic = router.binding("+447700900200")
+    assert clinic.flows == {"appointment", "keywords"} and clinic.send_rate == 2.0
+    assert clinic.compliance.help_text.startswith("Riverside Clinic")
+    assert router.binding("+447700900300").flows == {"keywords"}

@@ -39,6 +39,7 @@ class DeliveryReceipt:
     error_code: str | None
     occurred_at: dt.datetime | None  # deliveredAt, else processedAt, else the envelope timestamp
     batch_reference: str | None = None
+    workspace_id: str | None = None  # Divergent's workspaceId: the account that sent it
 
 
 @dataclass(frozen=True, slots=True)

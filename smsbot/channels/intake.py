@@ -19,6 +19,7 @@ from smsbot.channels import (
 )
 from smsbot.engine.contract import EventKind
 from smsbot.pipeline.inbox import AcceptOutcome, InboxEntry
+from smsbot.store.models import DEFAULT_WORKSPACE
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +41,24 @@ class _EveryFewSeconds:
 
 
 _outage_log = _EveryFewSeconds()
+unowned_log = _EveryFewSeconds(60.0)  # numbers no workspace owns: one line a minute at most
+
+UNOWNED = "unowned"  # the result of an inbound SMS for a number no workspace owns
+
+
+def labels(source: str, result: str, workspace: str | None = None) -> dict[str, str]:
+    """The labels of smsbot_webhooks_total: the workspace only when the event has one."""
+    found = {"source": source, "result": result}
+    if workspace is not None:
+        found["workspace"] = workspace
+    return found
+
+
+def _result(entry: InboxEntry, outcome: AcceptOutcome) -> str:
+    # An inbound SMS no workspace owns is acknowledged and kept, but never runs: say so.
+    if outcome is AcceptOutcome.NEW and entry.workspace is None and entry.kind is EventKind.INBOUND:
+        return UNOWNED
+    return outcome.value
 
 
 async def store_entries(
@@ -58,21 +77,32 @@ async def store_entries(
     except Exception as exc:  # storage is down: 503 makes the provider retry later
         if _outage_log.ready(bot.clock.now().timestamp()):
             log.error("could not store webhooks: %s: %s", type(exc).__name__, exc)
-        bot.metrics.inc("smsbot_webhooks_total", source=source, result="unavailable")
+        shared = {e.workspace for e in entries}
+        workspace = shared.pop() if len(shared) == 1 else None
+        bot.metrics.inc("smsbot_webhooks_total", **labels(source, "unavailable", workspace))
         return problem(503, "storage unavailable; retry later")
     bot.dispatcher.notify()
-    for outcome in outcomes:
-        bot.metrics.inc("smsbot_webhooks_total", source=source, result=outcome.value)
+    results = [_result(e, o) for e, o in zip(entries, outcomes, strict=True)]
+    for entry, result in zip(entries, results, strict=True):
+        bot.metrics.inc("smsbot_webhooks_total", **labels(source, result, entry.workspace))
     if len(outcomes) == 1:
-        return web.json_response({"status": outcomes[0].value})
+        return web.json_response({"status": results[0]})
     new = sum(o is AcceptOutcome.NEW for o in outcomes)
     return web.json_response({"status": "accepted", "new": new, "received": len(outcomes)})
 
 
 def receipt_entry(
-    source: str, r: DeliveryReceipt, event_id: str, digest: str | None = None
+    source: str,
+    r: DeliveryReceipt,
+    event_id: str,
+    digest: str | None = None,
+    workspace: str | None = DEFAULT_WORKSPACE,
 ) -> InboxEntry:
-    """The inbox row for one delivery receipt from `source`."""
+    """The inbox row for one delivery receipt from `source`, sent by `workspace`'s account.
+
+    A receipt applies only to a message of its workspace; None: any workspace's (a receipt
+    several workspaces could have sent).
+    """
     payload = {
         "client_reference": r.client_reference,
         "provider_message_id": r.provider_message_id,
@@ -87,4 +117,5 @@ def receipt_entry(
         kind=EventKind.RECEIPT,
         payload=payload,
         body_sha256=digest,
+        workspace=workspace,
     )

@@ -9,15 +9,20 @@ For each inbound SMS, in order (docs/writing-flows.md, "How a message finds its 
 4. the active conversation's current state;
 5. the number's catch-all flow.
 
-A number's bindings come from `[numbers."+44…"]` in smsbot.toml; numbers not listed there
-(and every number when none is) get the defaults: every loaded flow, its `triggers`, and the
-`keywords` flow as the catch-all when it is loaded.
+A number's bindings come from `[numbers."+44…"]` in smsbot.toml, over those of the workspace
+that owns it (`[workspaces.NAME]`, smsbot/workspaces.py): its flows, keywords, catch_all,
+quiet_hours and compliance for what the number's table leaves out (flows, keywords and
+catch_all go together: a table naming one takes none of the workspace's), and the `default`
+workspace's are the defaults when it owns every number. Other numbers (and every number
+when nothing is said) get the defaults: every loaded flow, its `triggers`, and the `keywords`
+flow as the catch-all when it is loaded.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import enum
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -28,11 +33,12 @@ from smsbot.engine.quiet_hours import Window, parse_window
 from smsbot.hints import did_you_mean
 from smsbot.sms.keywords import match_keyword, normalize_keyword
 from smsbot.sms.phone import PhoneNumberError, normalize
+from smsbot.workspaces import Workspace
 
 __all__ = ["CheckedStart", "NumberBinding", "Route", "RouteKind", "Router"]
 
 DEFAULT_CATCH_ALL = "keywords"
-NUMBER_KEYS = ("flows", "keywords", "catch_all", "quiet_hours", "compliance")
+NUMBER_KEYS = ("flows", "keywords", "catch_all", "quiet_hours", "compliance", "send_rate")
 
 
 class RouteKind(enum.StrEnum):
@@ -63,6 +69,7 @@ class NumberBinding:
     catch_all: str | None
     quiet_window: Window | None
     compliance: ComplianceRules
+    send_rate: float | None = None  # messages per second from this number; None: its account's
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -80,6 +87,35 @@ def _suggest(name: str, known: list[str]) -> str:
     return f"{name!r}{hint}; loaded flows: {', '.join(sorted(known)) or 'none'}"
 
 
+def _send_rate(where: str, value: object) -> float | None:
+    if value is None:
+        return None
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or value <= 0
+    ):
+        raise ConfigError(
+            f"{where}.send_rate must be a positive number of messages per second, such as 5 or"
+            f" 0.5, got {value!r}"
+        )
+    return float(value)
+
+
+# What a number runs is one decision: a number table naming any of these takes none of its
+# workspace's (its keywords could name a flow its own `flows` leaves out).
+_FLOW_KEYS = ("flows", "keywords", "catch_all")
+
+
+def _over(owner: Workspace | None, table: Mapping[str, Any]) -> dict[str, Any]:
+    """A number's table over its workspace's defaults: its HELP text, quiet hours, flows."""
+    inherited = dict(owner.routing) if owner is not None else {}
+    if any(key in table for key in _FLOW_KEYS):
+        inherited = {k: v for k, v in inherited.items() if k not in _FLOW_KEYS}
+    return {**inherited, **table}
+
+
 class Router:
     """Resolves a number's bindings and routes one inbound message."""
 
@@ -88,13 +124,24 @@ class Router:
         self._default_window = settings.quiet_window
         self.default = self._binding("the default binding", {})
         self._numbers: dict[str, NumberBinding] = {}
+        # A workspace's defaults, for its numbers and sender IDs (checked first, under its name).
+        for workspace in settings.workspaces:
+            if not workspace.routing:
+                continue
+            binding = self._binding(f"workspaces.{workspace.name}", workspace.routing)
+            if workspace.catch_all:
+                self.default = binding
+            for sender in workspace.numbers | workspace.sender_ids:
+                self._numbers[sender] = binding
+        # A number's own table; the keys it leaves out are its workspace's.
         for raw, table in settings.numbers.items():
             where = f'[numbers."{raw}"]'
             try:
                 number = normalize(raw)
             except PhoneNumberError as exc:
                 raise ConfigError(f"{where}: {exc}") from None
-            self._numbers[number] = self._binding(where, table)
+            owner = settings.workspaces.owner(number)
+            self._numbers[number] = self._binding(where, _over(owner, table))
 
     def binding(self, virtual_number: str) -> NumberBinding:
         """The bindings of `virtual_number` (the defaults if it has no table of its own)."""
@@ -200,6 +247,7 @@ class Router:
             catch_all=catch_all or None,
             quiet_window=window,
             compliance=compliance,
+            send_rate=_send_rate(where, table.get("send_rate")),
         )
 
     def _bound_flows(self, where: str, names: object) -> frozenset[str]:

@@ -28,15 +28,18 @@ import logging
 import time
 import uuid
 import zoneinfo
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
 from sqlalchemy import Connection, bindparam, delete, func, select, tuple_, update
 
-from smsbot.config import Settings
-from smsbot.engine.campaign import Campaign, campaign_of, timer_name
+from smsbot.engine.campaign import campaign_of, timer_name
 from smsbot.engine.contact import decode
 from smsbot.engine.quiet_hours import recipient_zone
+from smsbot.pipeline.campaign_plan import Plan as Plan
+from smsbot.pipeline.campaign_plan import campaign_sender as campaign_sender
+from smsbot.pipeline.campaign_plan import campaign_workspace as campaign_workspace
+from smsbot.pipeline.campaign_plan import no_sender as no_sender
 from smsbot.sms.phone import PhoneNumberError
 from smsbot.store.engine import Database
 from smsbot.store.models import TimerState, contact_groups_t, contacts_t, timers_t
@@ -83,43 +86,6 @@ class PageResult:
     last: tuple[dt.datetime, int] | None = None  # the last contact read; None: nothing read
 
 
-def campaign_sender(settings: Settings, campaign: Campaign) -> str | None:
-    """The number a campaign sends from: its own, SMSBOT_DEFAULT_SENDER, or the only [numbers]."""
-    if campaign.number or settings.sender:
-        return campaign.number or settings.sender
-    return next(iter(settings.numbers)) if len(settings.numbers) == 1 else None
-
-
-def no_sender(campaign: Campaign) -> str:
-    """What to say about a campaign without a number to send from."""
-    return (
-        f"campaign {campaign.name!r} has no number to send from, so nothing is scheduled for"
-        ' it: give it number="+44..." or set SMSBOT_DEFAULT_SENDER'
-    )
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class Plan:
-    """The campaigns to keep, and what a fire needs that is not on the contact."""
-
-    campaigns: Mapping[str, Campaign]
-    default_timezone: str
-    senders: Mapping[str, str | None]  # campaign name -> its number (None: it cannot send)
-
-    @classmethod
-    def of(cls, settings: Settings, campaigns: Mapping[str, Campaign]) -> Plan:
-        """The plan for these campaigns under these settings; warns of any that cannot send."""
-        senders = {name: campaign_sender(settings, c) for name, c in campaigns.items()}
-        for name, sender in senders.items():
-            if sender is None:
-                log.warning("%s", no_sender(campaigns[name]))
-        return cls(campaigns, settings.default_timezone, senders)
-
-    def sender(self, campaign: Campaign) -> str | None:
-        """The number a campaign sends from."""
-        return self.senders.get(campaign.name)
-
-
 def _changed(after: tuple[dt.datetime, int] | None) -> Any:
     c = contacts_t
     query = select(c.c.id).where(c.c.updated_at.is_not(None))
@@ -139,7 +105,7 @@ def sync_page(
     """(Re)schedule and cancel the fires of the next PAGE contacts changed after `after`."""
     c = contacts_t
     query = _changed(after).with_only_columns(
-        c.c.id, c.c.phone, c.c.timezone, c.c.fields, c.c.updated_at
+        c.c.id, c.c.workspace, c.c.phone, c.c.timezone, c.c.fields, c.c.updated_at
     )
     rows = conn.execute(query.order_by(c.c.updated_at, c.c.id).limit(PAGE)).all()
     result = PageResult(contacts=len(rows))
@@ -153,7 +119,7 @@ def sync_page(
 def apply(
     conn: Connection, plan: Plan, now: dt.datetime, rows: Sequence[Any], result: PageResult
 ) -> None:
-    """Bring the fires of these contact rows (id, phone, timezone, fields) in line."""
+    """Bring the fires of these contact rows (id, workspace, phone, timezone, fields) in line."""
     ids = [r.id for r in rows]
     groups: dict[int, set[str]] = {}
     wanted_groups = {camp.group for camp in plan.campaigns.values()}
@@ -191,6 +157,7 @@ def apply(
                 inserts.append(
                     {
                         "contact_id": row.id,
+                        "workspace": row.workspace,
                         "name": name,
                         "kind": KIND,
                         "token": _token(),
@@ -253,6 +220,8 @@ def _wanted(
         sender = plan.sender(camp)
         if camp.group not in groups or not isinstance(stored, str) or sender is None:
             continue
+        if plan.workspace(camp) != row.workspace:
+            continue  # another workspace's contact: a campaign reaches its own workspace's only
         value = decode("datetime", stored)
         if not isinstance(value, dt.datetime):
             continue  # not a datetime (a text field that never held one)

@@ -8,16 +8,18 @@ the timer firings; and, for a step that raised, count the attempt or park the ev
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import logging
 import traceback
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, func, select, update
+from sqlalchemy import ColumnElement, Connection, func, select, text, update
 
 from smsbot.engine.contract import ConversationKey, EventKind, retryable
 from smsbot.store.lookup import rows_in
 from smsbot.store.models import (
+    DEFAULT_WORKSPACE,
     EventState,
     TimerState,
     conversations_t,
@@ -33,7 +35,8 @@ _NEW_CONVERSATION = insert_on_conflict(conversations_t, ["virtual_number", "phon
 
 
 def due_keys(conn: Connection, now: dt.datetime, limit: int) -> list[ConversationKey]:
-    """Up to `limit` due conversations: people who texted first, then the rest oldest first."""
+    """Up to `limit` due conversations: people who texted first, then the rest oldest first,
+    each workspace's in turn."""
     # Two lanes. The interactive lane (pending inbound messages, on ix_events_state_kind)
     # fills up to half the batch, so a reply never waits behind a bulk campaign's thousands
     # of queued starts; the arrival-order lane fills the rest, so bulk keeps progressing
@@ -57,11 +60,46 @@ def _interactive_keys(conn: Connection, limit: int) -> list[ConversationKey]:
 
 
 def _arrival_keys(conn: Connection, now: dt.datetime, limit: int) -> list[ConversationKey]:
-    """Up to `limit` conversations whose oldest pending event is due, oldest first."""
+    """Up to `limit` conversations whose oldest pending event is due, oldest first; when
+    several workspaces wait, each one's oldest in turn."""
     # Pending events in arrival order (an index range scan on (state, id)): the first time a
     # key appears is its oldest pending event. A key whose oldest event waits for a retry is
     # skipped entirely, so its later events wait too: per-conversation order holds.
-    return _pending_keys(conn, now, limit)
+    waiting = waiting_workspaces(conn)
+    if len(waiting) <= 1:
+        return _pending_keys(conn, now, limit)
+    # Fair shares: one client's 100,000 queued starts must not hold back another's events.
+    # Each workspace's oldest keys (on ix_events_workspace), taken one from each in turn; a
+    # workspace with fewer than its share leaves the rest of the batch to the next round.
+    # The oldest keys of all come last in each turn (mostly the same keys again, which the
+    # caller skips): they fill what the shares leave of the batch, and whatever no lane names
+    # (past MAX_FAIR_WORKSPACES) still moves.
+    share = -(-limit // len(waiting))
+    lanes = [_pending_keys(conn, now, share, events_t.c.workspace == name) for name in waiting]
+    lanes.append(_pending_keys(conn, now, limit))
+    return [key for turn in itertools.zip_longest(*lanes) for key in turn if key is not None]
+
+
+# The workspaces with pending events, one index probe each (a loose index scan on
+# ix_events_workspace): no pass over a 100,000-event backlog to find the two names in it.
+_WAITING = text(
+    "WITH RECURSIVE w(name, n) AS ("
+    " SELECT (SELECT min(workspace) FROM webhook_events WHERE state = :pending), 1"
+    " UNION ALL"
+    " SELECT (SELECT min(workspace) FROM webhook_events"
+    "  WHERE state = :pending AND workspace > w.name), n + 1"
+    " FROM w WHERE w.name IS NOT NULL AND n < :most"
+    ") SELECT name FROM w WHERE name IS NOT NULL"
+)
+MAX_FAIR_WORKSPACES = 256  # waiting at once; past it, the rest move in arrival order
+
+
+def waiting_workspaces(conn: Connection) -> list[str]:
+    """The workspaces with pending events (receipts included), by name; MAX_FAIR_WORKSPACES."""
+    found = conn.execute(
+        _WAITING, {"pending": EventState.PENDING.value, "most": MAX_FAIR_WORKSPACES}
+    )
+    return [name for (name,) in found]
 
 
 def _pending_keys(
@@ -112,13 +150,38 @@ def lock_conversations(
         held = conn.execute(select(*key).where(rows_in(key, missing)))
         missing -= {(vn, phone) for vn, phone in held.all()}
     if missing:
+        # A new conversation belongs to the workspace of the event that opens it.
+        owners = _pending_workspaces(conn, missing)
         conn.execute(
             _NEW_CONVERSATION,
-            [{"virtual_number": vn, "phone": p, "data": {}, "version": 0} for vn, p in missing],
+            [
+                {
+                    "virtual_number": vn,
+                    "phone": p,
+                    "data": {},
+                    "version": 0,
+                    "workspace": owners.get((vn, p)) or DEFAULT_WORKSPACE,
+                }
+                for vn, p in missing
+            ],
         )
         for r in (conn.execute(locking(missing))).all():
             rows[(r.virtual_number, r.phone)] = r
     return {ConversationKey(vn, phone): r for (vn, phone), r in rows.items()}
+
+
+def _pending_workspaces(
+    conn: Connection, pairs: set[tuple[str, str]]
+) -> dict[tuple[str, str], str | None]:
+    """The workspace of each key's oldest pending event (on ix_events_pending)."""
+    e = events_t
+    key = (e.c.virtual_number, e.c.phone)
+    rows = conn.execute(
+        select(*key, e.c.workspace)
+        .where(e.c.state == EventState.PENDING.value, rows_in(key, pairs))
+        .order_by(e.c.id.desc())
+    )
+    return {(vn, phone): workspace for vn, phone, workspace in rows.all()}
 
 
 def oldest_events(
@@ -215,20 +278,24 @@ def record_failures(
         # An error that cannot succeed on a retry (a template, the flow's own FlowError) is
         # parked at once, with one line: its traceback is in last_error (`smsbot events failed`).
         again = retryable(exc)
-        parked = attempts >= max_attempts or not again
+        parked = parks(row, exc, max_attempts)
         parked_count += parked
         said = _said(exc)
+        workspace = row.workspace or DEFAULT_WORKSPACE
         if not again:
-            log.error("event %s (%s) parked, a retry cannot help: %s", row.id, row.kind, said)
+            log.error(
+                "event %s (%s, workspace %s) parked, a retry cannot help: %s",
+                row.id, row.kind, workspace, said,
+            )  # fmt: skip
         elif parked:  # the traceback shows the line that failed; it holds code, not bodies
             log.error(
-                "event %s (%s) parked after %d attempts: %s", row.id, row.kind, attempts, said,
-                exc_info=exc,
+                "event %s (%s, workspace %s) parked after %d attempts: %s",
+                row.id, row.kind, workspace, attempts, said, exc_info=exc,
             )  # fmt: skip
         else:
             log.warning(
-                "event %s (%s) failed, attempt %d/%d, retrying in %s: %s",
-                row.id, row.kind, attempts, max_attempts, backoff(attempts), said,
+                "event %s (%s, workspace %s) failed, attempt %d/%d, retrying in %s: %s",
+                row.id, row.kind, workspace, attempts, max_attempts, backoff(attempts), said,
             )  # fmt: skip
         # The error first (`smsbot events failed` shows the first line), then where it was.
         detail = said + "\n" + "".join(traceback.format_exception(exc, limit=-4))
@@ -244,6 +311,11 @@ def record_failures(
             )
         )
     return parked_count
+
+
+def parks(row: Any, exc: BaseException, max_attempts: int) -> bool:
+    """Whether this failure parks the event: its last attempt, or a retry cannot help."""
+    return int(row.attempts) + 1 >= max_attempts or not retryable(exc)
 
 
 def _said(exc: BaseException) -> str:

@@ -2,8 +2,9 @@
 
 Runs in the dispatcher's transaction, as synchronous Core like claims.py and effects.py: the
 batch's contacts with their groups and the field types in three queries, their changes in one
-executemany per kind. A contact is created on its first inbound message. Erased phones keep
-their opt-outs as hashes (`suppressions`); a key that meets one gets its opt-out back here.
+executemany per kind. A contact is created on its first inbound message, in the workspace of
+the number it texted: contacts are per (workspace, phone). Erased phones keep their opt-outs as
+hashes (`suppressions`); a key that meets one gets its opt-out back here.
 """
 
 from __future__ import annotations
@@ -18,8 +19,9 @@ from typing import Any
 from sqlalchemy import Connection, bindparam, delete, select
 
 from smsbot.engine.contact import ContactSnapshot
-from smsbot.engine.contract import EventKind
+from smsbot.engine.contract import ConversationKey, EventKind
 from smsbot.pipeline.effects import Stepped
+from smsbot.store.lookup import rows_in
 from smsbot.store.models import (
     contact_fields_t,
     contact_groups_t,
@@ -41,6 +43,7 @@ _UPSERT_CONTACT = insert_on_conflict(
 )
 _NEW_FIELD = insert_on_conflict(contact_fields_t, ["name"])
 _JOIN = insert_on_conflict(contact_groups_t, ["contact_id", "name"])
+_RESTORE = insert_on_conflict(opt_outs_t, ["virtual_number", "phone"])
 _LEAVE = delete(contact_groups_t).where(
     contact_groups_t.c.contact_id == bindparam("b_id"),
     contact_groups_t.c.name == bindparam("b_name"),
@@ -58,14 +61,22 @@ def field_types(conn: Connection) -> dict[str, str]:
     return {name: kind for name, kind in rows.all()}
 
 
-def load_contacts(conn: Connection, phones: Iterable[str]) -> dict[str, ContactSnapshot]:
-    """A snapshot for each phone, with its groups and every field's type (exists=False: new)."""
-    wanted = sorted(set(phones))
+def load_contacts(
+    conn: Connection, keys: Iterable[tuple[str, str]]
+) -> dict[tuple[str, str], ContactSnapshot]:
+    """A snapshot for each (workspace, phone), with its groups and every field's type.
+
+    A contact belongs to one workspace: the same phone is a different contact (or none) in
+    another. exists=False: not a contact of that workspace yet.
+    """
+    wanted = sorted(set(keys))
     if not wanted:
         return {}
     c = contacts_t
     rows = conn.execute(
-        select(c.c.id, c.c.phone, c.c.name, c.c.language, c.c.fields).where(c.c.phone.in_(wanted))
+        select(c.c.id, c.c.workspace, c.c.phone, c.c.name, c.c.language, c.c.fields).where(
+            rows_in((c.c.workspace, c.c.phone), wanted)
+        )
     ).all()
     g = contact_groups_t
     groups: dict[int, set[str]] = {}
@@ -76,7 +87,7 @@ def load_contacts(conn: Connection, phones: Iterable[str]) -> dict[str, ContactS
             groups.setdefault(contact_id, set()).add(name)
     types = field_types(conn)  # a new contact's first field must fit its type too
     found = {
-        r.phone: ContactSnapshot(
+        (r.workspace, r.phone): ContactSnapshot(
             r.phone,
             r.name,
             r.language,
@@ -86,20 +97,27 @@ def load_contacts(conn: Connection, phones: Iterable[str]) -> dict[str, ContactS
         )
         for r in rows
     }
-    return {p: found.get(p) or ContactSnapshot(p, types=types, exists=False) for p in wanted}
+    return {
+        key: found.get(key) or ContactSnapshot(key[1], types=types, exists=False) for key in wanted
+    }
 
 
 def write_contacts(conn: Connection, items: Sequence[Stepped], now: dt.datetime) -> None:
-    """Create the contacts of first inbound messages; write what steps changed on contacts."""
-    created: dict[str, dict[str, Any]] = {}
-    changed: dict[str, dict[str, Any]] = {}
+    """Create the contacts of first inbound messages; write what steps changed on contacts.
+
+    Each in the step's workspace: a contact is found and created per (workspace, phone).
+    """
+    created: dict[tuple[str, str], dict[str, Any]] = {}
+    changed: dict[tuple[str, str], dict[str, Any]] = {}
     types: dict[str, str] = {}
-    joins: dict[str, set[str]] = {}
-    leaves: dict[str, set[str]] = {}
+    joins: dict[tuple[str, str], set[str]] = {}
+    leaves: dict[tuple[str, str], set[str]] = {}
     for item in items:
         phone, change = item.snapshot.key.phone, item.result.contact
+        key = (item.workspace, phone)
         if change is not None:
-            changed[phone] = {
+            changed[key] = {
+                "workspace": item.workspace,
                 "phone": phone,
                 "name": change.name,
                 "language": change.language,
@@ -108,12 +126,17 @@ def write_contacts(conn: Connection, items: Sequence[Stepped], now: dt.datetime)
                 "updated_at": now,
             }
             types.update(change.new_types)
-            joins.setdefault(phone, set()).update(change.join)
-            leaves.setdefault(phone, set()).update(change.leave)
+            joins.setdefault(key, set()).update(change.join)
+            leaves.setdefault(key, set()).update(change.leave)
         elif item.event.kind is EventKind.INBOUND and not (
             item.snapshot.contact and item.snapshot.contact.exists
         ):
-            created[phone] = {"phone": phone, "fields": {}, "created_at": now}
+            created[key] = {
+                "workspace": item.workspace,
+                "phone": phone,
+                "fields": {},
+                "created_at": now,
+            }
     if types:
         conn.execute(
             _NEW_FIELD, [{"name": n, "type": k, "created_at": now} for n, k in types.items()]
@@ -122,46 +145,61 @@ def write_contacts(conn: Connection, items: Sequence[Stepped], now: dt.datetime)
         conn.execute(_NEW_CONTACT, list(created.values()))
     if changed:
         conn.execute(_UPSERT_CONTACT, list(changed.values()))
-    members = {p for p, names in [*joins.items(), *leaves.items()] if names}
+    members = {key for key, names in [*joins.items(), *leaves.items()] if names}
     if not members:
         return
+    c = contacts_t
     found = conn.execute(
-        select(contacts_t.c.phone, contacts_t.c.id).where(contacts_t.c.phone.in_(members))
+        select(c.c.workspace, c.c.phone, c.c.id).where(rows_in((c.c.workspace, c.c.phone), members))
     )
-    ids: dict[str, int] = {phone: contact_id for phone, contact_id in found.all()}
+    ids: dict[tuple[str, str], int] = {(w, phone): i for w, phone, i in found.all()}
     join = [
-        {"contact_id": ids[p], "name": n, "created_at": now} for p, ns in joins.items() for n in ns
+        {"contact_id": ids[k], "name": n, "created_at": now} for k, ns in joins.items() for n in ns
     ]
-    leave = [{"b_id": ids[p], "b_name": n} for p, ns in leaves.items() for n in ns]
+    leave = [{"b_id": ids[k], "b_name": n} for k, ns in leaves.items() for n in ns]
     if join:
         conn.execute(_JOIN, join)
     if leave:
         conn.execute(_LEAVE, leave)
 
 
-def restore_suppressed(conn: Connection, phones: Iterable[str]) -> int:
-    """Give erased phones that are back their opt-outs again (every number's); return how many.
+def restore_suppressed(conn: Connection, keys: Iterable[tuple[str, ConversationKey]]) -> int:
+    """Give erased phones that are back their opt-outs again; return how many.
 
-    Run before the opt-out check: whatever rule decides which opt-out stops which sender then
-    sees these rows as it sees any other, and START can lift them.
+    `keys` are the batch's (workspace, conversation key) pairs. A phone's erased opt-outs of
+    that workspace come back, and the opt-out from the conversation's own number whichever
+    workspace it was kept under (a STOP to a number holds, whoever owns it now); another
+    workspace's stay hashed. Run before the opt-out check: whatever rule decides which opt-out
+    stops which sender then sees these rows as it sees any other, and START can lift them.
     """
-    by_hash = {suppression_hash(phone): phone for phone in set(phones)}
-    if not by_hash:
+    wanted: dict[str, list[tuple[str, str]]] = {}  # hash -> [(workspace, virtual number)]
+    phones: dict[str, str] = {}
+    for workspace, key in keys:
+        digest = suppression_hash(key.phone)
+        phones[digest] = key.phone
+        wanted.setdefault(digest, []).append((workspace, key.virtual_number))
+    if not wanted:
         return 0
     s = suppressions_t
-    rows = conn.execute(
-        select(s.c.id, s.c.virtual_number, s.c.phone_hash, s.c.keyword, s.c.created_at).where(
-            s.c.phone_hash.in_(list(by_hash))
-        )
+    found = conn.execute(
+        select(
+            s.c.id, s.c.workspace, s.c.virtual_number, s.c.phone_hash, s.c.keyword, s.c.created_at
+        ).where(s.c.phone_hash.in_(list(wanted)))
     ).all()
+    rows = [
+        r
+        for r in found
+        if any(r.workspace == w or r.virtual_number == vn for w, vn in wanted[r.phone_hash])
+    ]
     if not rows:
         return 0
     conn.execute(
-        insert_on_conflict(opt_outs_t, ["virtual_number", "phone"]),
+        _RESTORE,
         [
             {
+                "workspace": r.workspace,
                 "virtual_number": r.virtual_number,
-                "phone": by_hash[r.phone_hash],
+                "phone": phones[r.phone_hash],
                 "keyword": r.keyword,
                 "created_at": r.created_at,
             }

@@ -21,6 +21,7 @@ import contextlib
 import datetime as dt
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -41,7 +42,7 @@ from smsbot.pipeline.effects import StepOutcome, Stepped, finish_events, write_e
 from smsbot.pipeline.metrics import Metrics
 from smsbot.pipeline.receipts import apply_receipts
 from smsbot.store.engine import Database
-from smsbot.store.models import EventState
+from smsbot.store.models import DEFAULT_WORKSPACE, EventState
 
 log = logging.getLogger(__name__)
 
@@ -210,29 +211,32 @@ class Dispatcher:
             convos, events, opted, live_timers, people = claim
             stepped: list[Stepped] = []
             stale: list[int] = []
+            stale_in: list[str] = []  # their workspaces, for the metrics
             failed: list[tuple[Any, BaseException]] = []
             for key, row in events.items():
                 event = DispatchEvent(row.id, EventKind(row.kind), row.payload, row.received_at)
                 convo = convos[key]
                 if event.kind is EventKind.TIMER and event.id not in live_timers:
                     stale.append(event.id)
+                    stale_in.append(_workspace(convo, row))
                     continue
+                workspace = _workspace(convo, row)
                 snapshot = _snapshot(convo, key, key in opted)
-                snapshot.contact = people.get(key.phone)
+                snapshot.contact = people.get((workspace, key.phone))
                 try:
                     async with asyncio.timeout(self.step_timeout):
                         result = await self.handler.handle(event, snapshot, now)
                 except Exception as exc:
                     failed.append((row, exc))
                     continue
-                stepped.append(Stepped(convo, snapshot, event, result))
+                stepped.append(Stepped(convo, snapshot, event, result, workspace))
             outcomes, parked = await tx.run(
                 lambda conn: self._write(conn, stepped, stale, failed, now)
             )
             contended = self.db.urgent_waits != waits
         seconds = time.perf_counter() - started
         self._adapt(len(keys), seconds, contended)
-        self._count(stepped, stale, failed, parked, seconds)
+        self._count(stepped, stale_in, failed, seconds)
         if self.on_commit is not None:
             for outcome in outcomes:
                 self.on_commit(outcome)
@@ -249,9 +253,11 @@ class Dispatcher:
         events = claims.oldest_events(conn, list(convos), now)
         if not events:
             return None
-        contacts.restore_suppressed(conn, (k.phone for k in events))  # erased, then back
+        # Each event's workspace: its contact and its erased opt-outs are that workspace's.
+        owners = [(_workspace(convos[k], row), k) for k, row in events.items()]
+        contacts.restore_suppressed(conn, owners)  # erased, then back
         opted = claims.opted_out(conn, list(events))
-        people = contacts.load_contacts(conn, (k.phone for k in events))
+        people = contacts.load_contacts(conn, ((w, k.phone) for w, k in owners))
         return convos, events, opted, claims.claim_timers(conn, convos, events, now), people
 
     def _write(
@@ -280,26 +286,32 @@ class Dispatcher:
     def _count(
         self,
         stepped: list[Stepped],
-        stale: list[int],
-        failed: list[Any],
-        parked: int,
+        stale_in: list[str],
+        failed: list[tuple[Any, BaseException]],
         seconds: float,
     ) -> None:
+        counts: Counter[tuple[str, str, str]] = Counter()
         for item in stepped:
+            counts[(item.event.kind.value, "ok", item.workspace)] += 1
+        for workspace in stale_in:
+            counts[("timer", "stale", workspace)] += 1
+        for row, exc in failed:
+            parked = claims.parks(row, exc, self.max_attempts)
+            workspace = str(row.workspace or DEFAULT_WORKSPACE)
+            counts[(str(row.kind), "failed" if parked else "retry", workspace)] += 1
+        for (kind, result, workspace), n in counts.items():
             self.metrics.inc(
-                "smsbot_events_processed_total", kind=item.event.kind.value, result="ok"
+                "smsbot_events_processed_total", n, kind=kind, result=result, workspace=workspace
             )
-        if stale:
-            self.metrics.inc(
-                "smsbot_events_processed_total", len(stale), kind="timer", result="stale"
-            )
-        if failed:
-            self.metrics.inc("smsbot_events_processed_total", parked, result="failed")
-            self.metrics.inc("smsbot_events_processed_total", len(failed) - parked, result="retry")
         if stepped:  # a batch's time spread over its steps
             per_step = seconds / len(stepped)
             for _ in stepped:
                 self.metrics.observe("smsbot_step_seconds", per_step)
+
+
+def _workspace(convo: Any, event: Any) -> str:
+    """The workspace a step works in: its event's (the owner of the number), else its row's."""
+    return str(event.workspace or convo.workspace or DEFAULT_WORKSPACE)
 
 
 def _snapshot(convo: Any, key: ConversationKey, opted_out: bool) -> ConversationSnapshot:

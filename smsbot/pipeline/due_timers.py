@@ -151,4 +151,5 @@ def firing(row: Any, key: ConversationKey) -> InboxEntry:
         },
         virtual_number=key.virtual_number,
         phone=key.phone,
+        workspace=row.workspace,  # the timer's: its conversation's, or its campaign's
     )

@@ -24,6 +24,7 @@ from smsbot.pipeline import history
 from smsbot.sms.status import DeliveryStatus
 from smsbot.sms.text import analyze
 from smsbot.store.models import (
+    DEFAULT_WORKSPACE,
     Direction,
     EventState,
     OutboxState,
@@ -47,6 +48,8 @@ class Stepped:
     snapshot: ConversationSnapshot
     event: DispatchEvent
     result: StepResult
+    # The event's workspace (the owner of the number): every row the step writes is its.
+    workspace: str = DEFAULT_WORKSPACE
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -67,6 +70,7 @@ _UPDATE_CONVERSATION = (
     update(conversations_t)
     .where(conversations_t.c.id == bindparam("b_id"))
     .values(
+        workspace=bindparam("b_workspace"),
         flow=bindparam("b_flow"),
         state=bindparam("b_state"),
         data=bindparam("b_data", type_=JSON()),
@@ -103,8 +107,9 @@ _CANCEL_TIMER = (
 _UPSERT_TIMER = insert_on_conflict(
     timers_t,
     ["conversation_id", "name"],
-    update=("kind", "token", "due_at", "payload", "state", "created_at", "fired_at"),
+    update=("workspace", "kind", "token", "due_at", "payload", "state", "created_at", "fired_at"),
 )
+_OPT_OUT = insert_on_conflict(opt_outs_t, ["virtual_number", "phone"])
 
 
 def conversation_values(item: Stepped, now: dt.datetime) -> dict[str, Any]:
@@ -112,6 +117,7 @@ def conversation_values(item: Stepped, now: dt.datetime) -> dict[str, Any]:
     c, r = item.convo, item.result
     values = {
         "b_id": c.id,
+        "b_workspace": item.workspace,  # a conversation follows its number's workspace
         "b_flow": r.flow,
         "b_state": r.state if r.flow is not None else None,
         "b_data": dict(r.data),
@@ -146,7 +152,7 @@ def write_effects(conn: Connection, items: list[Stepped], now: dt.datetime) -> l
     for item in items:
         key, event, result = item.snapshot.key, item.event, item.result
         if event.kind is EventKind.INBOUND:
-            messages.append(_inbound_row(key, event))
+            messages.append(_inbound_row(item.workspace, key, event))
         opted_out = _apply_opt_out(conn, key, item, now)
         queued = 0
         for n, reply in enumerate(result.replies):
@@ -159,7 +165,16 @@ def write_effects(conn: Connection, items: list[Stepped], now: dt.datetime) -> l
             created = now + dt.timedelta(microseconds=n)
             send_after = reply.send_after or now
             messages.append(
-                _reply_row(key, event, reply.text, reply.origin, send_after, suppressed, created)
+                _reply_row(
+                    item.workspace,
+                    key,
+                    event,
+                    reply.text,
+                    reply.origin,
+                    send_after,
+                    suppressed,
+                    created,
+                )
             )
         timers = bool(result.timers or result.cancel_timers or result.cancel_all_timers)
         timers |= result.contact is not None  # its campaign fires may move (pipeline/campaigns)
@@ -181,10 +196,11 @@ def finish_events(
         )
 
 
-def _inbound_row(key: ConversationKey, event: DispatchEvent) -> dict[str, Any]:
+def _inbound_row(workspace: str, key: ConversationKey, event: DispatchEvent) -> dict[str, Any]:
     body = str(event.payload.get("body", ""))
     sms = analyze(body)
     return _message(
+        workspace,
         key,
         event,
         body,
@@ -199,6 +215,7 @@ def _inbound_row(key: ConversationKey, event: DispatchEvent) -> dict[str, Any]:
 
 
 def _reply_row(
+    workspace: str,
     key: ConversationKey,
     event: DispatchEvent,
     text: str,
@@ -210,6 +227,7 @@ def _reply_row(
     status = DeliveryStatus.SUPPRESSED if suppressed else DeliveryStatus.QUEUED
     outbox = OutboxState.DONE if suppressed else OutboxState.PENDING
     return _message(
+        workspace,
         key,
         event,
         text,
@@ -225,6 +243,7 @@ def _reply_row(
 
 
 def _message(
+    workspace: str,
     key: ConversationKey,
     event: DispatchEvent,
     body: str,
@@ -243,6 +262,7 @@ def _message(
     return {
         "id": new_id(),
         "direction": direction.value,
+        "workspace": workspace,
         "virtual_number": key.virtual_number,
         "phone": key.phone,
         "body": body,
@@ -264,7 +284,8 @@ def _apply_opt_out(conn: Connection, key: ConversationKey, item: Stepped, now: d
     result = item.result
     if result.opt_out is True:
         conn.execute(
-            insert_on_conflict(opt_outs_t, ["virtual_number", "phone"]).values(
+            _OPT_OUT.values(
+                workspace=item.workspace,
                 virtual_number=key.virtual_number,
                 phone=key.phone,
                 keyword=(result.opt_keyword or "STOP")[:50],
@@ -294,6 +315,7 @@ def _write_timers(conn: Connection, items: list[Stepped], now: dt.datetime) -> N
     upserts = [
         {
             "conversation_id": i.convo.id,
+            "workspace": i.workspace,
             "name": t.name,
             "kind": t.kind,
             "token": new_id()[:16],

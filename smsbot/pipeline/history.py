@@ -39,6 +39,7 @@ def changes(item: Stepped, now: dt.datetime) -> list[dict[str, Any]]:
         rows.append(
             {
                 "conversation_id": c.id,
+                "workspace": item.workspace,
                 "at": now,
                 "flow": flow[:100],
                 "from_state": before,

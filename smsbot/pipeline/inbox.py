@@ -22,7 +22,7 @@ from smsbot.clock import Clock
 from smsbot.engine.contract import EventKind
 from smsbot.store.engine import Database
 from smsbot.store.lookup import rows_in
-from smsbot.store.models import EventState, events_t
+from smsbot.store.models import DEFAULT_WORKSPACE, EventState, events_t
 from smsbot.store.upsert import insert_on_conflict
 
 log = logging.getLogger(__name__)
@@ -40,7 +40,13 @@ class AcceptOutcome(enum.StrEnum):
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class InboxEntry:
-    """One event to store."""
+    """One event to store.
+
+    `workspace` is the workspace the event belongs to (smsbot/workspaces.py): the owner of
+    its virtual number, the workspace a receipt came from, the timer's, the caller's. None:
+    not known (a receipt several workspaces could have sent) or no workspace at all (an
+    inbound SMS for a number none owns, stored UNMATCHED for reconciliation, never run).
+    """
 
     source: str
     event_id: str
@@ -49,6 +55,8 @@ class InboxEntry:
     virtual_number: str | None = None
     phone: str | None = None
     body_sha256: str | None = None
+    workspace: str | None = DEFAULT_WORKSPACE
+    state: EventState = EventState.PENDING  # UNMATCHED: kept for reconciliation, never run
 
 
 # An event already stored under the same (source, event id) is left as it is.
@@ -56,7 +64,7 @@ NEW_EVENT = insert_on_conflict(events_t, ["source", "event_id"])
 
 
 def event_row(entry: InboxEntry, now: dt.datetime) -> dict[str, Any]:
-    """The webhook_events row for `entry`, received `now`, pending."""
+    """The webhook_events row for `entry`, received `now`: pending (or as `entry.state` says)."""
     return {
         "source": entry.source,
         "event_id": entry.event_id,
@@ -67,7 +75,9 @@ def event_row(entry: InboxEntry, now: dt.datetime) -> dict[str, Any]:
         "payload": entry.payload,
         "received_at": now,
         "attempts": 0,
-        "state": EventState.PENDING.value,
+        "workspace": entry.workspace,
+        "state": entry.state.value,
+        "processed_at": None if entry.state is EventState.PENDING else now,
     }
 
 

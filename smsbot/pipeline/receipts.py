@@ -1,5 +1,9 @@
 """Delivery receipts: match each to our message and move its status forward, never back.
 
+A receipt whose workspace is known (the account that sent it: its webhook's workspaceId or
+secret, its PureSMS URL) matches only that workspace's messages: two accounts' provider ids
+may collide, and one client's receipt must never move another's message.
+
 A receipt that moves a message to a delivery failure also tells the conversation's flow
 (`on_send_failed`), like a permanent error at send time does: the SEND_FAILED inbox event is
 written in the same transaction as the status, so the hook is neither lost nor doubled.
@@ -19,7 +23,7 @@ from smsbot.pipeline.inbox import NEW_EVENT, InboxEntry, event_row
 from smsbot.pipeline.metrics import Metrics
 from smsbot.sms.status import DeliveryStatus
 from smsbot.store.engine import Database
-from smsbot.store.models import Direction, EventState, events_t, messages_t
+from smsbot.store.models import DEFAULT_WORKSPACE, Direction, EventState, events_t, messages_t
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +35,7 @@ DELIVERY_FAILURES = frozenset(
 
 
 _PENDING = (
-    select(events_t.c.id, events_t.c.payload)
+    select(events_t.c.id, events_t.c.payload, events_t.c.workspace)
     .where(
         events_t.c.state == EventState.PENDING.value,
         events_t.c.kind == EventKind.RECEIPT.value,
@@ -55,14 +59,15 @@ async def apply_receipts(db: Database, clock: Clock, metrics: Metrics, limit: in
     if db.is_postgres:
         claim = claim.with_for_update(skip_locked=True)
     results = await db.write(lambda conn: _apply_all(conn, claim, now))
-    for result in results:
-        metrics.inc("smsbot_receipts_total", result=result)
+    for result, workspace in results:
+        labels = {"result": result} | ({"workspace": workspace} if workspace else {})
+        metrics.inc("smsbot_receipts_total", **labels)
     return len(results)
 
 
-def _apply_all(conn: Connection, claim: Any, now: dt.datetime) -> list[str]:
-    results = []
-    for event_id, payload in conn.execute(claim).all():
+def _apply_all(conn: Connection, claim: Any, now: dt.datetime) -> list[tuple[str, str | None]]:
+    results: list[tuple[str, str | None]] = []
+    for event_id, payload, workspace in conn.execute(claim).all():
         values: dict[str, Any] = {"processed_at": now}
         try:
             new = DeliveryStatus(payload["status"])
@@ -71,19 +76,27 @@ def _apply_all(conn: Connection, claim: Any, now: dt.datetime) -> list[str]:
             # parked rather than raised, so one bad row cannot hold back every receipt after it.
             log.warning("receipt event %s has no known delivery status; parked", event_id)
             values.update(state=EventState.FAILED.value, last_error="no known delivery status")
-            results.append("invalid")
+            results.append(("invalid", workspace))
         else:
-            matched = _apply_one(conn, payload, new, now)
+            matched = _apply_one(conn, payload, new, now, workspace)
             values["state"] = (EventState.DONE if matched else EventState.UNMATCHED).value
             if not matched:
-                log.info("receipt event %s matches no message; kept for reconciliation", event_id)
-            results.append("matched" if matched else "unmatched")
+                log.info(
+                    "receipt event %s matches no message%s; kept for reconciliation",
+                    event_id,
+                    f" of workspace {workspace}" if workspace else "",
+                )
+            results.append(("matched" if matched else "unmatched", workspace))
         conn.execute(update(events_t).where(events_t.c.id == event_id).values(**values))
     return results
 
 
 def _apply_one(
-    conn: Connection, payload: dict[str, Any], new: DeliveryStatus, now: dt.datetime
+    conn: Connection,
+    payload: dict[str, Any],
+    new: DeliveryStatus,
+    now: dt.datetime,
+    workspace: str | None,
 ) -> bool:
     ref = payload.get("client_reference")
     provider_id = payload.get("provider_message_id")
@@ -106,8 +119,13 @@ def _apply_one(
                 m.c.body,
                 m.c.origin,
                 m.c.created_at,
+                m.c.workspace,
             )
-            .where(m.c.direction == Direction.OUTBOUND.value, or_(*conditions))
+            .where(
+                m.c.direction == Direction.OUTBOUND.value,
+                or_(*conditions),
+                *([m.c.workspace == workspace] if workspace is not None else []),
+            )
             .limit(1)
         )
     ).first()
@@ -143,9 +161,10 @@ def _apply_one(
 def enqueue_send_failed(conn: Connection, message: Any, error: str, now: dt.datetime) -> None:
     """Queue the SEND_FAILED event for the flow's `on_send_failed`, in the caller's transaction.
 
-    `message` has the outbox's fields: id, sender, recipient, body, origin, created_at. The
-    event id is `send-failed:{message id}`, so a message fails a flow once, whether the
-    provider refused it at send time or a receipt said so later.
+    `message` has the outbox's fields: id, sender, recipient, body, origin, created_at, and
+    its workspace (the event's; `default` when the row has none). The event id is
+    `send-failed:{message id}`, so a message fails a flow once, whether the provider refused
+    it at send time or a receipt said so later.
     """
     payload = {
         "message_id": message.id,
@@ -161,5 +180,6 @@ def enqueue_send_failed(conn: Connection, message: Any, error: str, now: dt.date
         payload=payload,
         virtual_number=message.sender,
         phone=message.recipient,
+        workspace=getattr(message, "workspace", None) or DEFAULT_WORKSPACE,
     )
     conn.execute(NEW_EVENT, [event_row(entry, now)])

@@ -216,6 +216,8 @@ class InboxEventRow(SQLModel, table=True):
         Index("ix_events_pending", "state", "virtual_number", "phone", "id"),
         Index("ix_events_state_id", "state", "id"),  # the oldest pending events, in order
         Index("ix_events_state_kind", "state", "kind", "id"),  # pending receipts
+        # the dispatcher's fair share: which workspaces wait, and each one's oldest events
+        Index("ix_events_workspace", "state", "workspace", "id"),
     )
 
     id: int | None = Field(default=None, primary_key=True)  # arrival order
@@ -333,23 +335,46 @@ timers_t = table(TimerRow)
 state_changes_t = table(StateChangeRow)
 
 
-def opt_out_applies(opted_out_of: str, sender: str) -> bool:
+def opt_out_applies(
+    opted_out_of: str,
+    sender: str,
+    opted_out_in: str | None = None,
+    sending_in: str | None = None,
+) -> bool:
     """Whether a phone's opt-out from `opted_out_of` stops messages from `sender` to it.
 
-    It stops its own number; and an alphanumeric sender ID (anything not in E.164) is stopped by
-    an opt-out from any number, since nobody can reply STOP to a name (docs/compliance.md,
-    "Alphanumeric senders"). opt_out_blocks() is the same rule in SQL.
+    It stops its own number, whichever workspace owns it now; and an alphanumeric sender ID
+    (anything not in E.164) is stopped by an opt-out from any number of the same workspace,
+    since nobody can reply STOP to a name (docs/compliance.md, "Alphanumeric senders"). The
+    workspaces are those of the opt-out (`opted_out_in`) and of the sender (`sending_in`);
+    when either is not given, any number's opt-out stops a sender ID, as before workspaces.
+    opt_out_blocks() is the same rule in SQL.
     """
-    return opted_out_of == sender or not sender.startswith("+")
+    if opted_out_of == sender:
+        return True
+    if sender.startswith("+"):
+        return False
+    return opted_out_in is None or sending_in is None or opted_out_in == sending_in
 
 
-def opt_out_blocks(sender: ColumnElement[str] | str, phone: Any) -> ColumnElement[bool]:
-    """SQL: this opt_outs row stops messages from `sender` to `phone` (see opt_out_applies)."""
+def opt_out_blocks(
+    sender: ColumnElement[str] | str,
+    phone: Any,
+    workspace: ColumnElement[str] | str | None = None,
+) -> ColumnElement[bool]:
+    """SQL: this opt_outs row stops messages from `sender` to `phone` (see opt_out_applies).
+
+    `workspace` is the sender's (a column such as messages.workspace, or a name): an opt-out
+    from another workspace's number never stops a sender ID. None: any workspace's does.
+    """
     o = opt_outs_t
+    same_workspace: ColumnElement[bool] = (
+        true() if workspace is None else o.c.workspace == workspace
+    )
     if isinstance(sender, str):
         same: ColumnElement[bool] = (
-            true() if not sender.startswith("+") else o.c.virtual_number == sender
+            same_workspace if not sender.startswith("+") else o.c.virtual_number == sender
         )
     else:
-        same = or_(o.c.virtual_number == sender, not_(sender.startswith("+")))
+        same = or_(o.c.virtual_number == sender, and_(not_(sender.startswith("+")), same_workspace))
     return and_(o.c.phone == phone, same)

@@ -7,8 +7,11 @@ import binascii
 import hashlib
 import hmac
 from collections.abc import Sequence
+from typing import TypeVar
 
 MAX_SIGNATURE_CHARS = 200
+
+T = TypeVar("T")
 
 
 class SignatureError(Exception):
@@ -45,6 +48,30 @@ def verify(
     tolerance_seconds: int = 300,
 ) -> None:
     """Raise SignatureError unless `signature` signs `body` with one of `secrets` near `now`."""
+    signers(
+        body=body,
+        timestamp=timestamp,
+        signature=signature,
+        keys=[(None, secrets)],
+        now=now,
+        tolerance_seconds=tolerance_seconds,
+    )
+
+
+def signers(
+    *,
+    body: bytes,
+    timestamp: str | None,
+    signature: str | None,
+    keys: Sequence[tuple[T, Sequence[str]]],
+    now: float,
+    tolerance_seconds: int = 300,
+) -> list[T]:
+    """The owners (of `keys`: owner and its secrets) whose secret signs `body` near `now`.
+
+    Every secret is compared, so timing does not reveal which one matched; raises
+    SignatureError when the headers are missing, malformed or stale, or no secret matches.
+    """
     ts = parse_timestamp(timestamp)
     if not signature:
         raise SignatureError("missing X-Webhook-Signature header")
@@ -57,12 +84,15 @@ def verify(
     except (binascii.Error, ValueError):
         raise SignatureError("X-Webhook-Signature is not base64") from None
     assert timestamp is not None
-    ok = False
-    for secret in secrets:
-        expected = hmac.new(
-            secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256
-        ).digest()
-        # compare every secret, so timing does not reveal which one matched
-        ok |= hmac.compare_digest(given, expected)
-    if not ok:
+    signed = timestamp.encode() + b"." + body
+    found: list[T] = []
+    for owner, secrets in keys:
+        ok = False
+        for secret in secrets:
+            expected = hmac.new(secret.encode(), signed, hashlib.sha256).digest()
+            ok |= hmac.compare_digest(given, expected)
+        if ok:
+            found.append(owner)
+    if not found:
         raise SignatureError("X-Webhook-Signature does not match")
+    return found

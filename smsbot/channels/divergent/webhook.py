@@ -58,7 +58,9 @@ def parse_envelope(body: bytes) -> WebhookEvent:
             occurred_at=occurred_at,
             workspace_id=workspace_id,
         )
-    return _delivery_receipt(data, event_id=event_id, envelope_time=occurred_at)
+    return _delivery_receipt(
+        data, event_id=event_id, envelope_time=occurred_at, workspace_id=workspace_id
+    )
 
 
 def _event_type(envelope: Fields) -> int:
@@ -74,7 +76,7 @@ def _event_type(envelope: Fields) -> int:
 
 
 def _delivery_receipt(
-    data: Fields, *, event_id: str, envelope_time: dt.datetime | None
+    data: Fields, *, event_id: str, envelope_time: dt.datetime | None, workspace_id: str | None
 ) -> DeliveryReceipt:
     raw_status = data.text("deliveryStatus", max_chars=MAX_STATUS_CHARS)
     # A status we do not know yet is still a receipt about a real message: keep it as UNKNOWN
@@ -94,6 +96,7 @@ def _delivery_receipt(
         raw_status=raw_status,
         error_code=_error_code(data),
         occurred_at=delivered_at or processed_at or envelope_time,
+        workspace_id=workspace_id,
     )
 
 

@@ -8,6 +8,7 @@ import logging
 from collections.abc import Iterable
 
 from smsbot.channels.sandbox.server import Sandbox
+from smsbot.channels.sandbox.wire import WORKSPACE_ID
 
 log = logging.getLogger(__name__)
 
@@ -21,6 +22,7 @@ async def serve_forever(
     webhook_secret: str | None = None,
     failing_numbers: Iterable[str] = (),
     receipt_delay: float = 0.0,
+    workspace_id: str = WORKSPACE_ID,
 ) -> None:
     """Run a sandbox until cancelled."""
     sandbox = Sandbox(
@@ -29,6 +31,7 @@ async def serve_forever(
         webhook_secret=webhook_secret,
         failing_numbers=failing_numbers,
         receipt_delay=receipt_delay,
+        workspace_id=workspace_id,
     )
     url = await sandbox.start(host, port)
     try:
@@ -47,6 +50,7 @@ def run_sandbox(
     *,
     failing_numbers: Iterable[str] = (),
     receipt_delay: float = 0.0,
+    workspace_id: str = WORKSPACE_ID,
 ) -> None:
     """Run a sandbox in the foreground until Ctrl-C: what `smsbot sandbox` calls."""
     with contextlib.suppress(KeyboardInterrupt):
@@ -59,5 +63,6 @@ def run_sandbox(
                 webhook_secret=webhook_secret,
                 failing_numbers=failing_numbers,
                 receipt_delay=receipt_delay,
+                workspace_id=workspace_id,
             )
         )

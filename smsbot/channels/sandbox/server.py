@@ -51,10 +51,14 @@ class Sandbox:
         failing_numbers: Iterable[str] = (),
         receipt_delay: float = 0.0,
         clock: Clock | None = None,
+        workspace_id: str = WORKSPACE_ID,
     ) -> None:
         self.api_key = api_key
         self.webhook_url = webhook_url
-        self.webhook_secret = webhook_secret
+        self.webhook_secret = webhook_secret  # signs every webhook; None: sent unsigned
+        # The account's workspaceId, in every webhook: two sandboxes with their own ids and
+        # secrets are two clients' accounts (a workspace's workspace_id in smsbot.toml).
+        self.workspace_id = workspace_id
         self.failing_numbers = NumberSet(failing_numbers)
         self.receipt_delay = receipt_delay
         self.clock = clock or SystemClock()
@@ -366,7 +370,7 @@ class Sandbox:
         return {
             "id": f"{prefix}_{uuid.uuid4().hex[:16]}",
             "timestamp": utc_iso(self.clock.now()),
-            "workspaceId": WORKSPACE_ID,
+            "workspaceId": self.workspace_id,
             "eventType": event_type,
             "data": data,
         }

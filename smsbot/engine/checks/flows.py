@@ -288,6 +288,8 @@ def keyword_findings(
     prompted: set[str] = set()
     tables: dict[str, Mapping[str, Any]] = {"every number": {}}
     tables |= {f'[numbers."{number}"]': table for number, table in settings.numbers.items()}
+    # a workspace's defaults are its numbers' bindings (engine/router.py)
+    tables |= {f"[workspaces.{w.name}]": w.routing for w in settings.workspaces if w.routing}
     for label, table in tables.items():
         names = table.get("flows")
         bound = [n for n in names if n in flows] if isinstance(names, list) else sorted(flows)
