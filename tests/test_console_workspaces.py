@@ -260,6 +260,33 @@ async def test_another_workspaces_rows_answer_404_like_missing_ones(console: Con
     assert resp.status == 303  # a's own
 
 
+async def test_the_simulator_texts_the_workspaces_own_number_through_the_pipeline(
+    console: Console,
+) -> None:
+    """Acting in a, a text to a's number is answered, and only a's pages show it."""
+    c = console
+    await c.sign_in()
+    await choose(c, "a")
+    page = await c.text("/console/simulator")
+    assert f'<option value="{VA}" selected>' in page and VB not in page and VN not in page
+    sent = await c.post("/console/simulator/send", {"phone": PA, "number": VA, "text": "HOURS"})
+    assert sent.status == 303, await sent.text()
+    await c.settle()
+    thread = await c.text(f"/console/simulator/thread?phone={PA}&number={VA}".replace("+", "%2B"))
+    assert "HOURS" in thread and "open Monday to Friday" in thread
+    assert PA in await c.text("/console/conversations")
+    async with c.bot.db.session() as s:
+        stored = await s.execute(select(messages_t.c.workspace).where(messages_t.c.phone == PA))
+        assert set(stored.scalars()) == {"a"}
+    for other in ("b", "default"):
+        await choose(c, other)
+        assert PA not in await c.text("/console/conversations"), other
+        path = f"/console/simulator/thread?phone={PA}&number={VA}".replace("+", "%2B")
+        refused = await c.text(path, status=400)  # a's number is not theirs to read
+        assert f"{VA} is not a number of workspace {other}" in refused
+        assert "open Monday to Friday" not in refused
+
+
 async def test_the_selector_refuses_an_unknown_workspace(console: Console) -> None:
     c = console
     await seed(c)
