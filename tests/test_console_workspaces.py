@@ -217,7 +217,16 @@ async def test_the_admin_acts_in_one_workspace_at_a_time(console: Console) -> No
 
     events = await c.text("/console/events")
     assert "Alice broke" in events and "Bob broke" not in events
+    async with c.bot.db.session() as s, s.begin():  # a text to a number nobody owns
+        await s.execute(
+            events_t.insert().values(
+                source="divergent", event_id="unowned", kind="inbound", payload={},
+                received_at=T0, state=EventState.UNMATCHED.value, workspace=None,
+                virtual_number="+447700900999", phone=PA,
+            )
+        )  # fmt: skip
     health = await c.text("/console/health")
+    assert 'id="unowned">1<' in health  # the admin's deployment figures
     assert 'id="parked" class="bad">1<' in health  # a's
     assert "<dt>Parked events</dt><dd>2</dd>" in health  # every workspace's, for the admin
     assert "Workspace a ·" in health

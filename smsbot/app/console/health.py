@@ -55,6 +55,7 @@ class Health:
     next_timer: dt.datetime | None = None
     leader: bool = False
     counters: dict[str, float] = dataclasses.field(default_factory=dict)
+    unowned: int = 0  # webhooks for numbers no workspace owns, kept for reconciliation
     workspace: str | None = None  # whose figures these are; None: every workspace's
     deployment: Health | None = None  # the admin's: every workspace's figures
 
@@ -109,6 +110,9 @@ async def _read(bot: Bot, health: Health) -> None:
             health.inbox[str(kind)] = int(count)
             health.retrying += int(attempts or 0) > 0
         health.parked = await _count(s, e.c.state == EventState.FAILED.value, *in_e)
+        if ws is None:
+            unmatched = e.c.state == EventState.UNMATCHED.value
+            health.unowned = await _count(s, unmatched, e.c.workspace.is_(None))
         pending_out = m.c.outbox == OutboxState.PENDING.value
         health.outbox_due = await _count(s, pending_out, m.c.send_after <= now, *in_m)
         health.outbox_held = await _count(s, pending_out, m.c.send_after > now, *in_m)
