@@ -67,6 +67,7 @@ PAGES = [
     "/console/results",
     "/console/results.csv?flow=appointment",
     "/console/people",
+    "/console/people/{id}",
     "/console/health",
     "/console/health/live",
     "/console/no-such-page",
@@ -201,10 +202,19 @@ def console_settings(db_url: str, flows: Path, **extra: str) -> Settings:
 
 @contextlib.asynccontextmanager
 async def open_console(
-    db_url: str, tmp_path: Path, aiohttp_client: Any, *, workers: bool = False, **extra: str
+    db_url: str,
+    tmp_path: Path,
+    aiohttp_client: Any,
+    *,
+    workers: bool = False,
+    workspaces: dict[str, dict[str, Any]] | None = None,
+    **extra: str,
 ) -> AsyncIterator[Console]:
+    """The console over a fresh bot; `workspaces`: [workspaces.NAME] tables, as in smsbot.toml."""
     flows = project(tmp_path)
     settings = console_settings(db_url, flows, **extra)
+    if workspaces:
+        settings = settings.replace(workspace_tables=workspaces)
     clock = VirtualClock(T0)
     sandbox = Sandbox(webhook_secret=settings.webhook_secrets()[0], clock=clock)
     url = await sandbox.start()
@@ -370,9 +380,11 @@ def test_a_session_is_signed_expires_and_ends_when_the_key_changes() -> None:
     cookie = sessions.open(key, "admin")
     session = sessions.read(key, cookie)
     assert session is not None and session.who == "admin" and len(session.csrf) == 32
-    sid, issued, who, mac = cookie.split(".")
-    assert sessions.read(key, f"{sid}.{issued}.root.{mac}") is None  # tampered
-    assert sessions.read(key, f"{sid}.{int(issued) + 1}.{who}.{mac}") is None
+    assert session.is_admin and session.workspace == "default"
+    sid, issued, who, scope, workspace, mac = cookie.split(".")
+    assert sessions.read(key, f"{sid}.{issued}.cm9vdA.{scope}.{workspace}.{mac}") is None
+    assert sessions.read(key, f"{sid}.{int(issued) + 1}.{who}.{scope}.{workspace}.{mac}") is None
+    assert sessions.read(key, f"{sid}.{issued}.{who}.{scope}.b.{mac}") is None  # tampered
     assert sessions.read(Secret("k2"), cookie) is None  # the key changed
     assert sessions.read(None, cookie) is None  # the console was switched off
     now[0] += SESSION_LIFETIME - 1

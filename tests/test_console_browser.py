@@ -546,6 +546,97 @@ def test_sign_out_closes_every_page(page: WebDriver, server: Server) -> None:
     assert "/console/sign-in" in page.current_url
 
 
+WORKSPACES_TOML = """
+[workspaces.default]
+numbers = ["+447700900100"]
+
+[workspaces.a]
+provider = "sandbox"
+numbers = ["+447700900200"]
+
+[workspaces.b]
+provider = "sandbox"
+numbers = ["+447700900300"]
+"""
+
+
+def _seed_workspaces(database: Path) -> None:
+    """A conversation in each of workspaces a and b, written as the pipeline stores them."""
+    from sqlalchemy import create_engine
+
+    from smsbot.store.models import conversations_t
+
+    engine = create_engine(f"sqlite:///{database}")
+    moment = dt.datetime.now(dt.UTC)
+    try:
+        with engine.begin() as conn:
+            for workspace, number, phone in (
+                ("a", "+447700900200", "+447700900201"),
+                ("b", "+447700900300", "+447700900301"),
+            ):
+                conn.execute(
+                    conversations_t.insert().values(
+                        workspace=workspace, virtual_number=number, phone=phone, data={},
+                        version=0, flow="appointment", state="waiting", last_activity_at=moment,
+                    )
+                )  # fmt: skip
+    finally:
+        engine.dispose()
+
+
+def test_the_admin_switches_workspace_and_the_list_changes(
+    browser: WebDriver, tmp_path: Path, shots: Path
+) -> None:
+    """Two workspaces in one `smsbot serve`: the header's selector changes what every page lists."""
+    root = project(tmp_path)
+    (root / "smsbot.toml").write_text(WORKSPACES_TOML)
+    with _serve(
+        root,
+        SMSBOT_API_KEY=KEY,
+        SMSBOT_DEFAULT_SENDER=VN,
+        SMSBOT_FLOWS_DIR=str(root / "flows"),
+        SMSBOT_TEMPLATES_DIR=str(root / "templates"),
+    ) as running:
+        _seed_workspaces(root / "smsbot.db")
+        browser.delete_all_cookies()
+        browser.get(f"{running.url}/console/conversations")
+        sign_in(browser, KEY)
+        until(browser, lambda b: b.current_url.endswith("/console/conversations"), "the list")
+        main = browser.find_element(By.TAG_NAME, "main").text
+        assert "+447700900201" not in main and "+447700900301" not in main  # default's: none
+        chosen = Select(browser.find_element(By.ID, "workspace"))
+        assert [o.text for o in chosen.options] == ["default", "a", "b"]
+        assert chosen.first_selected_option.text == "default"
+
+        chosen.select_by_value("a")
+        browser.find_element(By.ID, "switch-workspace").click()
+        until(browser, shows("+447700900201"), "workspace a's conversation")
+        assert "+447700900301" not in browser.find_element(By.TAG_NAME, "main").text
+        selected = Select(browser.find_element(By.ID, "workspace")).first_selected_option
+        assert selected.text == "a"
+        screenshot(browser, shots, "workspaces")
+
+        Select(browser.find_element(By.ID, "workspace")).select_by_value("b")
+        browser.find_element(By.ID, "switch-workspace").click()
+        until(browser, shows("+447700900301"), "workspace b's conversation")
+        assert "+447700900201" not in browser.find_element(By.TAG_NAME, "main").text
+
+        browser.set_window_size(*PHONE_SCREEN)  # the selector fits a phone's header
+        try:
+            browser.get(f"{running.url}/console/conversations")
+            wide = browser.execute_script("return document.documentElement.scrollWidth")
+            assert wide <= browser.execute_script("return window.innerWidth"), wide
+        finally:
+            browser.set_window_size(*DESKTOP)
+        problems = [
+            e["message"]
+            for e in browser.get_log("browser")
+            if "Content Security Policy" in e["message"]
+        ]
+        assert not problems, problems
+        browser.delete_all_cookies()
+
+
 CONTACTS = """phone,name,groups,visits,ward
 +447700900202,Sam Smith,patients;diabetes,3,Riverside B
 +447700900210,Kim,patients,1,

@@ -16,6 +16,7 @@ from smsbot.app.console import (
     health,
     people,
     results,
+    scope,
     simulator,
 )
 from smsbot.app.console.render import HERE, MOUNT, render
@@ -23,11 +24,11 @@ from smsbot.app.console.security import (
     CSRF_FIELD,
     CSRF_HEADER,
     SECURITY_HEADERS,
+    SESSION,
     SESSIONS,
     THROTTLE,
     Sessions,
     SignInThrottle,
-    current_session,
     same_token,
 )
 
@@ -43,9 +44,11 @@ def _signin_url(request: web.Request) -> str:
 
 
 async def _checked(request: web.Request, handler: Handler) -> web.StreamResponse:
+    session = await scope.checked_session(request)
+    if session is not None:
+        request[SESSION] = session  # what every page reads: who, and in which workspace
     if request.path.startswith(OPEN_PATHS):
         return await handler(request)
-    session = current_session(request)
     if session is None:
         if request.headers.get("HX-Request"):  # htmx follows HX-Redirect with a full page load
             return web.Response(status=401, headers={"HX-Redirect": _signin_url(request)})
@@ -98,5 +101,6 @@ def create_console() -> web.Application:
     results.add_routes(console.router)
     people.add_routes(console.router)
     health.add_routes(console.router)
+    scope.add_routes(console.router)
     console.router.add_static("/static", HERE / "static", append_version=False)
     return console

@@ -1,4 +1,9 @@
-"""Sign-in and sign-out pages: the operator credential opens a session cookie."""
+"""Sign-in and sign-out pages: an operator credential opens a session cookie.
+
+Any credential the operator API takes signs in (smsbot.app.credentials.authenticate): the admin
+key SMSBOT_API_KEY, whose session may act in every workspace, or a workspace's key, whose
+session sees and acts in that workspace only.
+"""
 
 from __future__ import annotations
 
@@ -17,22 +22,26 @@ from smsbot.app.console.security import (
     current_session,
     same_token,
     set_cookie,
+    signing_secret,
 )
+from smsbot.app.credentials import Caller, authenticate
 from smsbot.app.server.keys import BOT
-from smsbot.config import Secret
 
 log = logging.getLogger(__name__)
 
-ADMIN = "admin"  # the name a session opened with SMSBOT_API_KEY carries
 
+async def caller_of(request: web.Request, key: str) -> Caller | None:
+    """Who the operator credential `key` proves, if it may open a console session; else None.
 
-def credential_name(request: web.Request, key: str) -> str | None:
-    """Which operator credential `key` is ("admin" for SMSBOT_API_KEY), or None.
-
-    Workspace-scoped keys (issue 14) are looked up here once they exist.
+    A workspace credential whose workspace is no longer configured opens none.
     """
-    admin = request.config_dict[BOT].settings.api_key
-    return ADMIN if admin is not None and admin == key else None
+    bot = request.config_dict[BOT]
+    caller = await authenticate(bot, key)
+    if caller is None or (
+        caller.workspace is not None and caller.workspace not in bot.settings.workspaces
+    ):
+        return None
+    return caller
 
 
 def _next_page(raw: str | None) -> str:
@@ -47,7 +56,7 @@ async def sign_in_page(request: web.Request) -> web.Response:
     if current_session(request) is not None:  # signed in already
         raise redirect(_next_page(request.query.get("next")))
     token = secrets.token_urlsafe(24)
-    configured = request.config_dict[BOT].settings.api_key is not None
+    configured = signing_secret(request.config_dict[BOT].settings) is not None
     response = render(
         request,
         "sign_in.html",
@@ -73,10 +82,13 @@ async def sign_in(request: web.Request) -> web.StreamResponse:
     throttle = request.config_dict[THROTTLE]
     if throttle.blocked(address):
         raise web.HTTPTooManyRequests(reason="too many wrong keys: wait five minutes")
-    who = credential_name(request, key) if isinstance(key, str) and key else None
-    if who is None:
+    secret = signing_secret(request.config_dict[BOT].settings)
+    caller = None
+    if secret is not None and isinstance(key, str) and key:
+        caller = await caller_of(request, key)
+    if caller is None or secret is None:
         throttle.failed(address)
-        configured = request.config_dict[BOT].settings.api_key is not None
+        configured = secret is not None
         error = "That key is not an operator key." if configured else None
         retry = secrets.token_urlsafe(24)
         response = render(
@@ -90,18 +102,16 @@ async def sign_in(request: web.Request) -> web.StreamResponse:
         )
         set_cookie(response, request, SIGNIN_COOKIE, retry, f"{MOUNT}/sign-in")
         return response
-    credential = request.config_dict[BOT].settings.api_key
-    assert isinstance(credential, Secret)
     response = redirect(next_page)
     set_cookie(
         response,
         request,
         SESSION_COOKIE,
-        request.config_dict[SESSIONS].open(credential, who),
+        request.config_dict[SESSIONS].open(secret, caller.name, caller.workspace),
         MOUNT,
     )
     response.del_cookie(SIGNIN_COOKIE, path=f"{MOUNT}/sign-in")
-    log.info("console: %s signed in", who)
+    log.info("console: %s signed in (workspace %s)", caller.name, caller.workspace or "any")
     raise response
 
 

@@ -9,19 +9,17 @@ from urllib.parse import urlencode
 
 from aiohttp import web
 
-from smsbot.app.console import people, reads
+from smsbot.app.console import people, reads, scope
 from smsbot.app.console.render import MOUNT, redirect, render
 from smsbot.app.operations import OperatorError, requeue_failed, resolve_recipient, resolve_sender
 from smsbot.app.server.keys import BOT
 from smsbot.engine.contract import EventKind
-from smsbot.engine.runtime import FlowRuntime
 from smsbot.store.models import Direction, EventState, TimerState
 
 
 def flow_names(request: web.Request) -> list[str]:
-    """The flows this server runs, sorted (none with --echo)."""
-    handler = request.config_dict[BOT].handler
-    return sorted(handler.flows) if isinstance(handler, FlowRuntime) else []
+    """The flows the session's workspace runs, sorted (none with --echo)."""
+    return list(scope.flows(request))
 
 
 def _filters(request: web.Request) -> tuple[reads.ConversationFilter, list[str]]:
@@ -60,7 +58,9 @@ async def conversation_list(request: web.Request) -> web.Response:
     opted: set[str] = set()
     more = False
     if not problems:
-        rows, opted, more = await reads.conversations(bot.db, filters)
+        rows, opted, more = await reads.conversations(
+            bot.db, scope.workspace_name(request), filters
+        )
     shown = {k: v for k, v in request.query.items() if k != "page" and v}
 
     def page_link(page: int) -> str:
@@ -76,7 +76,7 @@ async def conversation_list(request: web.Request) -> web.Response:
         query=request.query,
         filters=filters,
         flows=flow_names(request),
-        numbers=await reads.known_numbers(bot.db),
+        numbers=await reads.known_numbers(bot.db, scope.workspace_name(request)),
         ended=reads.ENDED,
         previous_page=page_link(filters.page - 1) if filters.page > 1 else None,
         next_page=page_link(filters.page + 1) if more else None,
@@ -177,8 +177,9 @@ def transition_title(h: Any) -> str:
 
 async def _timeline_or_404(request: web.Request) -> reads.Timeline:
     text = request.match_info["id"]
+    db, workspace = request.config_dict[BOT].db, scope.workspace_name(request)
     convo = (
-        await reads.conversation(request.config_dict[BOT].db, int(text))
+        await reads.conversation(db, workspace, int(text))
         if text.isdecimal() and len(text) < 18
         else None
     )
@@ -190,7 +191,8 @@ async def _timeline_or_404(request: web.Request) -> reads.Timeline:
 async def conversation_page(request: web.Request) -> web.Response:
     """GET /console/conversations/{id}: the timeline, refreshed live."""
     t = await _timeline_or_404(request)
-    person = await people.person(request.config_dict[BOT].db, t.convo.phone)
+    db = request.config_dict[BOT].db
+    person = await people.person(db, t.convo.workspace, t.convo.phone)
     return render(request, "conversation.html", person=person, **_timeline_context(t))
 
 
@@ -216,7 +218,9 @@ async def retry_event(request: web.Request) -> web.StreamResponse:
     text = request.match_info["id"]
     if not (text.isdecimal() and len(text) < 18):
         raise web.HTTPNotFound(reason=f"no event #{text}")
-    if not await reads_requeue(bot, int(text)):
+    if not await reads.has_event(bot.db, scope.workspace_name(request), int(text)):
+        raise web.HTTPNotFound(reason=f"no event #{text}")
+    if not await reads_requeue(bot, int(text), scope.workspace_name(request)):
         raise web.HTTPConflict(reason=f"event #{text} is not parked (already retried?): reload")
     form = await request.post()
     back = form.get("back")
@@ -225,9 +229,9 @@ async def retry_event(request: web.Request) -> web.StreamResponse:
     raise redirect(f"{MOUNT}/events")
 
 
-async def reads_requeue(bot: Any, event_id: int) -> bool:
-    """Queue a parked event again and wake the dispatcher."""
-    changed = await requeue_failed(bot.db, event_id)
+async def reads_requeue(bot: Any, event_id: int, workspace: str) -> bool:
+    """Queue a parked event of `workspace` again and wake the dispatcher."""
+    changed = await requeue_failed(bot.db, event_id, workspace)
     if changed:
         bot.dispatcher.notify()
     return changed
@@ -235,7 +239,7 @@ async def reads_requeue(bot: Any, event_id: int) -> bool:
 
 async def parked_page(request: web.Request) -> web.Response:
     """GET /console/events: every parked event, with a Retry button each."""
-    rows = await reads.parked_events(request.config_dict[BOT].db)
+    rows = await reads.parked_events(request.config_dict[BOT].db, scope.workspace_name(request))
     return render(request, "events.html", rows=rows)
 
 

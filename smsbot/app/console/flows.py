@@ -14,7 +14,7 @@ from typing import Any
 
 from aiohttp import web
 
-from smsbot.app.console import diagram, samples
+from smsbot.app.console import diagram, samples, scope
 from smsbot.app.console.render import render
 from smsbot.app.server.keys import BOT
 from smsbot.engine.flow import Flow
@@ -70,9 +70,9 @@ def _summary(cls: type[Flow]) -> dict[str, Any]:
 
 
 async def flows_page(request: web.Request) -> web.Response:
-    """GET /console/flows: every flow with its diagram."""
-    runtime = _runtime(request)
-    flows = [_summary(cls) for _, cls in sorted(runtime.flows.items())]
+    """GET /console/flows: every flow of the session's workspace with its diagram."""
+    _runtime(request)
+    flows = [_summary(cls) for cls in scope.flows(request).values()]
     return render(request, "flows.html", flows=flows)
 
 
@@ -108,9 +108,10 @@ async def flow_page(request: web.Request) -> web.Response:
     """GET /console/flows/{name}?data=JSON: the diagram, the graph's text, templates rendered."""
     runtime = _runtime(request)
     name = request.match_info["name"]
-    cls = runtime.flows.get(name)
+    visible = scope.flows(request)  # another workspace's flow is as unknown as a missing one
+    cls = visible.get(name)
     if cls is None:
-        known = ", ".join(sorted(runtime.flows)) or "none"
+        known = ", ".join(visible) or "none"
         raise web.HTTPNotFound(reason=f"no flow named {name!r}; known flows: {known}")
     now = request.config_dict[BOT].clock.now()
     problem = None

@@ -3,6 +3,9 @@
 Figures come from the database, so they cover every process sharing it; the timer leader and
 the counters since start are this process's own. The message queries walk the outbox index
 (outbox, send_after), so they stay cheap however many messages are stored.
+
+The figures are the session's workspace's. Only the admin sees the deployment's: the queues
+of every workspace together, whether this process runs the timers, and its counters.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from typing import Any
 from aiohttp import web
 from sqlalchemy import func, select
 
-from smsbot.app.console.render import render
+from smsbot.app.console.render import render, session_of
 from smsbot.app.server.keys import BOT
 from smsbot.pipeline.bot import Bot
 from smsbot.pipeline.receipts import DELIVERY_FAILURES
@@ -52,6 +55,9 @@ class Health:
     next_timer: dt.datetime | None = None
     leader: bool = False
     counters: dict[str, float] = dataclasses.field(default_factory=dict)
+    unowned: int = 0  # webhooks for numbers no workspace owns, kept for reconciliation
+    workspace: str | None = None  # whose figures these are; None: every workspace's
+    deployment: Health | None = None  # the admin's: every workspace's figures
 
 
 def _label(window: dt.timedelta) -> str:
@@ -61,20 +67,24 @@ def _label(window: dt.timedelta) -> str:
     return "last hour" if minutes == 60 else f"last {minutes // 60} hours"
 
 
-async def measure(bot: Bot) -> Health:
-    """Read every figure; a database that does not answer is itself the finding."""
-    health = Health(database=await bot.db.ping())
-    health.leader = bot.scheduler.is_leader
-    health.counters = {
-        "sent": bot.metrics.value("smsbot_messages_sent_total"),
-        "failed at send": bot.metrics.value("smsbot_messages_failed_total"),
-        "send retries": bot.metrics.value("smsbot_send_retries_total"),
-        "suppressed (opted out)": bot.metrics.value("smsbot_messages_suppressed_total"),
-    }
+async def measure(bot: Bot, workspace: str, admin: bool) -> Health:
+    """Read every figure of `workspace` (and the deployment's for the admin); a database that
+    does not answer is itself the finding."""
+    health = Health(database=await bot.db.ping(), workspace=workspace)
+    if admin:
+        health.deployment = Health(database=health.database, leader=bot.scheduler.is_leader)
+        health.deployment.counters = {
+            "sent": bot.metrics.value("smsbot_messages_sent_total"),
+            "failed at send": bot.metrics.value("smsbot_messages_failed_total"),
+            "send retries": bot.metrics.value("smsbot_send_retries_total"),
+            "suppressed (opted out)": bot.metrics.value("smsbot_messages_suppressed_total"),
+        }
     if not health.database:
         return health
     try:
         await _read(bot, health)
+        if health.deployment is not None:
+            await _read(bot, health.deployment)
     except Exception as exc:  # the page must answer while the database misbehaves
         log.warning("console health: %s", type(exc).__name__)
         health.database = False
@@ -84,26 +94,34 @@ async def measure(bot: Bot) -> Health:
 async def _read(bot: Bot, health: Health) -> None:
     now = bot.clock.now()
     e, m, t = events_t, messages_t, timers_t
+    ws = health.workspace
+    # Each query within the workspace; without one (the admin's deployment figures), all rows.
+    in_e = [e.c.workspace == ws] if ws is not None else []
+    in_m = [m.c.workspace == ws] if ws is not None else []
+    in_t = [t.c.workspace == ws] if ws is not None else []
     done = m.c.outbox == OutboxState.DONE.value
     async with bot.db.session() as s:
         pending = await s.execute(
             select(e.c.kind, func.count(), func.sum(e.c.attempts))
-            .where(e.c.state == EventState.PENDING.value)
+            .where(e.c.state == EventState.PENDING.value, *in_e)
             .group_by(e.c.kind)
         )
         for kind, count, attempts in pending:
             health.inbox[str(kind)] = int(count)
             health.retrying += int(attempts or 0) > 0
-        health.parked = await _count(s, e.c.state == EventState.FAILED.value)
+        health.parked = await _count(s, e.c.state == EventState.FAILED.value, *in_e)
+        if ws is None:
+            unmatched = e.c.state == EventState.UNMATCHED.value
+            health.unowned = await _count(s, unmatched, e.c.workspace.is_(None))
         pending_out = m.c.outbox == OutboxState.PENDING.value
-        health.outbox_due = await _count(s, pending_out, m.c.send_after <= now)
-        health.outbox_held = await _count(s, pending_out, m.c.send_after > now)
-        health.outbox_inflight = await _count(s, m.c.outbox == OutboxState.INFLIGHT.value)
+        health.outbox_due = await _count(s, pending_out, m.c.send_after <= now, *in_m)
+        health.outbox_held = await _count(s, pending_out, m.c.send_after > now, *in_m)
+        health.outbox_inflight = await _count(s, m.c.outbox == OutboxState.INFLIGHT.value, *in_m)
         for window in RATE_WINDOWS:
             # A message sent in the window was due at most a day before it (else: a backlog).
             sent = await _count(
                 s, done, m.c.send_after >= now - window - dt.timedelta(days=1),
-                m.c.sent_at >= now - window,
+                m.c.sent_at >= now - window, *in_m,
             )  # fmt: skip
             health.sent[_label(window)] = sent / (window.total_seconds() / 60)
         failed = await s.execute(
@@ -113,14 +131,15 @@ async def _read(bot: Bot, health: Health) -> None:
                 m.c.send_after >= now - FAILURE_WINDOW - dt.timedelta(days=1),
                 m.c.status.in_([f.value for f in DELIVERY_FAILURES]),
                 m.c.status_at >= now - FAILURE_WINDOW,
+                *in_m,
             )
             .group_by(m.c.status)
         )
         health.failures = {str(status): int(n) for status, n in failed}
         scheduled = t.c.state == TimerState.SCHEDULED.value
-        health.timers_scheduled = await _count(s, scheduled)
+        health.timers_scheduled = await _count(s, scheduled, *in_t)
         health.next_timer = (
-            await s.execute(select(func.min(t.c.due_at)).where(scheduled))
+            await s.execute(select(func.min(t.c.due_at)).where(scheduled, *in_t))
         ).scalar_one_or_none()
 
 
@@ -130,14 +149,19 @@ async def _count(s: Any, *conditions: Any) -> int:
 
 async def health_page(request: web.Request) -> web.Response:
     """GET /console/health: the page; its body refreshes from /console/health/live."""
-    health = await measure(request.config_dict[BOT])
+    health = await _measure(request)
     return render(request, "health.html", h=health, refresh=REFRESH_SECONDS)
 
 
 async def health_fragment(request: web.Request) -> web.Response:
     """GET /console/health/live: the figures alone (htmx)."""
-    health = await measure(request.config_dict[BOT])
+    health = await _measure(request)
     return render(request, "health_live.html", h=health, refresh=REFRESH_SECONDS)
+
+
+async def _measure(request: web.Request) -> Health:
+    session = session_of(request)
+    return await measure(request.config_dict[BOT], session.workspace, session.is_admin)
 
 
 def add_routes(router: web.UrlDispatcher) -> None:

@@ -1,5 +1,7 @@
 """Contacts and opt-outs: search contacts by phone, name, group or a custom field's value; each
-contact's typed fields and groups (engine/contact.py); the opt-out list every STOP adds.
+contact's typed fields and groups (engine/contact.py); the opt-out list every STOP adds; one
+contact's page. All of it within the session's workspace: contacts and opt-outs are per
+workspace (a STOP to one client's number does not silence another's).
 """
 
 from __future__ import annotations
@@ -11,11 +13,18 @@ from typing import Any
 from aiohttp import web
 from sqlalchemy import ColumnElement, or_, select
 
+from smsbot.app.console import scope
 from smsbot.app.console.render import render, when
 from smsbot.app.server.keys import BOT
 from smsbot.engine.contact import FieldTypeError, decode, parse_field
 from smsbot.store.engine import Database
-from smsbot.store.models import contact_fields_t, contact_groups_t, contacts_t, opt_outs_t
+from smsbot.store.models import (
+    contact_fields_t,
+    contact_groups_t,
+    contacts_t,
+    conversations_t,
+    opt_outs_t,
+)
 
 MAX_SEARCH = 100
 LIMIT = 100  # contacts and opt-outs shown, newest first
@@ -72,12 +81,13 @@ def field_condition(name: str, kind: str, text: str) -> ColumnElement[bool]:
 
 
 async def people(
-    db: Database, f: PeopleFilter, types: dict[str, str]
+    db: Database, workspace: str, f: PeopleFilter, types: dict[str, str]
 ) -> tuple[list[Person], list[Any]]:
-    """The contacts matching every part of `f`, and the opt-outs whose phone contains f.search."""
-    c, g = contacts_t, contact_groups_t
-    contacts = select(c).order_by(c.c.id.desc()).limit(LIMIT)
-    opt_outs = select(opt_outs_t).order_by(opt_outs_t.c.id.desc()).limit(LIMIT)
+    """The workspace's contacts matching every part of `f`, and its opt-outs whose phone
+    contains f.search."""
+    c, g, o = contacts_t, contact_groups_t, opt_outs_t
+    contacts = select(c).where(c.c.workspace == workspace).order_by(c.c.id.desc()).limit(LIMIT)
+    opt_outs = select(o).where(o.c.workspace == workspace).order_by(o.c.id.desc()).limit(LIMIT)
     if f.search:
         contacts = contacts.where(
             or_(
@@ -117,18 +127,33 @@ async def field_types(db: Database) -> dict[str, str]:
         return dict(sorted(found.tuples()))
 
 
-async def group_names(db: Database) -> list[str]:
-    """The groups contacts are in (for the filter's choices)."""
-    query = select(contact_groups_t.c.name).distinct().order_by(contact_groups_t.c.name)
+async def group_names(db: Database, workspace: str) -> list[str]:
+    """The groups the workspace's contacts are in (for the filter's choices)."""
+    g, c = contact_groups_t, contacts_t
+    query = (
+        select(g.c.name)
+        .join(c, c.c.id == g.c.contact_id)
+        .where(c.c.workspace == workspace)
+        .distinct()
+        .order_by(g.c.name)
+    )
     async with db.session() as s:
         return list((await s.execute(query.limit(CHOICES))).scalars())
 
 
-async def person(db: Database, phone: str) -> Person | None:
-    """The contact with this phone, its fields and groups; None if there is none."""
+async def person(
+    db: Database, workspace: str, phone: str | None = None, contact_id: int | None = None
+) -> Person | None:
+    """The workspace's contact with this phone (or id), its fields and groups; None if it has
+    none (another workspace's contact is none of its)."""
     types = await field_types(db)
+    c = contacts_t
+    found = select(c).where(c.c.workspace == workspace)
+    found = (
+        found.where(c.c.phone == phone) if contact_id is None else found.where(c.c.id == contact_id)
+    )
     async with db.session() as s:
-        row = (await s.execute(select(contacts_t).where(contacts_t.c.phone == phone))).first()
+        row = (await s.execute(found)).first()
         if row is None:
             return None
         g = contact_groups_t
@@ -167,13 +192,13 @@ def _filter(request: web.Request, types: dict[str, str]) -> tuple[PeopleFilter, 
 async def people_page(request: web.Request) -> web.Response:
     """GET /console/people?search=&group=&field=&value=: contacts, their fields and groups,
     and the opt-outs."""
-    db = request.config_dict[BOT].db
+    db, workspace = request.config_dict[BOT].db, scope.workspace_name(request)
     types = await field_types(db)
     f, problems = _filter(request, types)
     contacts: list[Person] = []
     opt_outs: list[Any] = []
     if not problems:
-        contacts, opt_outs = await people(db, f, types)
+        contacts, opt_outs = await people(db, workspace, f, types)
     return render(
         request,
         "people.html",
@@ -184,10 +209,36 @@ async def people_page(request: web.Request) -> web.Response:
         contacts=contacts,
         opt_outs=opt_outs,
         types=types,
-        groups=await group_names(db),
+        groups=await group_names(db, workspace),
     )
+
+
+async def contact_page(request: web.Request) -> web.Response:
+    """GET /console/people/{id}: one contact, its fields, groups, conversations and opt-outs."""
+    db, workspace = request.config_dict[BOT].db, scope.workspace_name(request)
+    text = request.match_info["id"]
+    found = None
+    if text.isdecimal() and len(text) < 18:
+        found = await person(db, workspace, contact_id=int(text))
+    if found is None:
+        raise web.HTTPNotFound(reason=f"no contact #{text}: pick one from the list")
+    c, o = conversations_t, opt_outs_t
+    phone = found.row.phone
+    async with db.session() as s:
+        convos = await s.execute(
+            select(c)
+            .where(c.c.phone == phone, c.c.workspace == workspace)
+            .order_by(c.c.last_activity_at.desc().nulls_last(), c.c.id.desc())
+            .limit(LIMIT)
+        )
+        opted = await s.execute(
+            select(o).where(o.c.phone == phone, o.c.workspace == workspace).order_by(o.c.id)
+        )
+        conversations, opt_outs = list(convos.all()), list(opted.all())
+    return render(request, "contact.html", p=found, conversations=conversations, opt_outs=opt_outs)
 
 
 def add_routes(router: web.UrlDispatcher) -> None:
     """Register this module's pages."""
     router.add_get("/people", people_page)
+    router.add_get("/people/{id}", contact_page)

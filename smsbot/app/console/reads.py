@@ -1,7 +1,8 @@
 """What the console reads from the store: conversations, one conversation's timeline, events.
 
 Read-only queries over the pipeline's own tables, each bounded by a limit and written to use
-an index where the table has one that fits.
+an index where the table has one that fits, and each within one workspace: every row carries
+its workspace (migration 0010), and no query here reads another workspace's.
 """
 
 from __future__ import annotations
@@ -44,10 +45,13 @@ class ConversationFilter:
     page: int = 1
 
 
-async def conversations(db: Database, f: ConversationFilter) -> tuple[list[Any], set[str], bool]:
-    """One page of conversations, newest activity first; the opted-out keys; whether more follow."""
+async def conversations(
+    db: Database, workspace: str, f: ConversationFilter
+) -> tuple[list[Any], set[str], bool]:
+    """One page of a workspace's conversations, newest activity first; the opted-out keys;
+    whether more follow."""
     c = conversations_t
-    query = select(c)
+    query = select(c).where(c.c.workspace == workspace)
     if f.number:
         query = query.where(c.c.virtual_number == f.number)
     if f.flow == ENDED:
@@ -70,16 +74,17 @@ async def conversations(db: Database, f: ConversationFilter) -> tuple[list[Any],
         if phones:
             found = await s.execute(
                 select(opt_outs_t.c.virtual_number, opt_outs_t.c.phone).where(
-                    opt_outs_t.c.phone.in_(phones)
+                    opt_outs_t.c.phone.in_(phones), opt_outs_t.c.workspace == workspace
                 )
             )
             opted = {f"{vn} {phone}" for vn, phone in found}
     return list(rows[:PAGE_SIZE]), opted, len(rows) > PAGE_SIZE
 
 
-async def known_numbers(db: Database) -> list[str]:
-    """The virtual numbers that have conversations (for the filter's choices), at most 50."""
-    query = select(conversations_t.c.virtual_number).distinct().limit(50)
+async def known_numbers(db: Database, workspace: str) -> list[str]:
+    """The workspace's numbers that have conversations (the filter's choices), at most 50."""
+    c = conversations_t
+    query = select(c.c.virtual_number).where(c.c.workspace == workspace).distinct().limit(50)
     async with db.session() as s:
         return sorted(vn for (vn,) in await s.execute(query))
 
@@ -103,22 +108,24 @@ class Timeline:
         return [e for e in self.events if e.state == EventState.FAILED.value]
 
 
-async def conversation(db: Database, convo_id: int) -> Any | None:
-    """The conversations row with this id, or None."""
+async def conversation(db: Database, workspace: str, convo_id: int) -> Any | None:
+    """The workspace's conversation with this id, or None (also when another workspace's)."""
+    c = conversations_t
     async with db.session() as s:
-        found = await s.execute(select(conversations_t).where(conversations_t.c.id == convo_id))
+        found = await s.execute(select(c).where(c.c.id == convo_id, c.c.workspace == workspace))
         return found.first()
 
 
 async def timeline(db: Database, convo: Any) -> Timeline:
-    """Messages, receipts, events, timers, opt-out and contact of one conversation."""
-    vn, phone = convo.virtual_number, convo.phone
+    """Messages, receipts, events, timers, opt-out and contact of one conversation (all of them
+    in the conversation's workspace)."""
+    vn, phone, ws = convo.virtual_number, convo.phone, convo.workspace
     m, e = messages_t, events_t
     async with db.session() as s:
         messages = (
             await s.execute(
                 select(m)
-                .where(m.c.virtual_number == vn, m.c.phone == phone)
+                .where(m.c.virtual_number == vn, m.c.phone == phone, m.c.workspace == ws)
                 .order_by(m.c.created_at.desc(), m.c.id)
                 .limit(TIMELINE_LIMIT)
             )
@@ -131,6 +138,7 @@ async def timeline(db: Database, convo: Any) -> Timeline:
                     e.c.state.in_(_ALL_EVENT_STATES),
                     e.c.virtual_number == vn,
                     e.c.phone == phone,
+                    e.c.workspace == ws,
                 )
                 .order_by(e.c.id.desc())
                 .limit(TIMELINE_LIMIT)
@@ -139,24 +147,31 @@ async def timeline(db: Database, convo: Any) -> Timeline:
         timers = (
             await s.execute(
                 select(timers_t)
-                .where(timers_t.c.conversation_id == convo.id)
+                .where(timers_t.c.conversation_id == convo.id, timers_t.c.workspace == ws)
                 .order_by(timers_t.c.due_at)
             )
         ).all()
         opted_out = (
             await s.execute(
                 select(opt_outs_t).where(
-                    opt_outs_t.c.virtual_number == vn, opt_outs_t.c.phone == phone
+                    opt_outs_t.c.virtual_number == vn,
+                    opt_outs_t.c.phone == phone,
+                    opt_outs_t.c.workspace == ws,
                 )
             )
         ).first()
-        contact = (await s.execute(select(contacts_t).where(contacts_t.c.phone == phone))).first()
-        statuses = await _receipts(s, [r for r in messages if r.direction == Direction.OUTBOUND])
+        contact = (
+            await s.execute(
+                select(contacts_t).where(contacts_t.c.phone == phone, contacts_t.c.workspace == ws)
+            )
+        ).first()
+        outbound = [r for r in messages if r.direction == Direction.OUTBOUND]
+        statuses = await _receipts(s, outbound)
         h = state_changes_t
         changes = (
             await s.execute(
                 select(h)
-                .where(h.c.conversation_id == convo.id)
+                .where(h.c.conversation_id == convo.id, h.c.workspace == ws)
                 .order_by(h.c.id.desc())
                 .limit(TIMELINE_LIMIT)
             )
@@ -174,7 +189,11 @@ async def timeline(db: Database, convo: Any) -> Timeline:
 
 
 async def _receipts(s: Any, outbound: list[Any]) -> dict[str, list[tuple[str, dt.datetime]]]:
-    """Each message's delivery receipts, in arrival order: how its status changed."""
+    """Each message's delivery receipts, in arrival order: how its status changed.
+
+    A receipt names one of the workspace's own messages (a random id): that scopes it, even a
+    receipt stored before its workspace was known.
+    """
     if not outbound:
         return {}
     ids = [r.id for r in outbound]
@@ -199,15 +218,29 @@ async def _receipts(s: Any, outbound: list[Any]) -> dict[str, list[tuple[str, dt
     return found
 
 
-async def parked_events(db: Database, limit: int = 100) -> list[Any]:
-    """Events parked after their retries, newest first, with their conversation's id."""
+async def parked_events(db: Database, workspace: str, limit: int = 100) -> list[Any]:
+    """A workspace's events parked after their retries, newest first, with their conversation's
+    id."""
     e, c = events_t, conversations_t
+    same = and_(
+        c.c.virtual_number == e.c.virtual_number,
+        c.c.phone == e.c.phone,
+        c.c.workspace == e.c.workspace,
+    )
     query = (
         select(e, c.c.id.label("conversation_id"))
-        .outerjoin(c, and_(c.c.virtual_number == e.c.virtual_number, c.c.phone == e.c.phone))
-        .where(e.c.state == EventState.FAILED.value)
+        .outerjoin(c, same)
+        .where(e.c.state == EventState.FAILED.value, e.c.workspace == workspace)
         .order_by(e.c.id.desc())
         .limit(limit)
     )
     async with db.session() as s:
         return list((await s.execute(query)).all())
+
+
+async def has_event(db: Database, workspace: str, event_id: int) -> bool:
+    """Whether the workspace has an inbox event with this id (another workspace's: no)."""
+    e = events_t
+    query = select(e.c.id).where(e.c.id == event_id, e.c.workspace == workspace)
+    async with db.session() as s:
+        return (await s.execute(query)).first() is not None

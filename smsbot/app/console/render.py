@@ -73,12 +73,15 @@ def render(request: web.Request, template: str, status: int = 200, **context: An
     """Render a page (or an htmx fragment) with what every page needs, uncached."""
     session = current_session(request)
     csrf = session.csrf if session is not None else ""
+    bot = request.config_dict[BOT]
     page = _env.get_template(template).render(
         request_path=request.path,
         session=session,
+        # the header names the session's workspace once the deployment has more than one
+        workspace_names=bot.settings.workspaces.names,
         csrf=csrf,
         htmx_headers=f'{{"{CSRF_HEADER}": "{csrf}"}}',
-        bot_now=request.config_dict[BOT].clock.now(),
+        bot_now=bot.clock.now(),
         **context,
     )
     response = web.Response(text=page, status=status, content_type="text/html", charset="utf-8")

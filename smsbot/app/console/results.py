@@ -1,5 +1,5 @@
-"""Flow results on the console (charts, a CSV download) and the operator API route
-GET /api/flows/{name}/results: the same figures (figures.py) three ways.
+"""Flow results on the console: charts and a CSV download of the session's workspace's figures
+(figures.py; the operator API's GET /api/flows/{name}/results is app/server/api_reads.py).
 """
 
 from __future__ import annotations
@@ -9,28 +9,21 @@ from urllib.parse import urlencode
 
 from aiohttp import web
 
-from smsbot.app.console import charts
+from smsbot.app.console import charts, scope
 from smsbot.app.console.figures import FlowResults, PeriodError, compute, parse_period
 from smsbot.app.console.render import MOUNT, render
 from smsbot.app.server.keys import BOT
-from smsbot.app.server.responses import problem
-from smsbot.engine.runtime import FlowRuntime
 
 
-def _flow_names(request: web.Request) -> list[str]:
-    handler = request.config_dict[BOT].handler
-    return sorted(handler.flows) if isinstance(handler, FlowRuntime) else []
-
-
-async def _results(request: web.Request, name: str) -> FlowResults:
+async def _results(request: web.Request, name: str, workspace: str | None) -> FlowResults:
     bot = request.config_dict[BOT]
     period = parse_period(request.query, bot.clock.now(), bot.settings.default_timezone)
-    return await compute(bot, name, period)
+    return await compute(bot, name, period, workspace=workspace)
 
 
 async def results_page(request: web.Request) -> web.Response:
     """GET /console/results?flow=&from=&to=: charts of one flow's results."""
-    flows = _flow_names(request)
+    flows = list(scope.flows(request))
     name = request.query.get("flow") or (flows[0] if flows else "")
     error = None
     results = None
@@ -38,7 +31,7 @@ async def results_page(request: web.Request) -> web.Response:
         error = f"No flow named {name!r}: pick one of {', '.join(flows) or 'none'}"
     else:
         try:
-            results = await _results(request, name)
+            results = await _results(request, name, scope.workspace_name(request))
         except PeriodError as exc:
             error = str(exc)
     context: dict[str, Any] = {"flows": flows, "chosen": name, "error": error, "r": results}
@@ -63,10 +56,10 @@ async def results_page(request: web.Request) -> web.Response:
 async def results_csv(request: web.Request) -> web.Response:
     """GET /console/results.csv?flow=&from=&to=: the same figures as a CSV download."""
     name = request.query.get("flow", "")
-    if name not in _flow_names(request):
+    if name not in scope.flows(request):
         raise web.HTTPNotFound(reason=f"no flow named {name!r}")
     try:
-        results = await _results(request, name)
+        results = await _results(request, name, scope.workspace_name(request))
     except PeriodError as exc:
         raise web.HTTPBadRequest(reason=str(exc)) from None
     filename = f"{name}-results-{results.period.first}-{results.period.last}.csv"
@@ -78,33 +71,7 @@ async def results_csv(request: web.Request) -> web.Response:
     )
 
 
-async def results_api(request: web.Request) -> web.Response:
-    """GET /api/flows/{name}/results?from=&to=: the figures as JSON (operator API)."""
-    name = request.match_info["name"]
-    flows = _flow_names(request)
-    if name not in flows:
-        return problem(404, f"no flow named {name!r}; known flows: {', '.join(flows) or 'none'}")
-    # The console's form sends empty fields for "the default"; an API client names a date or
-    # leaves the parameter out, as the OpenAPI document says.
-    for field in request.query:
-        if field not in ("from", "to"):
-            return problem(
-                400,
-                f"{field!r} is not a query parameter of this route; it takes from, to",
-                field=field,
-            )
-        if not request.query[field].strip():
-            return problem(
-                400, f"{field!r} must be a date such as 2026-01-31, or left out", field=field
-            )
-    try:
-        results = await _results(request, name)
-    except PeriodError as exc:
-        return problem(400, str(exc), field="from/to")
-    return web.json_response(results.as_json())
-
-
 def add_routes(router: web.UrlDispatcher) -> None:
-    """Register this module's console pages (the API route is registered by create_api)."""
+    """Register this module's console pages."""
     router.add_get("/results", results_page)
     router.add_get("/results.csv", results_csv)

@@ -2,6 +2,8 @@
 
 Messages go through the in-process sandbox, which posts them to the bot's webhook signed, as
 the provider would; the thread shows what the bot stored, so delivery statuses change live.
+A phone texts one of the session's workspace's numbers, and only a workspace on the sandbox
+provider has the simulator. The clock is the whole deployment's: only the admin moves it.
 """
 
 from __future__ import annotations
@@ -16,8 +18,8 @@ import aiohttp
 from aiohttp import web
 from sqlalchemy import select
 
-from smsbot.app.console import samples, timetravel
-from smsbot.app.console.render import MOUNT, redirect, render
+from smsbot.app.console import samples, scope, timetravel
+from smsbot.app.console.render import MOUNT, redirect, render, session_of
 from smsbot.app.operations import OperatorError, resolve_recipient, resolve_sender
 from smsbot.app.server.api import queue_outside_event
 from smsbot.app.server.keys import BOT, SANDBOX
@@ -25,7 +27,6 @@ from smsbot.channels.base import describe
 from smsbot.channels.sandbox import Sandbox
 from smsbot.config import SANDBOX_NUMBER, parse_duration
 from smsbot.engine.contract import EventKind
-from smsbot.engine.runtime import FlowRuntime
 from smsbot.store.models import messages_t
 
 log = logging.getLogger(__name__)
@@ -35,23 +36,31 @@ MAX_TEXT = 1_600  # ten-odd segments: more is a mistake in a simulator
 CLOCK_LOCK = web.AppKey("console_clock_lock", asyncio.Lock)
 
 
+CLOCK_IS_SHARED = (
+    "the bot's clock is shared by every workspace: only the admin key (SMSBOT_API_KEY) moves it"
+)
+
+
 def _sandbox(request: web.Request) -> Sandbox | None:
-    bot = request.config_dict[BOT]
-    if bot.settings.provider != "sandbox":
+    if scope.workspace(request).provider != "sandbox":
         return None
     return request.config_dict.get(SANDBOX)
 
 
 def numbers(request: web.Request) -> list[str]:
-    """The bot's numbers a simulated phone can text: the default sender and configured ones."""
+    """The numbers a simulated phone can text: the workspace's own; for the catch-all `default`
+    (no other workspace declared), the default sender and the configured ones."""
     settings = request.config_dict[BOT].settings
+    here = scope.workspace(request)
+    if not here.catch_all:
+        return sorted(here.numbers)
     found = []
     for raw in [settings.sender or SANDBOX_NUMBER, *settings.numbers]:
         try:
             found.append(resolve_sender(settings, raw))
         except OperatorError:
             continue
-    return list(dict.fromkeys(found))
+    return [n for n in dict.fromkeys(found) if scope.owns(request, n)]
 
 
 def _pick(request: web.Request, source: Any) -> tuple[str, str, list[str]]:
@@ -69,6 +78,13 @@ def _pick(request: web.Request, source: Any) -> tuple[str, str, list[str]]:
         number = resolve_sender(settings, number)
     except OperatorError as exc:
         problems.append(f"Number: {exc}")
+    else:
+        if not scope.owns(request, number):
+            mine = ", ".join(choices) or "none"
+            problems.append(
+                f"Number: {number} is not a number of workspace {scope.workspace_name(request)};"
+                f" its numbers: {mine}"
+            )
     return phone, number, problems
 
 
@@ -76,7 +92,11 @@ async def _thread(request: web.Request, phone: str, number: str) -> list[Any]:
     m = messages_t
     query = (
         select(m)
-        .where(m.c.virtual_number == number, m.c.phone == phone)
+        .where(
+            m.c.virtual_number == number,
+            m.c.phone == phone,
+            m.c.workspace == scope.workspace_name(request),
+        )
         .order_by(m.c.created_at.desc(), m.c.id)
         .limit(THREAD_LIMIT)
     )
@@ -85,8 +105,7 @@ async def _thread(request: web.Request, phone: str, number: str) -> list[Any]:
 
 
 def _flows(request: web.Request) -> dict[str, Any]:
-    handler = request.config_dict[BOT].handler
-    return dict(sorted(handler.flows.items())) if isinstance(handler, FlowRuntime) else {}
+    return scope.flows(request)
 
 
 async def simulator_page(
@@ -103,7 +122,8 @@ async def simulator_page(
     data = source.get("data")
     if not isinstance(data, str) and chosen_flow in flows:
         data = json.dumps(samples.start_data(flows[chosen_flow], now), indent=1)
-    clock = timetravel.movable(bot.clock)
+    admin = session_of(request).is_admin
+    clock = timetravel.movable(bot.clock) if admin else None
     return render(
         request,
         "simulator.html",
@@ -119,6 +139,7 @@ async def simulator_page(
         chosen_flow=chosen_flow,
         data=data or "{}",
         clock=clock,
+        clock_shared=not admin and timetravel.movable(bot.clock) is not None,
         next_due=await timetravel.next_due(bot) if clock else None,
         here=_here(phone, number),
     )
@@ -184,7 +205,9 @@ async def start(request: web.Request) -> web.StreamResponse:
             problems.append(f"Data: {str(exc).strip(chr(39) + chr(34))}")
     if not problems:
         payload = {"flow": name, "data": data, "policy": "interrupt"}
-        status = await queue_outside_event(bot, EventKind.START, payload, number, phone)
+        status = await queue_outside_event(
+            bot, EventKind.START, payload, number, phone, workspace=scope.workspace_name(request)
+        )
         if status is None:
             problems.append(
                 f"{phone} has opted out of messages from {number}: they must text START"
@@ -198,6 +221,8 @@ async def advance(request: web.Request) -> web.StreamResponse:
     """POST /console/clock/advance {by: "1d"} or {to: "next"}: move the bot's clock forward."""
     bot = request.config_dict[BOT]
     clock = timetravel.movable(bot.clock)
+    if not session_of(request).is_admin:
+        raise web.HTTPForbidden(reason=CLOCK_IS_SHARED)
     if clock is None:
         raise web.HTTPNotFound(
             reason="the bot runs on the wall clock: time moves only with the sandbox provider"
