@@ -1,0 +1,38 @@
+"""outbox indexes by workspace: each workspace's sender claims past other workspaces' backlog
+
+ix_messages_outbox and ix_messages_lane lead with `workspace`: one sender per workspace claims
+only its own messages (smsbot/pipeline/outbox.py), so a client's 100,000-message campaign is
+not read by another client's claims.
+
+Revision ID: 0013
+Revises: 0010
+Create Date: 2026-12-05 10:00:00.000000
+"""
+
+from collections.abc import Sequence
+
+from alembic import op
+
+revision: str = "0013"
+down_revision: str | None = "0010"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+OUTBOX = ["outbox", "send_after", "created_at"]
+LANE = ["outbox", "origin", "send_after", "created_at"]
+
+
+def _replace(outbox: list[str], lane: list[str]) -> None:
+    with op.batch_alter_table("messages", schema=None) as batch_op:
+        batch_op.drop_index("ix_messages_outbox")
+        batch_op.drop_index("ix_messages_lane")
+        batch_op.create_index("ix_messages_outbox", outbox, unique=False)
+        batch_op.create_index("ix_messages_lane", lane, unique=False)
+
+
+def upgrade() -> None:
+    _replace(["workspace", *OUTBOX], ["workspace", *LANE])
+
+
+def downgrade() -> None:
+    _replace(OUTBOX, LANE)
