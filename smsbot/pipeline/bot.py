@@ -22,7 +22,7 @@ from smsbot.pipeline.campaigns import CampaignSync, Plan
 from smsbot.pipeline.dispatcher import Dispatcher, StepOutcome
 from smsbot.pipeline.inbox import Inbox
 from smsbot.pipeline.metrics import Metrics
-from smsbot.pipeline.rate_limit import number_rates
+from smsbot.pipeline.rate_limit import number_rates, workspace_rates
 from smsbot.pipeline.scheduler import TimerScheduler
 from smsbot.pipeline.sender import Sender
 from smsbot.store.engine import Database
@@ -61,22 +61,23 @@ class Bot:
         self.handler = handler
         self.inbox = Inbox(self.db, self.clock)
         rates = number_rates(settings.numbers)
-        self.senders = {
-            w.name: Sender(
+        self.senders: dict[str, Sender] = {}
+        for w in settings.workspaces:
+            per_sender, account = workspace_rates(settings, w)
+            self.senders[w.name] = Sender(
                 self.db,
                 self.providers[w.name],
                 self.clock,
                 workspace=w.name,
                 metrics=self.metrics,
                 batch_size=settings.send_batch_size,
-                rate_per_second=w.send_rate,
+                rate_per_second=per_sender,
                 number_rates=rates,
+                account_rate=account,
                 lease_seconds=settings.lease_seconds,
                 resend_grace=settings.resend_grace,
                 poll_interval=poll_interval,
             )
-            for w in settings.workspaces
-        }
         self.sender = self.senders[DEFAULT_WORKSPACE]
         self.dispatcher = Dispatcher(
             self.db,

@@ -53,6 +53,7 @@ class Sender:
         batch_size: int = 500,
         rate_per_second: float = 10.0,
         number_rates: Mapping[str, float] | None = None,
+        account_rate: float | None = None,
         lease_seconds: float = 30.0,
         resend_grace: dt.timedelta = dt.timedelta(minutes=2),
         poll_interval: float = 0.2,
@@ -65,7 +66,7 @@ class Sender:
         self.workspace = workspace
         self.metrics = metrics or Metrics()
         self.batch_size = max(1, min(batch_size, provider.max_batch * 4))
-        self.limiter = RateLimiter(rate_per_second, rates=number_rates)
+        self.limiter = RateLimiter(rate_per_second, rates=number_rates, account_rate=account_rate)
         # how claim() waits for the rate limit (tests pass one that returns at once)
         self.sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
         self.lease = dt.timedelta(seconds=lease_seconds)
