@@ -34,6 +34,7 @@ from smsbot.store.engine import Database
 from smsbot.store.models import Direction, OutboxState, messages_t, new_id
 from tests.support import API_KEY, no_sleep
 from tests.test_query_plans import Statements, postgres_problems, sqlite_problems
+from tests.test_workspaces_config import KEY_A, SECRET_A, load
 
 T0 = dt.datetime(2026, 1, 15, 9, 0, tzinfo=dt.UTC)
 KEY_B = "workspace-b-api-key"
@@ -367,6 +368,17 @@ def test_rates_of_a_workspace(tmp_path: Path) -> None:
     for bad in (0, -1, "fast", True):
         with pytest.raises(ConfigError, match=re.escape(f'[numbers."{VN_B}"].send_rate must be')):
             number_rates({VN_B: {"send_rate": bad}})
+
+
+def test_the_documented_limits(tmp_path: Path) -> None:
+    """docs/workspaces.md's example: the clinic's account 5 a second, its number 1."""
+    page = Path(__file__).resolve().parents[1] / "docs" / "workspaces.md"
+    blocks = re.findall(r"^```toml\n(.*?)^```", page.read_text(encoding="utf-8"), re.M | re.S)
+    env = {"CLINIC_API_KEY": KEY_A, "CLINIC_WEBHOOK_SECRET": SECRET_A}
+    settings = load(tmp_path, "\n".join(blocks), env)
+    assert number_rates(settings.numbers) == {"+447700900200": 1.0}
+    rates = {w.name: workspace_rates(settings, w) for w in settings.workspaces}
+    assert rates == {"default": (10.0, None), "clinic": (0.0, 5.0), "shop": (0.0, 10.0)}
 
 
 def test_the_limiter_draws_on_the_number_and_the_account() -> None:
