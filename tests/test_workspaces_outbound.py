@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import datetime as dt
 import re
 from collections.abc import AsyncIterator, Iterable
@@ -19,10 +20,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp import web
 from sqlalchemy import func, select, text
 
 from smsbot.app.assembly import build_provider, build_providers, local_sandbox
 from smsbot.channels.base import OutboundSms
+from smsbot.channels.divergent.client import DivergentClient
+from smsbot.channels.retry import RetryPolicy
 from smsbot.channels.sandbox import Sandbox
 from smsbot.clock import VirtualClock
 from smsbot.config import ConfigError, Settings
@@ -290,35 +294,82 @@ async def test_a_429_with_retry_after_quiets_a_only(rig: Rig) -> None:
     assert [c.status for c in rig.a.calls] == [429, 200]  # both in one bulk call
 
 
+class HeldAccount:
+    """An account whose provider holds every send call open (connections accepted, no answer)
+    until released, then answers 503: a real aiohttp server on loopback."""
+
+    def __init__(self) -> None:
+        self.arrived = asyncio.Event()  # a send call is being held
+        self.release = asyncio.Event()
+        self.calls = 0
+        self.url = ""
+        self._runner: web.AppRunner | None = None
+
+    async def _hold(self, request: web.Request) -> web.Response:
+        self.calls += 1
+        self.arrived.set()
+        await self.release.wait()
+        return web.json_response({"error": "down"}, status=503)
+
+    async def __aenter__(self) -> HeldAccount:
+        app = web.Application()
+        app.router.add_post("/sms/send", self._hold)
+        app.router.add_post("/sms/send/bulk", self._hold)
+        self._runner = web.AppRunner(app)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        host, port = self._runner.addresses[0][:2]
+        self.url = f"http://{host}:{port}"
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.release.set()
+        assert self._runner is not None
+        await self._runner.cleanup()
+
+
+@contextlib.asynccontextmanager
+async def a_is_held(rig: Rig) -> AsyncIterator[HeldAccount]:
+    """Workspace a's sender talks to a HeldAccount instead of its sandbox."""
+    async with HeldAccount() as held:
+        client = DivergentClient(API_KEY, held.url, retry=RetryPolicy(attempts=1))
+        sender = rig.bot.senders["a"]
+        own, sender.provider = sender.provider, client
+        try:
+            yield held
+        finally:
+            held.release.set()
+            sender.provider = own
+            await client.close()
+
+
 async def test_a_hung_provider_does_not_hold_up_b(rig: Rig) -> None:
-    """a's call hangs (connections open, no answer); b's sender sends meanwhile."""
-    rig.a.hang = True
+    """a's call is held open at its provider; b's sender sends meanwhile."""
     await rig.queue("a", VN_A, [phone(1)])
     await rig.queue("b", VN_B, [phone(1), phone(2)])
-    async with asyncio.timeout(30):
+    async with asyncio.timeout(30), a_is_held(rig) as held:
         stuck = asyncio.create_task(rig.bot.senders["a"].send_once())
+        await held.arrived.wait()
         assert await rig.bot.senders["b"].send_until_idle() == 2
         assert recipients(rig.b) == collections.Counter([phone(1), phone(2)])
-        assert not stuck.done()  # a's call is still hanging
-        rig.a.reset()  # released: a's call fails (503), retried later
+        assert not stuck.done()  # a's call is still held
+        held.release.set()  # answered 503: a's message is retried later
         assert await stuck == 1
-    assert rig.a.messages == [] and await rig.pending("a") == 1
+    assert held.calls == 1 and await rig.pending("a") == 1
 
 
 async def test_background_senders_run_side_by_side(rig: Rig) -> None:
-    """With the workers running, b's messages go while a's provider hangs."""
-    rig.a.hang = True
-    await rig.bot.start()
-    try:
-        async with asyncio.timeout(30):
-            await rig.queue("a", VN_A, [phone(1)])
-            await rig.queue("b", VN_B, [phone(i) for i in range(5)])
-            while len(rig.b.messages) < 5:
-                await asyncio.sleep(0.01)
-    finally:
-        rig.a.reset()
+    """With the workers running, b's messages go while a's call is held open."""
+    async with asyncio.timeout(30), a_is_held(rig) as held:
+        await rig.bot.start()
+        await rig.queue("a", VN_A, [phone(1)])
+        await held.arrived.wait()
+        await rig.queue("b", VN_B, [phone(i) for i in range(5)])
+        while len(rig.b.messages) < 5:  # b's sender, in the background
+            await asyncio.sleep(0.01)
+        assert held.calls == 1 and not held.release.is_set()  # a's one call is still held
     assert recipients(rig.b) == collections.Counter(phone(i) for i in range(5))
-    assert rig.a.messages == []
 
 
 # --- rate limits: per account, per number ------------------------------------------------------

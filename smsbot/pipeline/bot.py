@@ -205,7 +205,7 @@ class Bot:
             timers_t.c.due_at > now,
             timers_t.c.due_at <= until,
         )
-        # per workspace, on ix_messages_outbox (workspace first)
+        # per workspace, on ix_messages_outbox (outbox state, workspace, send_after)
         messages = [
             select(func.min(messages_t.c.send_after)).where(
                 messages_t.c.workspace == name,

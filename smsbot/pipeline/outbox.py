@@ -2,8 +2,9 @@
 
 The Sender (sender.py) decides when to claim and what an error means; this is the SQL it runs,
 each function inside the one transaction (Database.read / Database.write) the Sender opens. Every
-query is filtered by the workspace first, on the workspace-first indexes ix_messages_outbox
-and ix_messages_lane (migration 0013): one workspace's backlog is never read by another's claim.
+query is filtered by the outbox state and the workspace, the first two columns of
+ix_messages_outbox and ix_messages_lane (migration 0013): one workspace's backlog is never
+read by another's claim.
 """
 
 from __future__ import annotations
@@ -81,7 +82,7 @@ class Outbox:
         limit: int | None = None,
     ) -> Select[Any]:
         """This workspace's messages a claim takes, oldest first: due, and none to the same phone
-        in flight (ix_messages_outbox, workspace first: other workspaces' backlog is not read).
+        in flight (ix_messages_outbox: other workspaces' backlog is not read).
 
         `interactive`: only answers to a person (replies, STOP/START/HELP) that are the oldest
         pending message of their conversation, so the lane never reorders a conversation.

@@ -1,8 +1,9 @@
 """outbox indexes by workspace: each workspace's sender claims past other workspaces' backlog
 
-ix_messages_outbox and ix_messages_lane lead with `workspace`: one sender per workspace claims
-only its own messages (smsbot/pipeline/outbox.py), so a client's 100,000-message campaign is
-not read by another client's claims.
+ix_messages_outbox and ix_messages_lane take `workspace` after the outbox state: one sender per
+workspace claims only its own messages (smsbot/pipeline/outbox.py), so a client's
+100,000-message campaign is not read by another client's claims. The state stays first, so
+counts over the whole outbox keep their index and a query by workspace alone is not drawn to it.
 
 Revision ID: 0013
 Revises: 0010
@@ -18,9 +19,6 @@ down_revision: str | None = "0010"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
-OUTBOX = ["outbox", "send_after", "created_at"]
-LANE = ["outbox", "origin", "send_after", "created_at"]
-
 
 def _replace(outbox: list[str], lane: list[str]) -> None:
     with op.batch_alter_table("messages", schema=None) as batch_op:
@@ -31,8 +29,14 @@ def _replace(outbox: list[str], lane: list[str]) -> None:
 
 
 def upgrade() -> None:
-    _replace(["workspace", *OUTBOX], ["workspace", *LANE])
+    _replace(
+        ["outbox", "workspace", "send_after", "created_at"],
+        ["outbox", "workspace", "origin", "send_after", "created_at"],
+    )
 
 
 def downgrade() -> None:
-    _replace(OUTBOX, LANE)
+    _replace(
+        ["outbox", "send_after", "created_at"],
+        ["outbox", "origin", "send_after", "created_at"],
+    )
