@@ -36,8 +36,10 @@ from smsbot.pipeline.rate_limit import RateLimiter, number_rates, workspace_rate
 from smsbot.sms.status import DeliveryStatus
 from smsbot.store.engine import Database
 from smsbot.store.models import Direction, OutboxState, messages_t, new_id
+from smsbot.testing.driver import BotDriver, driver_settings
 from tests.support import API_KEY, no_sleep
 from tests.test_query_plans import Statements, postgres_problems, sqlite_problems
+from tests.test_testing_kit import echo_project
 from tests.test_workspaces_config import KEY_A, SECRET_A, load
 
 T0 = dt.datetime(2026, 1, 15, 9, 0, tzinfo=dt.UTC)
@@ -247,6 +249,22 @@ async def test_a_sandbox_workspace_without_a_url_uses_the_local_sandbox(
         finally:
             await client.close()
         assert [m.recipient for m in local.messages] == [phone(1)]
+
+
+async def test_the_test_kit_sends_every_workspace_to_its_sandbox(tmp_path: Path) -> None:
+    """A project whose smsbot.toml declares a real account: the kit never reaches it."""
+    project = echo_project(tmp_path / "project")
+    (project / "smsbot.toml").write_text(
+        '[workspaces.default]\nnumbers = ["+447700900100"]\n'
+        '[workspaces.clinic]\nprovider = "divergent"\nurl = "https://connect-api.divergent.cloud"\n'
+        f'api_key = "{"k" * 20}"\nwebhook_secret = "whsec_{"s" * 20}"\nnumbers = ["{VN_B}"]\n'
+    )
+    settings = driver_settings(project, f"sqlite+aiosqlite:///{tmp_path / 'kit.db'}")
+    async with BotDriver(settings) as driver:
+        assert set(driver.bot.providers) == {"default", "clinic"}
+        await driver.bot.provider_for("clinic").send(OutboundSms(VN_B, phone(1), "hi"))
+        await driver.sandbox.wait_for_receipts()  # its receipt is posted back to the bot
+        assert [(m.sender, m.recipient) for m in driver.sandbox.messages] == [(VN_B, phone(1))]
 
 
 # --- one account's trouble is its own ----------------------------------------------------------

@@ -62,6 +62,16 @@ def workspace_provider(
     return DivergentClient(SANDBOX_API_KEY, url, retry=retry)
 
 
+def sandbox_providers(settings: Settings, sandbox_url: str) -> dict[str, SmsProvider]:
+    """One client per workspace, every one to the sandbox at `sandbox_url`, whatever provider
+    the workspace has: the test kit and `smsbot chat` never reach a real account."""
+    retry = RetryPolicy(attempts=2, max_delay=5.0, max_retry_after=5.0)
+    return {
+        name: DivergentClient(SANDBOX_API_KEY, sandbox_url, retry=retry)
+        for name in settings.workspaces.names
+    }
+
+
 def local_sandbox(settings: Settings) -> Workspace | None:
     """The first workspace that sends to the local sandbox (provider sandbox, no url), if any:
     `smsbot serve` then runs the sandbox, signing its webhooks with that workspace's secret."""
