@@ -24,6 +24,8 @@ from aiohttp import web
 from sqlalchemy import func, select, text
 
 from smsbot.app.assembly import build_provider, build_providers, local_sandbox
+from smsbot.app.serve import _app as serve_app
+from smsbot.app.server.keys import BOT, SANDBOX
 from smsbot.channels.base import OutboundSms
 from smsbot.channels.divergent.client import DivergentClient
 from smsbot.channels.retry import RetryPolicy
@@ -249,6 +251,30 @@ async def test_a_sandbox_workspace_without_a_url_uses_the_local_sandbox(
         finally:
             await client.close()
         assert [m.recipient for m in local.messages] == [phone(1)]
+
+
+async def test_serve_runs_the_sandbox_a_declared_workspace_needs(tmp_path: Path) -> None:
+    """The default account is Divergent; the shop tries things out on the local sandbox."""
+    toml = tmp_path / "smsbot.toml"
+    toml.write_text(f'[workspaces.shop]\nprovider = "sandbox"\nnumbers = ["{VN_B}"]\n')
+    env = {
+        "SMSBOT_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'serve.db'}",
+        "SMSBOT_PROVIDER": "divergent",
+        "SMSBOT_DIVERGENT_API_KEY": "k" * 20,
+        "SMSBOT_WEBHOOK_SECRET": "whsec_" + "s" * 20,
+        "SMSBOT_SANDBOX_PORT": "0",
+    }
+    app = await serve_app(Settings.from_env(env, toml_path=toml), EchoHandler())
+    sandbox, bot = app[SANDBOX], app[BOT]
+    sandbox.webhook_url = None  # no bot listens: no receipts
+    try:
+        assert set(bot.providers) == {"default", "shop"}
+        await bot.provider_for("shop").send(OutboundSms(VN_B, phone(1), "hi"))
+        assert [(m.sender, m.recipient) for m in sandbox.messages] == [(VN_B, phone(1))]
+    finally:
+        for client in bot.providers.values():
+            await client.close()
+        await sandbox.stop()
 
 
 async def test_the_test_kit_sends_every_workspace_to_its_sandbox(tmp_path: Path) -> None:
