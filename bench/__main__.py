@@ -18,7 +18,16 @@ import time
 import traceback
 from collections.abc import Awaitable, Callable
 
-from bench import campaigns, contacts_import, footprint, http_benches, offline, profiler, timers
+from bench import (
+    campaigns,
+    contacts_import,
+    footprint,
+    http_benches,
+    offline,
+    profiler,
+    timers,
+    workspaces,
+)
 from bench.common import QUIET, REPO, Figure, postgres_problem, say, skipped, workdir
 from bench.http_benches import Options
 
@@ -32,6 +41,7 @@ BENCHES: dict[str, Bench] = {
     "footprint": footprint.footprint,
     "campaigns": campaigns.campaigns,
     "contacts": contacts_import.contacts,
+    "workspaces": workspaces.workspaces,
 }
 
 

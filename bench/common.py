@@ -222,10 +222,10 @@ def python_argv(module: str, *args: str) -> list[str]:
 class Provider:
     """The fake provider (smsbot's Sandbox, receipts off) in its own process."""
 
-    def __init__(self, logdir: Path) -> None:
+    def __init__(self, logdir: Path, api_key: str = API_KEY) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        argv = python_argv("bench.provider", "--port", str(self.port), "--api-key", API_KEY)
+        argv = python_argv("bench.provider", "--port", str(self.port), "--api-key", api_key)
         self.child = Child(f"provider-{self.port}", argv, base_env(), logdir)
 
     async def __aenter__(self) -> Provider:

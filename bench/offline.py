@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import dataclasses
 import datetime as dt
 import itertools
 import os
@@ -50,31 +51,48 @@ def write_csv(path: Path, n: int) -> None:
 
 REPLY_GOAL_S = 1.0  # issue 13: a person's reply during a 100,000 bulk run, p99
 PROBE = (
-    '{"id":"evt_%s","timestamp":"2026-01-15T14:22:30Z","workspaceId":"ws_bench","eventType":2,'
-    '"data":{"messageId":"inb_%s","inboundNumber":"' + VN + '","sender":"%s","body":"HOURS",'
+    '{"id":"evt_%s","timestamp":"2026-01-15T14:22:30Z","workspaceId":"%s","eventType":2,'
+    '"data":{"messageId":"inb_%s","inboundNumber":"%s","sender":"%s","body":"HOURS",'
     '"receivedAt":"2026-01-15T14:22:30Z"}}'
 )
 
 
-async def _reply_latencies(port: int, provider: Provider) -> list[float]:
+@dataclasses.dataclass(frozen=True)
+class Probe:
+    """Whom the people text during the bulk run, and where their answers are looked for."""
+
+    to: str = VN  # the number they text
+    secret: str = SECRET  # its webhooks' signing secret
+    workspace_id: str = "ws_bench"  # the workspaceId its webhooks carry
+    prefix: str = "+4477118"  # their phones: prefix + 5 digits, a new one each second
+
+
+async def _reply_latencies(port: int, provider: Provider, probe: Probe = Probe()) -> list[float]:
     """Text HOURS from a new phone every second until cancelled; each reply's latency (s)."""
     latencies: list[float] = []
     waits: list[asyncio.Task[None]] = []
+    refused: list[int] = []
 
     async def one(phone: str, http: aiohttp.ClientSession) -> None:
         key = uuid.uuid4().hex
-        body = (PROBE % (key, key, phone)).encode()
+        body = (PROBE % (key, probe.workspace_id, key, probe.to, phone)).encode()
         ts = str(int(time.time()))
         headers = {
             "Content-Type": "application/json",
             "X-Webhook-Timestamp": ts,
-            "X-Webhook-Signature": sign(SECRET, ts, body),
+            "X-Webhook-Signature": sign(probe.secret, ts, body),
         }
         sent = time.time()
         async with http.post(
             f"http://127.0.0.1:{port}/webhooks/divergent", data=body, headers=headers
         ) as r:
-            await r.read()
+            answer = await r.read()
+        if r.status != 200:  # refused: it can have no answer (counted as 30 s, said once)
+            if not refused:
+                say(f"a probe's webhook was refused: {r.status} {answer[:200]!r}")
+            refused.append(r.status)
+            latencies.append(30.0)
+            return
         for _ in range(600):  # 30 s at most
             if (at := await provider.first_to(phone)) is not None:
                 latencies.append(at - sent)
@@ -85,7 +103,7 @@ async def _reply_latencies(port: int, provider: Provider) -> list[float]:
     async with aiohttp.ClientSession() as http:
         try:
             for i in itertools.count():
-                waits.append(asyncio.create_task(one(f"+4477118{i:05d}", http)))
+                waits.append(asyncio.create_task(one(f"{probe.prefix}{i:05d}", http)))
                 await asyncio.sleep(1.0)
         except asyncio.CancelledError:
             pass
@@ -100,61 +118,104 @@ def _p99(values: list[float]) -> float | None:
     return ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))]
 
 
+@dataclasses.dataclass
+class BulkRun:
+    """What one bulk run measured."""
+
+    n: int
+    sent: int
+    elapsed: float
+    done: bool
+    latencies: list[float]
+    server_peak: float  # MB
+    starter_peak: float  # MB
+
+    @property
+    def rate(self) -> float:
+        return self.sent / self.elapsed
+
+    @property
+    def p99(self) -> float | None:
+        return _p99(self.latencies)
+
+    def reply_note(self) -> str:
+        ordered = sorted(self.latencies)
+        return (
+            f"{len(ordered)} texts (HOURS), one a second, while the campaign was sent;"
+            f" median {ordered[len(ordered) // 2] if ordered else 0:.2f} s,"
+            f" max {max(ordered, default=0):.2f} s"
+        )
+
+
+async def run_bulk(
+    o: Options,
+    n: int,
+    bulk_provider: Provider,
+    *,
+    env: dict[str, str],
+    port: int,
+    replies: tuple[Provider, Probe],
+) -> BulkRun:
+    """`smsbot start appointment --csv` for n rows into a running `smsbot serve` (env, port),
+    until `bulk_provider` has accepted n messages; meanwhile a new phone texts HOURS every
+    second as `replies` says, and each answer's latency is measured at that provider."""
+    path = o.workdir / "bulk.csv"
+    write_csv(path, n)
+    server = Child(f"bulk-serve-{port}", python_argv("smsbot", "serve"), env, o.workdir)
+    server.start()
+    profile = None
+    try:
+        await server.wait_http(f"http://127.0.0.1:{port}/healthz")
+        await asyncio.to_thread(wait_for_quiet)
+        if o.profile:
+            profile = Profile(server.pid, o.workdir / f"profile-{server.name}.txt")
+            await profile.start()
+        cpu0 = cpu_seconds(server.pid)
+        started = time.monotonic()
+        argv = python_argv("smsbot", "start", "appointment", "--csv", str(path))
+        log = (o.workdir / "bulk-start.log").open("wb")
+        starter = subprocess.Popen(argv, env=env, cwd=o.workdir, stdout=log, stderr=log)  # noqa: ASYNC220
+        starter_rusage = asyncio.get_running_loop().run_in_executor(None, os.wait4, starter.pid, 0)
+        limit = 120 if o.quick else 900
+        probing = asyncio.create_task(_reply_latencies(port, *replies))
+        done_at = await bulk_provider.wait_count(n, limit, poll=0.25)
+        probing.cancel()
+        latencies = await probing
+        _, status, rusage = await starter_rusage
+        log.close()
+        sent = await bulk_provider.count()
+        elapsed = (done_at or time.monotonic()) - started
+        server_cpu = cpu_seconds(server.pid) - cpu0
+        server_peak = proc_status_kb(server.pid, "VmHWM") / 1024
+    finally:
+        if profile is not None:
+            profile.work = (n, "message")
+            await profile.stop()
+        await server.stop(30)
+    if profile is not None:
+        report_profile(profile.out)
+    starter_peak = rusage.ru_maxrss / 1024
+    starter_time = rusage.ru_utime + rusage.ru_stime
+    say(
+        f"bulk {n:,}: {sent:,} accepted by the provider in {elapsed:.1f} s"
+        f" ({sent / elapsed:,.0f}/s);"
+        f" `smsbot start` exit {status >> 8}, CPU {starter_time:.1f} s, peak {starter_peak:.0f} MB;"
+        f" server CPU {server_cpu:.1f} s, peak {server_peak:.0f} MB"
+    )
+    return BulkRun(n, sent, elapsed, done_at is not None, latencies, server_peak, starter_peak)
+
+
 async def bulk(o: Options) -> list[Figure]:
     """3. `smsbot start appointment --csv` for N rows, sent by a running `smsbot serve`."""
     n = 10_000 if o.quick else 100_000
-    path = o.workdir / "bulk.csv"
-    write_csv(path, n)
     db = sqlite_url(o.workdir)
     async with Provider(o.workdir) as provider:
         port = free_port()
         env = server_env(db, port, provider.url)
-        server = Child(f"bulk-serve-{port}", python_argv("smsbot", "serve"), env, o.workdir)
-        server.start()
-        profile = None
-        try:
-            await server.wait_http(f"http://127.0.0.1:{port}/healthz")
-            await asyncio.to_thread(wait_for_quiet)
-            if o.profile:
-                profile = Profile(server.pid, o.workdir / f"profile-{server.name}.txt")
-                await profile.start()
-            cpu0 = cpu_seconds(server.pid)
-            started = time.monotonic()
-            argv = python_argv("smsbot", "start", "appointment", "--csv", str(path))
-            log = (o.workdir / "bulk-start.log").open("wb")
-            starter = subprocess.Popen(argv, env=env, cwd=o.workdir, stdout=log, stderr=log)  # noqa: ASYNC220
-            starter_rusage = asyncio.get_running_loop().run_in_executor(
-                None, os.wait4, starter.pid, 0
-            )
-            limit = 120 if o.quick else 900
-            replies = asyncio.create_task(_reply_latencies(port, provider))
-            done_at = await provider.wait_count(n, limit, poll=0.25)
-            replies.cancel()
-            latencies = await replies
-            _, status, rusage = await starter_rusage
-            log.close()
-            sent = await provider.count()
-            elapsed = (done_at or time.monotonic()) - started
-            server_cpu = cpu_seconds(server.pid) - cpu0
-            server_peak = proc_status_kb(server.pid, "VmHWM") / 1024
-        finally:
-            if profile is not None:
-                profile.work = (n, "message")
-                await profile.stop()
-            await server.stop(30)
-        if profile is not None:
-            report_profile(profile.out)
-    starter_peak = rusage.ru_maxrss / 1024
-    starter_time = rusage.ru_utime + rusage.ru_stime
-    rate = sent / elapsed
-    say(
-        f"bulk {n:,}: {sent:,} accepted by the provider in {elapsed:.1f} s ({rate:,.0f}/s);"
-        f" `smsbot start` exit {status >> 8}, CPU {starter_time:.1f} s, peak {starter_peak:.0f} MB;"
-        f" server CPU {server_cpu:.1f} s, peak {server_peak:.0f} MB"
-    )
-    peak = max(starter_peak, server_peak)
-    note = "" if done_at else f"INCOMPLETE: {sent:,} of {n:,} after {elapsed:.0f} s"
-    p99 = _p99(latencies)
+        run = await run_bulk(o, n, provider, env=env, port=port, replies=(provider, Probe()))
+    peak = max(run.starter_peak, run.server_peak)
+    note = "" if run.done else f"INCOMPLETE: {run.sent:,} of {n:,} after {run.elapsed:.0f} s"
+    p99 = run.p99
     return [
         Figure(
             f"3 bulk start {n:,}: a person's reply p99 meanwhile",
@@ -162,17 +223,15 @@ async def bulk(o: Options) -> list[Figure]:
             "s",
             f"< {REPLY_GOAL_S:g} s",
             p99 is not None and p99 < REPLY_GOAL_S,
-            note=f"{len(latencies)} texts (HOURS), one a second, while the campaign was sent;"
-            f" median {sorted(latencies)[len(latencies) // 2] if latencies else 0:.2f} s,"
-            f" max {max(latencies, default=0):.2f} s",
+            note=run.reply_note(),
         ),
         Figure(
             f"3 bulk start {n:,}: messages/s",
-            rate,
+            run.rate,
             "msg/s",
             f"≥ {BULK_GOAL_RATE:,}/s",
-            rate >= BULK_GOAL_RATE and done_at is not None,
-            note=note or f"{elapsed:.1f} s wall",
+            run.rate >= BULK_GOAL_RATE and run.done,
+            note=note or f"{run.elapsed:.1f} s wall",
         ),
         Figure(
             "3 bulk start: peak RSS",
@@ -180,6 +239,6 @@ async def bulk(o: Options) -> list[Figure]:
             "MB",
             f"≤ {BULK_GOAL_MB} MB",
             peak <= BULK_GOAL_MB,
-            note=f"serve {server_peak:.0f} MB, `smsbot start` {starter_peak:.0f} MB",
+            note=f"serve {run.server_peak:.0f} MB, `smsbot start` {run.starter_peak:.0f} MB",
         ),
     ]

@@ -14,6 +14,7 @@ from aiohttp.test_utils import TestClient
 
 from smsbot.app.keys_cli import create_key
 from smsbot.app.server.app import create_app
+from smsbot.channels.base import SmsProvider
 from smsbot.channels.divergent.client import DivergentClient
 from smsbot.channels.retry import RetryPolicy
 from smsbot.channels.sandbox import Sandbox
@@ -86,11 +87,17 @@ async def workspace_bot(db_url: str, sandbox: Sandbox, clock: VirtualClock, **ex
     settings = workspace_settings(db_url, sandbox.url, **extra)
     db = Database(db_url)
     await db.create_all()
-    provider = DivergentClient(
-        API_KEY, sandbox.url, timeout=2.0, retry=RetryPolicy(attempts=2, sleep=no_sleep)
-    )
+    # every workspace's account is the one sandbox here (test_workspaces_outbound has two)
+    providers: dict[str, SmsProvider] = {
+        name: DivergentClient(
+            API_KEY, sandbox.url, timeout=2.0, retry=RetryPolicy(attempts=2, sleep=no_sleep)
+        )
+        for name in settings.workspaces.names
+    }
     runtime = FlowRuntime.from_settings(settings)
-    return Bot(settings, provider=provider, handler=runtime, clock=clock, db=db, poll_interval=0.01)
+    return Bot(
+        settings, providers=providers, handler=runtime, clock=clock, db=db, poll_interval=0.01
+    )
 
 
 async def workspace_api(

@@ -11,6 +11,7 @@ from typing import Any
 
 from aiohttp.test_utils import TestClient
 
+from smsbot.channels.base import SmsProvider
 from smsbot.channels.divergent.client import DivergentClient
 from smsbot.channels.divergent.signature import sign
 from smsbot.channels.retry import RetryPolicy
@@ -138,15 +139,20 @@ class Harness:
 async def make_bot(
     db_url: str, sandbox: Sandbox, handler: StepHandler, clock: Clock, **extra: str
 ) -> Bot:
-    """A Bot on a fresh schema that sends to `sandbox`."""
+    """A Bot on a fresh schema that sends to `sandbox` (every workspace, each its own client)."""
     assert sandbox.url is not None
     settings = settings_for(db_url, sandbox.url, **extra)
     db = Database(db_url)
     await db.create_all()
-    provider = DivergentClient(
-        API_KEY, sandbox.url, timeout=2.0, retry=RetryPolicy(attempts=2, sleep=no_sleep)
+    providers: dict[str, SmsProvider] = {
+        name: DivergentClient(
+            API_KEY, sandbox.url, timeout=2.0, retry=RetryPolicy(attempts=2, sleep=no_sleep)
+        )
+        for name in settings.workspaces.names
+    }
+    return Bot(
+        settings, providers=providers, handler=handler, clock=clock, db=db, poll_interval=0.01
     )
-    return Bot(settings, provider=provider, handler=handler, clock=clock, db=db, poll_interval=0.01)
 
 
 async def conversation_id(s: Any, virtual_number: str, phone: str) -> int:

@@ -23,7 +23,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 from sqlalchemy import create_engine, delete, pool, select, update
 
-from smsbot.app.assembly import build_provider
+from smsbot.app.assembly import build_providers
 from smsbot.app.console.render import HERE
 from smsbot.app.console.security import SESSION_LIFETIME, Sessions
 from smsbot.app.contacts_erase import erase, subject_data
@@ -222,7 +222,7 @@ async def open_console(
     await db.create_all()
     bot = Bot(
         settings,
-        provider=build_provider(settings, sandbox_url=url),
+        providers=build_providers(settings, sandbox_url=url),
         handler=FlowRuntime.from_settings(settings),
         clock=clock,
         db=db,

@@ -309,7 +309,7 @@ async def test_healthz_and_metrics(harness: Harness) -> None:
     await harness.bot.run_until_idle()
     text = await (await harness.client.get("/metrics")).text()
     assert 'smsbot_webhooks_total{result="new",source="divergent",workspace="default"} 1' in text
-    assert "smsbot_messages_sent_total 1" in text
+    assert 'smsbot_messages_sent_total{workspace="default"} 1' in text
     assert 'smsbot_queue_depth{queue="inbox"} 0' in text
     assert "smsbot_step_seconds_count 1" in text
 

@@ -226,6 +226,6 @@ def test_the_documented_two_client_example_loads(tmp_path: Path) -> None:
     # keeps the clinic's flows and HELP text
     router = FlowRuntime.from_settings(settings).router
     clinic = router.binding("+447700900200")
-    assert clinic.flows == {"appointment", "keywords"} and clinic.send_rate == 2.0
+    assert clinic.flows == {"appointment", "keywords"} and clinic.send_rate == 1.0
     assert clinic.compliance.help_text.startswith("Riverside Clinic")
     assert router.binding("+447700900300").flows == {"keywords"}

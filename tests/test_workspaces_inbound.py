@@ -20,6 +20,7 @@ from aiohttp.test_utils import TestClient
 from sqlalchemy import exists, func, select
 
 from smsbot.app.server.app import create_app
+from smsbot.channels.base import SmsProvider
 from smsbot.channels.divergent.client import DivergentClient
 from smsbot.channels.retry import RetryPolicy
 from smsbot.channels.sandbox import Sandbox
@@ -193,11 +194,17 @@ async def rig(db_url: str, sandbox: Sandbox, aiohttp_client: Any) -> AsyncIterat
     runtime = FlowRuntime(settings, SmsTemplates(REPO / "templates"), [Alpha, Beta])
     db = Database(db_url)
     await db.create_all()
-    provider = DivergentClient(
-        API_KEY, sandbox.url, timeout=2.0, retry=RetryPolicy(attempts=2, sleep=no_sleep)
-    )
+    # every workspace's account is the one sandbox here (test_workspaces_outbound has two)
+    providers: dict[str, SmsProvider] = {
+        name: DivergentClient(
+            API_KEY, sandbox.url, timeout=2.0, retry=RetryPolicy(attempts=2, sleep=no_sleep)
+        )
+        for name in settings.workspaces.names
+    }
     clock = VirtualClock(T0)
-    bot = Bot(settings, provider=provider, handler=runtime, clock=clock, db=db, poll_interval=0.01)
+    bot = Bot(
+        settings, providers=providers, handler=runtime, clock=clock, db=db, poll_interval=0.01
+    )
     client = await aiohttp_client(create_app(bot, run_workers=False))
     yield Rig(bot, client, sandbox, clock)
 

@@ -8,7 +8,7 @@ from typing import Any
 
 from sqlalchemy import CompoundSelect, select, update
 
-from smsbot.app.assembly import build_provider
+from smsbot.app.assembly import workspace_provider
 from smsbot.channels.base import OutboundSms
 from smsbot.channels.errors import ProviderError
 from smsbot.clock import SystemClock
@@ -228,23 +228,6 @@ def check_send(
     return recipient, origin, operator_text(settings, text)
 
 
-def account_settings(settings: Settings, workspace: Workspace) -> Settings:
-    """`settings` with `workspace`'s account in the SMSBOT_* fields build_provider reads."""
-    if workspace.name == DEFAULT:
-        return settings
-    changes: dict[str, object] = {"provider": workspace.provider}
-    if workspace.provider == "divergent":
-        changes["divergent_api_key"] = workspace.api_key
-        if workspace.url:
-            changes["divergent_url"] = workspace.url
-    elif workspace.provider == "puresms":
-        changes["puresms_api_key"] = workspace.api_key
-        changes["puresms_test_mode"] = workspace.test_mode
-        if workspace.url:
-            changes["puresms_url"] = workspace.url
-    return settings.replace(**changes)
-
-
 async def send_now(
     settings: Settings, *, to: str, text: str, sender: str | None, workspace: str = DEFAULT
 ) -> str:
@@ -257,11 +240,7 @@ async def send_now(
     clock = SystemClock()
     # The sandbox is local: running or not, so retrying it only delays the answer.
     sandbox = owner.provider == "sandbox"
-    provider = build_provider(
-        account_settings(settings, owner),
-        sandbox_url=owner.url if sandbox else None,
-        attempts=1 if sandbox else 4,
-    )
+    provider = workspace_provider(settings, owner, attempts=1 if sandbox else 4)
     try:
         async with db.session() as s, s.begin():
             stopping = opt_outs_stopping(origin, recipient, workspace)

@@ -9,7 +9,12 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from smsbot.app.assembly import SANDBOX_API_KEY, build_handler, build_provider
+from smsbot.app.assembly import (
+    SANDBOX_API_KEY,
+    build_handler,
+    build_providers,
+    local_sandbox,
+)
 from smsbot.app.database import migrate
 from smsbot.app.dev_key import development_key, key_path
 from smsbot.app.server.app import create_app
@@ -90,12 +95,13 @@ async def _app(settings: Settings, handler: StepHandler) -> web.Application:
         # Local development: one clock for the bot and the sandbox (webhook signatures carry
         # its time) that the console can move forward to fire reminders (docs/console.md).
         clock = OffsetClock()
+    if (uses_sandbox := local_sandbox(settings)) is not None:  # default's or a declared one's
         # The sandbox listens where the bot does, so a container's published port reaches it.
         bot_host = "127.0.0.1" if settings.host in WILDCARDS else settings.host
         sandbox = Sandbox(
             api_key=SANDBOX_API_KEY,
             webhook_url=f"http://{bot_host}:{settings.port}/webhooks/divergent",
-            webhook_secret=settings.webhook_secrets()[0],
+            webhook_secret=uses_sandbox.webhook_secrets[0].get(),
             clock=clock,
         )
         try:
@@ -108,8 +114,8 @@ async def _app(settings: Settings, handler: StepHandler) -> web.Application:
         log.info(
             "sandbox provider on %s: text the bot with POST %s/sandbox/inbound", bound, sandbox_url
         )
-    provider = build_provider(settings, sandbox_url=sandbox_url)
-    bot = Bot(settings, provider=provider, handler=handler, clock=clock)
+    providers = build_providers(settings, sandbox_url=sandbox_url)
+    bot = Bot(settings, providers=providers, handler=handler, clock=clock)
     app = create_app(bot)
     if sandbox is not None:
         app[SANDBOX] = sandbox

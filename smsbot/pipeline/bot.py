@@ -1,4 +1,8 @@
-"""The running bot: database, inbox, provider, dispatcher, sender and scheduler, wired once."""
+"""The running bot: database, inbox, providers, dispatcher, senders and scheduler, wired once.
+
+Each workspace sends through its own provider client (its account) with its own Sender, so
+one client's outage, 429s or backlog never delay another's messages (docs/workspaces.md).
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Mapping
 
 from sqlalchemy import func, select
 
@@ -18,10 +22,11 @@ from smsbot.pipeline.campaigns import CampaignSync, Plan
 from smsbot.pipeline.dispatcher import Dispatcher, StepOutcome
 from smsbot.pipeline.inbox import Inbox
 from smsbot.pipeline.metrics import Metrics
+from smsbot.pipeline.rate_limit import number_rates, workspace_rates
 from smsbot.pipeline.scheduler import TimerScheduler
 from smsbot.pipeline.sender import Sender
 from smsbot.store.engine import Database
-from smsbot.store.models import OutboxState, TimerState, messages_t, timers_t
+from smsbot.store.models import DEFAULT_WORKSPACE, OutboxState, TimerState, messages_t, timers_t
 
 log = logging.getLogger(__name__)
 
@@ -29,13 +34,18 @@ STOP_TIMEOUT = 6.0  # SIGTERM must finish within 10 s: aiohttp and the timers ne
 
 
 class Bot:
-    """Everything `smsbot serve` runs, built from Settings; tests pass their own parts in."""
+    """Everything `smsbot serve` runs, built from Settings; tests pass their own parts in.
+
+    `providers` has one client per workspace (app.assembly.build_providers); `provider` alone
+    is the `default` workspace's, enough when no other workspace is declared.
+    """
 
     def __init__(
         self,
         settings: Settings,
         *,
-        provider: SmsProvider,
+        provider: SmsProvider | None = None,
+        providers: Mapping[str, SmsProvider] | None = None,
         handler: StepHandler,
         clock: Clock | None = None,
         db: Database | None = None,
@@ -46,20 +56,29 @@ class Bot:
         self.clock = clock or SystemClock()
         self.db = db or Database(settings.database_url, hide_parameters=not settings.log_sensitive)
         self.metrics = metrics or Metrics()
-        self.provider = provider
+        self.providers = _clients(settings, provider, providers)
+        self.provider = self.providers[DEFAULT_WORKSPACE]
         self.handler = handler
         self.inbox = Inbox(self.db, self.clock)
-        self.sender = Sender(
-            self.db,
-            provider,
-            self.clock,
-            metrics=self.metrics,
-            batch_size=settings.send_batch_size,
-            rate_per_second=settings.send_rate_per_second,
-            lease_seconds=settings.lease_seconds,
-            resend_grace=settings.resend_grace,
-            poll_interval=poll_interval,
-        )
+        rates = number_rates(settings.numbers)
+        self.senders: dict[str, Sender] = {}
+        for w in settings.workspaces:
+            per_sender, account = workspace_rates(settings, w)
+            self.senders[w.name] = Sender(
+                self.db,
+                self.providers[w.name],
+                self.clock,
+                workspace=w.name,
+                metrics=self.metrics,
+                batch_size=settings.send_batch_size,
+                rate_per_second=per_sender,
+                number_rates=rates,
+                account_rate=account,
+                lease_seconds=settings.lease_seconds,
+                resend_grace=settings.resend_grace,
+                poll_interval=poll_interval,
+            )
+        self.sender = self.senders[DEFAULT_WORKSPACE]
         self.dispatcher = Dispatcher(
             self.db,
             handler,
@@ -70,7 +89,8 @@ class Bot:
             poll_interval=poll_interval,
             on_commit=self._after_step,
         )
-        self.sender.on_event = self.dispatcher.notify
+        for sender in self.senders.values():
+            sender.on_event = self.dispatcher.notify
         self.scheduler = TimerScheduler(
             settings,
             self.db,
@@ -86,14 +106,20 @@ class Bot:
 
     def _after_step(self, outcome: StepOutcome) -> None:
         if outcome.queued_messages:
-            self.sender.notify()
+            self.notify_senders()
         if outcome.timers_changed:
             self.scheduler.notify()
 
+    def notify_senders(self) -> None:
+        """Wake every workspace's sender: messages were queued (or became due)."""
+        for sender in self.senders.values():
+            sender.notify()
+
     def provider_for(self, workspace: str) -> SmsProvider:
-        """The provider client of `workspace`'s account."""
-        # One account today; per-workspace clients are built by app/assembly.py (issue 14).
-        return self.provider
+        """The provider client of `workspace`'s account (KeyError naming the workspaces)."""
+        if workspace not in self.providers:
+            raise KeyError(f"no workspace {workspace!r}; workspaces: {', '.join(self.providers)}")
+        return self.providers[workspace]
 
     @property
     def runs_workers(self) -> bool:
@@ -107,7 +133,10 @@ class Bot:
             await self.scheduler.start()  # campaigns for leadership; the leader runs APScheduler
             self._tasks = [
                 asyncio.create_task(self._supervise(self.dispatcher.run()), name="dispatcher"),
-                asyncio.create_task(self._supervise(self.sender.run()), name="sender"),
+                *(
+                    asyncio.create_task(self._supervise(sender.run()), name=f"sender {name}")
+                    for name, sender in self.senders.items()
+                ),
             ]
 
     async def _supervise(self, work: Awaitable[None]) -> None:
@@ -121,7 +150,8 @@ class Bot:
     async def stop(self) -> None:
         """Stop timers and claiming work, finish steps in flight, flush the inbox, close."""
         self.dispatcher.stop()
-        self.sender.stop()
+        for sender in self.senders.values():
+            sender.stop()
         # Timers first (the loops wind down meanwhile): no firing may outlive the database.
         await self.scheduler.stop()
         if self._tasks:
@@ -132,7 +162,8 @@ class Bot:
                     await task
             self._tasks = []
         await self.inbox.stop()
-        await self.provider.close()
+        for client in {id(p): p for p in self.providers.values()}.values():
+            await client.close()
         await self.db.dispose()
 
     async def fire_due_timers(self) -> int:
@@ -143,10 +174,23 @@ class Bot:
         """Dispatch and send until nothing is due (tests, `smsbot chat`): steps + sends done."""
         total = 0
         while True:
-            n = await self.dispatcher.run_until_idle() + await self.sender.send_until_idle()
+            n = await self.dispatcher.run_until_idle() + await self.send_until_idle()
             if n == 0:
                 return total
             total += n
+
+    async def send_until_idle(self) -> int:
+        """Every workspace's sender sends what is due, side by side: how many were handed over.
+
+        Side by side, so an account that hangs or refuses does not hold up another's sends.
+        """
+        results = await asyncio.gather(
+            *(s.send_until_idle() for s in self.senders.values()), return_exceptions=True
+        )
+        for result in results:  # every sender finished its round; then the first error
+            if isinstance(result, BaseException):
+                raise result
+        return sum(r for r in results if isinstance(r, int))
 
     async def next_due(self, until: dt.datetime) -> dt.datetime | None:
         """The first instant after now, up to `until`, when a timer or a held message is due.
@@ -161,11 +205,39 @@ class Bot:
             timers_t.c.due_at > now,
             timers_t.c.due_at <= until,
         )
-        message = select(func.min(messages_t.c.send_after)).where(
-            messages_t.c.outbox == OutboxState.PENDING.value,
-            messages_t.c.send_after > now,
-            messages_t.c.send_after <= until,
-        )
+        # per workspace, on ix_messages_outbox (outbox state, workspace, send_after)
+        messages = [
+            select(func.min(messages_t.c.send_after)).where(
+                messages_t.c.workspace == name,
+                messages_t.c.outbox == OutboxState.PENDING.value,
+                messages_t.c.send_after > now,
+                messages_t.c.send_after <= until,
+            )
+            for name in self.senders
+        ]
         async with self.db.session() as s:
-            times = [(await s.execute(q)).scalar_one_or_none() for q in (timer, message)]
+            times = [(await s.execute(q)).scalar_one_or_none() for q in (timer, *messages)]
         return min((t for t in times if t is not None), default=None)
+
+
+def _clients(
+    settings: Settings,
+    provider: SmsProvider | None,
+    providers: Mapping[str, SmsProvider] | None,
+) -> dict[str, SmsProvider]:
+    """One provider client per workspace, each workspace's messages sent only through its own."""
+    clients = dict(providers or {})
+    if provider is not None:
+        if clients.get(DEFAULT_WORKSPACE, provider) is not provider:
+            raise ValueError("Bot: provider and providers['default'] differ; pass one of them")
+        clients[DEFAULT_WORKSPACE] = provider
+    missing = [name for name in settings.workspaces.names if name not in clients]
+    if missing:
+        raise ValueError(
+            f"Bot: no provider client for workspace(s) {', '.join(missing)}: pass providers="
+            " with one client per workspace (smsbot.app.assembly.build_providers builds them)"
+        )
+    unknown = sorted(set(clients) - set(settings.workspaces.names))
+    if unknown:
+        raise ValueError(f"Bot: providers for unknown workspace(s) {', '.join(unknown)}")
+    return clients

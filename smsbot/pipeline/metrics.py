@@ -42,8 +42,13 @@ class Metrics:
         self._help.setdefault(name, ("gauge", name.replace("_", " ")))
 
     def value(self, name: str, /, **labels: str) -> float:
-        """Return a counter's current value (tests and the CLI use this)."""
-        return self._counters.get(name, {}).get(tuple(sorted(labels.items())), 0.0)
+        """Return a counter's current value: the sum of its series that carry these labels (as
+        Prometheus's sum() would), so value("x") counts every workspace and value("x",
+        workspace="a") one. Tests, the console and the CLI use this."""
+        wanted = set(labels.items())
+        return sum(
+            value for key, value in self._counters.get(name, {}).items() if wanted.issubset(key)
+        )
 
     def render(self) -> str:
         """Return every metric in the Prometheus text exposition format."""

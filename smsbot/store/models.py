@@ -176,9 +176,13 @@ class MessageRow(SQLModel, table=True):
 
     __tablename__ = "messages"
     __table_args__ = (
-        Index("ix_messages_outbox", "outbox", "send_after", "created_at"),
+        # Each workspace's sender claims its own messages (pipeline/outbox.py): by outbox state
+        # and workspace, so one client's backlog is never read by another's claim (migration
+        # 0013). The state leads: counts of the whole outbox (/metrics) use it too, and a
+        # query by workspace alone (a receipt's match) is not drawn to it.
+        Index("ix_messages_outbox", "outbox", "workspace", "send_after", "created_at"),
         # the sender's interactive lane: replies found past a campaign's pending backlog
-        Index("ix_messages_lane", "outbox", "origin", "send_after", "created_at"),
+        Index("ix_messages_lane", "outbox", "workspace", "origin", "send_after", "created_at"),
         Index("ix_messages_key", "virtual_number", "phone", "created_at"),
     )
 

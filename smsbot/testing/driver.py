@@ -24,7 +24,7 @@ import aiohttp
 from aiohttp import web
 from sqlalchemy import select
 
-from smsbot.app.assembly import SANDBOX_API_KEY, build_provider
+from smsbot.app.assembly import SANDBOX_API_KEY, sandbox_providers
 from smsbot.app.operations import OperatorError, resolve_recipient, resolve_sender
 from smsbot.app.server.app import create_app
 from smsbot.channels.sandbox import Sandbox
@@ -160,9 +160,11 @@ class BotDriver:
         db = Database(self.settings.database_url)
         self._stack.push_async_callback(db.dispose)  # again after the app's cleanup: harmless
         await db.create_all()
-        provider = build_provider(self.settings, sandbox_url=url)
-        self._stack.push_async_callback(provider.close)
-        bot = Bot(self.settings, provider=provider, handler=runtime, clock=self.clock, db=db)
+        # every workspace's client to the sandbox: a test never reaches a real account
+        providers = sandbox_providers(self.settings, url)
+        for provider in providers.values():
+            self._stack.push_async_callback(provider.close)
+        bot = Bot(self.settings, providers=providers, handler=runtime, clock=self.clock, db=db)
         # No background workers: each action runs the bot until idle, so tests never race it.
         runner = web.AppRunner(create_app(bot, run_workers=False), access_log=None)
         await runner.setup()  # starts the bot; its cleanup stops it

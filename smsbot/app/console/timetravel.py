@@ -57,7 +57,7 @@ async def next_due(bot: Bot, limit: dt.timedelta = MAX_ADVANCE) -> dt.datetime |
 
 async def _fire_and_settle(bot: Bot) -> int:
     fired = await bot.fire_due_timers()
-    bot.sender.notify()  # messages held until now (quiet hours) are due
+    bot.notify_senders()  # messages held until now (quiet hours) are due
     if not bot.runs_workers:
         await bot.run_until_idle()
         return fired

@@ -1,0 +1,259 @@
+"""One workspace's outbox in SQL: what a claim takes (two lanes), lapsed claims, outcomes.
+
+The Sender (sender.py) decides when to claim and what an error means; this is the SQL it runs,
+each function inside the one transaction (Database.read / Database.write) the Sender opens. Every
+query is filtered by the outbox state and the workspace, the first two columns of
+ix_messages_outbox and ix_messages_lane (migration 0013): one workspace's backlog is never
+read by another's claim.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+from collections.abc import Callable
+from typing import Any
+
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Select,
+    and_,
+    case,
+    exists,
+    literal,
+    or_,
+    select,
+    update,
+)
+
+from smsbot.engine.contract import Origin
+from smsbot.pipeline.receipts import enqueue_send_failed
+from smsbot.sms.status import DeliveryStatus
+from smsbot.store.models import DEFAULT_WORKSPACE, OutboxState, messages_t, opt_out_blocks
+from smsbot.store.types import UTCDateTime
+
+# Answers to a person: the outbox's interactive lane (see Outbox.due).
+INTERACTIVE = (Origin.REPLY.value, Origin.COMPLIANCE.value)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Claimed:
+    """One outbound message claimed for sending."""
+
+    id: str
+    sender: str
+    recipient: str
+    body: str
+    encoding: str
+    attempts: int
+    created_at: dt.datetime
+    origin: str | None = None
+    workspace: str = DEFAULT_WORKSPACE
+
+
+# (message ids, the provider's batch or message id) of one accepted call
+Sent = tuple[list[str], str | None]
+# (the message, the error's text, the columns to set: retry later or failed for good)
+Failed = tuple[Claimed, str, dict[str, Any]]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Outbox:
+    """The statements of one workspace's sender."""
+
+    workspace: str
+    batch_size: int
+    lease: dt.timedelta
+    resend_grace: dt.timedelta
+    postgres: bool
+
+    def look(self, conn: Connection, now: dt.datetime, sweep: bool) -> tuple[set[str], bool]:
+        """In a read: the senders of the messages a claim would take now; any lapsed claim?"""
+        senders = {vn for (vn,) in conn.execute(self.due(now, messages_t.c.virtual_number))}
+        lapsed = select(messages_t.c.id).where(self.lapsed(now)).limit(1)
+        return senders, sweep and conn.execute(lapsed).first() is not None
+
+    def due(
+        self,
+        now: dt.datetime,
+        *columns: ColumnElement[Any],
+        interactive: bool = False,
+        limit: int | None = None,
+    ) -> Select[Any]:
+        """This workspace's messages a claim takes, oldest first: due, and none to the same phone
+        in flight (ix_messages_outbox: other workspaces' backlog is not read).
+
+        `interactive`: only answers to a person (replies, STOP/START/HELP) that are the oldest
+        pending message of their conversation, so the lane never reorders a conversation.
+        """
+        m = messages_t
+        # One send at a time per conversation, across processes: a message waits while
+        # another to the same phone from the same number is in flight. So a reply claimed
+        # just before a STOP reaches the provider before the STOP's confirmation, never after.
+        other = m.alias("other")
+        in_flight = exists().where(
+            and_(
+                other.c.virtual_number == m.c.virtual_number,
+                other.c.phone == m.c.phone,
+                other.c.outbox == OutboxState.INFLIGHT.value,
+                other.c.lease_until >= now,
+            )
+        )
+        query = select(*columns).where(
+            m.c.workspace == self.workspace,
+            m.c.outbox == OutboxState.PENDING.value,
+            m.c.send_after <= now,
+            ~in_flight,
+        )
+        if interactive:
+            older = m.alias("older")
+            query = query.where(
+                m.c.origin.in_(INTERACTIVE),  # on ix_messages_lane, past any bulk backlog
+                ~exists().where(
+                    and_(
+                        older.c.virtual_number == m.c.virtual_number,
+                        older.c.phone == m.c.phone,
+                        older.c.outbox == OutboxState.PENDING.value,
+                        older.c.id != m.c.id,
+                        # written earlier, or in the same instant and not an answer itself
+                        # (one step's messages share a time): left to the send-order lane
+                        or_(
+                            older.c.created_at < m.c.created_at,
+                            and_(
+                                older.c.created_at == m.c.created_at,
+                                older.c.origin.not_in(INTERACTIVE),
+                            ),
+                        ),
+                    )
+                ),
+            )
+        return query.order_by(m.c.send_after, m.c.created_at).limit(limit or self.batch_size)
+
+    def claim(
+        self, conn: Connection, now: dt.datetime, sweep: bool, take: Callable[[str], bool]
+    ) -> tuple[set[str], list[Any], int]:
+        """In the claim's transaction: (the senders of what was due, the rows taken, how many
+        were blocked by an opt-out). `take(sender)` is the rate limit: False leaves it pending."""
+        m = messages_t
+        if sweep:
+            self.recover_lapsed(conn, now)
+        # a number's own STOP, and for an alphanumeric sender any of the phone's in this
+        # workspace (opt_out_blocks): another client's STOP never silences this one
+        opted_out = exists().where(opt_out_blocks(m.c.virtual_number, m.c.phone, self.workspace))
+        columns = (
+            m.c.id,
+            m.c.virtual_number,
+            m.c.phone,
+            m.c.body,
+            m.c.encoding,
+            m.c.attempts,
+            m.c.created_at,
+            m.c.origin,
+            opted_out.label("opted_out"),
+        )
+
+        def run(query: Select[Any]) -> list[Any]:
+            if self.postgres:
+                query = query.with_for_update(of=m, skip_locked=True)
+            return list(conn.execute(query).all())
+
+        # Two lanes: answers to people first, up to half the batch, so a reply never waits
+        # behind a campaign's backlog; then everything in send order, so bulk keeps moving.
+        rows = run(self.due(now, *columns, interactive=True, limit=max(1, self.batch_size // 2)))
+        if (room := self.batch_size - len(rows)) > 0:
+            rest = self.due(now, *columns, limit=room)
+            if rows:
+                rest = rest.where(m.c.id.not_in([r.id for r in rows]))
+            rows += run(rest)
+        # Opt-out is checked as the message is claimed: only the STOP confirmation itself
+        # goes to a phone that opted out; everything else is marked suppressed, never sent.
+        blocked = {r.id for r in rows if r.opted_out and r.origin != Origin.COMPLIANCE.value}
+        if blocked:
+            conn.execute(
+                update(m)
+                .where(m.c.id.in_(blocked))
+                .values(
+                    outbox=OutboxState.DONE.value,
+                    status=DeliveryStatus.SUPPRESSED.value,
+                    status_at=now,
+                )
+            )
+            rows = [r for r in rows if r.id not in blocked]
+        taken = [r for r in rows if take(r.virtual_number)]
+        if taken:
+            conn.execute(
+                update(m)
+                .where(m.c.id.in_([r.id for r in taken]))
+                .values(
+                    outbox=OutboxState.INFLIGHT.value,
+                    lease_until=now + self.lease,
+                    attempts=m.c.attempts + 1,
+                )
+            )
+        return {r.virtual_number for r in rows}, taken, len(blocked)
+
+    @staticmethod
+    def write_outcomes(
+        conn: Connection,
+        sent: list[Sent],
+        failed: list[Failed],
+        now: dt.datetime,
+    ) -> int:
+        """Record each send's outcome; return how many messages failed for good."""
+        m = messages_t
+        # A receipt may have arrived before this answer: never move status back (nor wipe
+        # the error it recorded; only an earlier attempt's error goes). One UPDATE does both.
+        queued = m.c.status == DeliveryStatus.QUEUED.value
+        for ids, batch_id in sent:
+            conn.execute(
+                update(m)
+                .where(m.c.id.in_(ids))
+                .values(
+                    outbox=OutboxState.DONE.value,
+                    sent_at=now,
+                    batch_id=batch_id if len(ids) > 1 else None,
+                    provider_message_id=batch_id if len(ids) == 1 else None,
+                    status=case((queued, DeliveryStatus.ACCEPTED.value), else_=m.c.status),
+                    status_at=case((queued, literal(now, UTCDateTime())), else_=m.c.status_at),
+                    error=case((queued, None), else_=m.c.error),
+                )
+            )
+        gave_up = 0
+        for claimed, reason, values in failed:
+            conn.execute(update(m).where(m.c.id == claimed.id).values(error=reason, **values))
+            if values.get("status") == DeliveryStatus.FAILED.value:
+                gave_up += 1
+                # In this transaction: the flow hears of it exactly once, crash or not.
+                enqueue_send_failed(conn, claimed, reason, now)
+        return gave_up
+
+    def lapsed(self, now: dt.datetime) -> ColumnElement[bool]:
+        """Claims whose process died (their lease lapsed) that recover_lapsed settles now.
+
+        If a receipt (matched by clientReference) has moved the status on, the provider has
+        the message: it is done and must not go again. With no receipt we cannot tell whether
+        the call got through, so it waits `resend_grace` for one (the provider retries
+        receipts) before it is sent again.
+        """
+        m = messages_t
+        return and_(
+            m.c.workspace == self.workspace,
+            m.c.outbox == OutboxState.INFLIGHT.value,
+            m.c.lease_until < now,
+            or_(
+                m.c.status != DeliveryStatus.QUEUED.value,
+                m.c.lease_until < now - self.resend_grace,
+            ),
+        )
+
+    def recover_lapsed(self, conn: Connection, now: dt.datetime) -> None:
+        m = messages_t
+        moved_on = m.c.status != DeliveryStatus.QUEUED.value
+        conn.execute(
+            update(m)
+            .where(self.lapsed(now))
+            .values(
+                outbox=case((moved_on, OutboxState.DONE.value), else_=OutboxState.PENDING.value)
+            )
+        )
