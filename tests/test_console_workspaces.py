@@ -431,9 +431,12 @@ async def test_a_workspace_key_signs_in_to_its_workspace(
     plain_url = db_url.replace("+aiosqlite", "").replace("+asyncpg", "")
     monkeypatch.setenv("SMSBOT_DATABASE_URL", plain_url)
     assert await asyncio.to_thread(main, ["keys", "create", "--workspace", "a"]) == 0
-    printed = KEY_LIKE.findall(capsys.readouterr().out)
+    out = capsys.readouterr().out
+    printed = KEY_LIKE.findall(out)
     assert printed, "smsbot keys create printed no key"
     workspace_key = max(printed, key=len)
+    key_id = re.search(r"key_[0-9a-f]{12}", out)
+    assert key_id is not None, out
     async with open_console(db_url, tmp_path, aiohttp_client, workspaces=WORKSPACES) as c:
         ids = await seed(c)
         resp = await c.sign_in(workspace_key)
@@ -444,3 +447,7 @@ async def test_a_workspace_key_signs_in_to_its_workspace(
         assert (
             await c.client.get(f"/console/conversations/{ids.conversations['b']}")
         ).status == 404
+        # revoking the key ends the session it opened, from the next page on
+        assert await asyncio.to_thread(main, ["keys", "revoke", key_id.group(0)]) == 0
+        resp = await c.client.get("/console/conversations", allow_redirects=False)
+        assert resp.status in (302, 303) and "sign-in" in resp.headers["Location"]

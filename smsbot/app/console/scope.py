@@ -25,6 +25,7 @@ from smsbot.app.console.security import (
     set_cookie,
     signing_secret,
 )
+from smsbot.app.credentials import active_key
 from smsbot.app.server.keys import BOT
 from smsbot.engine.flow import Flow
 from smsbot.engine.runtime import FlowRuntime
@@ -37,15 +38,22 @@ log = logging.getLogger(__name__)
 async def checked_session(request: web.Request) -> Session | None:
     """The request's session if its cookie is genuine and its workspace is still configured.
 
-    A workspace credential's session ends when its workspace leaves the configuration; an
-    admin acting in a workspace that left acts in `default` again.
+    A workspace credential's session ends when its key is revoked or its workspace leaves the
+    configuration; an admin acting in a workspace that left acts in `default` again.
     """
     session = read_session(request)
     if session is None:
         return None
-    workspaces = request.config_dict[BOT].settings.workspaces
+    bot = request.config_dict[BOT]
+    workspaces = bot.settings.workspaces
     if session.scope is not None:
-        return session if session.scope in workspaces else None
+        if session.scope not in workspaces:
+            return None
+        # A revoked key ends its sessions at once, as it ends its API calls and tokens: one
+        # primary-key read per page of a workspace session (the admin key is settings').
+        key_id = session.who.split(" ", 1)[0]
+        info = await bot.db.read(lambda conn: active_key(conn, key_id=key_id))
+        return session if info is not None and info.workspace == session.scope else None
     if session.workspace not in workspaces:
         return dataclasses.replace(session, workspace=DEFAULT)
     return session
