@@ -19,10 +19,10 @@ from typing import Any
 
 import pytest
 from sqlalchemy import select
-from yarl import URL
 
 from smsbot.app.cli import main
 from smsbot.app.console.security import Sessions
+from smsbot.app.keys_cli import create_key
 from smsbot.config import Secret
 from smsbot.store.models import (
     Direction,
@@ -357,11 +357,9 @@ def test_a_session_carries_its_scope_and_the_admins_choice() -> None:
 
 
 async def as_workspace_key(c: Console, workspace: str) -> None:
-    """The session a workspace credential's sign-in opens (the same signed cookie)."""
-    cookie = Sessions().open(Secret(KEY), "key-of-a", workspace)
-    c.client.session.cookie_jar.update_cookies(
-        {"smsbot_console": cookie}, response_url=URL(str(c.client.make_url("/console/")))
-    )
+    """Sign in with a fresh key of `workspace` (as `smsbot keys create` makes one)."""
+    made = await c.bot.db.write(lambda conn: create_key(conn, workspace, None))
+    assert (await c.sign_in(made["key"])).status == 303
 
 
 async def test_a_workspace_credentials_session_sees_and_acts_in_its_workspace_only(
