@@ -41,9 +41,9 @@ from smsbot.config_values import parse_duration as parse_duration
 from smsbot.config_values import port_in_use as port_in_use
 from smsbot.engine.quiet_hours import parse_window
 from smsbot.hints import did_you_mean
+from smsbot.workspace_tables import build as build_workspaces
+from smsbot.workspace_tables import parse_tables as parse_workspace_tables
 from smsbot.workspaces import Workspaces
-from smsbot.workspaces import build as build_workspaces
-from smsbot.workspaces import parse_tables as parse_workspace_tables
 
 DEFAULT_TOML = Path("smsbot.toml")
 # Read by tests and tools rather than by Settings, so they are not typos.
