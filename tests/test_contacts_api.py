@@ -242,8 +242,10 @@ async def test_a_large_import_body_is_never_held_in_memory(api: Api) -> None:
     large = await _import_peak(api, 1_000_000, 100_000)  # five times the rows (~3.5 MB)
     assert await count(api, contacts_t) == 120_000
     # Held whole, the body and its parsed rows would grow the peak about five-fold; streamed
-    # (spooled to a file, written a batch at a time) it stays where the small import's was.
-    assert large < small * 1.5, f"peak {small:,} bytes for 20,000 rows, {large:,} for 100,000"
+    # (spooled to a file, written a batch at a time) it stays near the small import's. Not
+    # 1.5: on a loaded machine the server reads behind the client and aiohttp's buffers of
+    # the body in flight reached 1.51 (7.66 MB against 5.07 MB); 2 still catches five-fold.
+    assert large < small * 2, f"peak {small:,} bytes for 20,000 rows, {large:,} for 100,000"
 
 
 async def test_erasure_through_the_api_keeps_the_stop(api: Api) -> None:
