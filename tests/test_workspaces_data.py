@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import create_engine, func, select, text
+from sqlalchemy import bindparam, create_engine, func, select, text
 
 from smsbot.clock import VirtualClock
 from smsbot.config import ConfigError, Settings
@@ -32,6 +32,7 @@ from smsbot.sms.templates import SmsTemplates
 from smsbot.store.engine import Database
 from smsbot.store.migrate import HEAD, upgrade
 from smsbot.store.models import contact_groups_t, contacts_t, timers_t
+from smsbot.store.types import UTCDateTime
 from tests.test_workspaces_inbound import A_VN, B_VN, UNOWNED_VN, Alpha, Beta
 
 T0 = dt.datetime(2026, 1, 15, 14, 0, tzinfo=dt.UTC)
@@ -272,11 +273,13 @@ async def test_a_database_from_before_workspaces_upgrades_into_default(db_url: s
     sync_url = db_url.replace("+aiosqlite", "").replace("+asyncpg", "+psycopg")
     await asyncio.to_thread(upgrade, sync_url, "0009")
     engine = create_engine(sync_url)
-    params = {"vn": A_VN, "phone": PHONE, "at": T0.replace(tzinfo=None)}
-    try:
+    params = {"vn": A_VN, "phone": PHONE, "at": T0}
+    at = bindparam("at", type_=UTCDateTime())  # SQLAlchemy's own datetime binding: Python
+    try:  # 3.12+ deprecates sqlite3's default adapter (a warning is an error in the tests)
         with engine.begin() as conn:
             for statement in ROWS_AT_0009:
-                conn.execute(text(statement), params)
+                query = text(statement)
+                conn.execute(query.bindparams(at) if ":at" in statement else query, params)
         await asyncio.to_thread(upgrade, sync_url)
         with engine.begin() as conn:
             assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == HEAD
@@ -288,7 +291,7 @@ async def test_a_database_from_before_workspaces_upgrades_into_default(db_url: s
                 text(
                     "INSERT INTO contacts (workspace, phone, fields, created_at)"
                     " VALUES ('a', :phone, '{}', :at)"
-                ),
+                ).bindparams(at),
                 params,
             )
             assert conn.execute(select(func.count()).select_from(contacts_t)).scalar() == 2
