@@ -14,13 +14,14 @@ from sqlalchemy import Engine, create_engine, pool, select
 from smsbot import Conversation, Flow, State
 from smsbot.app.cli import main
 from smsbot.app.contacts_erase import erase, subject_data
-from smsbot.app.contacts_io import ContactsError, export_csv, import_csv
+from smsbot.app.contacts_io import ContactsError, export_csv, import_csv, used_fields
 from smsbot.app.database import migrate
 from smsbot.app.operations import OperatorError, send_now
 from smsbot.config import ConfigError, Settings
 from smsbot.engine.contact import Contact, ContactSnapshot, FieldTypeError, parse_field
-from smsbot.pipeline.contacts import suppression_hash
+from smsbot.pipeline.contacts import field_types, suppression_hash
 from smsbot.store.models import (
+    contact_fields_t,
     contact_groups_t,
     contacts_t,
     conversations_t,
@@ -170,6 +171,39 @@ def test_an_import_reports_every_bad_row_by_line_and_imports_the_rest(
         },
     }
     assert _groups(engine, "patients") == {ANN, "+447700900125"}
+
+
+def test_each_workspace_declares_its_own_field_types(engine: Engine, tmp_path: Path) -> None:
+    """One client's `visit` is a datetime, another's free text; neither sees the other's."""
+    path = tmp_path / "visits.csv"
+
+    def load(workspace: str, text: str) -> tuple[list[str], list[str]]:
+        path.write_text(text, encoding="utf-8")
+        report = import_csv(
+            engine, path, region="GB", config_fields={}, now=NOW, workspace=workspace
+        )
+        return report.bad, report.new_fields
+
+    with engine.begin() as conn:  # a declares visit a datetime, as an earlier import could
+        conn.execute(
+            contact_fields_t.insert().values(
+                workspace="a", name="visit", type="datetime", created_at=NOW
+            )
+        )
+    assert load("a", f"phone,visit\n{ANN},next tuesday\n") == (
+        ["line 2: field 'visit': 'next tuesday' is not a datetime"
+         " (write it like 2026-03-01T09:30:00+00:00)"],
+        [],
+    )  # fmt: skip
+    # b's import of the same column is its own: text, a new field of b's
+    assert load("b", f"phone,visit,shoe\n{ANN},next tuesday,42\n") == ([], ["visit", "shoe"])
+    with engine.connect() as conn:
+        assert field_types(conn, "a") == {"visit": "datetime"}  # b's shoe is not a's
+        assert field_types(conn, "b") == {"visit": "text", "shoe": "text"}
+        assert used_fields(conn, "a") == [] and used_fields(conn, "b") == ["shoe", "visit"]
+    out = io.StringIO()
+    export_csv(engine, out, workspace="a")
+    assert "shoe" not in out.getvalue()
 
 
 def test_a_reimport_upserts_by_phone_and_keeps_what_it_does_not_mention(

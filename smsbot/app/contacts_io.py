@@ -31,6 +31,7 @@ from sqlalchemy import Connection, Engine, select, text
 
 from smsbot.app.contacts_write import ImportRow, write_batch
 from smsbot.engine.contact import FieldTypeError, check_field_name, encode, parse_field
+from smsbot.pipeline.contacts import field_types
 from smsbot.sms.phone import PhoneNumberError, normalize
 from smsbot.sms.zones import iana_zone
 from smsbot.store.models import contact_fields_t, contact_groups_t, contacts_t
@@ -44,8 +45,8 @@ STANDARD = ("phone", "name", "language", "timezone", "groups")
 
 Progress = Callable[[int, int], None]
 
-_DECLARE = insert_on_conflict(contact_fields_t, ["name"], update=("type",))
-_NEW_FIELD = insert_on_conflict(contact_fields_t, ["name"])
+_DECLARE = insert_on_conflict(contact_fields_t, ["workspace", "name"], update=("type",))
+_NEW_FIELD = insert_on_conflict(contact_fields_t, ["workspace", "name"])
 
 
 class ContactsError(Exception):
@@ -68,13 +69,18 @@ class ImportReport:
         )
 
 
-def declared_types(conn: Connection, config: Mapping[str, str], now: dt.datetime) -> dict[str, str]:
-    """Field types: smsbot.toml's [contacts.fields] over those earlier imports declared."""
+def declared_types(
+    conn: Connection, config: Mapping[str, str], now: dt.datetime, workspace: str
+) -> dict[str, str]:
+    """`workspace`'s field types: smsbot.toml's [contacts.fields] (every workspace's) over
+    those its earlier imports declared."""
     if config:
-        rows = [{"name": n, "type": k, "created_at": now} for n, k in config.items()]
+        rows = [
+            {"workspace": workspace, "name": n, "type": k, "created_at": now}
+            for n, k in config.items()
+        ]
         conn.execute(_DECLARE, rows)
-    found = conn.execute(select(contact_fields_t.c.name, contact_fields_t.c.type))
-    return {name: kind for name, kind in found.all()}
+    return field_types(conn, workspace)
 
 
 def _header(reader: Iterator[list[str]], path: str) -> list[str]:
@@ -267,11 +273,15 @@ def import_file(
     try:
         names = _header(reader, label)
         with engine.begin() as conn:
-            types = declared_types(conn, config_fields, now)
+            types = declared_types(conn, config_fields, now, workspace)
             new = [n for n in names if n not in STANDARD and n not in types]
             if new:
                 conn.execute(
-                    _NEW_FIELD, [{"name": n, "type": "text", "created_at": now} for n in new]
+                    _NEW_FIELD,
+                    [
+                        {"workspace": workspace, "name": n, "type": "text", "created_at": now}
+                        for n in new
+                    ],
                 )
                 types.update(dict.fromkeys(new, "text"))
                 report.new_fields = new
@@ -297,7 +307,7 @@ _USED_FIELDS = {
 def used_fields(conn: Connection, workspace: str) -> list[str]:
     """The custom fields `workspace`'s contacts hold, by name."""
     used = set(conn.execute(text(_USED_FIELDS[conn.dialect.name]), {"workspace": workspace}))
-    declared = set(conn.execute(select(contact_fields_t.c.name)).scalars().all())
+    declared = set(field_types(conn, workspace))
     return sorted(declared & {str(name) for (name,) in used})
 
 

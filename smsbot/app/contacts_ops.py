@@ -26,6 +26,7 @@ from smsbot.engine.contact import (
     infer_type,
     parse_field,
 )
+from smsbot.pipeline.contacts import field_types
 from smsbot.sms.phone import PhoneNumberError, normalize
 from smsbot.sms.zones import UnknownTimeZoneError, iana_zone
 from smsbot.store.models import contact_fields_t, contact_groups_t, contacts_t
@@ -35,7 +36,7 @@ from smsbot.workspaces import DEFAULT
 MAX_GROUPS = 100  # group names in one request
 MAX_TEXT = 1_000  # characters in one text field value
 _JOIN = insert_on_conflict(contact_groups_t, ["contact_id", "name"])
-_NEW_FIELD = insert_on_conflict(contact_fields_t, ["name"])
+_NEW_FIELD = insert_on_conflict(contact_fields_t, ["workspace", "name"])
 
 
 class ContactInputError(ValueError):
@@ -76,12 +77,6 @@ def phone_of(raw: str, region: str, field: str = "phone") -> str:
         raise ContactInputError(field, str(exc)) from None
 
 
-def field_types(conn: Connection) -> dict[str, str]:
-    """Every declared custom field and its type."""
-    rows = conn.execute(select(contact_fields_t.c.name, contact_fields_t.c.type)).all()
-    return {name: kind for name, kind in rows}
-
-
 def _rows_json(conn: Connection, rows: list[Any]) -> list[dict[str, Any]]:
     groups: dict[int, list[str]] = {r.id: [] for r in rows}
     if rows:
@@ -120,8 +115,8 @@ def get(conn: Connection, phone: str, workspace: str = DEFAULT) -> dict[str, Any
     return _rows_json(conn, list(rows))[0]
 
 
-def _field_match(conn: Connection, field: str, value: str) -> ColumnElement[bool]:
-    kind = field_types(conn).get(field)
+def _field_match(conn: Connection, field: str, value: str, workspace: str) -> ColumnElement[bool]:
+    kind = field_types(conn, workspace).get(field)
     if kind is None:
         raise ContactInputError("field", f"no contact field is named {field!r}")
     try:
@@ -159,7 +154,7 @@ def search(conn: Connection, q: Search) -> tuple[list[dict[str, Any]], int | Non
         members = select(contact_groups_t.c.contact_id).where(contact_groups_t.c.name == q.group)
         where.append(c.c.id.in_(members))
     if q.field is not None:
-        where.append(_field_match(conn, q.field, q.value or ""))
+        where.append(_field_match(conn, q.field, q.value or "", q.workspace))
     elif q.value is not None:
         raise ContactInputError("value", "give the field it is a value of in 'field'")
     stmt = select(c).where(*where).order_by(c.c.id).limit(q.limit + 1)
@@ -169,10 +164,11 @@ def search(conn: Connection, q: Search) -> tuple[list[dict[str, Any]], int | Non
 
 
 def _typed_fields(
-    conn: Connection, given: Mapping[str, Any], now: dt.datetime
+    conn: Connection, given: Mapping[str, Any], now: dt.datetime, workspace: str
 ) -> dict[str, Any | None]:
-    """Check `given` against the declared types (declaring new fields); None clears a field."""
-    types = field_types(conn)
+    """Check `given` against `workspace`'s declared types (declaring new fields there); None
+    clears a field."""
+    types = field_types(conn, workspace)
     out: dict[str, Any | None] = {}
     for name, value in given.items():
         where = f"fields.{name}"
@@ -190,7 +186,8 @@ def _typed_fields(
         kind = types.get(name)
         if kind is None:
             kind = infer_type(value)
-            conn.execute(_NEW_FIELD, [{"name": name, "type": kind, "created_at": now}])
+            new = {"workspace": workspace, "name": name, "type": kind, "created_at": now}
+            conn.execute(_NEW_FIELD, [new])
             types[name] = kind
         try:
             if kind == "datetime" and isinstance(value, str):
@@ -233,7 +230,9 @@ def create(
     phone = phone_of(body["phone"], region)
     if conn.execute(select(contacts_t.c.id).where(*_key(phone, workspace))).first():
         raise ContactExistsError(phone)
-    fields = {k: v for k, v in _typed_fields(conn, body.get("fields", {}), now).items() if v}
+    fields = {
+        k: v for k, v in _typed_fields(conn, body.get("fields", {}), now, workspace).items() if v
+    }
     groups = _groups(body.get("groups", []), "groups")
     contact_id = conn.execute(
         insert(contacts_t)
@@ -275,7 +274,7 @@ def change(
         values["timezone"] = _zone(body["timezone"])
     if "fields" in body:
         merged = dict(row.fields or {})
-        for name, value in _typed_fields(conn, body["fields"], now).items():
+        for name, value in _typed_fields(conn, body["fields"], now, workspace).items():
             if value is None:
                 merged.pop(name, None)
             else:

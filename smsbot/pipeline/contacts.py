@@ -41,7 +41,7 @@ _NEW_CONTACT = insert_on_conflict(contacts_t, ["workspace", "phone"])
 _UPSERT_CONTACT = insert_on_conflict(
     contacts_t, ["workspace", "phone"], update=("name", "language", "fields", "updated_at")
 )
-_NEW_FIELD = insert_on_conflict(contact_fields_t, ["name"])
+_NEW_FIELD = insert_on_conflict(contact_fields_t, ["workspace", "name"])
 _JOIN = insert_on_conflict(contact_groups_t, ["contact_id", "name"])
 _RESTORE = insert_on_conflict(opt_outs_t, ["virtual_number", "phone"])
 _LEAVE = delete(contact_groups_t).where(
@@ -55,9 +55,10 @@ def suppression_hash(phone: str) -> str:
     return hmac.new(_SUPPRESSION_KEY, phone.encode(), hashlib.sha256).hexdigest()
 
 
-def field_types(conn: Connection) -> dict[str, str]:
-    """Every declared field and its type."""
-    rows = conn.execute(select(contact_fields_t.c.name, contact_fields_t.c.type))
+def field_types(conn: Connection, workspace: str) -> dict[str, str]:
+    """Every field `workspace` declared, and its type (each workspace has its own)."""
+    f = contact_fields_t
+    rows = conn.execute(select(f.c.name, f.c.type).where(f.c.workspace == workspace))
     return {name: kind for name, kind in rows.all()}
 
 
@@ -85,7 +86,8 @@ def load_contacts(
             select(g.c.contact_id, g.c.name).where(g.c.contact_id.in_([r.id for r in rows]))
         ):
             groups.setdefault(contact_id, set()).add(name)
-    types = field_types(conn)  # a new contact's first field must fit its type too
+    # a new contact's first field must fit its type too: its workspace's
+    types = {w: field_types(conn, w) for w in {w for w, _ in wanted}}
     found = {
         (r.workspace, r.phone): ContactSnapshot(
             r.phone,
@@ -93,12 +95,13 @@ def load_contacts(
             r.language,
             dict(r.fields or {}),
             frozenset(groups.get(r.id, ())),
-            types,
+            types[r.workspace],
         )
         for r in rows
     }
     return {
-        key: found.get(key) or ContactSnapshot(key[1], types=types, exists=False) for key in wanted
+        key: found.get(key) or ContactSnapshot(key[1], types=types[key[0]], exists=False)
+        for key in wanted
     }
 
 
@@ -109,7 +112,7 @@ def write_contacts(conn: Connection, items: Sequence[Stepped], now: dt.datetime)
     """
     created: dict[tuple[str, str], dict[str, Any]] = {}
     changed: dict[tuple[str, str], dict[str, Any]] = {}
-    types: dict[str, str] = {}
+    types: dict[tuple[str, str], str] = {}  # (workspace, field) -> type
     joins: dict[tuple[str, str], set[str]] = {}
     leaves: dict[tuple[str, str], set[str]] = {}
     for item in items:
@@ -125,7 +128,7 @@ def write_contacts(conn: Connection, items: Sequence[Stepped], now: dt.datetime)
                 "created_at": now,
                 "updated_at": now,
             }
-            types.update(change.new_types)
+            types.update({(item.workspace, n): k for n, k in change.new_types.items()})
             joins.setdefault(key, set()).update(change.join)
             leaves.setdefault(key, set()).update(change.leave)
         elif item.event.kind is EventKind.INBOUND and not (
@@ -139,7 +142,11 @@ def write_contacts(conn: Connection, items: Sequence[Stepped], now: dt.datetime)
             }
     if types:
         conn.execute(
-            _NEW_FIELD, [{"name": n, "type": k, "created_at": now} for n, k in types.items()]
+            _NEW_FIELD,
+            [
+                {"workspace": w, "name": n, "type": k, "created_at": now}
+                for (w, n), k in types.items()
+            ],
         )
     if created:
         conn.execute(_NEW_CONTACT, list(created.values()))

@@ -115,10 +115,17 @@ class ContactRow(SQLModel, table=True):
 
 
 class ContactFieldRow(SQLModel, table=True):
-    """A declared custom field and its type: text, number, datetime or boolean."""
+    """A workspace's declared custom field and its type: text, number, datetime or boolean."""
 
     __tablename__ = "contact_fields"
 
+    # Each workspace's own: one client's `visit` may be a datetime, another's free text.
+    workspace: str = Field(
+        default=DEFAULT_WORKSPACE,
+        primary_key=True,
+        max_length=64,
+        sa_column_kwargs={"server_default": DEFAULT_WORKSPACE},
+    )
     name: str = Field(primary_key=True, max_length=64)
     type: str = Field(max_length=16)
     created_at: dt.datetime = _ts(nullable=False)

@@ -120,10 +120,11 @@ async def people(
     return found_people, opted
 
 
-async def field_types(db: Database) -> dict[str, str]:
-    """Every declared custom field and its type."""
+async def field_types(db: Database, workspace: str) -> dict[str, str]:
+    """Every custom field `workspace` declared, and its type (no other workspace's)."""
+    f = contact_fields_t
     async with db.session() as s:
-        found = await s.execute(select(contact_fields_t.c.name, contact_fields_t.c.type))
+        found = await s.execute(select(f.c.name, f.c.type).where(f.c.workspace == workspace))
         return dict(sorted(found.tuples()))
 
 
@@ -146,7 +147,7 @@ async def person(
 ) -> Person | None:
     """The workspace's contact with this phone (or id), its fields and groups; None if it has
     none (another workspace's contact is none of its)."""
-    types = await field_types(db)
+    types = await field_types(db, workspace)
     c = contacts_t
     found = select(c).where(c.c.workspace == workspace)
     found = (
@@ -193,7 +194,7 @@ async def people_page(request: web.Request) -> web.Response:
     """GET /console/people?search=&group=&field=&value=: contacts, their fields and groups,
     and the opt-outs."""
     db, workspace = request.config_dict[BOT].db, scope.workspace_name(request)
-    types = await field_types(db)
+    types = await field_types(db, workspace)
     f, problems = _filter(request, types)
     contacts: list[Person] = []
     opt_outs: list[Any] = []
