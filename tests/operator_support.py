@@ -14,16 +14,13 @@ from aiohttp.test_utils import TestClient
 
 from smsbot.app.keys_cli import create_key
 from smsbot.app.server.app import create_app
-from smsbot.channels.base import SmsProvider
-from smsbot.channels.divergent.client import DivergentClient
-from smsbot.channels.retry import RetryPolicy
 from smsbot.channels.sandbox import Sandbox
 from smsbot.clock import VirtualClock
 from smsbot.config import Settings
 from smsbot.engine.runtime import FlowRuntime
 from smsbot.pipeline.bot import Bot
 from smsbot.store.engine import Database
-from tests.support import API_KEY, EXAMPLE_FLOWS, VN, no_sleep, settings_for
+from tests.support import EXAMPLE_FLOWS, VN, sandbox_clients, settings_for
 
 T0 = dt.datetime(2026, 1, 15, 9, 0, tzinfo=dt.UTC)
 ADMIN = "admin-operator-key-0123456789"
@@ -88,12 +85,7 @@ async def workspace_bot(db_url: str, sandbox: Sandbox, clock: VirtualClock, **ex
     db = Database(db_url)
     await db.create_all()
     # every workspace's account is the one sandbox here (test_workspaces_outbound has two)
-    providers: dict[str, SmsProvider] = {
-        name: DivergentClient(
-            API_KEY, sandbox.url, timeout=2.0, retry=RetryPolicy(attempts=2, sleep=no_sleep)
-        )
-        for name in settings.workspaces.names
-    }
+    providers = sandbox_clients(settings, sandbox.url)
     runtime = FlowRuntime.from_settings(settings)
     return Bot(
         settings, providers=providers, handler=runtime, clock=clock, db=db, poll_interval=0.01

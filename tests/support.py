@@ -144,15 +144,24 @@ async def make_bot(
     settings = settings_for(db_url, sandbox.url, **extra)
     db = Database(db_url)
     await db.create_all()
-    providers: dict[str, SmsProvider] = {
+    return Bot(
+        settings,
+        providers=sandbox_clients(settings, sandbox.url),
+        handler=handler,
+        clock=clock,
+        db=db,
+        poll_interval=0.01,
+    )
+
+
+def sandbox_clients(settings: Settings, url: str) -> dict[str, SmsProvider]:
+    """One client per workspace, every one to the sandbox at `url` (one fake account)."""
+    return {
         name: DivergentClient(
-            API_KEY, sandbox.url, timeout=2.0, retry=RetryPolicy(attempts=2, sleep=no_sleep)
+            API_KEY, url, timeout=2.0, retry=RetryPolicy(attempts=2, sleep=no_sleep)
         )
         for name in settings.workspaces.names
     }
-    return Bot(
-        settings, providers=providers, handler=handler, clock=clock, db=db, poll_interval=0.01
-    )
 
 
 async def conversation_id(s: Any, virtual_number: str, phone: str) -> int:

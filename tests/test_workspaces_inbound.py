@@ -20,9 +20,6 @@ from aiohttp.test_utils import TestClient
 from sqlalchemy import exists, func, select
 
 from smsbot.app.server.app import create_app
-from smsbot.channels.base import SmsProvider
-from smsbot.channels.divergent.client import DivergentClient
-from smsbot.channels.retry import RetryPolicy
 from smsbot.channels.sandbox import Sandbox
 from smsbot.clock import VirtualClock
 from smsbot.config import Settings
@@ -48,12 +45,11 @@ from smsbot.store.models import (
     timers_t,
 )
 from tests.support import (
-    API_KEY,
     PHONE,
     Harness,
     inbound_body,
     make_bot,
-    no_sleep,
+    sandbox_clients,
     settings_for,
     signed,
 )
@@ -195,12 +191,7 @@ async def rig(db_url: str, sandbox: Sandbox, aiohttp_client: Any) -> AsyncIterat
     db = Database(db_url)
     await db.create_all()
     # every workspace's account is the one sandbox here (test_workspaces_outbound has two)
-    providers: dict[str, SmsProvider] = {
-        name: DivergentClient(
-            API_KEY, sandbox.url, timeout=2.0, retry=RetryPolicy(attempts=2, sleep=no_sleep)
-        )
-        for name in settings.workspaces.names
-    }
+    providers = sandbox_clients(settings, sandbox.url)
     clock = VirtualClock(T0)
     bot = Bot(
         settings, providers=providers, handler=runtime, clock=clock, db=db, poll_interval=0.01

@@ -50,7 +50,7 @@ def fire_counts(conn: Connection, workspace: str = DEFAULT) -> dict[str, dict[st
 
 
 def _campaigns(args: argparse.Namespace) -> int:
-    from smsbot.app.contacts_cli import _engine
+    from smsbot.app.database import command_engine
     from smsbot.app.operations import workspace_named
     from smsbot.engine.runtime import FlowRuntime
 
@@ -59,7 +59,7 @@ def _campaigns(args: argparse.Namespace) -> int:
     runtime = FlowRuntime.from_settings(settings)  # a FlowLoadError names the campaign
     counts: dict[str, dict[str, int]] | None = None
     if not args.no_database:
-        with _engine(settings) as engine, engine.connect() as conn:
+        with command_engine(settings) as engine, engine.connect() as conn:
             counts = fire_counts(conn, workspace)
     found = [
         describe(c, None if counts is None else counts.get(c.name, {}))

@@ -3,17 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, pool
-from sqlalchemy.exc import DBAPIError
-
+from smsbot.app.database import command_engine
 from smsbot.clock import SystemClock
 from smsbot.config import Settings
 from smsbot.sms.phone import PhoneNumberError, normalize
@@ -24,23 +20,6 @@ SHOWN_ERRORS = 20
 
 class ContactsCommandError(Exception):
     """A contacts command refused its input; printed as one line."""
-
-
-@contextlib.contextmanager
-def _engine(settings: Settings) -> Iterator[Engine]:
-    from smsbot.app.database import migrate
-    from smsbot.store.migrate import unavailable
-
-    if done := migrate(settings):
-        print(f"smsbot: {done}", file=sys.stderr)
-    url = settings.sync_database_url
-    engine = create_engine(url, poolclass=pool.NullPool)
-    try:
-        yield engine
-    except DBAPIError as exc:
-        raise unavailable(url, exc) from None
-    finally:
-        engine.dispose()
 
 
 def _workspace(settings: Settings, name: str) -> Workspace:
@@ -71,7 +50,7 @@ def _cmd_import(args: argparse.Namespace) -> int:
     if not path.is_file():
         raise ContactsCommandError(f"{path} is not a file: pass the CSV to import")
     try:
-        with _engine(settings) as engine:
+        with command_engine(settings) as engine:
             report = import_csv(
                 engine,
                 path,
@@ -97,7 +76,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
     settings = Settings.from_env()
     workspace = _workspace(settings, args.workspace).name
-    with _engine(settings) as engine:
+    with command_engine(settings) as engine:
         if args.output is None:
             try:
                 export_csv(engine, sys.stdout, args.group, workspace)
@@ -117,7 +96,7 @@ def _cmd_erase(args: argparse.Namespace) -> int:
     settings = Settings.from_env()
     workspace = _workspace(settings, args.workspace)
     phone = _phone(settings, args.phone, workspace.default_region)
-    with _engine(settings) as engine:
+    with command_engine(settings) as engine:
         done = erase(engine, phone, workspace.name)
     print(
         f"erased {phone}: {done['contact']} contact, {done['conversations']} conversation(s),"
@@ -133,7 +112,7 @@ def _cmd_show(args: argparse.Namespace) -> int:
     settings = Settings.from_env()
     workspace = _workspace(settings, args.workspace)
     phone = _phone(settings, args.phone, workspace.default_region)
-    with _engine(settings) as engine:
+    with command_engine(settings) as engine:
         data: dict[str, Any] = subject_data(engine, phone, workspace.name)
     if args.json:
         print(json.dumps(data, indent=2, ensure_ascii=False))

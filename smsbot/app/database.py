@@ -7,9 +7,14 @@ and the command says so in one line. An unreachable database is one line too, ne
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
+
+from sqlalchemy import Engine, create_engine, pool
+from sqlalchemy.exc import DBAPIError
 
 from smsbot.config import Settings
 from smsbot.store.migrate import (
@@ -19,6 +24,7 @@ from smsbot.store.migrate import (
     current_revision,
     enable_wal,
     shown_url,
+    unavailable,
     upgrade,
 )
 
@@ -53,3 +59,18 @@ def migrate(settings: Settings, *, in_child: bool = False) -> str | None:
     if before is None:
         return f"created the database schema (revision {HEAD}) in {shown_url(url)}"
     return f"upgraded the database schema in {shown_url(url)} from revision {before} to {HEAD}"
+
+
+@contextlib.contextmanager
+def command_engine(settings: Settings) -> Iterator[Engine]:
+    """A migrated database's synchronous engine for one CLI command; unreachable is one line."""
+    if done := migrate(settings):
+        print(f"smsbot: {done}", file=sys.stderr)
+    url = settings.sync_database_url
+    engine = create_engine(url, poolclass=pool.NullPool)
+    try:
+        yield engine
+    except DBAPIError as exc:
+        raise unavailable(url, exc) from None
+    finally:
+        engine.dispose()

@@ -73,14 +73,14 @@ def revoke_key(conn: Connection, key_id: str) -> str:
 
 
 def _cmd_create(args: argparse.Namespace) -> int:
-    from smsbot.app.contacts_cli import _engine
+    from smsbot.app.database import command_engine
 
     settings = Settings.from_env()
     workspace = workspace_named(settings, args.workspace).name
     name = (args.name or "").strip() or None
     if name is not None and len(name) > 100:
         raise OperatorError("--name is longer than 100 characters: a short label will do")
-    with _engine(settings) as engine, engine.begin() as conn:
+    with command_engine(settings) as engine, engine.begin() as conn:
         created = create_key(conn, workspace, name)
     if args.format == "json":
         print(json.dumps(created, indent=2))
@@ -98,11 +98,11 @@ def _cmd_create(args: argparse.Namespace) -> int:
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
-    from smsbot.app.contacts_cli import _engine
+    from smsbot.app.database import command_engine
 
     settings = Settings.from_env()
     workspace = workspace_named(settings, args.workspace).name if args.workspace else None
-    with _engine(settings) as engine, engine.connect() as conn:
+    with command_engine(settings) as engine, engine.connect() as conn:
         keys = list_keys(conn, workspace)
     if args.json:
         print(json.dumps(keys, indent=2))
@@ -121,10 +121,10 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 
 def _cmd_revoke(args: argparse.Namespace) -> int:
-    from smsbot.app.contacts_cli import _engine
+    from smsbot.app.database import command_engine
 
     settings = Settings.from_env()
-    with _engine(settings) as engine, engine.begin() as conn:
+    with command_engine(settings) as engine, engine.begin() as conn:
         print(revoke_key(conn, args.key_id.strip()))
     return 0
 
