@@ -206,7 +206,7 @@ def test_start_from_csv_validates_every_row_first(tmp_path: Path) -> None:
     assert "patients.csv:line 3: to" in out.stderr and "line 4: data" in out.stderr
     out = smsbot("start", "appointment", "--csv", str(csv), "--skip-invalid", env=env, cwd=tmp_path)
     assert out.returncode == 0, out.stderr
-    assert "queued 1 start(s)" in out.stdout and "2 invalid" in out.stdout
+    assert "started 1 conversation(s)" in out.stdout and "2 invalid" in out.stdout
     out = smsbot("start", "nope", "--csv", str(csv), env=env, cwd=tmp_path)
     assert out.returncode == 2 and "known flows" in out.stderr
 

@@ -116,7 +116,7 @@ async def take_turns(bot: Bot, client: TestClient[Any, Any], sandbox: Sandbox) -
     past = {**data, "starts_at": (T0 - dt.timedelta(days=1)).isoformat()}  # refused: parked
     rows = [StartRow(i, p, VN, data) for i, p in enumerate(PHONES)]
     rows += [StartRow(9, seed_phone(0), VN, data), StartRow(10, "+447700900209", VN, past)]
-    result = await enqueue_starts(bot.db, bot.inbox, "appointment", rows)
+    result = await enqueue_starts(bot.db, bot.handler, bot.clock, "appointment", rows)
     assert (result.started, result.skipped_opted_out) == (4, 1)  # seed_phone(0) opted out
     await bot.run_until_idle()
     confirm = inbound_body("evt_yes", "YES", sender=PHONES[0])

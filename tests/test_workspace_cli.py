@@ -125,7 +125,7 @@ def test_start_from_csv_starts_from_the_workspaces_numbers(
     code, _, err = run(capsys, *args)
     assert code == 2 and f"{DEFAULT_VN} is not one of workspace clinic's senders" in err
     code, out, _ = run(capsys, *args, "--skip-invalid")
-    assert code == 0 and "queued 1 start(s)" in out
+    assert code == 0 and "started 1 conversation(s)" in out
     engine = create_engine(project)
     with engine.connect() as conn:
         [(number, phone)] = conn.execute(select(events_t.c.virtual_number, events_t.c.phone))

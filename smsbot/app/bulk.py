@@ -1,35 +1,34 @@
-"""Start a flow for many recipients at once: validate every row first, enqueue in batches."""
+"""Start a flow for many recipients at once: validate every row first, then start in chunks."""
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import dataclasses
 import io
+import itertools
 import uuid
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any
-
-from sqlalchemy import select
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any, TypeVar
 
 from smsbot.app.operations import (
     OperatorError,
     check_our_sender,
     default_sender,
-    inbox_entry,
     workspace_named,
     workspace_senders,
 )
+from smsbot.clock import Clock
 from smsbot.config import Settings
-from smsbot.engine.contract import EventKind
+from smsbot.engine.contract import ConversationKey, StepHandler
 from smsbot.engine.startdata import StartDataError
-from smsbot.pipeline.contacts import suppression_hash
-from smsbot.pipeline.inbox import Inbox
+from smsbot.pipeline.starts import ChunkResult, Start, commit, prepare
 from smsbot.sms.phone import PhoneNumberError, normalize, normalize_sender
 from smsbot.store.engine import Database
-from smsbot.store.models import opt_out_applies, opt_outs_t, suppressions_t
 from smsbot.workspaces import DEFAULT
 
-BATCH = 1_000  # rows per INSERT: 100,000 rows are 100 round trips, not 100,000
+T = TypeVar("T")
+BATCH = 1_000  # starts per transaction: stepped together, written with one executemany a table
 MAX_ROWS = 200_000
 
 
@@ -60,14 +59,23 @@ class BulkResult:
     """What a bulk start did."""
 
     started: int = 0
+    queued: int = 0  # of those started, how many were left to the dispatcher (see starts.py)
     skipped_opted_out: int = 0
     duplicates: int = 0
     invalid: list[RowError] = dataclasses.field(default_factory=list)
+
+    def add(self, chunk: ChunkResult) -> None:
+        """Count a chunk's starts (pipeline/starts.py)."""
+        self.started += chunk.stepped + chunk.queued
+        self.queued += chunk.queued
+        self.skipped_opted_out += chunk.skipped_opted_out
+        self.duplicates += chunk.duplicates
 
     def as_json(self) -> dict[str, Any]:
         """The operator API's answer."""
         return {
             "started": self.started,
+            "queued": self.queued,
             "skipped_opted_out": self.skipped_opted_out,
             "duplicates": self.duplicates,
             "invalid": [dataclasses.asdict(e) for e in self.invalid],
@@ -78,24 +86,34 @@ class BulkInputError(ValueError):
     """The file as a whole cannot be read (not CSV, no `to` column, too many rows)."""
 
 
-def rows_from_csv(text: str) -> list[tuple[int, dict[str, Any]]]:
-    """Read CSV with a header row: `to`, optional `from`, every other column goes to data."""
-    reader = csv.DictReader(io.StringIO(text))
+def csv_rows(lines: Iterable[str]) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Read CSV with a header row as it comes: `to`, optional `from`, other columns go to data.
+
+    Yields (line, row) one row at a time, so a file of any length is read in constant memory.
+    A row with more fields than the header is yielded as {"__error__": why}.
+    """
+    reader = csv.DictReader(lines)
     if not reader.fieldnames or "to" not in [f.strip() for f in reader.fieldnames]:
         raise BulkInputError("the CSV needs a header row with a 'to' column")
-    rows: list[tuple[int, dict[str, Any]]] = []
     for row in reader:
-        if len(rows) >= MAX_ROWS:
-            raise BulkInputError(f"more than {MAX_ROWS} rows: split the file")
         if None in row:
-            rows.append((reader.line_num, {"__error__": "more fields than the header has"}))
+            yield reader.line_num, {"__error__": "more fields than the header has"}
             continue
         clean = {k.strip(): (v or "").strip() for k, v in row.items() if k is not None}
         to, sender = clean.pop("to", ""), clean.pop("from", "")
         item: dict[str, Any] = {"to": to, "data": {k: v for k, v in clean.items() if v != ""}}
         if sender:
             item["from"] = sender
-        rows.append((reader.line_num, item))
+        yield reader.line_num, item
+
+
+def rows_from_csv(text: str) -> list[tuple[int, dict[str, Any]]]:
+    """The rows of a CSV held in memory (an API request body), at most MAX_ROWS."""
+    rows: list[tuple[int, dict[str, Any]]] = []
+    for row in csv_rows(io.StringIO(text)):
+        if len(rows) >= MAX_ROWS:
+            raise BulkInputError(f"more than {MAX_ROWS} rows: split the file")
+        rows.append(row)
     return rows
 
 
@@ -111,8 +129,69 @@ def rows_from_json(items: object) -> list[tuple[int, dict[str, Any]]]:
     ]
 
 
+class Validator:
+    """Checks start rows one at a time for a workspace, and refuses a recipient seen before."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        parse_data: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+        *,
+        workspace: str = DEFAULT,
+        sender: str | None = None,
+    ) -> None:
+        self.settings = settings
+        self.parse_data = parse_data
+        self.workspace = workspace
+        self.region = workspace_named(settings, workspace).default_region
+        self.ours = workspace_senders(settings, workspace)
+        self.fallback = sender or default_sender(settings, workspace)
+        self.missing = (
+            "missing: give a 'from' or set SMSBOT_DEFAULT_SENDER"
+            if workspace == DEFAULT
+            else f"missing: give a 'from', or add numbers to [workspaces.{workspace}]"
+        )
+        # Each (sender, phone) seen, as one int: the sender's index and the phone's digits
+        # (E.164 has at most 15). About 60 bytes a row, where the strings would take 200.
+        self._senders: dict[str, int] = {}
+        self._seen: set[int] = set()
+
+    def check(self, line: int, row: Mapping[str, Any]) -> StartRow | RowError:
+        """The row as a StartRow, or the RowError that says what is wrong with it."""
+        if "__error__" in row:
+            return RowError(line, "row", str(row["__error__"]))
+        try:
+            phone = normalize(str(row.get("to") or ""), self.region)
+        except PhoneNumberError as exc:
+            return RowError(line, "to", str(exc))
+        chosen = row.get("from") or self.fallback
+        if not chosen:
+            return RowError(line, "from", self.missing)
+        try:
+            virtual_number = normalize_sender(str(chosen), self.region)
+            check_our_sender(self.settings, virtual_number, self.ours, workspace=self.workspace)
+        except (PhoneNumberError, OperatorError) as exc:
+            return RowError(line, "from", str(exc))
+        data = row.get("data", {})
+        if not isinstance(data, dict):
+            return RowError(line, "data", "must be an object")
+        if self.parse_data is not None:
+            try:
+                data = self.parse_data(data)
+            except StartDataError as exc:
+                return RowError(line, exc.field, exc.reason)
+            except (ValueError, TypeError, KeyError) as exc:
+                return RowError(line, "data", str(exc).strip("'\""))
+        sender = self._senders.setdefault(virtual_number, len(self._senders))
+        key = sender * 10**15 + int(phone[1:])
+        if key in self._seen:
+            return RowError(line, "to", f"{phone} appears twice in this file")
+        self._seen.add(key)
+        return StartRow(line, phone, virtual_number, data)
+
+
 def validate(
-    rows: Sequence[tuple[int, Mapping[str, Any]]],
+    rows: Iterable[tuple[int, Mapping[str, Any]]],
     settings: Settings,
     parse_data: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
     *,
@@ -125,125 +204,67 @@ def validate(
     and returns it with the declared types. `sender` is for rows without a "from" (else the
     workspace's default sender).
     """
+    validator = Validator(settings, parse_data, workspace=workspace, sender=sender)
     good: list[StartRow] = []
     bad: list[RowError] = []
-    seen: set[tuple[str, str]] = set()
-    region = workspace_named(settings, workspace).default_region
-    ours = workspace_senders(settings, workspace)
-    fallback = sender or default_sender(settings, workspace)
-    missing = (
-        "missing: give a 'from' or set SMSBOT_DEFAULT_SENDER"
-        if workspace == DEFAULT
-        else f"missing: give a 'from', or add numbers to [workspaces.{workspace}]"
-    )
     for line, row in rows:
-        if "__error__" in row:
-            bad.append(RowError(line, "row", str(row["__error__"])))
-            continue
-        try:
-            phone = normalize(str(row.get("to") or ""), region)
-        except PhoneNumberError as exc:
-            bad.append(RowError(line, "to", str(exc)))
-            continue
-        chosen = row.get("from") or fallback
-        if not chosen:
-            bad.append(RowError(line, "from", missing))
-            continue
-        try:
-            virtual_number = normalize_sender(str(chosen), region)
-            check_our_sender(settings, virtual_number, ours, workspace=workspace)
-        except (PhoneNumberError, OperatorError) as exc:
-            bad.append(RowError(line, "from", str(exc)))
-            continue
-        data = row.get("data", {})
-        if not isinstance(data, dict):
-            bad.append(RowError(line, "data", "must be an object"))
-            continue
-        if parse_data is not None:
-            try:
-                data = parse_data(data)
-            except StartDataError as exc:
-                bad.append(RowError(line, exc.field, exc.reason))
-                continue
-            except (ValueError, TypeError, KeyError) as exc:
-                bad.append(RowError(line, "data", str(exc).strip("'\"")))
-                continue
-        if (virtual_number, phone) in seen:
-            bad.append(RowError(line, "to", f"{phone} appears twice in this file"))
-            continue
-        seen.add((virtual_number, phone))
-        good.append(StartRow(line, phone, virtual_number, data))
+        checked = validator.check(line, row)
+        if isinstance(checked, RowError):
+            bad.append(checked)
+        else:
+            good.append(checked)
     return good, bad
+
+
+def chunks(items: Iterable[T], size: int) -> Iterator[list[T]]:
+    """`items` in lists of `size` (the last may be shorter); itertools.batched from 3.12."""
+    it = iter(items)
+    while chunk := list(itertools.islice(it, size)):
+        yield chunk
 
 
 async def enqueue_starts(
     db: Database,
-    inbox: Inbox,
+    handler: StepHandler,
+    clock: Clock,
     flow: str,
-    requests: Sequence[StartRow],
+    requests: Iterable[StartRow],
     *,
     policy: str = "interrupt",
-    progress: Callable[[int, int], None] | None = None,
+    progress: Callable[[int], None] | None = None,
     workspace: str = DEFAULT,
 ) -> BulkResult:
-    """Queue a START event per request, in batches; opted-out phones are skipped and counted."""
+    """Start `flow` for every request, a chunk at a time (pipeline/starts.py): stepped here and
+    written in one transaction per chunk, or queued for the dispatcher when that is not safe.
+
+    Opted-out phones are skipped and counted; `progress` gets the number of requests done.
+    """
     result = BulkResult()
     run = uuid.uuid4().hex[:12]
-    for start in range(0, len(requests), BATCH):
-        chunk = requests[start : start + BATCH]
-        opted = await _opted_out(db, [(r.virtual_number, r.phone) for r in chunk], workspace)
-        entries = []
-        for r in chunk:
-            if (r.virtual_number, r.phone) in opted:
-                result.skipped_opted_out += 1
-                continue
-            entries.append(
-                inbox_entry(
-                    workspace,
-                    source="api",
-                    event_id=f"bulk:{run}:{r.line}",
-                    kind=EventKind.START,
-                    payload={"flow": flow, "data": r.data, "policy": policy},
-                    virtual_number=r.virtual_number,
-                    phone=r.phone,
-                )
+    done = 0
+    # While one chunk is written (the database's thread), the next is read and stepped (this
+    # one): keys never repeat across chunks, so neither depends on the other.
+    writing: asyncio.Task[ChunkResult] | None = None
+    try:
+        for chunk in chunks(requests, BATCH):
+            starts = [
+                Start(f"bulk:{run}:{r.line}", ConversationKey(r.virtual_number, r.phone), r.data)
+                for r in chunk
+            ]
+            ready = await prepare(
+                db, handler, clock.now(), flow, starts, workspace=workspace, policy=policy
             )
-        outcomes = await inbox.accept_many(entries)
-        result.started += sum(o.value == "new" for o in outcomes)
-        result.duplicates += sum(o.value != "new" for o in outcomes)
-        if progress is not None:
-            progress(min(start + BATCH, len(requests)), len(requests))
+            if writing is not None:
+                result.add(await writing)
+                if progress is not None:
+                    progress(done)
+            writing = asyncio.create_task(commit(db, ready))
+            done += len(chunk)
+        if writing is not None:
+            result.add(await writing)
+            if progress is not None:
+                progress(done)
+    finally:
+        if writing is not None and not writing.done():
+            await asyncio.wait([writing])  # never leave a transaction behind
     return result
-
-
-async def _opted_out(
-    db: Database, keys: Iterable[tuple[str, str]], workspace: str
-) -> set[tuple[str, str]]:
-    keys = list(keys)
-    if not keys:
-        return set()
-    phones = sorted({phone for _, phone in keys})
-    hashes = {suppression_hash(phone): phone for phone in phones}
-    async with db.session() as s:
-        rows = await s.execute(
-            select(opt_outs_t.c.virtual_number, opt_outs_t.c.phone).where(
-                opt_outs_t.c.phone.in_(phones), opt_outs_t.c.workspace == workspace
-            )
-        )
-        # and the opt-outs of erased phones, kept as keyed hashes (smsbot contacts erase)
-        hashed = await s.execute(
-            select(suppressions_t.c.virtual_number, suppressions_t.c.phone_hash).where(
-                suppressions_t.c.phone_hash.in_(list(hashes)),
-                suppressions_t.c.workspace == workspace,
-            )
-        )
-        opted: dict[str, list[str]] = {}
-        for number, phone in rows.all():
-            opted.setdefault(phone, []).append(number)
-        for number, key in hashed.all():
-            opted.setdefault(hashes[key], []).append(number)
-    return {
-        (sender, phone)
-        for sender, phone in keys
-        if any(opt_out_applies(number, sender) for number in opted.get(phone, ()))
-    }

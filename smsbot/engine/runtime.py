@@ -88,13 +88,18 @@ class FlowRuntime:
         )
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> FlowRuntime:
-        """Load templates from settings.templates_dir and flows from settings.flows_dir."""
+    def from_settings(cls, settings: Settings, *, reload_templates: bool = True) -> FlowRuntime:
+        """Load templates from settings.templates_dir and flows from settings.flows_dir.
+
+        reload_templates=False: never look at a template file again once compiled (a command
+        that runs for minutes, such as `smsbot start`, need not stat it on every render).
+        """
         templates = SmsTemplates(
             settings.templates_dir,
             max_segments=settings.max_segments,
             segment_policy=settings.segment_policy,
             smart_characters=settings.smart_characters,
+            auto_reload=reload_templates,
         )
         try:
             flows = load_flows(settings.flows_dir, templates)

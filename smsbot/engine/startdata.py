@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import functools
 import math
 import re
 import typing
@@ -245,8 +246,11 @@ _PARSERS: dict[type, Any] = {
 }
 
 
+@functools.lru_cache(maxsize=256)
 def start_fields(declaration: type | None) -> tuple[StartField, ...]:
     """The fields of a start_data declaration; TypeError names what is not supported."""
+    # Cached: reading the type hints is ~200 µs, and every start checks its data twice (when
+    # it is queued and when it runs): a quarter of a bulk start's CPU before this.
     if declaration is None:
         return ()
     if not isinstance(declaration, type) or not (

@@ -164,6 +164,7 @@ class SmsTemplates:
         max_segments: int = 6,
         segment_policy: Literal["warn", "fail"] = "warn",
         smart_characters: bool = True,
+        auto_reload: bool = True,
     ) -> None:
         if max_segments < 1:
             raise ValueError(f"max_segments must be at least 1, got {max_segments}")
@@ -185,8 +186,10 @@ class SmsTemplates:
             lstrip_blocks=True,
             # Jinja's default: compiled templates are cached, and a changed file (one stat per
             # render) is recompiled, so editing a template needs no restart.
-            auto_reload=True,
+            auto_reload=auto_reload,
         )
+        # Without reloading, each compiled template is kept here: no stat, no LRU lookup.
+        self._compiled: dict[str, jinja2.Template] | None = None if auto_reload else {}
         filters: dict[str, Callable[..., str]] = {
             "date": _date_filter,
             "time": _time_filter,
@@ -201,7 +204,12 @@ class SmsTemplates:
         """Render the template file `name` for a recipient in `timezone`."""
         zone = self._zone(timezone, name)
         try:
-            text = self._env.get_template(name).render({**context, _ZONE_KEY: zone})
+            if self._compiled is None:
+                template = self._env.get_template(name)
+            else:
+                cached = self._compiled.get(name)
+                template = cached or self._compiled.setdefault(name, self._env.get_template(name))
+            text = template.render({**context, _ZONE_KEY: zone})
         except Exception as exc:
             raise self._error(exc, name) from exc
         return self._finish(text, name)

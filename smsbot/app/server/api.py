@@ -195,7 +195,9 @@ async def start_many(request: web.Request) -> web.Response:
             },
             status=400,
         )
-    result = await enqueue_starts(bot.db, bot.inbox, name, good, policy=policy, workspace=ws)
+    result = await enqueue_starts(
+        bot.db, bot.handler, bot.clock, name, good, policy=policy, workspace=ws
+    )
     result.invalid = bad
     bot.dispatcher.notify()
     return web.json_response(result.as_json(), status=202)

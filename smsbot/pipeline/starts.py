@@ -1,0 +1,315 @@
+"""Bulk starts, batched: a chunk of START events stepped in memory and written in one transaction.
+
+The normal path queues one START event per recipient and the dispatcher steps each one: claim,
+step, write, a few hundred microseconds of server time per message. A bulk start of 100,000
+appointments does not need that: each first step is the same flow's `start` on a conversation
+nobody else is touching. `start_chunk` runs those steps where the starts come from (the
+`smsbot start` process), then writes a whole chunk's conversations, events, messages, timers and
+history rows with one executemany per kind: the existing `write_effects`, as the dispatcher uses.
+The server's sender finds the messages pending in the outbox, as it finds any other.
+
+The promises are the normal path's, kept by falling back to it, one start at a time:
+- **one step at a time per conversation**: the steps are computed from a read of each
+  conversation, then written only if, inside the write transaction, the conversation is still
+  at the version that was read (locked first on PostgreSQL, `SKIP LOCKED`) and has no pending
+  event. A start that loses that race is queued as a pending START event instead, behind the
+  conversation's other events, and the dispatcher steps it like any other;
+- **opt-outs**: an opted-out phone (erased opt-outs included) is skipped and counted, as before;
+  a STOP that lands between the read and the write moves the conversation's version;
+- **quiet hours, templates, timers, the start policy**: the step is the runtime's own
+  (`FlowRuntime.handle`), so each reply's `send_after` and each timer are what the dispatcher
+  would have written;
+- **once only**: each start's inbox event id (`bulk:RUN:LINE`) is unique; a start whose event
+  is already stored is a duplicate and writes nothing.
+
+A step that raises, or that does more than reply, set timers and move the conversation
+(a contact change, an opt-out change), is also queued for the dispatcher, which knows how to
+retry, park or write it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import datetime as dt
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import Connection, select
+
+from smsbot.engine.contract import (
+    ConversationKey,
+    ConversationSnapshot,
+    DispatchEvent,
+    EventKind,
+    StepHandler,
+    StepResult,
+)
+from smsbot.pipeline import claims, contacts
+from smsbot.pipeline.effects import Stepped, write_effects
+from smsbot.pipeline.inbox import NEW_EVENT, InboxEntry, event_row
+from smsbot.store.engine import Database
+from smsbot.store.lookup import rows_in
+from smsbot.store.models import (
+    EventState,
+    conversations_t,
+    events_t,
+    opt_out_applies,
+    opt_outs_t,
+    suppressions_t,
+)
+
+YIELD_EVERY = 100
+SOURCE = "api"  # the inbox source of operator starts (the API's and the CLI's)
+_INSERT_EVENTS = NEW_EVENT.returning(
+    events_t.c.event_id, events_t.c.id, sort_by_parameter_order=True
+)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Start:
+    """One start to make: `flow` for `key` with `data`; `event_id` is its once-only id."""
+
+    event_id: str
+    key: ConversationKey
+    data: dict[str, Any]
+
+
+@dataclasses.dataclass(slots=True)
+class ChunkResult:
+    """What one chunk did: stepped here, queued for the dispatcher, skipped, duplicates."""
+
+    stepped: int = 0
+    queued: int = 0
+    skipped_opted_out: int = 0
+    duplicates: int = 0
+
+    def add(self, other: ChunkResult) -> None:
+        """Add another chunk's counts to these."""
+        self.stepped += other.stepped
+        self.queued += other.queued
+        self.skipped_opted_out += other.skipped_opted_out
+        self.duplicates += other.duplicates
+
+
+@dataclasses.dataclass(slots=True)
+class _Seen:
+    """What the read found for one key."""
+
+    row: Any  # the conversation row, None when there is none yet
+    pending: bool  # the key has events waiting: its start goes behind them
+    opted_out: bool
+
+
+@dataclasses.dataclass(slots=True)
+class Prepared:
+    """A chunk read and stepped, waiting to be written (`commit`)."""
+
+    now: dt.datetime
+    flow: str
+    policy: str
+    workspace: str
+    stepped: list[tuple[Start, _Seen, ConversationSnapshot, StepResult]]
+    queued: list[Start]
+    result: ChunkResult
+
+
+async def prepare(
+    db: Database,
+    handler: StepHandler,
+    now: dt.datetime,
+    flow: str,
+    starts: Sequence[Start],
+    *,
+    workspace: str,
+    policy: str = "interrupt",
+) -> Prepared:
+    """Read the conversations of `starts` (distinct keys) and step them in memory: no lock."""
+    chunk = Prepared(now, flow, policy, workspace, [], [], ChunkResult())
+    if not starts:
+        return chunk
+    keys = [s.key for s in starts]
+    seen, people = await db.read(lambda conn: _read(conn, keys, workspace))
+    for n, start in enumerate(starts, start=1):
+        if n % YIELD_EVERY == 0:
+            await asyncio.sleep(0)  # steps are CPU: let webhooks in (the API runs this in serve)
+        look = seen[start.key]
+        if look.opted_out:
+            chunk.result.skipped_opted_out += 1
+            continue
+        if look.pending:
+            chunk.queued.append(start)
+            continue
+        snapshot = _snapshot(look.row, start.key)
+        snapshot.contact = people.get((workspace, start.key.phone))
+        event = DispatchEvent(0, EventKind.START, _payload(flow, start, policy), now)
+        try:
+            step = await handler.handle(event, snapshot, now)
+        except Exception:  # the dispatcher retries it, then parks it with the error shown
+            chunk.queued.append(start)
+            continue
+        if step.contact is not None or step.opt_out is not None or step.contact_timezone:
+            chunk.queued.append(start)  # more than this path writes: the dispatcher's job
+            continue
+        chunk.stepped.append((start, look, snapshot, step))
+    return chunk
+
+
+async def commit(db: Database, chunk: Prepared) -> ChunkResult:
+    """Write a prepared chunk in one transaction: the steps still valid, the rest queued."""
+
+    def write(conn: Connection) -> ChunkResult:
+        return _write(conn, db.is_postgres, chunk)
+
+    result = ChunkResult()
+    result.add(chunk.result)
+    if chunk.stepped or chunk.queued:
+        result.add(await db.write(write))
+    return result
+
+
+async def start_chunk(
+    db: Database,
+    handler: StepHandler,
+    now: dt.datetime,
+    flow: str,
+    starts: Sequence[Start],
+    *,
+    workspace: str,
+    policy: str = "interrupt",
+) -> ChunkResult:
+    """Step `starts` (distinct keys) in memory and write them in one transaction; see above."""
+    chunk = await prepare(db, handler, now, flow, starts, workspace=workspace, policy=policy)
+    return await commit(db, chunk)
+
+
+def _payload(flow: str, start: Start, policy: str) -> dict[str, Any]:
+    return {"flow": flow, "data": start.data, "policy": policy}
+
+
+def _read(
+    conn: Connection, keys: list[ConversationKey], workspace: str
+) -> tuple[dict[ConversationKey, _Seen], dict[tuple[str, str], Any]]:
+    """The keys' conversations, pending events and opt-outs, and their contacts: no lock."""
+    pairs = [(k.virtual_number, k.phone) for k in keys]
+    c = conversations_t
+    rows = {
+        (r.virtual_number, r.phone): r
+        for r in conn.execute(select(c).where(rows_in((c.c.virtual_number, c.c.phone), pairs)))
+    }
+    pending = _pending(conn, pairs)
+    opted = _opted_out(conn, keys, workspace)
+    seen = {}
+    for k in keys:
+        pair = (k.virtual_number, k.phone)
+        seen[k] = _Seen(rows.get(pair), pair in pending, k in opted)
+    people = contacts.load_contacts(conn, ((workspace, k.phone) for k in keys))
+    return seen, people
+
+
+def _pending(conn: Connection, pairs: list[tuple[str, str]]) -> set[tuple[str, str]]:
+    """The keys with events still waiting to be stepped (on ix_events_pending)."""
+    e = events_t
+    key = (e.c.virtual_number, e.c.phone)
+    found = conn.execute(
+        select(*key).where(e.c.state == EventState.PENDING.value, rows_in(key, pairs)).distinct()
+    )
+    return {(vn, phone) for vn, phone in found}
+
+
+def _opted_out(
+    conn: Connection, keys: list[ConversationKey], workspace: str
+) -> set[ConversationKey]:
+    """The keys whose phone opted out of a number that stops their sender (opt_out_applies: an
+    opt-out from one of our numbers stops our alphanumeric sender IDs too), erased phones'
+    hashed opt-outs included."""
+    phones = sorted({k.phone for k in keys})
+    hashes = {contacts.suppression_hash(phone): phone for phone in phones}
+    o, s = opt_outs_t, suppressions_t
+    stopped: dict[str, list[str]] = {}
+    for number, phone in conn.execute(
+        select(o.c.virtual_number, o.c.phone).where(
+            o.c.phone.in_(phones), o.c.workspace == workspace
+        )
+    ):
+        stopped.setdefault(phone, []).append(number)
+    for number, digest in conn.execute(
+        select(s.c.virtual_number, s.c.phone_hash).where(
+            s.c.phone_hash.in_(list(hashes)), s.c.workspace == workspace
+        )
+    ):
+        stopped.setdefault(hashes[digest], []).append(number)
+    return {
+        k
+        for k in keys
+        if any(opt_out_applies(n, k.virtual_number) for n in stopped.get(k.phone, ()))
+    }
+
+
+def _snapshot(row: Any, key: ConversationKey) -> ConversationSnapshot:
+    if row is None:  # no conversation yet: the row the dispatcher would create
+        return ConversationSnapshot(0, key, None, None, {}, 0, None, False, None, None)
+    return ConversationSnapshot(
+        id=row.id,
+        key=key,
+        flow=row.flow,
+        state=row.state,
+        data=dict(row.data or {}),
+        version=row.version,
+        state_token=row.state_token,
+        opted_out=False,
+        started_at=row.started_at,
+        last_activity_at=row.last_activity_at,
+    )
+
+
+def _write(conn: Connection, postgres: bool, chunk: Prepared) -> ChunkResult:
+    """One transaction: keep the steps whose conversation did not move, queue the rest."""
+    now, flow, policy, workspace = chunk.now, chunk.flow, chunk.policy, chunk.workspace
+    stepped, queued = chunk.stepped, list(chunk.queued)
+    result = ChunkResult()
+    keys = [s.key for s, *_ in stepped]
+    busy = _pending(conn, [(k.virtual_number, k.phone) for k in keys])
+    free = [k for k in keys if (k.virtual_number, k.phone) not in busy]
+    locked = claims.lock_conversations(conn, free, postgres=postgres)
+    kept: list[tuple[Start, Any, ConversationSnapshot, StepResult]] = []
+    for start, look, snapshot, step in stepped:
+        row = locked.get(start.key)
+        read_version = look.row.version if look.row is not None else 0
+        if row is None or row.version != read_version:
+            queued.append(start)  # moved (or held by another process) since the read
+            continue
+        kept.append((start, row, snapshot, step))
+    # Every start's event is stored pending; write_effects marks the stepped ones done.
+    events = [_event(workspace, flow, policy, s, now) for s in [k[0] for k in kept] + queued]
+    ids = {eid: i for eid, i in conn.execute(_INSERT_EVENTS, events)} if events else {}
+    items: list[Stepped] = []
+    for start, row, snapshot, step in kept:
+        if start.event_id not in ids:
+            result.duplicates += 1  # already stored: started before, nothing to write
+            continue
+        snapshot.id = row.id
+        payload = _payload(flow, start, policy)
+        event = DispatchEvent(ids[start.event_id], EventKind.START, payload, now)
+        items.append(Stepped(row, snapshot, event, step, workspace))
+    write_effects(conn, items, now)
+    result.stepped = len(items)
+    for start in queued:
+        if start.event_id in ids:
+            result.queued += 1
+        else:
+            result.duplicates += 1
+    return result
+
+
+def _event(workspace: str, flow: str, policy: str, start: Start, now: dt.datetime) -> Any:
+    entry = InboxEntry(
+        source=SOURCE,
+        event_id=start.event_id,
+        kind=EventKind.START,
+        payload=_payload(flow, start, policy),
+        virtual_number=start.key.virtual_number,
+        phone=start.key.phone,
+        workspace=workspace,
+    )
+    return event_row(entry, now)
