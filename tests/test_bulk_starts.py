@@ -1,0 +1,280 @@
+"""Bulk starts stepped in the starting process (pipeline/starts.py) keep the normal path's promises.
+
+Each test runs on SQLite and on PostgreSQL, with the example flows, a real bot, the sandbox
+provider and a virtual clock:
+- a start written by the fast path leaves exactly the rows the dispatcher would have written
+  for the same start (conversation, question held by quiet hours, timers, history, event);
+- a conversation with a pending event, or one that moves between the read and the write,
+  is not written by the fast path: its start is queued behind, and stepped once, in order;
+- a start whose event is already stored writes nothing (once only);
+- opted-out phones are skipped; a failing step is left to the dispatcher, which parks it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+
+from smsbot.app.bulk import StartRow, Validator, csv_rows, enqueue_starts
+from smsbot.app.bulk_cli import check_file
+from smsbot.app.operations import OperatorError
+from smsbot.app.server.app import create_app
+from smsbot.channels.sandbox import Sandbox
+from smsbot.clock import VirtualClock
+from smsbot.engine.contract import (
+    ConversationKey,
+    ConversationSnapshot,
+    DispatchEvent,
+    StepResult,
+)
+from smsbot.engine.runtime import FlowRuntime
+from smsbot.pipeline.bot import Bot
+from smsbot.pipeline.starts import Start, start_chunk
+from smsbot.store.models import (
+    EventState,
+    conversations_t,
+    events_t,
+    messages_t,
+    opt_outs_t,
+    state_changes_t,
+    timers_t,
+)
+from tests.support import VN, inbound_body, settings_for, signed
+from tests.test_faults import REPO, TOKEN, appointment, new_bot, phone
+
+NIGHT = dt.datetime(2026, 1, 15, 22, 30, tzinfo=dt.UTC)  # inside quiet hours in London
+ENV = {
+    "SMSBOT_API_KEY": TOKEN,
+    "SMSBOT_DEFAULT_SENDER": VN,
+    "SMSBOT_FLOWS_DIR": str(REPO / "flows"),
+    "SMSBOT_TEMPLATES_DIR": str(REPO / "templates"),
+    "SMSBOT_QUIET_HOURS": "21:00-08:00",
+}
+DATA = appointment(NIGHT.replace(day=20))
+
+
+class Rig:
+    """A bot on the example flows at NIGHT, its HTTP client, and its runtime."""
+
+    def __init__(self, bot: Bot, client: Any, runtime: FlowRuntime) -> None:
+        self.bot, self.client, self.runtime = bot, client, runtime
+
+    async def start(self, rows: list[StartRow], handler: Any = None) -> Any:
+        """Start the appointment flow for `rows` through the fast path (app/bulk)."""
+        bot = self.bot
+        return await enqueue_starts(bot.db, handler or self.runtime, bot.clock, "appointment", rows)
+
+    async def text(self, event_id: str, body: str, sender: str) -> None:
+        """A person texts the bot: the webhook is stored, not yet stepped."""
+        raw = inbound_body(event_id, body, sender=sender)
+        resp = await self.client.post(
+            "/webhooks/divergent", data=raw, headers=signed(raw, self.bot.clock)
+        )
+        assert resp.status == 200, await resp.text()
+
+    async def rows(self, table: Any, to: str, *order: Any) -> list[dict[str, Any]]:
+        """Every row of `table` about phone `to`, as dicts."""
+        async with self.bot.db.session() as s:
+            if "phone" not in table.c:  # timers, state changes: by their conversation
+                convo = select(conversations_t.c.id).where(conversations_t.c.phone == to)
+                query = select(table).where(table.c.conversation_id.in_(convo))
+            else:
+                query = select(table).where(table.c.phone == to)
+            found = await s.execute(query.order_by(*order))
+            return [dict(r._mapping) for r in found]
+
+
+@pytest.fixture
+async def rig(db_url: str, sandbox: Sandbox, aiohttp_client: Any) -> Rig:
+    assert sandbox.url is not None
+    runtime = FlowRuntime.from_settings(settings_for(db_url, sandbox.url, **ENV))
+    bot = await new_bot(db_url, sandbox, runtime, VirtualClock(NIGHT), env=ENV)
+    client = await aiohttp_client(create_app(bot, run_workers=False))
+    return Rig(bot, client, runtime)
+
+
+def same(rows: list[dict[str, Any]], *drop: str) -> list[dict[str, Any]]:
+    """Rows without the columns that differ between two phones (ids, phone, foreign keys)."""
+    # the API's start has its own event id, not bulk:RUN:LINE
+    gone = {"id", "phone", "conversation_id", "event_id", "token", "state_token", *drop}
+    return [{k: v for k, v in r.items() if k not in gone} for r in rows]
+
+
+async def test_a_fast_start_writes_what_the_dispatcher_writes(rig: Rig) -> None:
+    slow, fast = phone(1), phone(2)
+    resp = await rig.client.post(
+        "/api/flows/appointment/start",
+        json={"to": slow, "data": DATA},
+        headers={"Authorization": f"Bearer {TOKEN}"},
+    )
+    assert resp.status == 202, await resp.text()
+    assert await rig.bot.dispatcher.run_until_idle() == 1
+    result = await rig.start([StartRow(2, fast, VN, DATA)])
+    assert (result.started, result.queued) == (1, 0)
+
+    for table, order in (
+        (conversations_t, conversations_t.c.id),
+        (messages_t, messages_t.c.created_at),
+        (timers_t, timers_t.c.name),
+        (state_changes_t, state_changes_t.c.id),
+        (events_t, events_t.c.id),
+    ):
+        slow_rows, fast_rows = (
+            await rig.rows(table, slow, order),
+            await rig.rows(table, fast, order),
+        )
+        assert slow_rows, table.name
+        assert same(fast_rows) == same(slow_rows), table.name
+    (question,) = await rig.rows(messages_t, fast, messages_t.c.created_at)
+    assert question["send_after"] == NIGHT.replace(day=16, hour=8, minute=0)  # after quiet hours
+    (event,) = await rig.rows(events_t, fast, events_t.c.id)
+    assert event["state"] == EventState.DONE.value and event["event_id"].startswith("bulk:")
+
+
+async def test_a_start_goes_behind_a_pending_text_and_both_are_stepped_in_order(rig: Rig) -> None:
+    busy, free = phone(1), phone(2)
+    await rig.text("evt_hours", "HOURS", busy)  # stored, not stepped yet
+    result = await rig.start([StartRow(2, busy, VN, DATA), StartRow(3, free, VN, DATA)])
+    assert (result.started, result.queued) == (2, 1)
+    assert len(await rig.rows(messages_t, busy, messages_t.c.created_at)) == 0
+    await rig.bot.dispatcher.run_until_idle()
+    events = await rig.rows(events_t, busy, events_t.c.id)
+    assert [e["kind"] for e in events] == ["inbound", "start"]
+    assert all(e["state"] == EventState.DONE.value for e in events)
+    assert events[0]["processed_at"] <= events[1]["processed_at"]
+    (convo,) = await rig.rows(conversations_t, busy, conversations_t.c.id)
+    assert (convo["flow"], convo["state"]) == ("appointment", "waiting")
+
+
+class Meddler:
+    """The flows' runtime, except that while one phone's start is stepped, `meanwhile` runs."""
+
+    def __init__(self, runtime: FlowRuntime, target: str, meanwhile: Callable[[], Awaitable[None]]):
+        self.runtime, self.target, self.meanwhile = runtime, target, meanwhile
+        self.campaigns = runtime.campaigns
+
+    async def handle(
+        self, event: DispatchEvent, convo: ConversationSnapshot, now: dt.datetime
+    ) -> StepResult:
+        result = await self.runtime.handle(event, convo, now)
+        if convo.key.phone == self.target:
+            await self.meanwhile()
+        return result
+
+
+async def test_a_conversation_that_moves_during_the_step_is_not_overwritten(rig: Rig) -> None:
+    target, other = phone(1), phone(2)
+
+    async def text_and_step() -> None:  # the dispatcher answers a text from `target` meanwhile
+        await rig.text("evt_meanwhile", "HOURS", target)
+        assert await rig.bot.dispatcher.run_until_idle() == 1
+
+    meddler = Meddler(rig.runtime, target, text_and_step)
+    rows = [StartRow(2, target, VN, DATA), StartRow(3, other, VN, DATA)]
+    result = await rig.start(rows, handler=meddler)
+    assert (result.started, result.queued) == (2, 1)  # the target's start was not written here
+    await rig.bot.dispatcher.run_until_idle()
+    messages = await rig.rows(messages_t, target, messages_t.c.created_at)
+    outbound = [m["body"] for m in messages if m["direction"] == "out"]
+    assert len(outbound) == 2 and "Reply YES" in outbound[1]  # the hours, then one question
+    (convo,) = await rig.rows(conversations_t, target, conversations_t.c.id)
+    assert (convo["state"], convo["version"]) == ("waiting", 2)
+
+
+async def test_a_start_already_stored_writes_nothing_again(rig: Rig) -> None:
+    key = ConversationKey(VN, phone(1))
+    start = Start("bulk:once:2", key, DATA)
+    now = rig.bot.clock.now()
+    first = await start_chunk(
+        rig.bot.db, rig.runtime, now, "appointment", [start], workspace="default"
+    )
+    again = await start_chunk(
+        rig.bot.db, rig.runtime, now, "appointment", [start], workspace="default"
+    )
+    assert (first.stepped, first.duplicates) == (1, 0)
+    assert (again.stepped, again.queued, again.duplicates) == (0, 0, 1)
+    assert len(await rig.rows(messages_t, key.phone, messages_t.c.created_at)) == 1
+    (convo,) = await rig.rows(conversations_t, key.phone, conversations_t.c.id)
+    assert convo["version"] == 1
+
+
+async def test_opted_out_phones_are_skipped_and_failing_steps_are_parked(rig: Rig) -> None:
+    stopped, past, fine = phone(1), phone(2), phone(3)
+    async with rig.bot.db.session() as s:
+        await s.execute(
+            opt_outs_t.insert().values(
+                workspace="default", virtual_number=VN, phone=stopped, keyword="STOP",
+                created_at=NIGHT,
+            )
+        )  # fmt: skip
+        await s.commit()
+    gone = appointment(NIGHT - dt.timedelta(days=1))  # the flow refuses a past appointment
+    rows = [
+        StartRow(2, stopped, VN, DATA),
+        StartRow(3, past, VN, gone),
+        StartRow(4, fine, VN, DATA),
+    ]
+    result = await rig.start(rows)
+    assert (result.started, result.queued, result.skipped_opted_out) == (2, 1, 1)
+    assert await rig.rows(events_t, stopped, events_t.c.id) == []
+    for _ in range(10):  # the dispatcher retries the failing step, then parks it
+        await rig.bot.dispatcher.run_until_idle()
+        rig.bot.clock.advance(dt.timedelta(hours=1))
+    (event,) = await rig.rows(events_t, past, events_t.c.id)
+    assert event["state"] == EventState.FAILED.value
+    assert await rig.rows(messages_t, past, messages_t.c.created_at) == []
+    assert len(await rig.rows(messages_t, fine, messages_t.c.created_at)) == 1
+
+
+# --- the CSV, read as a stream ------------------------------------------------------------------
+
+
+def test_csv_rows_reads_as_it_goes() -> None:
+    def lines() -> Any:
+        yield "to,name\n"
+        yield "+447700900001,Ann\n"
+        raise AssertionError("read past the first row")
+
+    first = next(csv_rows(lines()))
+    assert first == (2, {"to": "+447700900001", "data": {"name": "Ann"}})
+
+
+def test_check_file_spools_good_rows_and_counts_bad_ones(tmp_path: Path, db_url: str) -> None:
+    settings = settings_for(db_url, "http://127.0.0.1:9", **ENV)
+    path = tmp_path / "starts.csv"
+    path.write_text(
+        "to,name\n+447700900001,Ann\nnot a phone,Bob\n07700 900003,Cy\n+447700900001,Ann\n"
+    )
+    with (tmp_path / "spool").open("w+b") as spool:
+        checked = check_file(path, Validator(settings), spool)
+        rows = list(checked.rows())
+    assert [(r.line, r.phone, r.data) for r in rows] == [
+        (2, "+447700900001", {"name": "Ann"}),
+        (4, "+447700900003", {"name": "Cy"}),
+    ]
+    assert (checked.good, checked.bad) == (2, 2)
+    assert [(e.line, e.field) for e in checked.errors] == [(3, "to"), (5, "to")]
+
+
+@pytest.mark.parametrize(
+    ("content", "says"),
+    [
+        (b"PK\x03\x04\xff\xfe\x00 a spreadsheet, not CSV", "cannot read"),
+        (b"to,name\n+447700900001," + b"A" * 200_000 + b"\n", "not readable as CSV"),
+        (b"phone,name\n+447700900001,Ann\n", "needs a header row with a 'to' column"),
+    ],
+)
+def test_a_file_that_is_not_csv_is_refused_with_its_name(
+    tmp_path: Path, db_url: str, content: bytes, says: str
+) -> None:
+    settings = settings_for(db_url, "http://127.0.0.1:9", **ENV)
+    path = tmp_path / "bad.csv"
+    path.write_bytes(content)
+    with (tmp_path / "spool").open("w+b") as spool, pytest.raises(OperatorError) as err:
+        check_file(path, Validator(settings), spool)
+    assert "bad.csv" in str(err.value) and says in str(err.value)
