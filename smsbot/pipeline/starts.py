@@ -58,11 +58,14 @@ from smsbot.store.models import (
     opt_outs_t,
     suppressions_t,
 )
+from smsbot.store.upsert import insert_on_conflict
 
 YIELD_EVERY = 100
 SOURCE = "api"  # the inbox source of operator starts (the API's and the CLI's)
-_INSERT_EVENTS = NEW_EVENT.returning(
-    events_t.c.event_id, events_t.c.id, sort_by_parameter_order=True
+# Rows an ON CONFLICT skips return nothing: the answers are matched by key, not by position.
+_INSERT_EVENTS = NEW_EVENT.returning(events_t.c.event_id, events_t.c.id)
+_NEW_CONVERSATIONS = insert_on_conflict(conversations_t, ["virtual_number", "phone"]).returning(
+    conversations_t.c.virtual_number, conversations_t.c.phone, conversations_t.c.id
 )
 
 
@@ -90,6 +93,21 @@ class ChunkResult:
         self.queued += other.queued
         self.skipped_opted_out += other.skipped_opted_out
         self.duplicates += other.duplicates
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _NewRow:
+    """A conversation row this transaction inserted, as write_effects reads it."""
+
+    id: int
+    version: int = 0
+    flow: str | None = None
+    state: str | None = None
+    state_token: str | None = None
+    started_at: dt.datetime | None = None
+    ended_at: dt.datetime | None = None
+    end_reason: str | None = None
+    end_state: str | None = None
 
 
 @dataclasses.dataclass(slots=True)
@@ -270,13 +288,22 @@ def _write(conn: Connection, postgres: bool, chunk: Prepared) -> ChunkResult:
     result = ChunkResult()
     keys = [s.key for s, *_ in stepped]
     busy = _pending(conn, [(k.virtual_number, k.phone) for k in keys])
-    free = [k for k in keys if (k.virtual_number, k.phone) not in busy]
-    locked = claims.lock_conversations(conn, free, postgres=postgres)
+    free = {(k.virtual_number, k.phone) for k in keys} - busy
+    # Conversations the read did not find are inserted (one statement, no lock to take:
+    # a row someone else made meanwhile is skipped, and its start queued); the others are
+    # locked and must still be at the version the step was computed from.
+    fresh = [(s, look) for s, look, *_ in stepped if look.row is None]
+    created = _create(conn, workspace, [s.key for s, _ in fresh if _pair(s.key) in free])
+    known = [s.key for s, look, *_ in stepped if look.row is not None and _pair(s.key) in free]
+    locked = claims.lock_conversations(conn, known, postgres=postgres) if known else {}
     kept: list[tuple[Start, Any, ConversationSnapshot, StepResult]] = []
     for start, look, snapshot, step in stepped:
-        row = locked.get(start.key)
-        read_version = look.row.version if look.row is not None else 0
-        if row is None or row.version != read_version:
+        if look.row is None:
+            row: Any = created.get(start.key)
+        else:
+            row = locked.get(start.key)
+            row = row if row is not None and row.version == look.row.version else None
+        if row is None:
             queued.append(start)  # moved (or held by another process) since the read
             continue
         kept.append((start, row, snapshot, step))
@@ -300,6 +327,30 @@ def _write(conn: Connection, postgres: bool, chunk: Prepared) -> ChunkResult:
         else:
             result.duplicates += 1
     return result
+
+
+def _pair(key: ConversationKey) -> tuple[str, str]:
+    return key.virtual_number, key.phone
+
+
+def _create(
+    conn: Connection, workspace: str, keys: list[ConversationKey]
+) -> dict[ConversationKey, _NewRow]:
+    """Insert empty conversations for `keys`; return those inserted (not there already)."""
+    if not keys:
+        return {}
+    rows = [
+        {
+            "virtual_number": k.virtual_number,
+            "phone": k.phone,
+            "data": {},
+            "version": 0,
+            "workspace": workspace,
+        }
+        for k in keys
+    ]
+    found = conn.execute(_NEW_CONVERSATIONS, rows)
+    return {ConversationKey(vn, phone): _NewRow(id) for vn, phone, id in found}
 
 
 def _event(workspace: str, flow: str, policy: str, start: Start, now: dt.datetime) -> Any:

@@ -24,6 +24,25 @@ class UTCDateTime(TypeDecorator[dt.datetime]):
             raise ValueError("smsbot stores only timezone-aware datetimes")
         return value.astimezone(dt.UTC).replace(tzinfo=None)
 
+    def bind_processor(self, dialect: Dialect) -> Any:
+        """On SQLite, one step to the text SQLAlchemy stores (its DATETIME's format)."""
+        if dialect.name != "sqlite":
+            return super().bind_processor(dialect)
+        utc = dt.UTC
+
+        # The same text as process_bind_param followed by SQLite's DATETIME processor
+        # ("YYYY-MM-DD HH:MM:SS.ffffff"), in one C call instead of two Python ones and a
+        # %-format of seven fields: a fifth of a bulk start's database thread went there.
+        def process(value: dt.datetime | None) -> str | None:
+            if value is None:
+                return None
+            if value.tzinfo is None:
+                raise ValueError("smsbot stores only timezone-aware datetimes")
+            naive = value.astimezone(utc).replace(tzinfo=None)
+            return naive.isoformat(" ", "microseconds")
+
+        return process
+
     def process_result_value(self, value: Any, dialect: Dialect) -> dt.datetime | None:
         """Attach UTC to what the database returns."""
         if value is None:
