@@ -15,6 +15,7 @@ from pathlib import Path
 
 import aiohttp
 
+from bench import bulk_ceiling
 from bench.common import (
     SECRET,
     VN,
@@ -213,6 +214,7 @@ async def bulk(o: Options) -> list[Figure]:
         port = free_port()
         env = server_env(db, port, provider.url)
         run = await run_bulk(o, n, provider, env=env, port=port, replies=(provider, Probe()))
+        ceiling = await bulk_ceiling.figure(o, n, provider)
     peak = max(run.starter_peak, run.server_peak)
     note = "" if run.done else f"INCOMPLETE: {run.sent:,} of {n:,} after {run.elapsed:.0f} s"
     p99 = run.p99
@@ -241,4 +243,5 @@ async def bulk(o: Options) -> list[Figure]:
             peak <= BULK_GOAL_MB,
             note=f"serve {run.server_peak:.0f} MB, `smsbot start` {run.starter_peak:.0f} MB",
         ),
+        ceiling,
     ]

@@ -12,6 +12,7 @@ provider and a virtual clock:
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -20,7 +21,7 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from smsbot.app.bulk import StartRow, Validator, csv_rows, enqueue_starts
+from smsbot.app.bulk import SeenOnDisk, StartRow, Validator, csv_rows, enqueue_starts
 from smsbot.app.bulk_cli import check_file
 from smsbot.app.operations import OperatorError
 from smsbot.app.server.app import create_app
@@ -250,8 +251,9 @@ def test_check_file_spools_good_rows_and_counts_bad_ones(tmp_path: Path, db_url:
     path.write_text(
         "to,name\n+447700900001,Ann\nnot a phone,Bob\n07700 900003,Cy\n+447700900001,Ann\n"
     )
-    with (tmp_path / "spool").open("w+b") as spool:
-        checked = check_file(path, Validator(settings), spool)
+    seen = SeenOnDisk()  # what `smsbot start` uses: the recipients seen, on disk
+    with (tmp_path / "spool").open("w+b") as spool, contextlib.closing(seen):
+        checked = check_file(path, Validator(settings, seen=seen), spool)
         rows = list(checked.rows())
     assert [(r.line, r.phone, r.data) for r in rows] == [
         (2, "+447700900001", {"name": "Ann"}),
