@@ -199,7 +199,9 @@ async def start_many(request: web.Request) -> web.Response:
         bot.db, bot.handler, bot.clock, name, good, policy=policy, workspace=ws
     )
     result.invalid = bad
-    bot.dispatcher.notify()
+    bot.dispatcher.notify()  # the starts left queued
+    if (sender := bot.senders.get(ws)) is not None:
+        sender.notify()  # the messages the stepped starts wrote
     return web.json_response(result.as_json(), status=202)
 
 
