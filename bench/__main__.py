@@ -19,6 +19,7 @@ import traceback
 from collections.abc import Awaitable, Callable
 
 from bench import (
+    bulk_memory,
     campaigns,
     contacts_import,
     footprint,
@@ -37,6 +38,7 @@ BENCHES: dict[str, Bench] = {
     "turns": http_benches.turns,
     "history": http_benches.history,
     "bulk": offline.bulk,
+    "bulk-memory": bulk_memory.bulk_memory,
     "timers": timers.timers,
     "footprint": footprint.footprint,
     "campaigns": campaigns.campaigns,

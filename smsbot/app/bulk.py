@@ -29,8 +29,9 @@ from smsbot.store.engine import Database
 from smsbot.workspaces import DEFAULT
 
 T = TypeVar("T")
-BATCH = 1_000  # starts per transaction: stepped together, written with one executemany a table
+BATCH = 250  # starts per transaction: stepped together, written with one executemany a table
 MAX_ROWS = 200_000
+GIVE_WAY = 0.001  # seconds between two chunks' transactions
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -301,6 +302,9 @@ async def enqueue_starts(
                 result.add(await writing)
                 if progress is not None:
                     progress(done)
+                # A writer of another process (a person's answer in `smsbot serve`) that
+                # waited for that commit takes the database now (store/engine.WriterHandoff).
+                await asyncio.sleep(GIVE_WAY)
             writing = asyncio.create_task(commit(db, ready))
             done += len(chunk)
         if writing is not None:

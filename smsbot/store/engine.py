@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import sqlite3
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -22,6 +23,11 @@ from sqlalchemy.ext.asyncio import (
 from sqlmodel import SQLModel
 
 from smsbot.store import models  # noqa: F401  (registers the tables on SQLModel.metadata)
+
+try:
+    import fcntl
+except ImportError:  # Windows: no flock; SQLite's busy handler alone
+    fcntl = None  # type: ignore[assignment]
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +74,7 @@ class Database:
                 _configure_sqlite(self._sync)
                 self._reader = create_engine(url.replace("+aiosqlite", "", 1))
                 _configure_sqlite(self._reader, begin="BEGIN")
+        self._handoff = WriterHandoff.beside(self._sync.url.database if self._sync else None)
         self._writer = None if self.is_postgres else asyncio.Lock()
         self._writer_task: asyncio.Task[Any] | None = None
         self.urgent_waits = 0  # how often an urgent writer (a webhook) had to wait (SQLite)
@@ -128,7 +135,7 @@ class Database:
         async with self._turn(urgent):
             if self._thread is None:
                 self._thread = ThreadPoolExecutor(1, thread_name_prefix="smsbot-sqlite")
-            tx = _ThreadTransaction(self._sync, self._thread)
+            tx = _ThreadTransaction(self._sync, self._thread, self._handoff)
             try:
                 yield tx
             except BaseException:
@@ -174,6 +181,7 @@ class Database:
         if self._sync is not None and self._thread is not None:
             # Close its connections in the thread that opened them, then let the thread go.
             await asyncio.get_running_loop().run_in_executor(self._thread, self._sync.dispose)
+            await asyncio.get_running_loop().run_in_executor(self._thread, self._handoff.close)
             self._thread.shutdown(wait=False)
             self._thread = None
         if self._reader is not None and self._reader_thread is not None:
@@ -199,12 +207,60 @@ class _AsyncTransaction:
         return await self.conn.run_sync(fn)
 
 
+class WriterHandoff:
+    """An exclusive flock beside a SQLite file, held by each process's write transactions.
+
+    SQLite alone is fair to no one across processes: a writer that finds the database locked
+    sleeps in its busy handler (1, 2, 5 … up to 100 ms between tries) and can miss the moment
+    it is free again and again while another process (`smsbot start` writing a campaign)
+    commits back to back; a person's answer then waited seconds. A writer that waits here
+    waits in the kernel and gets the lock the moment it is released. SQLite's own lock still
+    decides what is safe: this only decides who goes next. No-op where flock is missing.
+    """
+
+    def __init__(self, path: str | None) -> None:
+        self._path = path
+        self._fd: int | None = None
+
+    @classmethod
+    def beside(cls, database: str | None) -> WriterHandoff:
+        """The handoff lock of the SQLite file `database` (None, or no flock: a no-op)."""
+        if not database or database == ":memory:" or fcntl is None:
+            return cls(None)
+        return cls(f"{database}-writer.lock")
+
+    def acquire(self) -> None:
+        """Wait for the other processes' write transactions (blocking: the database thread)."""
+        if self._path is None or fcntl is None:
+            return
+        if self._fd is None:
+            flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0)
+            try:
+                self._fd = os.open(self._path, flags, 0o666)
+            except OSError:  # a read-only directory: SQLite's busy handler alone, as before
+                self._path = None
+                return
+        fcntl.flock(self._fd, fcntl.LOCK_EX)
+
+    def release(self) -> None:
+        """Let the next process's writer in."""
+        if self._fd is not None and fcntl is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+
+    def close(self) -> None:
+        """Close the lock file (Database.dispose); the next acquire opens it again."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
 class _ThreadTransaction:
     """A SQLite transaction on a synchronous connection, driven from the database's thread."""
 
-    def __init__(self, engine: Engine, thread: ThreadPoolExecutor) -> None:
+    def __init__(self, engine: Engine, thread: ThreadPoolExecutor, handoff: WriterHandoff) -> None:
         self.engine = engine
         self.thread = thread
+        self.handoff = handoff
         self.conn: Connection | None = None
 
     async def run(self, fn: Callable[[Connection], T]) -> T:
@@ -212,8 +268,18 @@ class _ThreadTransaction:
 
     def _run(self, fn: Callable[[Connection], T]) -> T:
         if self.conn is None:
-            self.conn = self.engine.connect()
-            self.conn.begin()
+            self.handoff.acquire()
+            try:
+                conn = self.engine.connect()
+                try:
+                    conn.begin()
+                except BaseException:
+                    conn.close()
+                    raise
+            except BaseException:
+                self.handoff.release()
+                raise
+            self.conn = conn
         return fn(self.conn)
 
     async def end(self, *, commit: bool) -> None:
@@ -233,6 +299,7 @@ class _ThreadTransaction:
         finally:
             self.conn.close()
             self.conn = None
+            self.handoff.release()
 
 
 def _configure_sqlite(engine: Engine, begin: str = "BEGIN IMMEDIATE") -> None:
