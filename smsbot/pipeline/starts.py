@@ -318,6 +318,10 @@ def _write(conn: Connection, postgres: bool, chunk: Prepared) -> ChunkResult:
         snapshot.id = row.id
         payload = _payload(flow, start, policy)
         event = DispatchEvent(ids[start.event_id], EventKind.START, payload, now)
+        if isinstance(row, _NewRow):
+            # Created by this transaction: no timer can name it yet, nothing to cancel (an
+            # UPDATE probe a start saved).
+            step = dataclasses.replace(step, cancel_all_timers=False, cancel_timers=[])
         items.append(Stepped(row, snapshot, event, step, workspace))
     write_effects(conn, items, now)
     result.stepped = len(items)
