@@ -4,4 +4,5 @@ import sys
 
 from smsbot.app.cli import main
 
-sys.exit(main())
+if __name__ == "__main__":  # not when a spawned process imports it (app/bulk_jobs)
+    sys.exit(main())

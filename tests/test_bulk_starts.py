@@ -36,6 +36,7 @@ from smsbot.engine.contract import (
 from smsbot.engine.runtime import FlowRuntime
 from smsbot.pipeline.bot import Bot
 from smsbot.pipeline.starts import Start, start_chunk
+from smsbot.store.engine import Database
 from smsbot.store.models import (
     EventState,
     conversations_t,
@@ -46,6 +47,7 @@ from smsbot.store.models import (
     timers_t,
 )
 from tests.support import VN, inbound_body, settings_for, signed
+from tests.test_cli import smsbot
 from tests.test_faults import REPO, TOKEN, appointment, new_bot, phone
 
 NIGHT = dt.datetime(2026, 1, 15, 22, 30, tzinfo=dt.UTC)  # inside quiet hours in London
@@ -280,3 +282,33 @@ def test_a_file_that_is_not_csv_is_refused_with_its_name(
     with (tmp_path / "spool").open("w+b") as spool, pytest.raises(OperatorError) as err:
         check_file(path, Validator(settings), spool)
     assert "bad.csv" in str(err.value) and says in str(err.value)
+
+
+# --- several start processes --------------------------------------------------------------------
+
+
+async def test_start_in_two_processes_starts_every_row_once(tmp_path: Path, db_url: str) -> None:
+    rows = 2_500  # ten chunks, dealt out to two processes in turn
+    path = tmp_path / "many.csv"
+    starts_at = "2030-01-20T10:30:00+00:00"  # the command checks it against the real clock
+    path.write_text(
+        "to,name,starts_at,location\n"
+        + "".join(f"+4474{i:08d},P{i},{starts_at},Riverside\n" for i in range(rows))
+    )
+    url = db_url.replace("+aiosqlite", "").replace("+asyncpg", "")
+    env = {**ENV, "SMSBOT_DATABASE_URL": url}
+    out = smsbot("start", "appointment", "--csv", str(path), "--jobs", "2", env=env, timeout=180)
+    assert out.returncode == 0, out.stderr
+    assert f"started {rows:,} conversation(s)" in out.stdout
+    db = Database(db_url)
+    try:
+        async with db.session() as s:
+            found = (await s.execute(select(events_t.c.event_id, events_t.c.state))).all()
+            sent = (await s.execute(select(messages_t.c.phone))).all()
+    finally:
+        await db.dispose()
+    assert {state for _, state in found} == {EventState.DONE.value}
+    runs = {event_id.split(":")[1] for event_id, _ in found}
+    lines = sorted(int(event_id.split(":")[2]) for event_id, _ in found)
+    assert len(runs) == 1 and lines == list(range(2, rows + 2))  # one run, each line once
+    assert len(sent) == len({phone for (phone,) in sent}) == rows

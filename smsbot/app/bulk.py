@@ -277,14 +277,16 @@ async def enqueue_starts(
     policy: str = "interrupt",
     progress: Callable[[int], None] | None = None,
     workspace: str = DEFAULT,
+    run: str | None = None,
 ) -> BulkResult:
     """Start `flow` for every request, a chunk at a time (pipeline/starts.py): stepped here and
     written in one transaction per chunk, or queued for the dispatcher when that is not safe.
 
     Opted-out phones are skipped and counted; `progress` gets the number of requests done.
+    `run` names this bulk start in its events' ids (several processes share one; app/bulk_jobs).
     """
     result = BulkResult()
-    run = uuid.uuid4().hex[:12]
+    run = run or uuid.uuid4().hex[:12]
     done = 0
     # While one chunk is written (the database's thread), the next is read and stepped (this
     # one): keys never repeat across chunks, so neither depends on the other.

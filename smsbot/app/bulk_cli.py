@@ -13,9 +13,11 @@ import asyncio
 import contextlib
 import csv
 import functools
+import os
 import pickle
 import sys
 import tempfile
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -30,6 +32,7 @@ from smsbot.app.bulk import (
     csv_rows,
     enqueue_starts,
 )
+from smsbot.app.bulk_jobs import Job, JobError, start_in_processes
 from smsbot.app.database import migrate
 from smsbot.app.operations import OperatorError
 from smsbot.clock import SystemClock
@@ -39,6 +42,8 @@ from smsbot.store.engine import Database
 from smsbot.workspaces import DEFAULT
 
 SHOWN_ERRORS = 20
+MANY_ROWS = 20_000  # from this many good rows on, start them in one process per core
+MAX_JOBS = 4
 CHECKED_EVERY = 10_000  # rows between two "checked" lines on a terminal
 
 
@@ -68,6 +73,7 @@ class _Checked:
         self.good = 0
         self.bad = 0
         self.errors: list[RowError] = []  # the first SHOWN_ERRORS
+        self.offsets: list[int] = []  # where each chunk starts in the spool
         self._chunk: list[tuple[int, str, str, dict[str, Any]]] = []  # StartRow's fields
 
     def add(self, checked: StartRow | RowError) -> None:
@@ -83,6 +89,7 @@ class _Checked:
 
     def flush(self) -> None:
         if self._chunk:
+            self.offsets.append(self.spool.tell())
             pickle.dump(self._chunk, self.spool, protocol=pickle.HIGHEST_PROTOCOL)
             self._chunk = []
 
@@ -126,9 +133,11 @@ async def start_from_csv(
     *,
     workspace: str = DEFAULT,
     sender: str | None = None,
+    jobs: int | None = None,
 ) -> str:
     """Start `flow` in `workspace` for every valid row of the CSV at `path` (`sender` for rows
-    without a "from"); return a one-line summary."""
+    without a "from") in `jobs` processes (None: one per core, for large files); return a
+    one-line summary."""
     runtime = FlowRuntime.from_settings(settings, reload_templates=False)
     if flow not in runtime.flows:
         known = ", ".join(sorted(runtime.flows)) or "none"
@@ -137,7 +146,10 @@ async def start_from_csv(
     parse = functools.partial(runtime.flows[flow].parse_start_data, now=clock.now(), from_text=True)
     seen = SeenOnDisk()
     validator = Validator(settings, parse, workspace=workspace, sender=sender, seen=seen)
-    with tempfile.TemporaryFile(prefix="smsbot-start-") as spool, contextlib.closing(seen):
+    with (
+        tempfile.NamedTemporaryFile(prefix="smsbot-start-", suffix=".spool") as spool,
+        contextlib.closing(seen),
+    ):
         checked = await asyncio.to_thread(check_file, path, validator, spool)
         if checked.bad and not skip_invalid:
             shown = "\n".join(f"  {path}:{e}" for e in checked.errors)
@@ -149,20 +161,34 @@ async def start_from_csv(
             )
         if done := await asyncio.to_thread(migrate, settings):
             print(f"smsbot: {done}", file=sys.stderr)
-        db = Database(settings.database_url)
+        checked.flush()
+        spool.flush()
         total = checked.good
-        try:
-            result = await enqueue_starts(
-                db,
-                runtime,
-                clock,
-                flow,
-                checked.rows(),
-                progress=lambda n: progress(n, total),
-                workspace=workspace,
-            )
-        finally:
-            await db.dispose()
+        jobs = jobs or (min(os.cpu_count() or 1, MAX_JOBS) if total >= MANY_ROWS else 1)
+        if jobs > 1 and len(checked.offsets) > 1:
+            run = uuid.uuid4().hex[:12]
+            dealt = [
+                Job(flow, workspace, spool.name, checked.offsets[i::jobs], run)
+                for i in range(min(jobs, len(checked.offsets)))
+            ]
+            try:
+                result = await start_in_processes(dealt, lambda n: progress(n, total))
+            except JobError as exc:
+                raise OperatorError(f"starting {path} failed: {exc}") from None
+        else:
+            db = Database(settings.database_url)
+            try:
+                result = await enqueue_starts(
+                    db,
+                    runtime,
+                    clock,
+                    flow,
+                    checked.rows(),
+                    progress=lambda n: progress(n, total),
+                    workspace=workspace,
+                )
+            finally:
+                await db.dispose()
     return (
         f"started {result.started:,} conversation(s) of {flow!r} ({result.queued:,} of them"
         f" queued behind earlier events); skipped {result.skipped_opted_out:,} opted-out and"

@@ -24,7 +24,8 @@ class GraphError(Exception):
     """`smsbot graph` cannot draw what was asked for; the message says what to give instead."""
 
 
-def _positive(text: str) -> int:
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number of at least 1, or a message that says so."""
     try:
         value = int(text)
     except ValueError:
@@ -106,7 +107,7 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     p.add_argument("--format", choices=("text", "json"), default="text")
     p.add_argument(
         "--segment-limit",
-        type=_positive,
+        type=positive_int,
         default=DEFAULTS.segment_limit,
         metavar="N",
         help="warn when a template can take more than N segments (default"
@@ -114,7 +115,7 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     )
     p.add_argument(
         "--text-length",
-        type=_positive,
+        type=positive_int,
         default=DEFAULTS.text_length,
         metavar="N",
         help="characters assumed for a text value without Length(max=...) (default"

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from smsbot.app.campaigns_cli import add_commands as add_campaigns_commands
-from smsbot.app.check_cli import GraphError
+from smsbot.app.check_cli import GraphError, positive_int
 from smsbot.app.check_cli import add_commands as add_check_commands
 from smsbot.app.contacts_cli import ContactsCommandError
 from smsbot.app.contacts_cli import add_commands as add_contacts_commands
@@ -157,6 +157,7 @@ def _cmd_start(args: argparse.Namespace) -> int:
                 args.skip_invalid,
                 workspace=workspace,
                 sender=sender,
+                jobs=args.jobs,
             )
         )
     )
@@ -227,6 +228,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--csv", required=True, type=Path, help="header row: to[,from],data columns…")
     p.add_argument("--from", dest="sender", help="sender for rows without a 'from' column")
     p.add_argument("--skip-invalid", action="store_true", help="start the good rows anyway")
+    p.add_argument(
+        "--jobs",
+        type=positive_int,
+        help="processes that start the rows (default: one per core, up to 4, for 20,000+ rows)",
+    )
     _workspace_option(p, "start from this workspace's numbers")
     p.set_defaults(func=_cmd_start)
 
