@@ -1,4 +1,4 @@
-"""Benchmark 3b: `smsbot start --csv` holds no file in memory: peak RSS at 100,000 and 1,000,000 rows.
+"""Benchmark 3b: `smsbot start --csv` holds no file in memory: peak RSS at N and 10 × N rows.
 
     python -m bench --only bulk-memory     # in `make bench`; --quick: 10,000 and 100,000 rows
 
@@ -16,7 +16,7 @@ import os
 import time
 from pathlib import Path
 
-from bench.common import Figure, base_env, python_argv, say, sqlite_url
+from bench.common import REPO, Figure, base_env, python_argv, say, sqlite_url
 from bench.http_benches import Options, migrate
 
 GOAL = 1.1  # peak RSS at 10 × the rows, over the smaller run's
@@ -47,7 +47,7 @@ async def start_rows(o: Options, n: int) -> tuple[float, float, float]:
     argv = python_argv("smsbot", "start", "appointment", "--csv", str(path))
     started = time.monotonic()
     proc = await asyncio.create_subprocess_exec(
-        *argv, env=env, cwd=Path(__file__).resolve().parents[1],
+        *argv, env=env, cwd=REPO,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
     )  # fmt: skip
     _, status, usage = await asyncio.to_thread(os.wait4, proc.pid, 0)
