@@ -38,6 +38,11 @@ from bench.seed import seed_sqlite
 
 CONNECTIONS = 32
 
+# issue 13's goals, against the raw baseline measured in the same run
+INTAKE_GOAL = 0.25  # intake, full server (dispatcher and sender running)
+INTAKE_P99_MS = 25.0
+TURNS_GOAL = 0.20  # full turns, SQLite, one process
+
 
 @dataclasses.dataclass
 class Options:
@@ -224,8 +229,8 @@ async def intake(o: Options) -> list[Figure]:
                     f"1 intake req/s, SQLite ({label})",
                     r["rps"],
                     "req/s",
-                    "≥ 0.60× baseline" if full else "",
-                    ratio >= 0.6 if full else None,
+                    f"≥ {INTAKE_GOAL:.2f}× baseline" if full else "",
+                    ratio >= INTAKE_GOAL if full else None,
                     ratio,
                     note,
                 )
@@ -235,8 +240,8 @@ async def intake(o: Options) -> list[Figure]:
                     f"1 intake p99, SQLite ({label})",
                     p99,
                     "ms",
-                    "≤ 20 ms" if full else "",
-                    p99 <= 20 if full else None,
+                    f"≤ {INTAKE_P99_MS:g} ms" if full else "",
+                    p99 <= INTAKE_P99_MS if full else None,
                 )
             )
     return figures
@@ -265,8 +270,8 @@ async def turns(o: Options) -> list[Figure]:
             "2 full turns/s, SQLite, 1 process",
             rate,
             "turns/s",
-            "≥ 0.35× baseline",
-            rate / base >= 0.35,
+            f"≥ {TURNS_GOAL:.2f}× baseline",
+            rate / base >= TURNS_GOAL,
             rate / base,
             f"turn p99 {r['turn_latency_ms']['p99'] or 0:.0f} ms",
         )
@@ -302,7 +307,7 @@ async def turns(o: Options) -> list[Figure]:
     return figures
 
 
-HISTORY_GOAL = 0.9
+HISTORY_GOAL = 0.9  # issue 13: full turns, 1,000,000 conversations stored / empty
 
 
 async def history(o: Options) -> list[Figure]:

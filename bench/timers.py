@@ -56,6 +56,8 @@ ADVANCE = dt.timedelta(minutes=15)  # the virtual clock moves in steps of this
 PER_CONVERSATION = 10  # reminders one step schedules (names r0..r9)
 LAG_GOAL = 1.0
 
+FIRE_GOAL_S = 15.0  # issue 13: fire 100,000 reminders on the virtual clock
+
 
 class ReminderHandler:
     """A StepHandler: START schedules reminders for the conversation; a TIMER sends its text."""
@@ -178,6 +180,7 @@ async def virtual(o: Options, n: int) -> list[Figure]:
     if profile:
         report_profile(profile.out)
     all_ok = in_order and delivered_once and per_convo_ok and fired_ok
+    fire_goal = FIRE_GOAL_S * n / 100_000  # issue 13: 100,000 in 15 s (--quick: 10,000 in 1.5)
     return [
         Figure(
             f"4 timers: schedule {n:,}",
@@ -191,10 +194,10 @@ async def virtual(o: Options, n: int) -> list[Figure]:
             f"4 timers: fire {n:,} on virtual clock",
             fire_s + deliver_s,
             "s",
-            "all, once, in order",
-            all_ok,
+            f"≤ {fire_goal:g} s, once, in order",
+            all_ok and fire_s + deliver_s <= fire_goal,
             note=f"fire_due {fire_s:.1f} s ({n / max(fire_s, 1e-9):,.0f}/s)"
-            f" + steps and sends {deliver_s:.1f} s",
+            f" + steps and sends {deliver_s:.1f} s; all fired, once each, in due order: {all_ok}",
         ),
     ]
 
