@@ -28,6 +28,13 @@ async def count(api: Api, table: Any) -> int:
         return int((await s.execute(select(func.count()).select_from(table))).scalar_one())
 
 
+async def test_false_and_zero_are_kept_when_a_contact_is_created(api: Api) -> None:
+    body = {"phone": PHONE, "fields": {"vip": False, "visits": 0, "note": ""}}
+    status, made = await api.call("POST", "/api/contacts", json=body)
+    assert status == 201, made
+    assert made["fields"] == {"vip": False, "visits": 0}  # empty text is no value
+
+
 async def test_create_read_change_and_find_a_contact(api: Api) -> None:
     body = {
         "phone": "07700 900123",

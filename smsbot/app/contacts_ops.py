@@ -230,9 +230,9 @@ def create(
     phone = phone_of(body["phone"], region)
     if conn.execute(select(contacts_t.c.id).where(*_key(phone, workspace))).first():
         raise ContactExistsError(phone)
-    fields = {
-        k: v for k, v in _typed_fields(conn, body.get("fields", {}), now, workspace).items() if v
-    }
+    # None (and empty text) means no value; false and 0 are values
+    typed = _typed_fields(conn, body.get("fields", {}), now, workspace)
+    fields = {k: v for k, v in typed.items() if v is not None and v != ""}
     groups = _groups(body.get("groups", []), "groups")
     contact_id = conn.execute(
         insert(contacts_t)
