@@ -1,12 +1,11 @@
-"""The tables: contacts, conversations and their state changes, messages (in and out), the inbox,
-opt-outs and timers."""
+"""The tables: conversations and their state changes, messages (in and out), the inbox, opt-outs
+and timers; the contact and credential tables (contact_tables.py, credential_tables.py) and
+the column helpers (columns.py) are re-exported here, where most code imports them from."""
 
 from __future__ import annotations
 
 import datetime as dt
 import enum
-import os
-import threading
 from typing import Any
 
 from sqlalchemy import (
@@ -14,7 +13,6 @@ from sqlalchemy import (
     Column,
     ColumnElement,
     Index,
-    Table,
     Text,
     UniqueConstraint,
     and_,
@@ -22,59 +20,26 @@ from sqlalchemy import (
     or_,
     true,
 )
-from sqlalchemy import Enum as SAEnum
 from sqlmodel import Field, SQLModel
 
 from smsbot.engine.contract import EventKind, Origin
 from smsbot.sms.status import DeliveryStatus
-from smsbot.store.types import UTCDateTime
-
-DEFAULT_WORKSPACE = "default"
-
-
-_RANDOM = bytearray()  # os.urandom drawn 4 KiB at a time: one system call per 256 ids
-_RANDOM_LOCK = threading.Lock()
-os.register_at_fork(after_in_child=_RANDOM.clear)  # a forked child must never reuse the parent's
-
-
-def new_id() -> str:
-    """Return a fresh message id; it is also the clientReference sent to the provider."""
-    # 128 random bits as 32 hex digits, like uuid4().hex, which made a system call for each
-    # id: a bulk start writes several ids a message (14 % of its database thread).
-    with _RANDOM_LOCK:
-        if not _RANDOM:
-            _RANDOM.extend(os.urandom(4096))
-        raw = bytes(_RANDOM[-16:])
-        del _RANDOM[-16:]
-    return raw.hex()
-
-
-def _ts(nullable: bool = True, index: bool = False) -> Any:
-    return Field(default=None, sa_type=UTCDateTime, nullable=nullable, index=index)
-
-
-def _workspace(nullable: bool = False) -> Any:
-    # Every row belongs to one workspace (smsbot/workspaces.py); rows from before workspaces
-    # existed, and writers that name none, are the `default` one's.
-    return Field(
-        default=DEFAULT_WORKSPACE,
-        max_length=64,
-        nullable=nullable,
-        sa_column_kwargs={"server_default": DEFAULT_WORKSPACE},
-    )
-
-
-def _enum(enum_type: type[enum.StrEnum], default: Any = None, nullable: bool = True) -> Any:
-    # Stored as the member's value in a plain VARCHAR: readable in SQL, and no native
-    # PostgreSQL enum type to migrate whenever a member is added.
-    sa_type = SAEnum(
-        enum_type,
-        native_enum=False,
-        create_constraint=False,
-        length=16,
-        values_callable=lambda members: [m.value for m in members],
-    )
-    return Field(default=default, sa_type=sa_type, nullable=nullable)
+from smsbot.store.columns import DEFAULT_WORKSPACE as DEFAULT_WORKSPACE
+from smsbot.store.columns import enum_column, ts, workspace_column
+from smsbot.store.columns import new_id as new_id
+from smsbot.store.columns import table as table
+from smsbot.store.contact_tables import ContactFieldRow as ContactFieldRow
+from smsbot.store.contact_tables import ContactGroupRow as ContactGroupRow
+from smsbot.store.contact_tables import ContactRow as ContactRow
+from smsbot.store.contact_tables import SuppressionRow as SuppressionRow
+from smsbot.store.contact_tables import contact_fields_t as contact_fields_t
+from smsbot.store.contact_tables import contact_groups_t as contact_groups_t
+from smsbot.store.contact_tables import contacts_t as contacts_t
+from smsbot.store.contact_tables import suppressions_t as suppressions_t
+from smsbot.store.credential_tables import OperatorKeyRow as OperatorKeyRow
+from smsbot.store.credential_tables import ServerSecretRow as ServerSecretRow
+from smsbot.store.credential_tables import operator_keys_t as operator_keys_t
+from smsbot.store.credential_tables import server_secrets_t as server_secrets_t
 
 
 class Direction(enum.StrEnum):
@@ -102,73 +67,6 @@ class EventState(enum.StrEnum):
     IGNORED = "ignored"
 
 
-class ContactRow(SQLModel, table=True):
-    """A person we text: name, language, time zone (quiet hours) and typed custom fields."""
-
-    __tablename__ = "contacts"
-    # The campaign sync reads contacts changed since its cursor, in this order.
-    __table_args__ = (
-        Index("ix_contacts_updated", "updated_at", "id"),
-        # one contact per phone in each workspace: the same person may be two clients' patient
-        UniqueConstraint("workspace", "phone", name="uq_contact_key"),
-    )
-
-    id: int | None = Field(default=None, primary_key=True)
-    workspace: str = _workspace()
-    phone: str = Field(max_length=32)
-    name: str | None = Field(default=None, max_length=200)
-    language: str | None = Field(default=None, max_length=16)
-    timezone: str | None = Field(default=None, max_length=64)
-    # {field: JSON value}; the type of each field is in contact_fields (engine/contact.py)
-    fields: dict[str, Any] = Field(
-        default_factory=dict, sa_column=Column(JSON, nullable=False, default=lambda: {})
-    )  # a Core insert without fields gets {} too
-    created_at: dt.datetime = _ts(nullable=False)
-    updated_at: dt.datetime | None = _ts()
-
-
-class ContactFieldRow(SQLModel, table=True):
-    """A workspace's declared custom field and its type: text, number, datetime or boolean."""
-
-    __tablename__ = "contact_fields"
-
-    # Each workspace's own: one client's `visit` may be a datetime, another's free text.
-    workspace: str = Field(
-        default=DEFAULT_WORKSPACE,
-        primary_key=True,
-        max_length=64,
-        sa_column_kwargs={"server_default": DEFAULT_WORKSPACE},
-    )
-    name: str = Field(primary_key=True, max_length=64)
-    type: str = Field(max_length=16)
-    created_at: dt.datetime = _ts(nullable=False)
-
-
-class ContactGroupRow(SQLModel, table=True):
-    """A contact's membership of a named group."""
-
-    __tablename__ = "contact_groups"
-    __table_args__ = (Index("ix_contact_groups_name", "name", "contact_id"),)
-
-    contact_id: int = Field(foreign_key="contacts.id", primary_key=True)
-    name: str = Field(max_length=100, primary_key=True)
-    created_at: dt.datetime = _ts(nullable=False)
-
-
-class SuppressionRow(SQLModel, table=True):
-    """An opt-out whose phone was erased: kept as a hash so the STOP still holds."""
-
-    __tablename__ = "suppressions"
-    __table_args__ = (UniqueConstraint("virtual_number", "phone_hash", name="uq_suppression_key"),)
-
-    id: int | None = Field(default=None, primary_key=True)
-    workspace: str = _workspace()
-    virtual_number: str = Field(max_length=32)
-    phone_hash: str = Field(max_length=64, index=True)
-    keyword: str = Field(max_length=50)
-    created_at: dt.datetime = _ts(nullable=False)
-
-
 class ConversationRow(SQLModel, table=True):
     """The one conversation slot of a (virtual number, phone) key; its row is the key's lock."""
 
@@ -176,7 +74,7 @@ class ConversationRow(SQLModel, table=True):
     __table_args__ = (UniqueConstraint("virtual_number", "phone", name="uq_conversation_key"),)
 
     id: int | None = Field(default=None, primary_key=True)
-    workspace: str = _workspace()
+    workspace: str = workspace_column()
     virtual_number: str = Field(max_length=32)
     phone: str = Field(max_length=32, index=True)
     flow: str | None = Field(default=None, max_length=100)  # None: no active conversation
@@ -184,9 +82,9 @@ class ConversationRow(SQLModel, table=True):
     data: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     version: int = Field(default=0)
     state_token: str | None = Field(default=None, max_length=32)  # new on every state entry
-    started_at: dt.datetime | None = _ts()
-    last_activity_at: dt.datetime | None = _ts()
-    ended_at: dt.datetime | None = _ts()
+    started_at: dt.datetime | None = ts()
+    last_activity_at: dt.datetime | None = ts()
+    ended_at: dt.datetime | None = ts()
     end_reason: str | None = Field(default=None, max_length=100)
     end_state: str | None = Field(default=None, max_length=100)  # the outcome: where it ended
 
@@ -207,13 +105,13 @@ class MessageRow(SQLModel, table=True):
     )
 
     id: str = Field(default_factory=new_id, primary_key=True, max_length=32)
-    direction: Direction = _enum(Direction, nullable=False)
-    workspace: str = _workspace()
+    direction: Direction = enum_column(Direction, nullable=False)
+    workspace: str = workspace_column()
     virtual_number: str = Field(max_length=32)
     phone: str = Field(max_length=32)
     body: str = Field(sa_column=Column(Text, nullable=False))
-    origin: Origin | None = _enum(Origin)
-    status: DeliveryStatus | None = _enum(DeliveryStatus)
+    origin: Origin | None = enum_column(Origin)
+    status: DeliveryStatus | None = enum_column(DeliveryStatus)
     provider_message_id: str | None = Field(default=None, max_length=100, index=True)
     client_reference: str | None = Field(default=None, max_length=100, index=True)
     batch_id: str | None = Field(default=None, max_length=100)
@@ -222,13 +120,13 @@ class MessageRow(SQLModel, table=True):
     error: str | None = Field(default=None, max_length=500)
     event_id: int | None = Field(default=None)  # the inbox event that produced or carried it
     # outbox bookkeeping (outbound only)
-    outbox: OutboxState | None = _enum(OutboxState)
-    send_after: dt.datetime | None = _ts()
+    outbox: OutboxState | None = enum_column(OutboxState)
+    send_after: dt.datetime | None = ts()
     attempts: int = Field(default=0)
-    lease_until: dt.datetime | None = _ts()
-    created_at: dt.datetime = _ts(nullable=False)
-    sent_at: dt.datetime | None = _ts()
-    status_at: dt.datetime | None = _ts()
+    lease_until: dt.datetime | None = ts()
+    created_at: dt.datetime = ts(nullable=False)
+    sent_at: dt.datetime | None = ts()
+    status_at: dt.datetime | None = ts()
 
 
 class InboxEventRow(SQLModel, table=True):
@@ -247,19 +145,19 @@ class InboxEventRow(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)  # arrival order
     source: str = Field(max_length=16)  # divergent | puresms | timer | api
     event_id: str = Field(max_length=200)
-    kind: EventKind = _enum(EventKind, nullable=False)
+    kind: EventKind = enum_column(EventKind, nullable=False)
     # None: a webhook for a number no workspace owns, kept for reconciliation (UNMATCHED)
-    workspace: str | None = _workspace(nullable=True)
+    workspace: str | None = workspace_column(nullable=True)
     virtual_number: str | None = Field(default=None, max_length=32)
     phone: str | None = Field(default=None, max_length=32)
     body_sha256: str | None = Field(default=None, max_length=64)
     payload: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
-    state: EventState = _enum(EventState, EventState.PENDING, nullable=False)
+    state: EventState = enum_column(EventState, EventState.PENDING, nullable=False)
     attempts: int = Field(default=0)
-    next_attempt_at: dt.datetime | None = _ts()
+    next_attempt_at: dt.datetime | None = ts()
     last_error: str | None = Field(default=None, sa_column=Column(Text))
-    received_at: dt.datetime = _ts(nullable=False, index=True)
-    processed_at: dt.datetime | None = _ts()
+    received_at: dt.datetime = ts(nullable=False, index=True)
+    processed_at: dt.datetime | None = ts()
 
 
 class OptOutRow(SQLModel, table=True):
@@ -269,11 +167,11 @@ class OptOutRow(SQLModel, table=True):
     __table_args__ = (UniqueConstraint("virtual_number", "phone", name="uq_optout_key"),)
 
     id: int | None = Field(default=None, primary_key=True)
-    workspace: str = _workspace()
+    workspace: str = workspace_column()
     virtual_number: str = Field(max_length=32)
     phone: str = Field(max_length=32, index=True)
     keyword: str = Field(max_length=50)
-    created_at: dt.datetime = _ts(nullable=False)
+    created_at: dt.datetime = ts(nullable=False)
 
 
 class TimerState(enum.StrEnum):
@@ -308,15 +206,15 @@ class TimerRow(SQLModel, table=True):
     conversation_id: int | None = Field(default=None, foreign_key="conversations.id")
     # No foreign key: erasing or deleting a contact deletes its fires (cancel_contact_fires).
     contact_id: int | None = Field(default=None)
-    workspace: str = _workspace()
+    workspace: str = workspace_column()
     name: str = Field(max_length=100)
     kind: str = Field(max_length=16)  # remind | call | timeout | expiry
     token: str = Field(max_length=32)  # new on every (re)schedule; a firing must match it
-    due_at: dt.datetime = _ts(nullable=False)
+    due_at: dt.datetime = ts(nullable=False)
     payload: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
-    state: TimerState = _enum(TimerState, TimerState.SCHEDULED, nullable=False)
-    created_at: dt.datetime = _ts(nullable=False)
-    fired_at: dt.datetime | None = _ts()
+    state: TimerState = enum_column(TimerState, TimerState.SCHEDULED, nullable=False)
+    created_at: dt.datetime = ts(nullable=False)
+    fired_at: dt.datetime | None = ts()
 
 
 class StateChangeRow(SQLModel, table=True):
@@ -330,8 +228,8 @@ class StateChangeRow(SQLModel, table=True):
 
     id: int | None = Field(default=None, primary_key=True)  # order within one step
     conversation_id: int = Field(foreign_key="conversations.id")
-    workspace: str = _workspace()
-    at: dt.datetime = _ts(nullable=False)  # the step's time (the injected clock)
+    workspace: str = workspace_column()
+    at: dt.datetime = ts(nullable=False)  # the step's time (the injected clock)
     flow: str = Field(max_length=100)
     from_state: str | None = Field(default=None, max_length=100)  # None: the flow started
     to_state: str | None = Field(default=None, max_length=100)  # None: the flow ended
@@ -340,21 +238,10 @@ class StateChangeRow(SQLModel, table=True):
     event_id: int | None = Field(default=None)  # the inbox event of the step
 
 
-def table(model: type[SQLModel]) -> Table:
-    """Return a model's Core table, for the few set-based queries that claim work."""
-    t = getattr(model, "__table__")  # noqa: B009  (SQLModel declares no type for it)
-    assert isinstance(t, Table)
-    return t
-
-
 events_t = table(InboxEventRow)
 messages_t = table(MessageRow)
 conversations_t = table(ConversationRow)
 opt_outs_t = table(OptOutRow)
-contacts_t = table(ContactRow)
-contact_fields_t = table(ContactFieldRow)
-contact_groups_t = table(ContactGroupRow)
-suppressions_t = table(SuppressionRow)
 timers_t = table(TimerRow)
 state_changes_t = table(StateChangeRow)
 
@@ -402,34 +289,3 @@ def opt_out_blocks(
     else:
         same = or_(o.c.virtual_number == sender, and_(not_(sender.startswith("+")), same_workspace))
     return and_(o.c.phone == phone, same)
-
-
-class OperatorKeyRow(SQLModel, table=True):
-    """A workspace's operator API key (`smsbot keys create`), stored only as its SHA-256 hash.
-
-    The key is a high-entropy random token, so one unsalted SHA-256 is the right lookup hash
-    (a slow password hash protects guessable secrets; nobody guesses 256 random bits).
-    """
-
-    __tablename__ = "operator_keys"
-
-    id: str = Field(primary_key=True, max_length=32)  # public: the OAuth client_id
-    workspace: str = Field(max_length=64, index=True)
-    name: str | None = Field(default=None, max_length=100)  # a label: what uses it
-    key_hash: str = Field(max_length=64, unique=True)  # hex SHA-256 of the key
-    created_at: dt.datetime = _ts(nullable=False)
-    revoked_at: dt.datetime | None = _ts()  # set by `smsbot keys revoke`: refused from then on
-
-
-class ServerSecretRow(SQLModel, table=True):
-    """A secret every `smsbot serve` on one database shares: the OAuth token signing key."""
-
-    __tablename__ = "server_secrets"
-
-    name: str = Field(primary_key=True, max_length=64)
-    value: str = Field(max_length=200)  # never logged nor shown
-    created_at: dt.datetime = _ts(nullable=False)
-
-
-operator_keys_t = table(OperatorKeyRow)
-server_secrets_t = table(ServerSecretRow)
