@@ -45,7 +45,7 @@ from smsbot.engine.contract import (
     StepHandler,
     StepResult,
 )
-from smsbot.pipeline import claims, contacts
+from smsbot.pipeline import contacts
 from smsbot.pipeline.effects import Stepped, write_effects
 from smsbot.pipeline.inbox import NEW_EVENT, InboxEntry, event_row
 from smsbot.store.engine import Database
@@ -295,7 +295,7 @@ def _write(conn: Connection, postgres: bool, chunk: Prepared) -> ChunkResult:
     fresh = [(s, look) for s, look, *_ in stepped if look.row is None]
     created = _create(conn, workspace, [s.key for s, _ in fresh if _pair(s.key) in free])
     known = [s.key for s, look, *_ in stepped if look.row is not None and _pair(s.key) in free]
-    locked = claims.lock_conversations(conn, known, postgres=postgres) if known else {}
+    locked = _lock(conn, known, postgres)
     kept: list[tuple[Start, Any, ConversationSnapshot, StepResult]] = []
     for start, look, snapshot, step in stepped:
         if look.row is None:
@@ -331,6 +331,21 @@ def _write(conn: Connection, postgres: bool, chunk: Prepared) -> ChunkResult:
         else:
             result.duplicates += 1
     return result
+
+
+def _lock(
+    conn: Connection, keys: list[ConversationKey], postgres: bool
+) -> dict[ConversationKey, Any]:
+    """The conversations' rows, locked (PostgreSQL: FOR UPDATE SKIP LOCKED; one another
+    process holds is missing from the answer, and its start is queued; SQLite: the write
+    transaction already excludes every other writer)."""
+    if not keys:
+        return {}
+    c = conversations_t
+    query = select(c).where(rows_in((c.c.virtual_number, c.c.phone), [_pair(k) for k in keys]))
+    if postgres:
+        query = query.with_for_update(skip_locked=True)
+    return {ConversationKey(r.virtual_number, r.phone): r for r in conn.execute(query)}
 
 
 def _pair(key: ConversationKey) -> tuple[str, str]:
