@@ -51,6 +51,9 @@ _UNAVAILABLE = (OperationalError, InterfaceError, OSError, TimeoutError)
 
 BATCH_BUDGET = 0.010  # seconds a step batch may keep other writers (webhooks) waiting
 MIN_BATCH = 8
+# Due keys are spread over the free workers only while each batch keeps at least this many:
+# a batch's cost is mostly per transaction, so 50 due keys make two batches, not eight of 7.
+MIN_SPREAD = 32
 
 __all__ = ["Dispatcher", "StepOutcome", "backoff"]
 
@@ -142,7 +145,8 @@ class Dispatcher:
             return True
         keys = await self.due_keys(limit=self._size * free + len(self._busy))
         keys = [k for k in keys if k not in self._busy]
-        size = max(1, min(self._size, -(-len(keys) // free)))  # spread over free workers
+        # spread over the free workers, but never into batches smaller than MIN_SPREAD
+        size = min(self._size, max(MIN_SPREAD, -(-len(keys) // free)))
         for start in range(0, len(keys), size):
             batch = keys[start : start + size]
             self._busy.update(batch)
@@ -303,6 +307,7 @@ class Dispatcher:
             self.metrics.inc(
                 "smsbot_events_processed_total", n, kind=kind, result=result, workspace=workspace
             )
+        self.metrics.inc("smsbot_step_batches_total")  # steps per batch: events / batches
         if stepped:  # a batch's time spread over its steps
             per_step = seconds / len(stepped)
             for _ in stepped:
