@@ -106,6 +106,7 @@ async def take_turns(bot: Bot, client: TestClient[Any, Any], sandbox: Sandbox) -
     """Bulk starts, a reply, a duplicate, a receipt, a reminder, a STOP, a timer leader's sync."""
     clock = bot.clock
     assert isinstance(clock, VirtualClock)
+    bot.sender.handover = True  # replies claimed by their step's write too (its queries)
 
     async def post(body: bytes) -> None:
         resp = await client.post("/webhooks/divergent", data=body, headers=signed(body, clock))
@@ -232,6 +233,8 @@ async def test_no_hot_query_scans_a_large_table(
     # and so has its plan checked below
     lane = [s for s in statements if "webhook_events.kind =" in s and "IS NOT NULL" in s]
     assert lane, "the interactive lane's query did not run"
+    handed = [s for s in statements if "messages.outbox IN" in s]
+    assert handed, "no reply was handed over to its sender (handover.take's query)"
     fair = [s for s in statements if "webhook_events.workspace =" in s]
     assert fair, "the dispatcher's per-workspace lanes did not run"
     if bot.db.is_postgres:

@@ -88,6 +88,7 @@ class Bot:
             max_attempts=settings.step_max_attempts,
             poll_interval=poll_interval,
             on_commit=self._after_step,
+            takers=self.senders.get,
         )
         for sender in self.senders.values():
             sender.on_event = self.dispatcher.notify
@@ -105,7 +106,9 @@ class Bot:
         self.webhook_secrets = settings.webhook_secrets()
 
     def _after_step(self, outcome: StepOutcome) -> None:
-        if outcome.queued_messages:
+        if outcome.handed is not None:
+            self.senders[outcome.handed.workspace].hand(outcome.handed)
+        if outcome.queued_messages > (outcome.handed is not None):
             self.notify_senders()
         if outcome.timers_changed:
             self.scheduler.notify()

@@ -17,6 +17,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, Connection, func, select, text, update
 
 from smsbot.engine.contract import ConversationKey, EventKind, retryable
+from smsbot.pipeline.effects import NewConversation
 from smsbot.store.lookup import rows_in
 from smsbot.store.models import (
     DEFAULT_WORKSPACE,
@@ -32,6 +33,10 @@ from smsbot.store.upsert import insert_on_conflict
 log = logging.getLogger(__name__)
 
 _NEW_CONVERSATION = insert_on_conflict(conversations_t, ["virtual_number", "phone"])
+# Rows an ON CONFLICT skips return nothing: the answers are matched by key, not by position.
+_CREATED = _NEW_CONVERSATION.returning(
+    conversations_t.c.virtual_number, conversations_t.c.phone, conversations_t.c.id
+)
 
 
 def due_keys(conn: Connection, now: dt.datetime, limit: int) -> list[ConversationKey]:
@@ -216,16 +221,71 @@ def opted_out(conn: Connection, keys: list[ConversationKey]) -> set[Conversation
     return {ConversationKey(vn, phone) for vn, phone in rows.all()}
 
 
+def read_conversations(
+    conn: Connection, keys: Sequence[ConversationKey]
+) -> dict[ConversationKey, Any]:
+    """The conversations' rows as they are, without a lock; a key with no row is left out."""
+    c = conversations_t
+    found = conn.execute(select(c).where(rows_in((c.c.virtual_number, c.c.phone), _pairs(keys))))
+    return {ConversationKey(r.virtual_number, r.phone): r for r in found}
+
+
+def versions(conn: Connection, keys: Sequence[ConversationKey]) -> dict[ConversationKey, int]:
+    """Each conversation's version now (every step moves it), in the write transaction."""
+    if not keys:
+        return {}
+    c = conversations_t
+    key = (c.c.virtual_number, c.c.phone)
+    found = conn.execute(select(*key, c.c.version).where(rows_in(key, _pairs(keys))))
+    return {ConversationKey(vn, phone): version for vn, phone, version in found}
+
+
+def still_pending(conn: Connection, event_ids: Sequence[int]) -> set[int]:
+    """Which of these events are still pending (none finished by another process)."""
+    if not event_ids:
+        return set()
+    e = events_t
+    found = conn.execute(
+        select(e.c.id).where(e.c.id.in_(event_ids), e.c.state == EventState.PENDING.value)
+    )
+    return {i for (i,) in found}
+
+
+def create_conversations(
+    conn: Connection, new: dict[ConversationKey, str]
+) -> dict[ConversationKey, NewConversation]:
+    """Insert empty conversations (key -> workspace) in one statement; return those inserted.
+
+    A key whose row someone else inserted since it was read is not in the answer."""
+    if not new:
+        return {}
+    rows = [
+        {
+            "virtual_number": k.virtual_number,
+            "phone": k.phone,
+            "data": {},
+            "version": 0,
+            "workspace": workspace,
+        }
+        for k, workspace in new.items()
+    ]
+    found = conn.execute(_CREATED, rows)
+    return {ConversationKey(vn, phone): NewConversation(i) for vn, phone, i in found}
+
+
 def claim_timers(
     conn: Connection,
     convos: dict[ConversationKey, Any],
     events: dict[ConversationKey, Any],
     now: dt.datetime,
+    *,
+    claim: bool = True,
 ) -> set[int]:
     """Mark the batch's timer firings FIRED in one statement; return the live event ids.
 
     The guard that makes a timer fire once: only a still-scheduled timer whose name and
     token match the firing may run, and it is marked fired in the step's own transaction.
+    `claim=False`: only read which would be live (a conversation with no row has none).
     """
     wanted: dict[tuple[int, str, str], int] = {}
     fires: dict[tuple[int, str], int] = {}  # campaign fires: (timer id, token) -> event id
@@ -235,33 +295,27 @@ def claim_timers(
             timer_id = row.payload.get("timer_id")
             if isinstance(timer_id, int) and isinstance(token, str):
                 fires[(timer_id, token)] = row.id
-            elif isinstance(name, str) and isinstance(token, str):
+            elif isinstance(name, str) and isinstance(token, str) and key in convos:
                 wanted[(convos[key].id, name, token)] = row.id
     t = timers_t
+    scheduled = t.c.state == TimerState.SCHEDULED.value
+
+    def fire(where: ColumnElement[bool], *columns: Any) -> list[Any]:
+        if not claim:
+            return list(conn.execute(select(*columns).where(where, scheduled)))
+        marked = update(t).where(where, scheduled)
+        marked = marked.values(state=TimerState.FIRED.value, fired_at=now)
+        return list(conn.execute(marked.returning(*columns)))
+
     live: set[int] = set()
     if fires:
-        claimed_fires = conn.execute(
-            update(t)
-            .where(
-                rows_in((t.c.id, t.c.token), fires),
-                t.c.state == TimerState.SCHEDULED.value,
-            )
-            .values(state=TimerState.FIRED.value, fired_at=now)
-            .returning(t.c.id, t.c.token)
-        )
-        live = {fires[(i, tok)] for i, tok in claimed_fires.all()}
-    if not wanted:
-        return live
-    claimed = conn.execute(
-        update(t)
-        .where(
-            rows_in((t.c.conversation_id, t.c.name, t.c.token), wanted),
-            t.c.state == TimerState.SCHEDULED.value,
-        )
-        .values(state=TimerState.FIRED.value, fired_at=now)
-        .returning(t.c.conversation_id, t.c.name, t.c.token)
-    )
-    return live | {wanted[(c, n, tok)] for c, n, tok in claimed.all()}
+        found = fire(rows_in((t.c.id, t.c.token), fires), t.c.id, t.c.token)
+        live = {fires[(i, tok)] for i, tok in found}
+    if wanted:
+        key_columns = (t.c.conversation_id, t.c.name, t.c.token)
+        found = fire(rows_in(key_columns, wanted), *key_columns)
+        live |= {wanted[(c, n, tok)] for c, n, tok in found}
+    return live
 
 
 def record_failures(
@@ -301,7 +355,8 @@ def record_failures(
         detail = said + "\n" + "".join(traceback.format_exception(exc, limit=-4))
         conn.execute(
             update(events_t)
-            .where(events_t.c.id == row.id)
+            # still pending: another process may have finished it since it was read
+            .where(events_t.c.id == row.id, events_t.c.state == EventState.PENDING.value)
             .values(
                 attempts=attempts,
                 last_error=detail[-4000:],

@@ -179,25 +179,7 @@ def restore_suppressed(conn: Connection, keys: Iterable[tuple[str, ConversationK
     workspace's stay hashed. Run before the opt-out check: whatever rule decides which opt-out
     stops which sender then sees these rows as it sees any other, and START can lift them.
     """
-    wanted: dict[str, list[tuple[str, str]]] = {}  # hash -> [(workspace, virtual number)]
-    phones: dict[str, str] = {}
-    for workspace, key in keys:
-        digest = suppression_hash(key.phone)
-        phones[digest] = key.phone
-        wanted.setdefault(digest, []).append((workspace, key.virtual_number))
-    if not wanted:
-        return 0
-    s = suppressions_t
-    found = conn.execute(
-        select(
-            s.c.id, s.c.workspace, s.c.virtual_number, s.c.phone_hash, s.c.keyword, s.c.created_at
-        ).where(s.c.phone_hash.in_(list(wanted)))
-    ).all()
-    rows = [
-        r
-        for r in found
-        if any(r.workspace == w or r.virtual_number == vn for w, vn in wanted[r.phone_hash])
-    ]
+    rows, phones = _suppressed(conn, keys)
     if not rows:
         return 0
     conn.execute(
@@ -213,5 +195,36 @@ def restore_suppressed(conn: Connection, keys: Iterable[tuple[str, ConversationK
             for r in rows
         ],
     )
-    conn.execute(delete(s).where(s.c.id.in_([r.id for r in rows])))
+    conn.execute(delete(suppressions_t).where(suppressions_t.c.id.in_([r.id for r in rows])))
     return len(rows)
+
+
+def any_suppressed(conn: Connection, keys: Iterable[tuple[str, ConversationKey]]) -> bool:
+    """In a read: whether restore_suppressed would give any of these keys an opt-out back."""
+    return bool(_suppressed(conn, keys)[0])
+
+
+def _suppressed(
+    conn: Connection, keys: Iterable[tuple[str, ConversationKey]]
+) -> tuple[list[Any], dict[str, str]]:
+    """The suppressions rows restore_suppressed restores for `keys`, and each hash's phone."""
+    wanted: dict[str, list[tuple[str, str]]] = {}  # hash -> [(workspace, virtual number)]
+    phones: dict[str, str] = {}
+    for workspace, key in keys:
+        digest = suppression_hash(key.phone)
+        phones[digest] = key.phone
+        wanted.setdefault(digest, []).append((workspace, key.virtual_number))
+    if not wanted:
+        return [], phones
+    s = suppressions_t
+    found = conn.execute(
+        select(
+            s.c.id, s.c.workspace, s.c.virtual_number, s.c.phone_hash, s.c.keyword, s.c.created_at
+        ).where(s.c.phone_hash.in_(list(wanted)))
+    ).all()
+    rows = [
+        r
+        for r in found
+        if any(r.workspace == w or r.virtual_number == vn for w, vn in wanted[r.phone_hash])
+    ]
+    return rows, phones

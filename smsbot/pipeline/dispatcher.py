@@ -1,24 +1,21 @@
 """The dispatcher: claims inbox events and runs them one at a time per conversation.
 
-A round takes conversations whose oldest pending event is due and steps a batch of them in ONE
-transaction: each conversation's row is locked (on PostgreSQL `FOR UPDATE SKIP LOCKED`, so a
-conversation another process holds is skipped; on SQLite the single writer serialises), its
-oldest event runs through the step handler, and every effect is written before the commit. A
-conversation thus sees one event at a time, in arrival order, while a batch of many
-conversations costs one commit. The claim *is* the transaction: a process killed mid-step leaves
-nothing claimed, and another process takes the events at once. Delivery receipts, which belong
-to no conversation, are applied in batches of their own.
+A round takes conversations whose oldest pending event is due and steps a batch of them
+(`batch.py`): each conversation's oldest event runs through the step handler, and every effect
+of the batch is written in ONE transaction. A conversation thus sees one event at a time, in
+arrival order, while a batch of many conversations costs one commit. Nothing is claimed outside
+that transaction: a process killed mid-step leaves nothing claimed, and another process takes
+the events at once. Delivery receipts, which belong to no conversation, are applied in batches
+of their own.
 
-The transaction has three parts: the claim (`claims.py`: locks, oldest events, opt-outs,
-timer firings) and the writes (`effects.py`) run as synchronous Core in the database's thread
-(SQLite) or through run_sync (PostgreSQL); the steps between them run in the event loop.
+Batches run on `workers` tasks (PostgreSQL; SQLite: two, so one batch's flows run while the
+other's write is in the writer's thread); a conversation is in one batch at a time.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime as dt
 import logging
 import time
 from collections import Counter
@@ -29,20 +26,15 @@ from sqlalchemy import Connection
 from sqlalchemy.exc import InterfaceError, OperationalError
 
 from smsbot.clock import Clock
-from smsbot.engine.contract import (
-    ConversationKey,
-    ConversationSnapshot,
-    DispatchEvent,
-    EventKind,
-    StepHandler,
-)
-from smsbot.pipeline import claims, contacts
+from smsbot.engine.contract import ConversationKey, StepHandler
+from smsbot.pipeline import claims, handover
+from smsbot.pipeline.batch import Batches, Work
 from smsbot.pipeline.claims import backoff
-from smsbot.pipeline.effects import StepOutcome, Stepped, finish_events, write_effects
+from smsbot.pipeline.effects import StepOutcome
 from smsbot.pipeline.metrics import Metrics
 from smsbot.pipeline.receipts import apply_receipts
 from smsbot.store.engine import Database
-from smsbot.store.models import DEFAULT_WORKSPACE, EventState
+from smsbot.store.models import DEFAULT_WORKSPACE
 
 log = logging.getLogger(__name__)
 
@@ -74,19 +66,28 @@ class Dispatcher:
         step_timeout: float = 30.0,
         poll_interval: float = 0.2,
         on_commit: Callable[[StepOutcome], None] | None = None,
+        takers: handover.Takers | None = None,
     ) -> None:
         self.db = db
         self.handler = handler
         self.clock = clock
         self.metrics = metrics or Metrics()
-        # SQLite has one writer: concurrent batches would only queue behind each other.
-        self.workers = workers if db.is_postgres else 1
+        # SQLite has one writer: two batches, so that one's flows run while the other writes.
+        self.workers = workers if db.is_postgres else min(workers, 2)
         self.batch_size = batch_size
         self._size = batch_size  # the next batch's size: shrinks while it makes writers wait
         self.max_attempts = max_attempts
         self.step_timeout = step_timeout
         self.poll_interval = poll_interval
         self.on_commit = on_commit
+        self.batches = Batches(
+            db,
+            handler,
+            self.metrics,
+            max_attempts=max_attempts,
+            step_timeout=step_timeout,
+            takers=takers,
+        )
         self._wakeup = asyncio.Event()
         self._stopping = False
         self._busy: set[ConversationKey] = set()
@@ -204,102 +205,37 @@ class Dispatcher:
         return await self.step_batch([key]) > 0
 
     async def step_batch(self, keys: Sequence[ConversationKey]) -> int:
-        """Run the oldest due event of each conversation in one transaction; return how many."""
+        """Run the oldest due event of each conversation and write them all in one transaction;
+        return how many events finished."""
         started = time.perf_counter()
-        now = self.clock.now()
-        async with self.db.transaction() as tx:
-            waits = self.db.urgent_waits
-            claim = await tx.run(lambda conn: self._claim(conn, keys, now))
-            if claim is None:
-                return 0
-            convos, events, opted, live_timers, people = claim
-            stepped: list[Stepped] = []
-            stale: list[int] = []
-            stale_in: list[str] = []  # their workspaces, for the metrics
-            failed: list[tuple[Any, BaseException]] = []
-            for key, row in events.items():
-                event = DispatchEvent(row.id, EventKind(row.kind), row.payload, row.received_at)
-                convo = convos[key]
-                if event.kind is EventKind.TIMER and event.id not in live_timers:
-                    stale.append(event.id)
-                    stale_in.append(_workspace(convo, row))
-                    continue
-                workspace = _workspace(convo, row)
-                snapshot = _snapshot(convo, key, key in opted)
-                snapshot.contact = people.get((workspace, key.phone))
-                try:
-                    async with asyncio.timeout(self.step_timeout):
-                        result = await self.handler.handle(event, snapshot, now)
-                except Exception as exc:
-                    failed.append((row, exc))
-                    continue
-                stepped.append(Stepped(convo, snapshot, event, result, workspace))
-            outcomes, parked = await tx.run(
-                lambda conn: self._write(conn, stepped, stale, failed, now)
-            )
-            contended = self.db.urgent_waits != waits
-        seconds = time.perf_counter() - started
-        self._adapt(len(keys), seconds, contended)
-        self._count(stepped, stale_in, failed, seconds)
+        waits = self.db.urgent_waits
+        done = await self.batches.run(keys, self.clock.now())
+        if done is None:
+            return 0
+        outcomes, work, finished = done
+        self._adapt(len(keys), work.write_seconds, self.db.urgent_waits != waits)
+        self._count(work, time.perf_counter() - started)
         if self.on_commit is not None:
             for outcome in outcomes:
                 self.on_commit(outcome)
-        return len(stepped) + len(stale) + parked
-
-    def _claim(
-        self, conn: Connection, keys: Sequence[ConversationKey], now: dt.datetime
-    ) -> (
-        tuple[dict[ConversationKey, Any], dict[ConversationKey, Any], set[Any], set[int], Any]
-        | None
-    ):
-        """Lock the conversations, read their oldest due events, claim their timer firings."""
-        convos = claims.lock_conversations(conn, keys, postgres=self.db.is_postgres)
-        events = claims.oldest_events(conn, list(convos), now)
-        if not events:
-            return None
-        # Each event's workspace: its contact and its erased opt-outs are that workspace's.
-        owners = [(_workspace(convos[k], row), k) for k, row in events.items()]
-        contacts.restore_suppressed(conn, owners)  # erased, then back
-        opted = claims.opted_out(conn, list(events))
-        people = contacts.load_contacts(conn, ((w, k.phone) for w, k in owners))
-        return convos, events, opted, claims.claim_timers(conn, convos, events, now), people
-
-    def _write(
-        self,
-        conn: Connection,
-        stepped: list[Stepped],
-        stale: list[int],
-        failed: list[tuple[Any, BaseException]],
-        now: dt.datetime,
-    ) -> tuple[list[StepOutcome], int]:
-        contacts.write_contacts(conn, stepped, now)
-        outcomes = write_effects(conn, stepped, now)
-        finish_events(conn, stale, EventState.IGNORED, now)
-        parked = claims.record_failures(conn, failed, now, max_attempts=self.max_attempts)
-        return outcomes, parked
+        return finished
 
     def _adapt(self, size: int, seconds: float, contended: bool) -> None:
-        # SQLite has one writer: while a batch runs, webhooks wait to be stored. A batch that
-        # kept one waiting and took longer than BATCH_BUDGET halves the next one; batches that
+        # SQLite has one writer: while a batch writes, webhooks wait to be stored. A batch whose
+        # write kept one waiting and took longer than BATCH_BUDGET halves the next one; batches that
         # kept none waiting grow back to batch_size. (PostgreSQL never waits here: full batches.)
         if contended and seconds > BATCH_BUDGET:
             self._size = max(MIN_BATCH, min(self._size, size) // 2)
         elif not contended:
             self._size = min(self.batch_size, self._size + max(1, self._size // 4))
 
-    def _count(
-        self,
-        stepped: list[Stepped],
-        stale_in: list[str],
-        failed: list[tuple[Any, BaseException]],
-        seconds: float,
-    ) -> None:
+    def _count(self, work: Work, seconds: float) -> None:
         counts: Counter[tuple[str, str, str]] = Counter()
-        for item in stepped:
+        for item in work.stepped:
             counts[(item.event.kind.value, "ok", item.workspace)] += 1
-        for workspace in stale_in:
+        for _, workspace in work.stale:
             counts[("timer", "stale", workspace)] += 1
-        for row, exc in failed:
+        for row, exc in work.failed:
             parked = claims.parks(row, exc, self.max_attempts)
             workspace = str(row.workspace or DEFAULT_WORKSPACE)
             counts[(str(row.kind), "failed" if parked else "retry", workspace)] += 1
@@ -308,27 +244,7 @@ class Dispatcher:
                 "smsbot_events_processed_total", n, kind=kind, result=result, workspace=workspace
             )
         self.metrics.inc("smsbot_step_batches_total")  # steps per batch: events / batches
-        if stepped:  # a batch's time spread over its steps
-            per_step = seconds / len(stepped)
-            for _ in stepped:
+        if work.stepped:  # a batch's time spread over its steps
+            per_step = seconds / len(work.stepped)
+            for _ in work.stepped:
                 self.metrics.observe("smsbot_step_seconds", per_step)
-
-
-def _workspace(convo: Any, event: Any) -> str:
-    """The workspace a step works in: its event's (the owner of the number), else its row's."""
-    return str(event.workspace or convo.workspace or DEFAULT_WORKSPACE)
-
-
-def _snapshot(convo: Any, key: ConversationKey, opted_out: bool) -> ConversationSnapshot:
-    return ConversationSnapshot(
-        id=convo.id,
-        key=key,
-        flow=convo.flow,
-        state=convo.state,
-        data=dict(convo.data or {}),
-        version=convo.version,
-        state_token=convo.state_token,
-        opted_out=opted_out,
-        started_at=convo.started_at,
-        last_activity_at=convo.last_activity_at,
-    )

@@ -20,7 +20,8 @@ from smsbot.engine.contract import (
     Origin,
     StepResult,
 )
-from smsbot.pipeline import history
+from smsbot.pipeline import handover, history
+from smsbot.pipeline.outbox import Claimed
 from smsbot.sms.status import DeliveryStatus
 from smsbot.sms.text import analyze
 from smsbot.store.models import (
@@ -50,6 +51,24 @@ class Stepped:
     result: StepResult
     # The event's workspace (the owner of the number): every row the step writes is its.
     workspace: str = DEFAULT_WORKSPACE
+    # Set when the first reply was offered to the sender (handover.offer): its claim's lease.
+    lease: dt.timedelta | None = None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class NewConversation:
+    """A conversation row the step's own transaction inserted, as write_effects reads it: no
+    timer can name it yet, so there is none to cancel."""
+
+    id: int
+    version: int = 0
+    flow: str | None = None
+    state: str | None = None
+    state_token: str | None = None
+    started_at: dt.datetime | None = None
+    ended_at: dt.datetime | None = None
+    end_reason: str | None = None
+    end_state: str | None = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -60,6 +79,7 @@ class StepOutcome:
     event_id: int
     queued_messages: int
     timers_changed: bool
+    handed: Claimed | None = None  # the first reply, claimed for its sender (handover.py)
 
 
 def _ts(name: str) -> Any:
@@ -148,7 +168,8 @@ def write_effects(conn: Connection, items: list[Stepped], now: dt.datetime) -> l
     conn.execute(_UPDATE_CONVERSATION, [conversation_values(i, now) for i in items])
     history.record(conn, items, now)
     messages: list[dict[str, Any]] = []
-    outcomes: list[StepOutcome] = []
+    offered: list[tuple[Stepped, dict[str, Any]]] = []
+    steps: list[tuple[Stepped, int, bool]] = []
     for item in items:
         key, event, result = item.snapshot.key, item.event, item.result
         if event.kind is EventKind.INBOUND:
@@ -164,21 +185,21 @@ def write_effects(conn: Connection, items: list[Stepped], now: dt.datetime) -> l
             # replies keep the order the flow queued them in.
             created = now + dt.timedelta(microseconds=n)
             send_after = reply.send_after or now
-            messages.append(
-                _reply_row(
-                    item.workspace,
-                    key,
-                    event,
-                    reply.text,
-                    reply.origin,
-                    send_after,
-                    suppressed,
-                    created,
-                )
-            )
+            row = _reply_row(
+                item.workspace, key, event, reply.text, reply.origin, send_after, suppressed,
+                created,
+            )  # fmt: skip
+            messages.append(row)
+            if n == 0 and item.lease is not None and not suppressed:
+                offered.append((item, row))
         timers = bool(result.timers or result.cancel_timers or result.cancel_all_timers)
         timers |= result.contact is not None  # its campaign fires may move (pipeline/campaigns)
-        outcomes.append(StepOutcome(key, event.id, queued, timers))
+        steps.append((item, queued, timers))
+    handed = handover.take(conn, offered, now)
+    outcomes = [
+        StepOutcome(i.snapshot.key, i.event.id, queued, timers, handed.get(i.event.id))
+        for i, queued, timers in steps
+    ]
     if messages:
         conn.execute(messages_t.insert(), messages)
     _write_timers(conn, items, now)
@@ -277,6 +298,7 @@ def _message(
         "created_at": created_at,
         "status_at": status_at,
         "attempts": 0,
+        "lease_until": None,
     }
 
 
@@ -307,9 +329,10 @@ def _apply_opt_out(conn: Connection, key: ConversationKey, item: Stepped, now: d
 
 
 def _write_timers(conn: Connection, items: list[Stepped], now: dt.datetime) -> None:
-    cancel_all = [{"b_convo": i.convo.id} for i in items if i.result.cancel_all_timers]
+    old = [i for i in items if not isinstance(i.convo, NewConversation)]  # may have timers
+    cancel_all = [{"b_convo": i.convo.id} for i in old if i.result.cancel_all_timers]
     cancel = [
-        {"b_convo": i.convo.id, "b_name": name} for i in items for name in i.result.cancel_timers
+        {"b_convo": i.convo.id, "b_name": name} for i in old for name in i.result.cancel_timers
     ]
     latest = {(i.convo.id, t.name): (i, t) for i in items for t in i.result.timers}
     upserts = [

@@ -228,6 +228,16 @@ class Outbox:
                 enqueue_send_failed(conn, claimed, reason, now)
         return gave_up
 
+    @staticmethod
+    def release(conn: Connection, ids: list[str]) -> None:
+        """Give claimed messages that were never sent back to the outbox (a stopping sender)."""
+        m = messages_t
+        conn.execute(
+            update(m)
+            .where(m.c.id.in_(ids), m.c.outbox == OutboxState.INFLIGHT.value)
+            .values(outbox=OutboxState.PENDING.value, attempts=m.c.attempts - 1)
+        )
+
     def lapsed(self, now: dt.datetime) -> ColumnElement[bool]:
         """Claims whose process died (their lease lapsed) that recover_lapsed settles now.
 

@@ -15,6 +15,7 @@ outage, 429s or backlog never hold up another's (docs/workspaces.md).
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import datetime as dt
 import logging
@@ -83,6 +84,10 @@ class Sender:
         # Whether the next claim can skip the look first (see claim()).
         self._queued = False  # messages were queued in this process since the last claim
         self._full = False  # the last claim filled a batch: there may be more
+        # Replies a step's transaction claimed for this sender (pipeline/handover.py), sent
+        # before the next claim. Offered only while `handover` is on: run() turns it on.
+        self.handover = False
+        self._handed: collections.deque[Claimed] = collections.deque()
 
     @property
     def outbox(self) -> Outbox:
@@ -96,6 +101,19 @@ class Sender:
         self._queued = True
         self._wakeup.set()
 
+    def accepts(self, sender: str) -> bool:
+        """Whether a step may hand this sender a reply from `sender` now; takes its token."""
+        if not self.handover or self._stopping:
+            return False
+        if self._quiet_until is not None and self.clock.now() < self._quiet_until:
+            return False
+        return self.limiter.take(sender)
+
+    def hand(self, claimed: Claimed) -> None:
+        """Take a reply a step's transaction claimed for this sender; send it soon."""
+        self._handed.append(claimed)
+        self._wakeup.set()
+
     def stop(self) -> None:
         """Ask run() to return after the batch in flight."""
         self._stopping = True
@@ -104,17 +122,32 @@ class Sender:
     async def run(self) -> None:
         """Send until stop() is called."""
         self._stopping = False
-        while not self._stopping:
-            try:
-                sent = await self.send_once()
-            except Exception:  # database or provider trouble: log, back off, go on
-                log.exception("workspace %s: sender round failed; retrying", self.workspace)
-                sent = 0
-                await asyncio.sleep(self.poll_interval * 5)
-            if sent == 0 and not self._stopping:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wakeup.wait(), self.poll_interval)
-                self._wakeup.clear()
+        self.handover = True
+        try:
+            while not self._stopping:
+                try:
+                    sent = await self.send_once()
+                except Exception:  # database or provider trouble: log, back off, go on
+                    log.exception("workspace %s: sender round failed; retrying", self.workspace)
+                    sent = 0
+                    await asyncio.sleep(self.poll_interval * 5)
+                if sent == 0 and not self._stopping:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._wakeup.wait(), self.poll_interval)
+                    self._wakeup.clear()
+        finally:
+            self.handover = False
+            await self._release_handed()
+
+    async def _release_handed(self) -> None:
+        """Stopping: replies handed over but not sent go back to the outbox, for any process
+        (rather than waiting out their lease)."""
+        if not self._handed:
+            return
+        ids = [c.id for c in self._handed]
+        self._handed.clear()
+        with contextlib.suppress(Exception):  # the database is away: the leases lapse instead
+            await self.db.write(lambda conn: Outbox.release(conn, ids))
 
     async def send_until_idle(self, max_rounds: int = 10_000) -> int:
         """Send everything that is due now; return how many were handed over (tests, CLI)."""
@@ -128,7 +161,7 @@ class Sender:
 
     async def send_once(self) -> int:
         """Claim one batch, send it, record the outcome; return how many were claimed."""
-        claimed = await self.claim()
+        claimed = self._take_handed() or await self.claim()
         if not claimed:
             return 0
         messages = [
@@ -148,6 +181,13 @@ class Sender:
             outcomes = await self.provider.send_many(messages)
         await self._record(outcomes, by_ref)
         return len(claimed)
+
+    def _take_handed(self) -> list[Claimed]:
+        """Up to a batch of the replies handed over, oldest first."""
+        taken: list[Claimed] = []
+        while self._handed and len(taken) < self.batch_size:
+            taken.append(self._handed.popleft())
+        return taken
 
     async def _send_single(self, message: OutboundSms) -> BulkOutcome:
         try:

@@ -45,7 +45,7 @@ from smsbot.engine.contract import (
     StepHandler,
     StepResult,
 )
-from smsbot.pipeline import contacts
+from smsbot.pipeline import claims, contacts
 from smsbot.pipeline.effects import Stepped, write_effects
 from smsbot.pipeline.inbox import NEW_EVENT, InboxEntry, event_row
 from smsbot.store.engine import Database
@@ -58,15 +58,11 @@ from smsbot.store.models import (
     opt_outs_t,
     suppressions_t,
 )
-from smsbot.store.upsert import insert_on_conflict
 
 YIELD_EVERY = 100
 SOURCE = "api"  # the inbox source of operator starts (the API's and the CLI's)
 # Rows an ON CONFLICT skips return nothing: the answers are matched by key, not by position.
 _INSERT_EVENTS = NEW_EVENT.returning(events_t.c.event_id, events_t.c.id)
-_NEW_CONVERSATIONS = insert_on_conflict(conversations_t, ["virtual_number", "phone"]).returning(
-    conversations_t.c.virtual_number, conversations_t.c.phone, conversations_t.c.id
-)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -93,21 +89,6 @@ class ChunkResult:
         self.queued += other.queued
         self.skipped_opted_out += other.skipped_opted_out
         self.duplicates += other.duplicates
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class _NewRow:
-    """A conversation row this transaction inserted, as write_effects reads it."""
-
-    id: int
-    version: int = 0
-    flow: str | None = None
-    state: str | None = None
-    state_token: str | None = None
-    started_at: dt.datetime | None = None
-    ended_at: dt.datetime | None = None
-    end_reason: str | None = None
-    end_state: str | None = None
 
 
 @dataclasses.dataclass(slots=True)
@@ -293,7 +274,9 @@ def _write(conn: Connection, postgres: bool, chunk: Prepared) -> ChunkResult:
     # a row someone else made meanwhile is skipped, and its start queued); the others are
     # locked and must still be at the version the step was computed from.
     fresh = [(s, look) for s, look, *_ in stepped if look.row is None]
-    created = _create(conn, workspace, [s.key for s, _ in fresh if _pair(s.key) in free])
+    created = claims.create_conversations(
+        conn, {s.key: workspace for s, _ in fresh if _pair(s.key) in free}
+    )
     known = [s.key for s, look, *_ in stepped if look.row is not None and _pair(s.key) in free]
     locked = _lock(conn, known, postgres)
     kept: list[tuple[Start, Any, ConversationSnapshot, StepResult]] = []
@@ -318,10 +301,6 @@ def _write(conn: Connection, postgres: bool, chunk: Prepared) -> ChunkResult:
         snapshot.id = row.id
         payload = _payload(flow, start, policy)
         event = DispatchEvent(ids[start.event_id], EventKind.START, payload, now)
-        if isinstance(row, _NewRow):
-            # Created by this transaction: no timer can name it yet, nothing to cancel (an
-            # UPDATE probe a start saved).
-            step = dataclasses.replace(step, cancel_all_timers=False, cancel_timers=[])
         items.append(Stepped(row, snapshot, event, step, workspace))
     write_effects(conn, items, now)
     result.stepped = len(items)
@@ -350,26 +329,6 @@ def _lock(
 
 def _pair(key: ConversationKey) -> tuple[str, str]:
     return key.virtual_number, key.phone
-
-
-def _create(
-    conn: Connection, workspace: str, keys: list[ConversationKey]
-) -> dict[ConversationKey, _NewRow]:
-    """Insert empty conversations for `keys`; return those inserted (not there already)."""
-    if not keys:
-        return {}
-    rows = [
-        {
-            "virtual_number": k.virtual_number,
-            "phone": k.phone,
-            "data": {},
-            "version": 0,
-            "workspace": workspace,
-        }
-        for k in keys
-    ]
-    found = conn.execute(_NEW_CONVERSATIONS, rows)
-    return {ConversationKey(vn, phone): _NewRow(id) for vn, phone, id in found}
 
 
 def _event(workspace: str, flow: str, policy: str, start: Start, now: dt.datetime) -> Any:
