@@ -17,7 +17,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, Connection, func, select, text, update
 
 from smsbot.engine.contract import ConversationKey, EventKind, retryable
-from smsbot.pipeline.effects import NewConversation
+from smsbot.pipeline.effects import NewConversation, Stepped, new_conversation_row
 from smsbot.store.lookup import rows_in
 from smsbot.store.models import (
     DEFAULT_WORKSPACE,
@@ -271,6 +271,17 @@ def create_conversations(
     ]
     found = conn.execute(_CREATED, rows)
     return {ConversationKey(vn, phone): NewConversation(i) for vn, phone, i in found}
+
+
+def insert_conversations(
+    conn: Connection, items: Sequence[Stepped], now: dt.datetime
+) -> dict[ConversationKey, NewConversation]:
+    """Insert the conversations of steps that found none, as the steps leave them (one
+    statement); return those inserted. A key someone else inserted meanwhile is left out."""
+    if not items:
+        return {}
+    found = conn.execute(_CREATED, [new_conversation_row(i, now) for i in items])
+    return {ConversationKey(vn, phone): NewConversation(i, True) for vn, phone, i in found}
 
 
 def claim_timers(

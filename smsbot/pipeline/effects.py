@@ -58,9 +58,11 @@ class Stepped:
 @dataclasses.dataclass(frozen=True, slots=True)
 class NewConversation:
     """A conversation row the step's own transaction inserted, as write_effects reads it: no
-    timer can name it yet, so there is none to cancel."""
+    timer can name it yet, so there is none to cancel. `written`: inserted as the step leaves
+    it (new_conversation_row), so there is no UPDATE to make either."""
 
     id: int
+    written: bool = False
     version: int = 0
     flow: str | None = None
     state: str | None = None
@@ -161,11 +163,41 @@ def conversation_values(item: Stepped, now: dt.datetime) -> dict[str, Any]:
     return values
 
 
-def write_effects(conn: Connection, items: list[Stepped], now: dt.datetime) -> list[StepOutcome]:
-    """Write every item's state, messages, opt-out change and timers; mark its event done."""
+def new_conversation_row(item: Stepped, now: dt.datetime) -> dict[str, Any]:
+    """The row of a conversation that did not exist, as this step leaves it (to INSERT)."""
+    v = conversation_values(item, now)
+    key = item.snapshot.key
+    return {
+        "virtual_number": key.virtual_number,
+        "phone": key.phone,
+        "workspace": v["b_workspace"],
+        "flow": v["b_flow"],
+        "state": v["b_state"],
+        "data": v["b_data"],
+        "version": v["b_version"],
+        "state_token": v["b_token"],
+        "last_activity_at": now,
+        "started_at": v["b_started"],
+        "ended_at": v["b_ended"],
+        "end_reason": v["b_reason"],
+        "end_state": v["b_end_state"],
+    }
+
+
+def write_effects(
+    conn: Connection, items: list[Stepped], now: dt.datetime, *, events_done: bool = False
+) -> list[StepOutcome]:
+    """Write every item's state, messages, opt-out change and timers; mark its event done
+    (`events_done`: they were inserted done)."""
     if not items:
         return []
-    conn.execute(_UPDATE_CONVERSATION, [conversation_values(i, now) for i in items])
+    updates = [
+        conversation_values(i, now)
+        for i in items
+        if not (isinstance(i.convo, NewConversation) and i.convo.written)
+    ]
+    if updates:
+        conn.execute(_UPDATE_CONVERSATION, updates)
     history.record(conn, items, now)
     messages: list[dict[str, Any]] = []
     offered: list[tuple[Stepped, dict[str, Any]]] = []
@@ -203,7 +235,8 @@ def write_effects(conn: Connection, items: list[Stepped], now: dt.datetime) -> l
     if messages:
         conn.execute(messages_t.insert(), messages)
     _write_timers(conn, items, now)
-    finish_events(conn, [i.event.id for i in items], EventState.DONE, now)
+    if not events_done:
+        finish_events(conn, [i.event.id for i in items], EventState.DONE, now)
     return outcomes
 
 

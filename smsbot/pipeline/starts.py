@@ -35,7 +35,7 @@ import datetime as dt
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection, bindparam, select, update
 
 from smsbot.engine.contract import (
     ConversationKey,
@@ -46,7 +46,7 @@ from smsbot.engine.contract import (
     StepResult,
 )
 from smsbot.pipeline import claims, contacts
-from smsbot.pipeline.effects import Stepped, write_effects
+from smsbot.pipeline.effects import NewConversation, Stepped, write_effects
 from smsbot.pipeline.inbox import NEW_EVENT, InboxEntry, event_row
 from smsbot.store.engine import Database
 from smsbot.store.lookup import rows_in
@@ -63,6 +63,13 @@ YIELD_EVERY = 100
 SOURCE = "api"  # the inbox source of operator starts (the API's and the CLI's)
 # Rows an ON CONFLICT skips return nothing: the answers are matched by key, not by position.
 _INSERT_EVENTS = NEW_EVENT.returning(events_t.c.event_id, events_t.c.id)
+_UNFINISH = (
+    update(events_t)
+    .where(events_t.c.id == bindparam("b_id"))
+    .values(state=EventState.PENDING.value, processed_at=None)
+)
+# a conversation the read did not find: inserted as its step leaves it (claims.insert_conversations)
+_FRESH = NewConversation(0)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -263,46 +270,59 @@ def _snapshot(row: Any, key: ConversationKey) -> ConversationSnapshot:
 
 
 def _write(conn: Connection, postgres: bool, chunk: Prepared) -> ChunkResult:
-    """One transaction: keep the steps whose conversation did not move, queue the rest."""
+    """One transaction: keep the steps whose conversation did not move, queue the rest.
+
+    A stepped start's event is inserted already done, and a conversation the read did not find
+    is inserted as the step leaves it: no UPDATE of either afterwards (write_effects skips
+    them), two statements a start fewer than the dispatcher's path.
+    """
     now, flow, policy, workspace = chunk.now, chunk.flow, chunk.policy, chunk.workspace
     stepped, queued = chunk.stepped, list(chunk.queued)
     result = ChunkResult()
     keys = [s.key for s, *_ in stepped]
     busy = _pending(conn, [(k.virtual_number, k.phone) for k in keys])
     free = {(k.virtual_number, k.phone) for k in keys} - busy
-    # Conversations the read did not find are inserted (one statement, no lock to take:
-    # a row someone else made meanwhile is skipped, and its start queued); the others are
-    # locked and must still be at the version the step was computed from.
-    fresh = [(s, look) for s, look, *_ in stepped if look.row is None]
-    created = claims.create_conversations(
-        conn, {s.key: workspace for s, _ in fresh if _pair(s.key) in free}
-    )
+    # Known conversations are locked and must still be at the version the step was computed
+    # from; those the read did not find are inserted below (a row someone else made meanwhile
+    # is skipped by the insert, and its start queued).
     known = [s.key for s, look, *_ in stepped if look.row is not None and _pair(s.key) in free]
     locked = _lock(conn, known, postgres)
     kept: list[tuple[Start, Any, ConversationSnapshot, StepResult]] = []
     for start, look, snapshot, step in stepped:
-        if look.row is None:
-            row: Any = created.get(start.key)
-        else:
-            row = locked.get(start.key)
-            row = row if row is not None and row.version == look.row.version else None
+        row: Any = None
+        if _pair(start.key) not in free:
+            pass
+        elif look.row is None:
+            row = _FRESH
+        elif (mine := locked.get(start.key)) is not None and mine.version == look.row.version:
+            row = mine
         if row is None:
             queued.append(start)  # moved (or held by another process) since the read
             continue
         kept.append((start, row, snapshot, step))
-    # Every start's event is stored pending; write_effects marks the stepped ones done.
-    events = [_event(workspace, flow, policy, s, now) for s in [k[0] for k in kept] + queued]
+    events = [_event(workspace, flow, policy, s, now, EventState.DONE) for s, *_ in kept]
+    events += [_event(workspace, flow, policy, s, now, EventState.PENDING) for s in queued]
     ids = {eid: i for eid, i in conn.execute(_INSERT_EVENTS, events)} if events else {}
     items: list[Stepped] = []
     for start, row, snapshot, step in kept:
         if start.event_id not in ids:
             result.duplicates += 1  # already stored: started before, nothing to write
             continue
-        snapshot.id = row.id
         payload = _payload(flow, start, policy)
         event = DispatchEvent(ids[start.event_id], EventKind.START, payload, now)
         items.append(Stepped(row, snapshot, event, step, workspace))
-    write_effects(conn, items, now)
+    fresh = [i for i in items if i.convo is _FRESH]
+    created = claims.insert_conversations(conn, fresh, now)
+    lost = [i for i in fresh if i.snapshot.key not in created]
+    if lost:  # created by someone else since the read: their starts wait for the dispatcher
+        conn.execute(_UNFINISH, [{"b_id": i.event.id} for i in lost])
+        result.queued += len(lost)
+        items = [i for i in items if i not in lost]
+    for item in items:
+        if item.convo is _FRESH:
+            item.convo = created[item.snapshot.key]
+        item.snapshot.id = item.convo.id
+    write_effects(conn, items, now, events_done=True)
     result.stepped = len(items)
     for start in queued:
         if start.event_id in ids:
@@ -331,7 +351,9 @@ def _pair(key: ConversationKey) -> tuple[str, str]:
     return key.virtual_number, key.phone
 
 
-def _event(workspace: str, flow: str, policy: str, start: Start, now: dt.datetime) -> Any:
+def _event(
+    workspace: str, flow: str, policy: str, start: Start, now: dt.datetime, state: EventState
+) -> Any:
     entry = InboxEntry(
         source=SOURCE,
         event_id=start.event_id,
@@ -340,5 +362,6 @@ def _event(workspace: str, flow: str, policy: str, start: Start, now: dt.datetim
         virtual_number=start.key.virtual_number,
         phone=start.key.phone,
         workspace=workspace,
+        state=state,
     )
     return event_row(entry, now)
