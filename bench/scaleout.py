@@ -7,8 +7,8 @@ For each process count, on a fresh PostgreSQL database:
 closed loop  benchmark 2's full-turns load (bench.loadgen in mode turns, the fake provider in the
              generator's process, 32 connections split over the processes). Measured over the
              generator's run: turns/s, smsbot CPU per turn (every `serve` process, from
-             /proc/PID/stat), PostgreSQL CPU per turn (every postgres process of the cluster,
-             plus what the postmaster reaped from backends that exited meanwhile), write
+             /proc/PID/stat), PostgreSQL CPU per turn (the database's backends, including
+             those that exited in the window, and the cluster's own processes), write
              transactions, WAL bytes and WAL syncs per turn, connections, steps per batch.
 backlog      bench.intake_only (the real intake, no dispatcher) stores a few thousand webhooks
              from distinct phones; then the `serve` processes start and drain them: steps per
@@ -72,32 +72,62 @@ def _stat(pid: str) -> tuple[str, int, int, int] | None:
     )
 
 
-def postgres_cpu(database: str) -> dict[str, float]:
-    """CPU seconds used so far by the cluster's processes, split by whose they are.
+class PostgresCpu:
+    """CPU seconds the cluster's processes used since start(), split by whose they are.
 
-    ours: backends of `database`; aux: walwriter, checkpointer, background writer, …;
-    others: backends of other databases (someone else's work: noise); reaped: the postmaster's
-    children that exited (its cutime + cstime), e.g. pool connections closed in the window.
+    ours: backends of `database`; aux: the postmaster, walwriter, checkpointer, background
+    writer, …; others: backends of other databases (someone else's work: noise, not counted
+    in b). /proc is polled every 0.2 s while running and each process's last reading is kept,
+    so a backend that exits in the window (a pool's overflow connection) still counts.
     """
-    out = {"ours": 0.0, "aux": 0.0, "others": 0.0, "reaped": 0.0}
-    pids = [p for p in os.listdir("/proc") if p.isdigit()]
-    stats = {p: s for p in pids if (s := _stat(p)) is not None and s[0].startswith("postgres")}
-    for pid, (_comm, ppid, used, reaped) in stats.items():
-        if str(ppid) not in stats:  # the postmaster
-            out["aux"] += used / TICK
-            out["reaped"] += reaped / TICK
-            continue
-        with contextlib.suppress(OSError):
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-            words = cmdline.split()
-            # a backend's title: "postgres: [15/main: ]USER DATABASE HOST(PORT) STATE"
-            if database in words:
-                out["ours"] += used / TICK
-            elif any("(" in w and w.endswith(")") for w in words) or "[local]" in words:
-                out["others"] += used / TICK
-            else:
-                out["aux"] += used / TICK
-    return out
+
+    def __init__(self, database: str) -> None:
+        self.database = database
+        self.first: dict[str, float] = {}  # pid -> CPU at start (0 for a process born since)
+        self.last: dict[str, tuple[str, float]] = {}  # pid -> (whose, CPU at the last poll)
+        self._task: asyncio.Task[None] | None = None
+
+    def poll(self) -> None:
+        pids = [p for p in os.listdir("/proc") if p.isdigit()]
+        stats = {p: s for p in pids if (s := _stat(p)) is not None and s[0] == "postgres"}
+        for pid, (_comm, ppid, used, _reaped) in stats.items():
+            whose = "aux"
+            if str(ppid) in stats:  # a child of the postmaster
+                with contextlib.suppress(OSError):
+                    title = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
+                    words = title.decode(errors="replace").split()
+                    # a backend's title: "postgres: [15/main: ]USER DATABASE HOST(PORT) STATE"
+                    if self.database in words:
+                        whose = "ours"
+                    elif any(w.endswith(")") and "(" in w for w in words) or "[local]" in words:
+                        whose = "others"
+            self.last[pid] = (whose, used / TICK)
+            if self._task is None:
+                self.first[pid] = used / TICK
+
+    def totals(self) -> dict[str, float]:
+        self.poll()
+        out = {"ours": 0.0, "aux": 0.0, "others": 0.0}
+        for pid, (whose, used) in self.last.items():
+            out[whose] += used - self.first.get(pid, 0.0)
+        return out
+
+    async def __aenter__(self) -> PostgresCpu:
+        self.poll()
+
+        async def run() -> None:
+            while True:
+                await asyncio.sleep(0.2)
+                self.poll()
+
+        self._task = asyncio.create_task(run())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
 
 
 def pg_counters(database: str) -> dict[str, float]:
@@ -153,13 +183,13 @@ class Sample:
     machine: tuple[int, int]  # /proc/stat: busy and total ticks of all CPUs
 
     @classmethod
-    async def take(cls, pids: list[int], urls: list[str], database: str) -> Sample:
+    async def take(cls, pids: list[int], urls: list[str], pg: PostgresCpu) -> Sample:
         steps = await step_counts(urls)
         return cls(
             time.monotonic(),
             sum(cpu_seconds(p) for p in pids),
-            postgres_cpu(database),
-            await asyncio.to_thread(pg_counters, database),
+            pg.totals(),
+            await asyncio.to_thread(pg_counters, pg.database),
             steps,
             _machine(),
         )
@@ -178,7 +208,7 @@ class Window:
     turns: float  # events processed by the dispatchers
     seconds: float
     smsbot_us: float  # per turn
-    pg_us: float  # per turn: every postgres process, and reaped children
+    pg_us: float  # per turn: backends of the database, and the cluster's own processes
     pg_split: dict[str, float]  # the same, by whose (µs per turn)
     writes: float  # write transactions per turn (next-xid delta, cluster-wide)
     commits: float  # commits per turn in the database (statistics)
@@ -195,6 +225,7 @@ class Window:
         turns = max(1.0, sum(e for e, _ in b.steps) - sum(e for e, _ in a.steps))
         batches = max(1.0, sum(n for _, n in b.steps) - sum(n for _, n in a.steps))
         split = {k: (b.pg_cpu[k] - a.pg_cpu[k]) / turns * 1e6 for k in a.pg_cpu}
+        noise = split.pop("others")
         busy, total = (b.machine[0] - a.machine[0]), (b.machine[1] - a.machine[1])
         seconds = b.at - a.at
         return cls(
@@ -202,7 +233,7 @@ class Window:
             seconds=seconds,
             smsbot_us=(b.smsbot_cpu - a.smsbot_cpu) / turns * 1e6,
             pg_us=sum(split.values()),
-            pg_split=split,
+            pg_split={**split, "other databases' backends (not counted)": noise},
             writes=(b.pg["xid"] - a.pg["xid"] - 1) / turns,  # the sample's own read takes none
             commits=(b.pg["commits"] - a.pg["commits"]) / turns,
             wal_bytes=(b.pg["wal_bytes"] - a.pg["wal_bytes"]) / turns,
@@ -238,9 +269,10 @@ async def closed_loop(o: Options, n: int) -> tuple[dict[str, Any], Window]:
         provider_url = f"http://127.0.0.1:{provider_port}"
         async with Servers(o, pg, provider_url, n=n) as servers:
             pids = [c.pid for c in servers.children]
-            before = await Sample.take(pids, servers.urls, database)
-            r = await loadgen(servers.urls, o, "turns", provider_port=str(provider_port))
-            after = await Sample.take(pids, servers.urls, database)
+            async with PostgresCpu(database) as pg_cpu:
+                before = await Sample.take(pids, servers.urls, pg_cpu)
+                r = await loadgen(servers.urls, o, "turns", provider_port=str(provider_port))
+                after = await Sample.take(pids, servers.urls, pg_cpu)
     return r, Window.between(before, after)
 
 
@@ -285,23 +317,23 @@ async def backlog(o: Options, n: int) -> tuple[int, Window, Window]:
                     Child(f"smsbot-{p}", python_argv("smsbot", "serve", "--echo"), env, o.workdir)
                 )
                 urls.append(f"http://127.0.0.1:{p}")
-            pg0 = postgres_cpu(database)
-            counters0 = await asyncio.to_thread(pg_counters, database)
-            t0, machine0 = time.monotonic(), _machine()
-            try:
-                for child in children:
-                    child.start()
-                for child, url in zip(children, urls, strict=True):
-                    await child.wait_http(f"{url}/healthz")
-                pids = [c.pid for c in children]
-                start = Sample(t0, 0.0, pg0, counters0, [(0.0, 0.0)] * n, machine0)
-                up = await Sample.take(pids, urls, database)
-                if await provider.wait_count(queued, limit=60 + queued / 50) is None:
-                    raise TimeoutError(f"{queued:,} replies were not all sent")
-                end = await Sample.take(pids, urls, database)
-            finally:
-                for child in children:
-                    await child.stop()
+            async with PostgresCpu(database) as pg_cpu:
+                counters0 = await asyncio.to_thread(pg_counters, database)
+                t0, machine0 = time.monotonic(), _machine()
+                start = Sample(t0, 0.0, pg_cpu.totals(), counters0, [(0.0, 0.0)] * n, machine0)
+                try:
+                    for child in children:
+                        child.start()
+                    for child, url in zip(children, urls, strict=True):
+                        await child.wait_http(f"{url}/healthz")
+                    pids = [c.pid for c in children]
+                    up = await Sample.take(pids, urls, pg_cpu)
+                    if await provider.wait_count(queued, limit=60 + queued / 50) is None:
+                        raise TimeoutError(f"{queued:,} replies were not all sent")
+                    end = await Sample.take(pids, urls, pg_cpu)
+                finally:
+                    for child in children:
+                        await child.stop()
     return queued, Window.between(start, end), Window.between(up, end)
 
 
