@@ -147,8 +147,12 @@ def pg_counters(database: str) -> dict[str, float]:
         connected = conn.execute(
             "SELECT count(*) FROM pg_stat_activity WHERE datname = %s", (database,)
         ).fetchone()
+        assert connected is not None
     keys = ("xid", "wal_bytes", "wal_syncs", "wal_writes", "commits", "sessions")
-    return {**{k: float(v) for k, v in zip(keys, row, strict=True)}, "connected": connected[0]}
+    return {
+        **{k: float(v) for k, v in zip(keys, row, strict=True)},
+        "connected": float(connected[0]),
+    }
 
 
 # -- what smsbot says ---------------------------------------------------------------------------
