@@ -26,6 +26,7 @@ from bench import (
     http_benches,
     offline,
     profiler,
+    scaleout,
     timers,
     workspaces,
 )
@@ -44,6 +45,7 @@ BENCHES: dict[str, Bench] = {
     "campaigns": campaigns.campaigns,
     "contacts": contacts_import.contacts,
     "workspaces": workspaces.workspaces,
+    "scaleout": scaleout.scaleout,
 }
 
 
