@@ -13,10 +13,11 @@ import asyncio
 import csv
 import datetime as dt
 import os
+import subprocess
 import time
 from pathlib import Path
 
-from bench.common import REPO, Figure, base_env, python_argv, say, sqlite_url
+from bench.common import REPO, Figure, TreePeak, base_env, python_argv, say, sqlite_url
 from bench.http_benches import Options, migrate
 
 GOAL = 1.1  # peak RSS at 10 × the rows, over the smaller run's
@@ -46,17 +47,19 @@ async def start_rows(o: Options, n: int) -> tuple[float, float, float]:
     }
     argv = python_argv("smsbot", "start", "appointment", "--csv", str(path))
     started = time.monotonic()
-    proc = await asyncio.create_subprocess_exec(
-        *argv, env=env, cwd=REPO,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-    )  # fmt: skip
-    _, status, usage = await asyncio.to_thread(os.wait4, proc.pid, 0)
+    log_path = o.workdir / f"memory-{n}.log"
+    with log_path.open("wb") as log:
+        # Popen, not asyncio's subprocess: its child watcher would reap the process before
+        # wait4 could (ChildProcessError), and wait4's ru_maxrss is the bench's own (TreePeak)
+        proc = subprocess.Popen(argv, env=env, cwd=REPO, stdout=log, stderr=log)  # noqa: ASYNC220
+        memory = TreePeak(proc.pid)
+        _, status, usage = await asyncio.to_thread(os.wait4, proc.pid, 0)
+        peak, _total, _procs = memory.stop()
     wall = time.monotonic() - started
-    out = await proc.stdout.read() if proc.stdout else b""
     if status != 0:
-        raise RuntimeError(f"smsbot start failed: {out.decode()[-500:]}")
+        raise RuntimeError(f"smsbot start failed: {log_path.read_text()[-500:]}")
     path.unlink()
-    return wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024
+    return wall, usage.ru_utime + usage.ru_stime, peak
 
 
 async def bulk_memory(o: Options) -> list[Figure]:

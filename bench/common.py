@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Iterator, Sequence
@@ -84,6 +85,50 @@ def proc_status_kb(pid: int | str, field: str) -> int:
         if line.startswith(field + ":"):
             return int(line.split()[1])
     raise KeyError(field)
+
+
+class TreePeak:
+    """The peak memory of a process and its descendants (`smsbot start --jobs`), from
+    /proc/PID/status VmHWM, polled in a thread while it runs.
+
+    Not `ru_maxrss` from wait4: Linux carries the parent's high-water mark across fork and exec,
+    so a child of a 1.3 GB bench process reported 1.3 GB whatever it used itself.
+    """
+
+    def __init__(self, pid: int, every: float = 0.1) -> None:
+        self.pid, self.every = pid, every
+        self.hwm_kb: dict[int, int] = {}  # each process's own high-water mark
+        self.total_kb = 0  # the largest sum of the tree's resident memory seen at one time
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+        self._thread.start()
+
+    def _tree(self) -> list[int]:
+        pids, todo = [], [self.pid]
+        while todo:
+            pid = todo.pop()
+            pids.append(pid)
+            for task in Path(f"/proc/{pid}/task").glob("*/children"):
+                with contextlib.suppress(OSError):
+                    todo += [int(c) for c in task.read_text().split()]
+        return pids
+
+    def _poll(self) -> None:
+        while not self._stop.is_set():
+            total = 0
+            for pid in self._tree():
+                with contextlib.suppress(OSError, KeyError, ValueError):
+                    self.hwm_kb[pid] = max(self.hwm_kb.get(pid, 0), proc_status_kb(pid, "VmHWM"))
+                    total += proc_status_kb(pid, "VmRSS")
+            self.total_kb = max(self.total_kb, total)
+            self._stop.wait(self.every)
+
+    def stop(self) -> tuple[float, float, int]:
+        """(the largest process's peak MB, the tree's peak total MB, processes seen)."""
+        self._stop.set()
+        self._thread.join()
+        largest = max(self.hwm_kb.values(), default=0)
+        return largest / 1024, self.total_kb / 1024, len(self.hwm_kb)
 
 
 def cpu_seconds(pid: int | str) -> float:

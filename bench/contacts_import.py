@@ -14,7 +14,6 @@ import argparse
 import datetime as dt
 import json
 import random
-import resource
 import subprocess
 import sys
 import tempfile
@@ -22,6 +21,8 @@ import time
 import uuid
 from pathlib import Path
 from typing import Any
+
+from bench.common import proc_status_kb
 
 FIELDS = {"appointment_at": "datetime", "visits": "number", "vip": "boolean"}
 PG = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -56,7 +57,8 @@ def child(path: Path, url: str) -> None:
         engine, path, region="GB", config_fields=FIELDS, now=dt.datetime.now(dt.UTC)
     )
     seconds = time.perf_counter() - started
-    rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    # VmHWM, not ru_maxrss: that one carries the parent's high-water mark over fork and exec
+    rss_mb = proc_status_kb("self", "VmHWM") / 1024
     print(json.dumps({"rows": report.imported, "bad": len(report.bad), "seconds": seconds,
                       "rss_mb": rss_mb}))  # fmt: skip
 

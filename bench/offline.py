@@ -22,6 +22,7 @@ from bench.common import (
     Child,
     Figure,
     Provider,
+    TreePeak,
     cpu_seconds,
     free_port,
     phone,
@@ -176,6 +177,7 @@ async def run_bulk(
         argv = python_argv("smsbot", "start", "appointment", "--csv", str(path))
         log = (o.workdir / "bulk-start.log").open("wb")
         starter = subprocess.Popen(argv, env=env, cwd=o.workdir, stdout=log, stderr=log)  # noqa: ASYNC220
+        starter_memory = TreePeak(starter.pid)
         starter_rusage = asyncio.get_running_loop().run_in_executor(None, os.wait4, starter.pid, 0)
         limit = 120 if o.quick else 900
         probing = asyncio.create_task(_reply_latencies(port, *replies))
@@ -183,6 +185,7 @@ async def run_bulk(
         probing.cancel()
         latencies = await probing
         _, status, rusage = await starter_rusage
+        starter_peak, starter_total, starter_procs = starter_memory.stop()
         log.close()
         sent = await bulk_provider.count()
         elapsed = (done_at or time.monotonic()) - started
@@ -195,12 +198,12 @@ async def run_bulk(
         await server.stop(30)
     if profile is not None:
         report_profile(profile.out)
-    starter_peak = rusage.ru_maxrss / 1024
     starter_time = rusage.ru_utime + rusage.ru_stime
     say(
         f"bulk {n:,}: {sent:,} accepted by the provider in {elapsed:.1f} s"
         f" ({sent / elapsed:,.0f}/s);"
-        f" `smsbot start` exit {status >> 8}, CPU {starter_time:.1f} s, peak {starter_peak:.0f} MB;"
+        f" `smsbot start` exit {status >> 8}, CPU {starter_time:.1f} s, peak {starter_peak:.0f} MB"
+        f" ({starter_procs} processes, {starter_total:.0f} MB together);"
         f" server CPU {server_cpu:.1f} s, peak {server_peak:.0f} MB"
     )
     return BulkRun(n, sent, elapsed, done_at is not None, latencies, server_peak, starter_peak)
