@@ -114,6 +114,9 @@ async def virtual(o: Options, n: int) -> list[Figure]:
         db=db,
     )
     await bot.start(background=False)
+    # as in `serve`, where the sender's loop runs: a step's reply is handed to it, not claimed
+    for sender in bot.senders.values():
+        sender.handover = True
     await asyncio.to_thread(wait_for_quiet)
     profile = Profile(os.getpid(), o.workdir / "profile-timers.txt") if o.profile else None
     try:
