@@ -63,7 +63,7 @@ class Work:
     stale: list[tuple[int, str]] = dataclasses.field(default_factory=list)  # (event, workspace)
     failed: list[tuple[Any, BaseException]] = dataclasses.field(default_factory=list)
     conflicts: list[Stepped] = dataclasses.field(default_factory=list)
-    write_seconds: float = 0.0  # how long the batch held the writer (SQLite) or the transaction
+    write_seconds: float = 0.0  # how long the write held SQLite's writer (PostgreSQL: 0)
 
     def absorb(self, other: Work) -> None:
         """Count a retry's steps with these (the metrics); its conflicts replace these."""
@@ -72,7 +72,11 @@ class Work:
         self.failed += other.failed
 
 
-_RESTORE = object()  # the read met an erased phone that is back: restore its opt-outs first
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Restore:
+    """The read met an erased phone that is back: its opt-outs are restored first (rare)."""
+
+    owners: list[tuple[str, ConversationKey]]  # the batch's (workspace, key) pairs
 
 
 class Batches:
@@ -121,11 +125,11 @@ class Batches:
         """SQLite: read, step unlocked, then check and write in one transaction (see above);
         a step that lost its race is stepped again at once (`retries` times, then next round)."""
         claim = await self.db.read(lambda conn: self._look(conn, keys, now))
-        if claim is _RESTORE:  # an erased phone is back: its opt-outs first (rare)
-            owners = await self.db.read(lambda conn: self._owners(conn, keys, now))
+        if isinstance(claim, _Restore):
+            owners = claim.owners
             await self.db.write(lambda conn: contacts.restore_suppressed(conn, owners))
             claim = await self.db.read(lambda conn: self._look(conn, keys, now))
-        if claim is None or claim is _RESTORE:
+        if not isinstance(claim, Claim):
             return None
         work = await self._step_all(claim, now)
         started = time.perf_counter()
@@ -154,7 +158,7 @@ class Batches:
             if event.kind is EventKind.TIMER and event.id not in claim.live_timers:
                 work.stale.append((row.id, workspace))
                 continue
-            snapshot = _snapshot(convo, key, key in claim.opted)
+            snapshot = snapshot_of(convo, key, key in claim.opted)
             snapshot.contact = claim.people.get((workspace, key.phone))
             try:
                 async with asyncio.timeout(self.step_timeout):
@@ -189,18 +193,11 @@ class Batches:
             return None
         owners = [(_workspace(convos.get(k), row), k) for k, row in events.items()]
         if contacts.any_suppressed(conn, owners):
-            return _RESTORE
+            return _Restore(owners)
         opted = claims.opted_out(conn, list(events))
         people = contacts.load_contacts(conn, ((w, k.phone) for w, k in owners))
         live = claims.claim_timers(conn, convos, events, now, claim=False)
         return Claim(convos, events, opted, live, people)
-
-    def _owners(
-        self, conn: Connection, keys: Sequence[ConversationKey], now: dt.datetime
-    ) -> list[tuple[str, ConversationKey]]:
-        convos = claims.read_conversations(conn, keys)
-        events = claims.oldest_events(conn, list(keys), now)
-        return [(_workspace(convos.get(k), row), k) for k, row in events.items()]
 
     def _check_and_write(
         self, conn: Connection, work: Work, now: dt.datetime
@@ -264,8 +261,10 @@ def _workspace(convo: Any, event: Any) -> str:
     return str(event.workspace or (convo.workspace if convo else None) or DEFAULT_WORKSPACE)
 
 
-def _snapshot(convo: Any, key: ConversationKey, opted_out: bool) -> ConversationSnapshot:
-    if convo is None:  # no conversation yet: the row the write creates
+def snapshot_of(convo: Any, key: ConversationKey, opted_out: bool) -> ConversationSnapshot:
+    """What a step sees of a conversation row (None: no conversation yet, the row the write
+    creates)."""
+    if convo is None:
         return ConversationSnapshot(0, key, None, None, {}, 0, None, opted_out, None, None)
     return ConversationSnapshot(
         id=convo.id,

@@ -46,6 +46,7 @@ from smsbot.engine.contract import (
     StepResult,
 )
 from smsbot.pipeline import claims, contacts
+from smsbot.pipeline.batch import snapshot_of
 from smsbot.pipeline.effects import NewConversation, Stepped, write_effects
 from smsbot.pipeline.inbox import NEW_EVENT, InboxEntry, event_row
 from smsbot.store.engine import Database
@@ -146,7 +147,7 @@ async def prepare(
         if look.pending:
             chunk.queued.append(start)
             continue
-        snapshot = _snapshot(look.row, start.key)
+        snapshot = snapshot_of(look.row, start.key, False)
         snapshot.contact = people.get((workspace, start.key.phone))
         event = DispatchEvent(0, EventKind.START, _payload(flow, start, policy), now)
         try:
@@ -252,23 +253,6 @@ def _opted_out(
     }
 
 
-def _snapshot(row: Any, key: ConversationKey) -> ConversationSnapshot:
-    if row is None:  # no conversation yet: the row the dispatcher would create
-        return ConversationSnapshot(0, key, None, None, {}, 0, None, False, None, None)
-    return ConversationSnapshot(
-        id=row.id,
-        key=key,
-        flow=row.flow,
-        state=row.state,
-        data=dict(row.data or {}),
-        version=row.version,
-        state_token=row.state_token,
-        opted_out=False,
-        started_at=row.started_at,
-        last_activity_at=row.last_activity_at,
-    )
-
-
 def _write(conn: Connection, postgres: bool, chunk: Prepared) -> ChunkResult:
     """One transaction: keep the steps whose conversation did not move, queue the rest.
 
@@ -290,12 +274,11 @@ def _write(conn: Connection, postgres: bool, chunk: Prepared) -> ChunkResult:
     kept: list[tuple[Start, Any, ConversationSnapshot, StepResult]] = []
     for start, look, snapshot, step in stepped:
         row: Any = None
-        if _pair(start.key) not in free:
-            pass
-        elif look.row is None:
-            row = _FRESH
-        elif (mine := locked.get(start.key)) is not None and mine.version == look.row.version:
-            row = mine
+        if _pair(start.key) in free:
+            if look.row is None:
+                row = _FRESH
+            elif (mine := locked.get(start.key)) is not None and mine.version == look.row.version:
+                row = mine
         if row is None:
             queued.append(start)  # moved (or held by another process) since the read
             continue
@@ -317,7 +300,8 @@ def _write(conn: Connection, postgres: bool, chunk: Prepared) -> ChunkResult:
     if lost:  # created by someone else since the read: their starts wait for the dispatcher
         conn.execute(_UNFINISH, [{"b_id": i.event.id} for i in lost])
         result.queued += len(lost)
-        items = [i for i in items if i not in lost]
+        gone = {i.event.id for i in lost}
+        items = [i for i in items if i.event.id not in gone]
     for item in items:
         if item.convo is _FRESH:
             item.convo = created[item.snapshot.key]
