@@ -14,11 +14,12 @@ import traceback
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, func, select, text, update
+from sqlalchemy import ColumnElement, Connection, bindparam, func, select, text, update
+from sqlalchemy.sql.expression import Executable
 
 from smsbot.engine.contract import ConversationKey, EventKind, retryable
 from smsbot.pipeline.effects import NewConversation, Stepped, new_conversation_row
-from smsbot.store.lookup import rows_in
+from smsbot.store.lookup import KeyedRows, rows_in
 from smsbot.store.models import (
     DEFAULT_WORKSPACE,
     EventState,
@@ -28,6 +29,8 @@ from smsbot.store.models import (
     opt_outs_t,
     timers_t,
 )
+from smsbot.store.prepared import Prepared
+from smsbot.store.types import UTCDateTime
 from smsbot.store.upsert import insert_on_conflict
 
 log = logging.getLogger(__name__)
@@ -189,22 +192,68 @@ def _pending_workspaces(
     return {(vn, phone): workspace for vn, phone, workspace in rows.all()}
 
 
+# The hot reads and claims of a batch, prepared (store/prepared.py): one compile, then sqlite3.
+_PENDING = events_t.c.state == EventState.PENDING.value
+_OLDEST = KeyedRows(
+    (events_t.c.virtual_number, events_t.c.phone),
+    lambda where: (
+        select(events_t)
+        .where(
+            events_t.c.id.in_(
+                select(func.min(events_t.c.id))
+                .where(_PENDING, where)
+                .group_by(events_t.c.virtual_number, events_t.c.phone)
+            )
+        )
+        .order_by(events_t.c.id)
+    ),
+)
+_OPTED = KeyedRows(
+    (opt_outs_t.c.virtual_number, opt_outs_t.c.phone),
+    lambda where: select(opt_outs_t.c.virtual_number, opt_outs_t.c.phone).where(where),
+)
+_CONVERSATIONS = KeyedRows(
+    (conversations_t.c.virtual_number, conversations_t.c.phone),
+    lambda where: select(conversations_t).where(where),
+)
+_VERSIONS = KeyedRows(
+    (conversations_t.c.virtual_number, conversations_t.c.phone),
+    lambda where: select(
+        conversations_t.c.virtual_number, conversations_t.c.phone, conversations_t.c.version
+    ).where(where),
+)
+_STILL_PENDING = Prepared(
+    select(events_t.c.id).where(events_t.c.id.in_(bindparam("ids", expanding=True)), _PENDING)
+)
+_SCHEDULED = timers_t.c.state == TimerState.SCHEDULED.value
+_FIRED = {"state": TimerState.FIRED.value, "fired_at": bindparam("now", type_=UTCDateTime())}
+_BY_ID = (timers_t.c.id, timers_t.c.token)  # a campaign's fire: the timer's id and token
+_BY_NAME = (timers_t.c.conversation_id, timers_t.c.name, timers_t.c.token)  # a flow's timer
+
+
+def _firing(columns: tuple[Any, ...], claim: bool) -> KeyedRows:
+    """The live firings among keys of `columns`: claimed (marked fired, RETURNING) or read."""
+
+    def build(where: ColumnElement[bool]) -> Executable:
+        if claim:
+            return update(timers_t).where(where, _SCHEDULED).values(_FIRED).returning(*columns)
+        return select(*columns).where(where, _SCHEDULED)
+
+    return KeyedRows(columns, build)
+
+
+_FIRE = {  # (claim, by id)
+    (claim, by_id): _firing(columns, claim)
+    for claim in (True, False)
+    for by_id, columns in ((True, _BY_ID), (False, _BY_NAME))
+}
+
+
 def oldest_events(
     conn: Connection, keys: list[ConversationKey], now: dt.datetime
 ) -> dict[ConversationKey, Any]:
     """Each conversation's oldest pending event, if it is due (not waiting for a retry)."""
-    if not keys:
-        return {}
-    e = events_t
-    oldest = (
-        select(func.min(e.c.id))
-        .where(
-            e.c.state == EventState.PENDING.value,
-            rows_in((e.c.virtual_number, e.c.phone), _pairs(keys)),
-        )
-        .group_by(e.c.virtual_number, e.c.phone)
-    )
-    rows = (conn.execute(select(e).where(e.c.id.in_(oldest)).order_by(e.c.id))).all()
+    rows = _OLDEST.all(conn, _pairs(keys))
     return {
         ConversationKey(r.virtual_number, r.phone): r
         for r in rows
@@ -214,29 +263,20 @@ def oldest_events(
 
 def opted_out(conn: Connection, keys: list[ConversationKey]) -> set[ConversationKey]:
     """The conversations whose phone opted out of their number."""
-    if not keys:
-        return set()
-    key = (opt_outs_t.c.virtual_number, opt_outs_t.c.phone)
-    rows = conn.execute(select(*key).where(rows_in(key, _pairs(keys))))
-    return {ConversationKey(vn, phone) for vn, phone in rows.all()}
+    return {ConversationKey(vn, phone) for vn, phone in _OPTED.all(conn, _pairs(keys))}
 
 
 def read_conversations(
     conn: Connection, keys: Sequence[ConversationKey]
 ) -> dict[ConversationKey, Any]:
     """The conversations' rows as they are, without a lock; a key with no row is left out."""
-    c = conversations_t
-    found = conn.execute(select(c).where(rows_in((c.c.virtual_number, c.c.phone), _pairs(keys))))
+    found = _CONVERSATIONS.all(conn, _pairs(keys))
     return {ConversationKey(r.virtual_number, r.phone): r for r in found}
 
 
 def versions(conn: Connection, keys: Sequence[ConversationKey]) -> dict[ConversationKey, int]:
     """Each conversation's version now (every step moves it), in the write transaction."""
-    if not keys:
-        return {}
-    c = conversations_t
-    key = (c.c.virtual_number, c.c.phone)
-    found = conn.execute(select(*key, c.c.version).where(rows_in(key, _pairs(keys))))
+    found = _VERSIONS.all(conn, _pairs(keys))
     return {ConversationKey(vn, phone): version for vn, phone, version in found}
 
 
@@ -244,11 +284,7 @@ def still_pending(conn: Connection, event_ids: Sequence[int]) -> set[int]:
     """Which of these events are still pending (none finished by another process)."""
     if not event_ids:
         return set()
-    e = events_t
-    found = conn.execute(
-        select(e.c.id).where(e.c.id.in_(event_ids), e.c.state == EventState.PENDING.value)
-    )
-    return {i for (i,) in found}
+    return {i for (i,) in _STILL_PENDING.all(conn, {"ids": list(event_ids)})}
 
 
 def create_conversations(
@@ -308,23 +344,13 @@ def claim_timers(
                 fires[(timer_id, token)] = row.id
             elif isinstance(name, str) and isinstance(token, str) and key in convos:
                 wanted[(convos[key].id, name, token)] = row.id
-    t = timers_t
-    scheduled = t.c.state == TimerState.SCHEDULED.value
-
-    def fire(where: ColumnElement[bool], *columns: Any) -> list[Any]:
-        if not claim:
-            return list(conn.execute(select(*columns).where(where, scheduled)))
-        marked = update(t).where(where, scheduled)
-        marked = marked.values(state=TimerState.FIRED.value, fired_at=now)
-        return list(conn.execute(marked.returning(*columns)))
-
+    params = {"now": now} if claim else {}
     live: set[int] = set()
     if fires:
-        found = fire(rows_in((t.c.id, t.c.token), fires), t.c.id, t.c.token)
+        found = _FIRE[(claim, True)].all(conn, fires, **params)
         live = {fires[(i, tok)] for i, tok in found}
     if wanted:
-        key_columns = (t.c.conversation_id, t.c.name, t.c.token)
-        found = fire(rows_in(key_columns, wanted), *key_columns)
+        found = _FIRE[(claim, False)].all(conn, wanted, **params)
         live |= {wanted[(c, n, tok)] for c, n, tok in found}
     return live
 

@@ -21,7 +21,7 @@ from sqlalchemy import Connection, bindparam, delete, select
 from smsbot.engine.contact import ContactSnapshot
 from smsbot.engine.contract import ConversationKey, EventKind
 from smsbot.pipeline.effects import Stepped
-from smsbot.store.lookup import rows_in
+from smsbot.store.lookup import KeyedRows, rows_in
 from smsbot.store.models import (
     contact_fields_t,
     contact_groups_t,
@@ -29,6 +29,7 @@ from smsbot.store.models import (
     opt_outs_t,
     suppressions_t,
 )
+from smsbot.store.prepared import Prepared
 from smsbot.store.upsert import insert_on_conflict
 
 log = logging.getLogger(__name__)
@@ -55,11 +56,43 @@ def suppression_hash(phone: str) -> str:
     return hmac.new(_SUPPRESSION_KEY, phone.encode(), hashlib.sha256).hexdigest()
 
 
+# A batch's reads, prepared (store/prepared.py): compiled once, run through sqlite3 on SQLite.
+_FIELD_TYPES = Prepared(
+    select(contact_fields_t.c.name, contact_fields_t.c.type).where(
+        contact_fields_t.c.workspace == bindparam("workspace")
+    )
+)
+_CONTACTS = KeyedRows(
+    (contacts_t.c.workspace, contacts_t.c.phone),
+    lambda where: select(
+        contacts_t.c.id,
+        contacts_t.c.workspace,
+        contacts_t.c.phone,
+        contacts_t.c.name,
+        contacts_t.c.language,
+        contacts_t.c.fields,
+    ).where(where),
+)
+_GROUPS = Prepared(
+    select(contact_groups_t.c.contact_id, contact_groups_t.c.name).where(
+        contact_groups_t.c.contact_id.in_(bindparam("ids", expanding=True))
+    )
+)
+_SUPPRESSIONS = Prepared(
+    select(
+        suppressions_t.c.id,
+        suppressions_t.c.workspace,
+        suppressions_t.c.virtual_number,
+        suppressions_t.c.phone_hash,
+        suppressions_t.c.keyword,
+        suppressions_t.c.created_at,
+    ).where(suppressions_t.c.phone_hash.in_(bindparam("hashes", expanding=True)))
+)
+
+
 def field_types(conn: Connection, workspace: str) -> dict[str, str]:
     """Every field `workspace` declared, and its type (each workspace has its own)."""
-    f = contact_fields_t
-    rows = conn.execute(select(f.c.name, f.c.type).where(f.c.workspace == workspace))
-    return {name: kind for name, kind in rows.all()}
+    return {name: kind for name, kind in _FIELD_TYPES.all(conn, {"workspace": workspace})}
 
 
 def load_contacts(
@@ -73,18 +106,10 @@ def load_contacts(
     wanted = sorted(set(keys))
     if not wanted:
         return {}
-    c = contacts_t
-    rows = conn.execute(
-        select(c.c.id, c.c.workspace, c.c.phone, c.c.name, c.c.language, c.c.fields).where(
-            rows_in((c.c.workspace, c.c.phone), wanted)
-        )
-    ).all()
-    g = contact_groups_t
+    rows = _CONTACTS.all(conn, wanted)
     groups: dict[int, set[str]] = {}
     if rows:
-        for contact_id, name in conn.execute(
-            select(g.c.contact_id, g.c.name).where(g.c.contact_id.in_([r.id for r in rows]))
-        ):
+        for contact_id, name in _GROUPS.all(conn, {"ids": [r.id for r in rows]}):
             groups.setdefault(contact_id, set()).add(name)
     # a new contact's first field must fit its type too: its workspace's
     types = {w: field_types(conn, w) for w in {w for w, _ in wanted}}
@@ -216,12 +241,7 @@ def _suppressed(
         wanted.setdefault(digest, []).append((workspace, key.virtual_number))
     if not wanted:
         return [], phones
-    s = suppressions_t
-    found = conn.execute(
-        select(
-            s.c.id, s.c.workspace, s.c.virtual_number, s.c.phone_hash, s.c.keyword, s.c.created_at
-        ).where(s.c.phone_hash.in_(list(wanted)))
-    ).all()
+    found = _SUPPRESSIONS.all(conn, {"hashes": list(wanted)})
     rows = [
         r
         for r in found

@@ -37,6 +37,7 @@ from smsbot.store.models import (
     opt_outs_t,
     timers_t,
 )
+from smsbot.store.prepared import Prepared
 from smsbot.store.types import UTCDateTime
 from smsbot.store.upsert import insert_on_conflict
 
@@ -88,7 +89,8 @@ def _ts(name: str) -> Any:
     return bindparam(name, type_=UTCDateTime())
 
 
-_UPDATE_CONVERSATION = (
+# Prepared (store/prepared.py): compiled once, run through sqlite3's executemany on SQLite.
+_UPDATE_CONVERSATION = Prepared(
     update(conversations_t)
     .where(conversations_t.c.id == bindparam("b_id"))
     .values(
@@ -105,18 +107,18 @@ _UPDATE_CONVERSATION = (
         end_state=bindparam("b_end_state"),
     )
 )
-_FINISH_EVENT = (
+_FINISH_EVENT = Prepared(
     update(events_t)
     .where(events_t.c.id == bindparam("b_id"))
     .values(state=bindparam("b_state"), processed_at=_ts("b_now"))
 )
 _SCHEDULED = timers_t.c.state == TimerState.SCHEDULED.value
-_CANCEL_ALL_TIMERS = (
+_CANCEL_ALL_TIMERS = Prepared(
     update(timers_t)
     .where(timers_t.c.conversation_id == bindparam("b_convo"), _SCHEDULED)
     .values(state=TimerState.CANCELLED.value)
 )
-_CANCEL_TIMER = (
+_CANCEL_TIMER = Prepared(
     update(timers_t)
     .where(
         timers_t.c.conversation_id == bindparam("b_convo"),
@@ -126,11 +128,23 @@ _CANCEL_TIMER = (
     .values(state=TimerState.CANCELLED.value)
 )
 # A timer set again under the same name replaces the scheduled one (new token, new due time).
-_UPSERT_TIMER = insert_on_conflict(
-    timers_t,
-    ["conversation_id", "name"],
-    update=("workspace", "kind", "token", "due_at", "payload", "state", "created_at", "fired_at"),
+_UPSERT_TIMER = Prepared(
+    insert_on_conflict(
+        timers_t,
+        ["conversation_id", "name"],
+        update=(
+            "workspace",
+            "kind",
+            "token",
+            "due_at",
+            "payload",
+            "state",
+            "created_at",
+            "fired_at",
+        ),
+    )
 )
+_INSERT_MESSAGES = Prepared(messages_t.insert())
 _OPT_OUT = insert_on_conflict(opt_outs_t, ["virtual_number", "phone"])
 
 
@@ -197,7 +211,7 @@ def write_effects(
         if not (isinstance(i.convo, NewConversation) and i.convo.written)
     ]
     if updates:
-        conn.execute(_UPDATE_CONVERSATION, updates)
+        _UPDATE_CONVERSATION.many(conn, updates)
     history.record(conn, items, now)
     messages: list[dict[str, Any]] = []
     offered: list[tuple[Stepped, dict[str, Any]]] = []
@@ -233,7 +247,7 @@ def write_effects(
         for i, queued, timers in steps
     ]
     if messages:
-        conn.execute(messages_t.insert(), messages)
+        _INSERT_MESSAGES.many(conn, messages)
     _write_timers(conn, items, now)
     if not events_done:
         finish_events(conn, [i.event.id for i in items], EventState.DONE, now)
@@ -245,8 +259,8 @@ def finish_events(
 ) -> None:
     """Mark events finished (done, ignored, …) in one executemany."""
     if event_ids:
-        conn.execute(
-            _FINISH_EVENT, [{"b_id": i, "b_state": state.value, "b_now": now} for i in event_ids]
+        _FINISH_EVENT.many(
+            conn, [{"b_id": i, "b_state": state.value, "b_now": now} for i in event_ids]
         )
 
 
@@ -384,8 +398,8 @@ def _write_timers(conn: Connection, items: list[Stepped], now: dt.datetime) -> N
         for i, t in latest.values()  # the same name twice: the last one wins
     ]
     if cancel_all:
-        conn.execute(_CANCEL_ALL_TIMERS, cancel_all)
+        _CANCEL_ALL_TIMERS.many(conn, cancel_all)
     if cancel:
-        conn.execute(_CANCEL_TIMER, cancel)
+        _CANCEL_TIMER.many(conn, cancel)
     if upserts:
-        conn.execute(_UPSERT_TIMER, upserts)
+        _UPSERT_TIMER.many(conn, upserts)

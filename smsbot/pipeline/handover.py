@@ -27,14 +27,29 @@ import datetime as dt
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection, bindparam, select
 
 from smsbot.engine.contract import Origin
 from smsbot.pipeline.outbox import Claimed
-from smsbot.store.lookup import rows_in
+from smsbot.store.lookup import KeyedRows
 from smsbot.store.models import OutboxState, messages_t, opt_out_applies, opt_outs_t
+from smsbot.store.prepared import Prepared
 
 _OPEN = (OutboxState.PENDING.value, OutboxState.INFLIGHT.value)
+# The write's two reads, prepared (store/prepared.py): compiled once, run through sqlite3.
+_BUSY = KeyedRows(
+    (messages_t.c.virtual_number, messages_t.c.phone),
+    lambda where: (
+        select(messages_t.c.virtual_number, messages_t.c.phone)
+        .where(where, messages_t.c.outbox.in_(_OPEN))
+        .distinct()
+    ),
+)
+_STOPS = Prepared(
+    select(opt_outs_t.c.virtual_number, opt_outs_t.c.phone, opt_outs_t.c.workspace).where(
+        opt_outs_t.c.phone.in_(bindparam("phones", expanding=True))
+    )
+)
 
 
 class Taker(Protocol):
@@ -78,21 +93,11 @@ def take(
     now (see above); return them by the step's event id."""
     if not offered:
         return {}
-    m, o = messages_t, opt_outs_t
     keys = {(row["virtual_number"], row["phone"]) for _, row in offered}
-    busy = {
-        (vn, phone)
-        for vn, phone in conn.execute(
-            select(m.c.virtual_number, m.c.phone)
-            .where(rows_in((m.c.virtual_number, m.c.phone), keys), m.c.outbox.in_(_OPEN))
-            .distinct()
-        )
-    }
+    busy = {(vn, phone) for vn, phone in _BUSY.all(conn, keys)}
     phones = sorted({phone for _, phone in keys})
     stops: dict[str, list[tuple[str, str]]] = {}
-    for number, phone, workspace in conn.execute(
-        select(o.c.virtual_number, o.c.phone, o.c.workspace).where(o.c.phone.in_(phones))
-    ):
+    for number, phone, workspace in _STOPS.all(conn, {"phones": phones}):
         stops.setdefault(phone, []).append((number, workspace))
     handed: dict[int, Claimed] = {}
     for item, row in offered:

@@ -23,11 +23,13 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import Connection
 
 from smsbot.store.models import state_changes_t
+from smsbot.store.prepared import Prepared
 
 if TYPE_CHECKING:
     from smsbot.pipeline.effects import Stepped
 
 STARTED = "started"  # the reason on a start row
+_INSERT = Prepared(state_changes_t.insert())  # store/prepared.py
 
 
 def changes(item: Stepped, now: dt.datetime) -> list[dict[str, Any]]:
@@ -66,4 +68,4 @@ def record(conn: Connection, items: Iterable[Stepped], now: dt.datetime) -> None
     """Insert every item's state changes with one executemany."""
     rows = [row for item in items for row in changes(item, now)]
     if rows:
-        conn.execute(state_changes_t.insert(), rows)
+        _INSERT.many(conn, rows)

@@ -19,9 +19,9 @@ from sqlalchemy import (
     Connection,
     Select,
     and_,
+    bindparam,
     case,
     exists,
-    literal,
     or_,
     select,
     update,
@@ -31,6 +31,7 @@ from smsbot.engine.contract import Origin
 from smsbot.pipeline.receipts import enqueue_send_failed
 from smsbot.sms.status import DeliveryStatus
 from smsbot.store.models import DEFAULT_WORKSPACE, OutboxState, messages_t, opt_out_blocks
+from smsbot.store.prepared import Prepared
 from smsbot.store.types import UTCDateTime
 
 # Answers to a person: the outbox's interactive lane (see Outbox.due).
@@ -54,6 +55,32 @@ class Claimed:
 
 # (message ids, the provider's batch or message id) of one accepted call
 Sent = tuple[list[str], str | None]
+
+
+def _sent(which: ColumnElement[bool]) -> Prepared:
+    """Mark messages sent. A receipt may have arrived before this answer: never move status
+    back (nor wipe the error it recorded; only an earlier attempt's error goes)."""
+    m = messages_t
+    queued = m.c.status == DeliveryStatus.QUEUED.value
+    now = bindparam("b_now", type_=UTCDateTime())
+    return Prepared(
+        update(m)
+        .where(which)
+        .values(
+            outbox=OutboxState.DONE.value,
+            sent_at=now,
+            batch_id=bindparam("b_batch"),
+            provider_message_id=bindparam("b_provider_id"),
+            status=case((queued, DeliveryStatus.ACCEPTED.value), else_=m.c.status),
+            status_at=case((queued, now), else_=m.c.status_at),
+            error=case((queued, None), else_=m.c.error),
+        )
+    )
+
+
+# Prepared (store/prepared.py): single sends in one executemany, a bulk call's ids in one IN.
+_SENT_ONE = _sent(messages_t.c.id == bindparam("b_id"))
+_SENT_MANY = _sent(messages_t.c.id.in_(bindparam("b_ids", expanding=True)))
 # (the message, the error's text, the columns to set: retry later or failed for good)
 Failed = tuple[Claimed, str, dict[str, Any]]
 
@@ -202,23 +229,16 @@ class Outbox:
     ) -> int:
         """Record each send's outcome; return how many messages failed for good."""
         m = messages_t
-        # A receipt may have arrived before this answer: never move status back (nor wipe
-        # the error it recorded; only an earlier attempt's error goes). One UPDATE does both.
-        queued = m.c.status == DeliveryStatus.QUEUED.value
+        one = [
+            {"b_id": ids[0], "b_provider_id": provider_id, "b_batch": None, "b_now": now}
+            for ids, provider_id in sent
+            if len(ids) == 1
+        ]
+        _SENT_ONE.many(conn, one)
         for ids, batch_id in sent:
-            conn.execute(
-                update(m)
-                .where(m.c.id.in_(ids))
-                .values(
-                    outbox=OutboxState.DONE.value,
-                    sent_at=now,
-                    batch_id=batch_id if len(ids) > 1 else None,
-                    provider_message_id=batch_id if len(ids) == 1 else None,
-                    status=case((queued, DeliveryStatus.ACCEPTED.value), else_=m.c.status),
-                    status_at=case((queued, literal(now, UTCDateTime())), else_=m.c.status_at),
-                    error=case((queued, None), else_=m.c.error),
-                )
-            )
+            if len(ids) > 1:
+                params = {"b_ids": ids, "b_batch": batch_id, "b_provider_id": None, "b_now": now}
+                _SENT_MANY.all(conn, params)
         gave_up = 0
         for claimed, reason, values in failed:
             conn.execute(update(m).where(m.c.id == claimed.id).values(error=reason, **values))

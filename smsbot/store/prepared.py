@@ -1,0 +1,187 @@
+"""Hot statements: written once in Core, run through sqlite3's own cursor on SQLite.
+
+Measured (bench/README.md, issue 13): SQLAlchemy Core cost about a third of the database
+threads' CPU on a turn (~190 µs of ~650 µs a fired reminder): a cache key built per call,
+`construct_params`, an execution context and its per-row bind processing, `Row` objects. For a
+fixed statement none of that changes from one call to the next. `Prepared` compiles its Core
+statement once per dialect and parameter shape and keeps what the execution context would
+work out every time: the SQL, the positional order, each bind's type processor, each result
+column's. A call is then a tuple per row and one `cursor.execute`/`executemany`.
+
+It only takes that path where it gives the same answer as Core:
+
+- SQLite through the standard library's `sqlite3` inside a transaction the `Connection` began
+  (so BEGIN IMMEDIATE and the commit stay SQLAlchemy's); any other driver (PostgreSQL,
+  aiosqlite's adapter) runs the statement through Core, unchanged.
+- No column the call leaves out needs a Python-side default (`insert_prefetch`), and no bind
+  has a callable value: those statements go through Core every time.
+- An empty list for an expanding `IN` goes through Core (it renders its own empty set).
+
+Engine events still see every statement (`before_cursor_execute`, `after_cursor_execute`: the
+query-plan tests and the write-transaction tests record them), and a database error is raised
+as SQLAlchemy's (`sqlalchemy.exc.DBAPIError.instance`, parameters hidden as the engine says).
+Result rows are named tuples: attribute access and unpacking, as with `Row`.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import sqlite3
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from sqlalchemy import Connection, exc
+from sqlalchemy.sql.elements import BindParameter
+from sqlalchemy.sql.expression import Executable
+from sqlalchemy.types import TupleType
+
+Processor = Callable[[Any], Any] | None
+_POSTCOMPILE = "__[POSTCOMPILE_{}]"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Plan:
+    """A statement compiled for sqlite3, with what each call needs to bind and read it."""
+
+    sql: str
+    names: tuple[str, ...]  # the positional parameters, in order
+    fixed: Mapping[str, Any]  # values the statement carries itself (literals in Core)
+    binders: tuple[Any, ...]  # per name: a processor, None, or per element of a tuple
+    expanding: frozenset[str]  # IN-list parameters, rendered per call
+    row: Any  # the named-tuple type of a result row (None: no result)
+    readers: tuple[Processor, ...]  # per result column
+
+
+class Prepared:
+    """A Core statement run on SQLite through the DB-API, compiled once (see above)."""
+
+    def __init__(self, statement: Executable) -> None:
+        self.statement = statement
+        self._plans: dict[tuple[str, ...], _Plan | None] = {}
+
+    def all(self, conn: Connection, params: Mapping[str, Any] | None = None) -> list[Any]:
+        """Run with one set of parameters; return every row (a SELECT, or DML … RETURNING)."""
+        params = params or {}
+        raw, plan = self._plan(conn, params)
+        if raw is None or plan is None:
+            return list(conn.execute(self.statement, dict(params)))
+        sql, args = _bind(plan, params)
+        if sql is None:
+            return list(conn.execute(self.statement, dict(params)))
+        cursor = _run(conn, raw, sql, args, many=False)
+        if plan.row is None:
+            return []
+        make, readers = plan.row._make, plan.readers
+        if not any(readers):
+            return [make(r) for r in cursor.fetchall()]
+        return [
+            make([v if p is None else p(v) for p, v in zip(readers, r, strict=True)])
+            for r in cursor.fetchall()
+        ]
+
+    def many(self, conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
+        """Run once per row of parameters (executemany; every row has the first row's keys)."""
+        if not rows:
+            return
+        raw, plan = self._plan(conn, rows[0])
+        if raw is None or plan is None or plan.expanding:
+            conn.execute(self.statement, [dict(r) for r in rows])
+            return
+        names, binders, fixed = plan.names, plan.binders, plan.fixed
+        args = [
+            tuple(
+                _value(r, name, fixed) if p is None else p(_value(r, name, fixed))
+                for name, p in zip(names, binders, strict=True)
+            )
+            for r in rows
+        ]
+        _run(conn, raw, plan.sql, args, many=True)
+
+    def _plan(
+        self, conn: Connection, params: Mapping[str, Any]
+    ) -> tuple[sqlite3.Connection | None, _Plan | None]:
+        raw = conn.connection.driver_connection
+        if not isinstance(raw, sqlite3.Connection) or not conn.in_transaction():
+            return None, None
+        shape = tuple(params)
+        try:
+            return raw, self._plans[shape]
+        except KeyError:
+            plan = self._plans[shape] = _compile(self.statement, conn, shape)
+            return raw, plan
+
+
+def _compile(statement: Executable, conn: Connection, keys: tuple[str, ...]) -> _Plan | None:
+    dialect = conn.dialect
+    compiled = statement.compile(dialect=dialect, column_keys=list(keys))  # type: ignore[attr-defined]
+    if compiled.insert_prefetch or compiled.update_prefetch or compiled.positiontup is None:
+        return None  # a Python-side default to compute per row: Core's job
+    names = tuple(compiled.positiontup)
+    binds: dict[str, BindParameter[Any]] = {name: compiled.binds[name] for name in names}
+    if any(b.callable is not None for b in binds.values()):
+        return None
+    if any(b.required and name not in keys for name, b in binds.items()):
+        return None  # a value the call left out: Core says which
+    fixed = {name: b.effective_value for name, b in binds.items() if name not in keys}
+    binders: list[Any] = []  # per position: a name may come twice (one bind used twice)
+    for b in (binds[name] for name in names):
+        if b.expanding and isinstance(b.type, TupleType):
+            binders.append(tuple(t._cached_bind_processor(dialect) for t in b.type.types))
+        else:
+            binders.append(b.type._cached_bind_processor(dialect))
+    expanding = frozenset(name for name, b in binds.items() if b.expanding)
+    columns = list(getattr(statement, "exported_columns", ()))
+    returning = bool(getattr(compiled, "effective_returning", None))
+    returns = bool(columns) and (bool(getattr(statement, "is_select", False)) or returning)
+    row = collections.namedtuple("Row", [c.key for c in columns], rename=True) if returns else None
+    readers = tuple(c.type._cached_result_processor(dialect, None) for c in columns)
+    return _Plan(compiled.string, names, fixed, tuple(binders), expanding, row, readers)
+
+
+def _value(params: Mapping[str, Any], name: str, fixed: Mapping[str, Any]) -> Any:
+    return params[name] if name in params else fixed[name]
+
+
+def _bind(plan: _Plan, params: Mapping[str, Any]) -> tuple[str | None, list[Any]]:
+    """The SQL and the positional arguments of one call; (None, []) when Core must run it."""
+    args: list[Any] = []
+    sql = plan.sql
+    for name, binder in zip(plan.names, plan.binders, strict=True):
+        value = _value(params, name, plan.fixed)
+        if name not in plan.expanding:
+            args.append(value if binder is None else binder(value))
+            continue
+        values = list(value)
+        if not values:
+            return None, []
+        if isinstance(binder, tuple):  # a row-value IN: VALUES (?, ?), (?, ?)
+            width = len(binder)
+            one = "(" + ", ".join("?" * width) + ")"
+            sql = sql.replace(_POSTCOMPILE.format(name), "VALUES " + ", ".join([one] * len(values)))
+            for item in values:
+                args.extend(v if p is None else p(v) for p, v in zip(binder, item, strict=True))
+        else:
+            sql = sql.replace(_POSTCOMPILE.format(name), ", ".join("?" * len(values)))
+            args.extend(values if binder is None else [binder(v) for v in values])
+    return sql, args
+
+
+def _run(conn: Connection, raw: sqlite3.Connection, sql: str, args: Any, *, many: bool) -> Any:
+    cursor = raw.cursor()
+    dispatch = conn.dispatch
+    for listen in dispatch.before_cursor_execute:
+        listen(conn, cursor, sql, args, None, many)
+    try:
+        if many:
+            cursor.executemany(sql, args)
+        else:
+            cursor.execute(sql, args)
+    except sqlite3.Error as error:
+        hide = conn.engine.hide_parameters
+        raise exc.DBAPIError.instance(
+            sql, args, error, sqlite3.Error, hide_parameters=hide, dialect=conn.dialect
+        ) from error
+    for listen in dispatch.after_cursor_execute:
+        listen(conn, cursor, sql, args, None, many)
+    return cursor

@@ -1,0 +1,168 @@
+"""store/prepared.py: a Core statement run through sqlite3's cursor answers as Core does.
+
+On SQLite the statement must bypass SQLAlchemy's execution (the engine event sees no execution
+context) and still give the same rows, types and errors; where it cannot (a Python-side
+default, an empty IN list) and on PostgreSQL, Core runs it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from sqlalchemy import Connection, Engine, bindparam, case, event, exc, select, update
+
+from smsbot.store.engine import Database
+from smsbot.store.lookup import KeyedRows, rows_in
+from smsbot.store.models import conversations_t, messages_t
+from smsbot.store.prepared import Prepared
+from smsbot.store.types import UTCDateTime
+
+T0 = dt.datetime(2026, 12, 5, 9, 30, 15, 123456, tzinfo=dt.UTC)
+C = conversations_t
+KEY = (C.c.virtual_number, C.c.phone)
+INSERT = Prepared(C.insert())
+BY_KEY = KeyedRows(KEY, lambda where: select(C).where(where).order_by(C.c.id))
+NOW = bindparam("now", type_=UTCDateTime())  # used twice: two positions, one name
+TOUCH = Prepared(
+    update(C)
+    .where(C.c.id.in_(bindparam("ids", expanding=True)))
+    .values(
+        version=C.c.version + 1,
+        last_activity_at=NOW,
+        started_at=case((C.c.started_at.is_(None), NOW), else_=C.c.started_at),
+        flow=bindparam("b_flow"),
+    )
+    .returning(C.c.id, C.c.version, C.c.last_activity_at, C.c.started_at, C.c.flow)
+)
+# a message row without segments, encoding, attempts or workspace: Python-side defaults
+INSERT_MESSAGE = Prepared(messages_t.insert())
+
+
+def conversation(vn: str, phone: str, **extra: Any) -> dict[str, Any]:
+    row = {
+        "workspace": "default",
+        "virtual_number": vn,
+        "phone": phone,
+        "flow": "appointment",
+        "state": "asked",
+        "data": {"when": "Tuesday", "n": 2, "nested": [1, {"a": None}]},
+        "version": 0,
+        "state_token": None,
+        "started_at": T0,
+        "last_activity_at": T0,
+        "ended_at": None,
+        "end_reason": None,
+        "end_state": None,
+    }
+    return {**row, **extra}
+
+
+class Contexts:
+    """The execution context each statement ran with: None when it bypassed Core."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, Any]] = []
+
+    def record(self, _c: Any, _cursor: Any, sql: str, _p: Any, context: Any, _many: Any) -> None:
+        self.seen.append((" ".join(sql.split()), context))
+
+    def of(self, prefix: str) -> list[Any]:
+        return [context for sql, context in self.seen if sql.startswith(prefix)]
+
+
+@pytest.fixture
+def contexts() -> Iterator[Contexts]:
+    found = Contexts()
+    event.listen(Engine, "before_cursor_execute", found.record)
+    yield found
+    event.remove(Engine, "before_cursor_execute", found.record)
+
+
+def fast(db: Database) -> bool:
+    return not db.is_postgres
+
+
+async def test_rows_types_and_row_values_match_core(db: Database, contexts: Contexts) -> None:
+    rows = [
+        conversation("+447700900001", "+447700900101"),
+        conversation("+447700900002", "+447700900102", data={}, started_at=None),
+        conversation("+447700900001", "+447700900102", flow=None, state=None),
+    ]
+    await db.write(lambda conn: INSERT.many(conn, rows))
+    # two numbers and two phones: the exact row-value test keeps (…01, …102) out
+    keys = [("+447700900001", "+447700900101"), ("+447700900002", "+447700900102")]
+
+    def both(conn: Connection) -> tuple[list[Any], list[Any]]:
+        core = conn.execute(select(C).where(rows_in(KEY, keys)).order_by(C.c.id)).all()
+        return BY_KEY.all(conn, keys), [tuple(r) for r in core]
+
+    prepared, core = await db.write(both)
+    assert [tuple(r) for r in prepared] == core
+    assert [(r.virtual_number, r.phone) for r in prepared] == keys
+    first = prepared[0]
+    assert first.data == {"when": "Tuesday", "n": 2, "nested": [1, {"a": None}]}
+    assert first.started_at == T0 and first.started_at.tzinfo is not None
+    assert prepared[1].started_at is None and prepared[1].data == {}
+    # one phone on one number: the probe alone, in the reader's snapshot too
+    alone = await db.read(lambda conn: BY_KEY.all(conn, [keys[0]]))
+    assert [tuple(r) for r in alone] == core[:1]
+    # the two prepared reads bypassed Core on SQLite; the Core one never does
+    selects = contexts.of("SELECT conversations.id")
+    assert len(selects) == 3
+    assert sum(c is None for c in selects) == (2 if fast(db) else 0)
+    assert all((c is None) == fast(db) for c in contexts.of("INSERT INTO conversations"))
+
+
+async def test_returning_and_fixed_values(db: Database, contexts: Contexts) -> None:
+    rows = [conversation("+447700900001", f"+4477009001{i:02}") for i in range(3)]
+    rows[2]["started_at"] = None
+    await db.write(lambda conn: INSERT.many(conn, rows))
+    later = T0 + dt.timedelta(hours=1)
+    params = {"ids": [1, 3], "now": later, "b_flow": "survey"}
+    touched = await db.write(lambda conn: TOUCH.all(conn, params))
+    assert sorted(tuple(r) for r in touched) == [
+        (1, 1, later, T0, "survey"),
+        (3, 1, later, later, "survey"),
+    ]
+    versions = await db.read(
+        lambda conn: conn.execute(select(C.c.id, C.c.version).order_by(C.c.id)).all()
+    )
+    assert [tuple(v) for v in versions] == [(1, 1), (2, 0), (3, 1)]
+    assert [c is None for c in contexts.of("UPDATE conversations")] == [fast(db)]
+
+
+async def test_what_needs_core_goes_through_core(db: Database, contexts: Contexts) -> None:
+    message = {
+        "id": "m1",
+        "direction": "out",
+        "virtual_number": "+447700900001",
+        "phone": "+447700900101",
+        "body": "hello",
+        "created_at": T0,
+    }
+    await db.write(lambda conn: INSERT_MESSAGE.many(conn, [message]))
+    row = await db.read(lambda conn: conn.execute(select(messages_t)).one())
+    assert (row.segments, row.encoding, row.attempts, row.workspace) == (1, "GSM-7", 0, "default")
+    assert [c is None for c in contexts.of("INSERT INTO messages")] == [False]
+    # an empty IN list: Core renders its empty set, and nothing is found
+    assert (
+        await db.write(lambda conn: TOUCH.all(conn, {"ids": [], "now": T0, "b_flow": None})) == []
+    )
+    assert await db.read(lambda conn: BY_KEY.all(conn, [])) == []
+    # a value left out: Core's error, which names it (never a silent NULL)
+    with pytest.raises(exc.StatementError, match="b_flow"):
+        await db.write(lambda conn: TOUCH.all(conn, {"ids": [1], "now": T0}))
+
+
+async def test_a_database_error_is_sqlalchemys_with_parameters_hidden(db: Database) -> None:
+    row = conversation("+447700900001", "+447700900987")
+    await db.write(lambda conn: INSERT.many(conn, [row]))
+    with pytest.raises(exc.IntegrityError) as raised:
+        await db.write(lambda conn: INSERT.many(conn, [row]))
+    assert "[SQL parameters hidden due to hide_parameters=True]" in str(raised.value)
+    # the failed transaction changed nothing
+    count = await db.read(lambda conn: len(conn.execute(select(C.c.id)).all()))
+    assert count == 1
