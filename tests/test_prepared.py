@@ -37,6 +37,8 @@ TOUCH = Prepared(
     )
     .returning(C.c.id, C.c.version, C.c.last_activity_at, C.c.started_at, C.c.flow)
 )
+# no RETURNING: all() returns no rows, through either path
+END = Prepared(update(C).where(C.c.id == bindparam("b_id")).values(end_reason="done"))
 # a message row without segments, encoding, attempts or workspace: Python-side defaults
 INSERT_MESSAGE = Prepared(messages_t.insert())
 
@@ -131,7 +133,12 @@ async def test_returning_and_fixed_values(db: Database, contexts: Contexts) -> N
         lambda conn: conn.execute(select(C.c.id, C.c.version).order_by(C.c.id)).all()
     )
     assert [tuple(v) for v in versions] == [(1, 1), (2, 0), (3, 1)]
-    assert [c is None for c in contexts.of("UPDATE conversations")] == [fast(db)]
+    assert await db.write(lambda conn: END.all(conn, {"b_id": 2})) == []
+    ended = await db.read(
+        lambda conn: conn.execute(select(C.c.end_reason).order_by(C.c.id)).scalars().all()
+    )
+    assert ended == [None, "done", None]
+    assert [c is None for c in contexts.of("UPDATE conversations")] == [fast(db)] * 2
 
 
 async def test_what_needs_core_goes_through_core(db: Database, contexts: Contexts) -> None:

@@ -65,10 +65,10 @@ class Prepared:
         params = params or {}
         raw, plan = self._plan(conn, params)
         if raw is None or plan is None:
-            return list(conn.execute(self.statement, dict(params)))
+            return self._core(conn, params)
         sql, args = _bind(plan, params)
         if sql is None:
-            return list(conn.execute(self.statement, dict(params)))
+            return self._core(conn, params)
         cursor = _run(conn, raw, sql, args, many=False)
         if plan.row is None:
             return []
@@ -97,6 +97,10 @@ class Prepared:
             for r in rows
         ]
         _run(conn, raw, plan.sql, args, many=True)
+
+    def _core(self, conn: Connection, params: Mapping[str, Any]) -> list[Any]:
+        result = conn.execute(self.statement, dict(params))
+        return list(result) if result.returns_rows else []
 
     def _plan(
         self, conn: Connection, params: Mapping[str, Any]
