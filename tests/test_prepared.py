@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from sqlalchemy import Connection, Engine, bindparam, case, event, exc, select, update
+from sqlalchemy import Connection, Engine, bindparam, case, event, exc, select, text, update
 
 from smsbot.store.engine import Database
 from smsbot.store.lookup import KeyedRows, rows_in
@@ -173,3 +173,25 @@ async def test_a_database_error_is_sqlalchemys_with_parameters_hidden(db: Databa
     # the failed transaction changed nothing
     count = await db.read(lambda conn: len(conn.execute(select(C.c.id)).all()))
     assert count == 1
+
+
+TEXT = Prepared(text("SELECT id, phone FROM conversations WHERE version >= :v ORDER BY id"))
+EACH = Prepared(select(C.c.id, C.c.started_at).order_by(C.c.id).limit(bindparam("limit")))
+
+
+async def test_text_and_rows_read_as_asked(db: Database, contexts: Contexts) -> None:
+    rows = [conversation("+447700900001", f"+4477009001{i:02}", version=i) for i in range(4)]
+    await db.write(lambda conn: INSERT.many(conn, rows))
+    found = await db.read(lambda conn: [tuple(r) for r in TEXT.all(conn, {"v": 2})])
+    assert found == [(3, "+447700900102"), (4, "+447700900103")]
+
+    def first_two(conn: Connection) -> list[Any]:
+        taken = []
+        for row in EACH.each(conn, {"limit": 10}):
+            taken.append(tuple(row))
+            if len(taken) == 2:
+                break
+        return taken
+
+    assert await db.read(first_two) == [(1, T0), (2, T0)]
+    assert [c is None for c in contexts.of("SELECT id, phone")] == [fast(db)]

@@ -63,8 +63,7 @@ def due_keys(conn: Connection, now: dt.datetime, limit: int) -> list[Conversatio
 
 def _interactive_keys(conn: Connection, limit: int) -> list[ConversationKey]:
     """Up to `limit` conversations with a pending inbound message, oldest message first."""
-    inbound = events_t.c.kind == EventKind.INBOUND.value  # on ix_events_state_kind
-    return _pending_keys(conn, None, limit, inbound)
+    return _pending_keys(conn, None, limit, _INBOUND_LANE)
 
 
 def _arrival_keys(conn: Connection, now: dt.datetime, limit: int) -> list[ConversationKey]:
@@ -83,52 +82,65 @@ def _arrival_keys(conn: Connection, now: dt.datetime, limit: int) -> list[Conver
     # caller skips): they fill what the shares leave of the batch, and whatever no lane names
     # (past MAX_FAIR_WORKSPACES) still moves.
     share = -(-limit // len(waiting))
-    lanes = [_pending_keys(conn, now, share, events_t.c.workspace == name) for name in waiting]
+    lanes = [_pending_keys(conn, now, share, _WORKSPACE_LANE, name) for name in waiting]
     lanes.append(_pending_keys(conn, now, limit))
     return [key for turn in itertools.zip_longest(*lanes) for key in turn if key is not None]
 
 
 # The workspaces with pending events, one index probe each (a loose index scan on
 # ix_events_workspace): no pass over a 100,000-event backlog to find the two names in it.
-_WAITING = text(
-    "WITH RECURSIVE w(name, n) AS ("
-    " SELECT (SELECT min(workspace) FROM webhook_events WHERE state = :pending), 1"
-    " UNION ALL"
-    " SELECT (SELECT min(workspace) FROM webhook_events"
-    "  WHERE state = :pending AND workspace > w.name), n + 1"
-    " FROM w WHERE w.name IS NOT NULL AND n < :most"
-    ") SELECT name FROM w WHERE name IS NOT NULL"
+_WAITING = Prepared(
+    text(
+        "WITH RECURSIVE w(name, n) AS ("
+        " SELECT (SELECT min(workspace) FROM webhook_events WHERE state = :pending), 1"
+        " UNION ALL"
+        " SELECT (SELECT min(workspace) FROM webhook_events"
+        "  WHERE state = :pending AND workspace > w.name), n + 1"
+        " FROM w WHERE w.name IS NOT NULL AND n < :most"
+        ") SELECT name FROM w WHERE name IS NOT NULL"
+    )
 )
 MAX_FAIR_WORKSPACES = 256  # waiting at once; past it, the rest move in arrival order
 
 
 def waiting_workspaces(conn: Connection) -> list[str]:
     """The workspaces with pending events (receipts included), by name; MAX_FAIR_WORKSPACES."""
-    found = conn.execute(
-        _WAITING, {"pending": EventState.PENDING.value, "most": MAX_FAIR_WORKSPACES}
-    )
+    found = _WAITING.all(conn, {"pending": EventState.PENDING.value, "most": MAX_FAIR_WORKSPACES})
     return [name for (name,) in found]
 
 
+def _pending(*where: ColumnElement[bool]) -> Prepared:
+    e = events_t
+    return Prepared(
+        select(e.c.virtual_number, e.c.phone, e.c.next_attempt_at)
+        .where(e.c.state == EventState.PENDING.value, e.c.virtual_number.is_not(None), *where)
+        .order_by(e.c.id)
+        .limit(bindparam("limit"))
+    )
+
+
+# The lanes' reads, prepared (store/prepared.py): every event, people's texts, one workspace's.
+_ALL_LANE = _pending()
+_INBOUND_LANE = _pending(events_t.c.kind == EventKind.INBOUND.value)  # on ix_events_state_kind
+_WORKSPACE_LANE = _pending(events_t.c.workspace == bindparam("workspace"))
+
+
 def _pending_keys(
-    conn: Connection, now: dt.datetime | None, limit: int, *where: ColumnElement[bool]
+    conn: Connection,
+    now: dt.datetime | None,
+    limit: int,
+    lane: Prepared = _ALL_LANE,
+    workspace: str | None = None,
 ) -> list[ConversationKey]:
-    """The conversations of pending events (`where`), by their first event in arrival order;
+    """The conversations of pending events (in `lane`), by their first event in arrival order;
     with `now`, one whose first event is not due yet is skipped. The rows are read as they
     come (SQLite streams them) and reading stops once `limit` are found."""
-    stmt = (
-        select(events_t.c.virtual_number, events_t.c.phone, events_t.c.next_attempt_at)
-        .where(
-            events_t.c.state == EventState.PENDING.value,
-            events_t.c.virtual_number.is_not(None),
-            *where,
-        )
-        .order_by(events_t.c.id)
-        .limit(limit * 8)
-    )
+    params: dict[str, Any] = {"limit": limit * 8}
+    if workspace is not None:
+        params["workspace"] = workspace
     seen: set[tuple[str, str]] = set()
     keys: list[ConversationKey] = []
-    for vn, phone, due in conn.execute(stmt):
+    for vn, phone, due in lane.each(conn, params):
         if (vn, phone) in seen:
             continue
         seen.add((vn, phone))

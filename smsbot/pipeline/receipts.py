@@ -24,6 +24,7 @@ from smsbot.pipeline.metrics import Metrics
 from smsbot.sms.status import DeliveryStatus
 from smsbot.store.engine import Database
 from smsbot.store.models import DEFAULT_WORKSPACE, Direction, EventState, events_t, messages_t
+from smsbot.store.prepared import Prepared
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +45,11 @@ _PENDING = (
 )
 
 
+_ANY_PENDING = Prepared(_PENDING.with_only_columns(events_t.c.id).limit(1))  # store/prepared.py
+
+
 def _any_pending(conn: Connection) -> bool:
-    return conn.execute(_PENDING.with_only_columns(events_t.c.id).limit(1)).first() is not None
+    return bool(_ANY_PENDING.all(conn))
 
 
 async def apply_receipts(db: Database, clock: Clock, metrics: Metrics, limit: int = 500) -> int:

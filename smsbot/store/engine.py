@@ -74,6 +74,9 @@ class Database:
                 _configure_sqlite(self._sync)
                 self._reader = create_engine(url.replace("+aiosqlite", "", 1))
                 _configure_sqlite(self._reader, begin="BEGIN")
+        # Each thread keeps its one connection open between transactions (_Held).
+        self._held_writer = _Held(self._sync)
+        self._held_reader = _Held(self._reader)
         self._handoff = WriterHandoff.beside(self._sync.url.database if self._sync else None)
         self._writer = None if self.is_postgres else asyncio.Lock()
         self._writer_task: asyncio.Task[Any] | None = None
@@ -110,11 +113,16 @@ class Database:
             return await self.write(fn)
         if self._reader_thread is None:
             self._reader_thread = ThreadPoolExecutor(1, thread_name_prefix="smsbot-sqlite-read")
-        reader = self._reader
+        reader = self._held_reader
 
         def run() -> T:
-            with reader.connect() as conn, conn.begin():
-                return fn(conn)
+            conn = reader.get()
+            try:
+                with conn.begin():
+                    return fn(conn)
+            except BaseException:
+                reader.drop()  # whatever state it is in, the next read starts afresh
+                raise
 
         return await asyncio.get_running_loop().run_in_executor(self._reader_thread, run)
 
@@ -135,7 +143,7 @@ class Database:
         async with self._turn(urgent):
             if self._thread is None:
                 self._thread = ThreadPoolExecutor(1, thread_name_prefix="smsbot-sqlite")
-            tx = _ThreadTransaction(self._sync, self._thread, self._handoff)
+            tx = _ThreadTransaction(self._held_writer, self._thread, self._handoff)
             try:
                 yield tx
             except BaseException:
@@ -180,12 +188,14 @@ class Database:
         await self.engine.dispose()
         if self._sync is not None and self._thread is not None:
             # Close its connections in the thread that opened them, then let the thread go.
+            await asyncio.get_running_loop().run_in_executor(self._thread, self._held_writer.drop)
             await asyncio.get_running_loop().run_in_executor(self._thread, self._sync.dispose)
             await asyncio.get_running_loop().run_in_executor(self._thread, self._handoff.close)
             self._thread.shutdown(wait=False)
             self._thread = None
         if self._reader is not None and self._reader_thread is not None:
             loop = asyncio.get_running_loop()
+            await loop.run_in_executor(self._reader_thread, self._held_reader.drop)
             await loop.run_in_executor(self._reader_thread, self._reader.dispose)
             self._reader_thread.shutdown(wait=False)
             self._reader_thread = None
@@ -254,11 +264,33 @@ class WriterHandoff:
             self._fd = None
 
 
+class _Held:
+    """The one connection of a database thread (SQLite's writer or reader), open from its first
+    transaction until dispose() or an error: no pool checkout, reset-on-return ROLLBACK and
+    check-in around every transaction (a fifth of the SQLAlchemy samples left in the turns
+    profile after store/prepared.py). Only ever used from its thread."""
+
+    def __init__(self, engine: Engine | None) -> None:
+        self.engine = engine
+        self.conn: Connection | None = None
+
+    def get(self) -> Connection:
+        if self.conn is None:
+            assert self.engine is not None
+            self.conn = self.engine.connect()
+        return self.conn
+
+    def drop(self) -> None:
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            conn.close()
+
+
 class _ThreadTransaction:
     """A SQLite transaction on a synchronous connection, driven from the database's thread."""
 
-    def __init__(self, engine: Engine, thread: ThreadPoolExecutor, handoff: WriterHandoff) -> None:
-        self.engine = engine
+    def __init__(self, held: _Held, thread: ThreadPoolExecutor, handoff: WriterHandoff) -> None:
+        self.held = held
         self.thread = thread
         self.handoff = handoff
         self.conn: Connection | None = None
@@ -270,11 +302,11 @@ class _ThreadTransaction:
         if self.conn is None:
             self.handoff.acquire()
             try:
-                conn = self.engine.connect()
+                conn = self.held.get()
                 try:
                     conn.begin()
                 except BaseException:
-                    conn.close()
+                    self.held.drop()
                     raise
             except BaseException:
                 self.handoff.release()
@@ -296,8 +328,10 @@ class _ThreadTransaction:
                 self.conn.commit()
             else:
                 self.conn.rollback()
+        except BaseException:
+            self.held.drop()  # not reused in an unknown state
+            raise
         finally:
-            self.conn.close()
             self.conn = None
             self.handoff.release()
 

@@ -28,7 +28,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import sqlite3
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from sqlalchemy import Connection, exc
@@ -62,23 +62,28 @@ class Prepared:
 
     def all(self, conn: Connection, params: Mapping[str, Any] | None = None) -> list[Any]:
         """Run with one set of parameters; return every row (a SELECT, or DML … RETURNING)."""
-        params = params or {}
+        return list(self._execute(conn, params or {}, lazy=False))
+
+    def each(self, conn: Connection, params: Mapping[str, Any] | None = None) -> Iterator[Any]:
+        """Run a SELECT; its rows as they are read, so that a caller can stop early."""
+        yield from self._execute(conn, params or {}, lazy=True)
+
+    def _execute(self, conn: Connection, params: Mapping[str, Any], lazy: bool) -> Iterable[Any]:
         raw, plan = self._plan(conn, params)
-        if raw is None or plan is None:
-            return self._core(conn, params)
-        sql, args = _bind(plan, params)
-        if sql is None:
-            return self._core(conn, params)
+        sql, args = _bind(plan, params) if plan is not None else (None, [])
+        if raw is None or plan is None or sql is None:
+            result = conn.execute(self.statement, dict(params))
+            return result if result.returns_rows else ()
         cursor = _run(conn, raw, sql, args, many=False)
-        if plan.row is None:
-            return []
+        rows = cursor if lazy else cursor.fetchall()
+        if plan.row is None:  # no result (None), or text() with no typed columns: plain tuples
+            return () if cursor.description is None else rows
         make, readers = plan.row._make, plan.readers
         if not any(readers):
-            return [make(r) for r in cursor.fetchall()]
-        return [
-            make([v if p is None else p(v) for p, v in zip(readers, r, strict=True)])
-            for r in cursor.fetchall()
-        ]
+            return map(make, rows)
+        return (
+            make([v if p is None else p(v) for p, v in zip(readers, r, strict=True)]) for r in rows
+        )
 
     def many(self, conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
         """Run once per row of parameters (executemany; every row has the first row's keys)."""
@@ -97,10 +102,6 @@ class Prepared:
             for r in rows
         ]
         _run(conn, raw, plan.sql, args, many=True)
-
-    def _core(self, conn: Connection, params: Mapping[str, Any]) -> list[Any]:
-        result = conn.execute(self.statement, dict(params))
-        return list(result) if result.returns_rows else []
 
     def _plan(
         self, conn: Connection, params: Mapping[str, Any]
