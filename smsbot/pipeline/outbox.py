@@ -81,6 +81,10 @@ def _sent(which: ColumnElement[bool]) -> Prepared:
 # Prepared (store/prepared.py): single sends in one executemany, a bulk call's ids in one IN.
 _SENT_ONE = _sent(messages_t.c.id == bindparam("b_id"))
 _SENT_MANY = _sent(messages_t.c.id.in_(bindparam("b_ids", expanding=True)))
+# The sender's look, per (workspace, batch size): its due messages' senders, a lapsed claim.
+_LOOKS: dict[tuple[str, int], tuple[Prepared, Prepared]] = {}
+_NOW = bindparam("b_now", type_=UTCDateTime())
+_CUTOFF = bindparam("b_cutoff", type_=UTCDateTime())
 # (the message, the error's text, the columns to set: retry later or failed for good)
 Failed = tuple[Claimed, str, dict[str, Any]]
 
@@ -97,13 +101,21 @@ class Outbox:
 
     def look(self, conn: Connection, now: dt.datetime, sweep: bool) -> tuple[set[str], bool]:
         """In a read: the senders of the messages a claim would take now; any lapsed claim?"""
-        senders = {vn for (vn,) in conn.execute(self.due(now, messages_t.c.virtual_number))}
-        lapsed = select(messages_t.c.id).where(self.lapsed(now)).limit(1)
-        return senders, sweep and conn.execute(lapsed).first() is not None
+        key = (self.workspace, self.batch_size)
+        if (looks := _LOOKS.get(key)) is None:  # compiled once per workspace (prepared.py)
+            m = messages_t
+            due = Prepared(self.due(_NOW, m.c.virtual_number))
+            lapsed = Prepared(select(m.c.id).where(self.lapsed(_NOW, _CUTOFF)).limit(1))
+            looks = _LOOKS[key] = (due, lapsed)
+        senders = {vn for (vn,) in looks[0].all(conn, {"b_now": now})}
+        if not sweep:
+            return senders, False
+        cutoff = now - self.resend_grace
+        return senders, bool(looks[1].all(conn, {"b_now": now, "b_cutoff": cutoff}))
 
     def due(
         self,
-        now: dt.datetime,
+        now: dt.datetime | ColumnElement[dt.datetime],
         *columns: ColumnElement[Any],
         interactive: bool = False,
         limit: int | None = None,
@@ -258,7 +270,11 @@ class Outbox:
             .values(outbox=OutboxState.PENDING.value, attempts=m.c.attempts - 1)
         )
 
-    def lapsed(self, now: dt.datetime) -> ColumnElement[bool]:
+    def lapsed(
+        self,
+        now: dt.datetime | ColumnElement[dt.datetime],
+        cutoff: dt.datetime | ColumnElement[dt.datetime] | None = None,
+    ) -> ColumnElement[bool]:
         """Claims whose process died (their lease lapsed) that recover_lapsed settles now.
 
         If a receipt (matched by clientReference) has moved the status on, the provider has
@@ -273,7 +289,7 @@ class Outbox:
             m.c.lease_until < now,
             or_(
                 m.c.status != DeliveryStatus.QUEUED.value,
-                m.c.lease_until < now - self.resend_grace,
+                m.c.lease_until < (now - self.resend_grace if cutoff is None else cutoff),
             ),
         )
 
