@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from sqlalchemy import Connection, Engine, bindparam, case, event, exc, select, text, update
+from sqlalchemy import Connection, Engine, bindparam, case, event, exc, or_, select, text, update
 
 from smsbot.store.engine import Database
 from smsbot.store.lookup import KeyedRows, rows_in
@@ -195,3 +195,14 @@ async def test_text_and_rows_read_as_asked(db: Database, contexts: Contexts) -> 
 
     assert await db.read(first_two) == [(1, T0), (2, T0)]
     assert [c is None for c in contexts.of("SELECT id, phone")] == [fast(db)]
+
+
+IDS = bindparam("ids", expanding=True)
+TWICE = Prepared(select(C.c.id).where(or_(C.c.id.in_(IDS), C.c.version.in_(IDS))).order_by(C.c.id))
+
+
+async def test_one_in_list_in_two_places(db: Database) -> None:
+    rows = [conversation("+447700900001", f"+4477009001{i:02}", version=i * 10) for i in range(4)]
+    await db.write(lambda conn: INSERT.many(conn, rows))
+    found = await db.read(lambda conn: [i for (i,) in TWICE.all(conn, {"ids": [1, 20]})])
+    assert found == [1, 3]  # id 1, and the row whose version is 20

@@ -30,7 +30,7 @@ from smsbot.store.models import (
     timers_t,
 )
 from smsbot.store.prepared import Prepared
-from smsbot.store.types import UTCDateTime
+from smsbot.store.types import utc_param
 from smsbot.store.upsert import insert_on_conflict
 
 log = logging.getLogger(__name__)
@@ -238,7 +238,7 @@ _STILL_PENDING = Prepared(
     select(events_t.c.id).where(events_t.c.id.in_(bindparam("ids", expanding=True)), _PENDING)
 )
 _SCHEDULED = timers_t.c.state == TimerState.SCHEDULED.value
-_FIRED = {"state": TimerState.FIRED.value, "fired_at": bindparam("now", type_=UTCDateTime())}
+_FIRED = {"state": TimerState.FIRED.value, "fired_at": utc_param("now")}
 _BY_ID = (timers_t.c.id, timers_t.c.token)  # a campaign's fire: the timer's id and token
 _BY_NAME = (timers_t.c.conversation_id, timers_t.c.name, timers_t.c.token)  # a flow's timer
 

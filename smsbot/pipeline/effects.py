@@ -38,7 +38,7 @@ from smsbot.store.models import (
     timers_t,
 )
 from smsbot.store.prepared import Prepared
-from smsbot.store.types import UTCDateTime
+from smsbot.store.types import utc_param
 from smsbot.store.upsert import insert_on_conflict
 
 
@@ -85,10 +85,6 @@ class StepOutcome:
     handed: Claimed | None = None  # the first reply, claimed for its sender (handover.py)
 
 
-def _ts(name: str) -> Any:
-    return bindparam(name, type_=UTCDateTime())
-
-
 # Prepared (store/prepared.py): compiled once, run through sqlite3's executemany on SQLite.
 _UPDATE_CONVERSATION = Prepared(
     update(conversations_t)
@@ -100,9 +96,9 @@ _UPDATE_CONVERSATION = Prepared(
         data=bindparam("b_data", type_=JSON()),
         version=bindparam("b_version"),
         state_token=bindparam("b_token"),
-        last_activity_at=_ts("b_now"),
-        started_at=_ts("b_started"),
-        ended_at=_ts("b_ended"),
+        last_activity_at=utc_param("b_now"),
+        started_at=utc_param("b_started"),
+        ended_at=utc_param("b_ended"),
         end_reason=bindparam("b_reason"),
         end_state=bindparam("b_end_state"),
     )
@@ -110,7 +106,7 @@ _UPDATE_CONVERSATION = Prepared(
 _FINISH_EVENT = Prepared(
     update(events_t)
     .where(events_t.c.id == bindparam("b_id"))
-    .values(state=bindparam("b_state"), processed_at=_ts("b_now"))
+    .values(state=bindparam("b_state"), processed_at=utc_param("b_now"))
 )
 _SCHEDULED = timers_t.c.state == TimerState.SCHEDULED.value
 _CANCEL_ALL_TIMERS = Prepared(
@@ -128,22 +124,8 @@ _CANCEL_TIMER = Prepared(
     .values(state=TimerState.CANCELLED.value)
 )
 # A timer set again under the same name replaces the scheduled one (new token, new due time).
-_UPSERT_TIMER = Prepared(
-    insert_on_conflict(
-        timers_t,
-        ["conversation_id", "name"],
-        update=(
-            "workspace",
-            "kind",
-            "token",
-            "due_at",
-            "payload",
-            "state",
-            "created_at",
-            "fired_at",
-        ),
-    )
-)
+_RESET = ("workspace", "kind", "token", "due_at", "payload", "state", "created_at", "fired_at")
+_UPSERT_TIMER = Prepared(insert_on_conflict(timers_t, ["conversation_id", "name"], update=_RESET))
 _INSERT_MESSAGES = Prepared(messages_t.insert())
 _OPT_OUT = insert_on_conflict(opt_outs_t, ["virtual_number", "phone"])
 

@@ -32,7 +32,7 @@ from smsbot.pipeline.receipts import enqueue_send_failed
 from smsbot.sms.status import DeliveryStatus
 from smsbot.store.models import DEFAULT_WORKSPACE, OutboxState, messages_t, opt_out_blocks
 from smsbot.store.prepared import Prepared
-from smsbot.store.types import UTCDateTime
+from smsbot.store.types import utc_param
 
 # Answers to a person: the outbox's interactive lane (see Outbox.due).
 INTERACTIVE = (Origin.REPLY.value, Origin.COMPLIANCE.value)
@@ -62,7 +62,7 @@ def _sent(which: ColumnElement[bool]) -> Prepared:
     back (nor wipe the error it recorded; only an earlier attempt's error goes)."""
     m = messages_t
     queued = m.c.status == DeliveryStatus.QUEUED.value
-    now = bindparam("b_now", type_=UTCDateTime())
+    now = utc_param("b_now")
     return Prepared(
         update(m)
         .where(which)
@@ -83,8 +83,7 @@ _SENT_ONE = _sent(messages_t.c.id == bindparam("b_id"))
 _SENT_MANY = _sent(messages_t.c.id.in_(bindparam("b_ids", expanding=True)))
 # The sender's look, per (workspace, batch size): its due messages' senders, a lapsed claim.
 _LOOKS: dict[tuple[str, int], tuple[Prepared, Prepared]] = {}
-_NOW = bindparam("b_now", type_=UTCDateTime())
-_CUTOFF = bindparam("b_cutoff", type_=UTCDateTime())
+_NOW, _CUTOFF = utc_param("b_now"), utc_param("b_cutoff")
 # (the message, the error's text, the columns to set: retry later or failed for good)
 Failed = tuple[Claimed, str, dict[str, Any]]
 

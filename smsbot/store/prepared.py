@@ -160,6 +160,7 @@ def _bind(plan: _Plan, params: Mapping[str, Any]) -> tuple[str | None, list[Any]
         values = list(value)
         if not values:
             return None, []
+        # replace() renders every place the list is used; each place appends its own values
         if isinstance(binder, tuple):  # a row-value IN: VALUES (?, ?), (?, ?)
             width = len(binder)
             one = "(" + ", ".join("?" * width) + ")"

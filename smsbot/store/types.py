@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from sqlalchemy import DateTime
+from sqlalchemy import BindParameter, DateTime, bindparam
 from sqlalchemy.engine import Dialect
 from sqlalchemy.types import TypeDecorator
 
@@ -49,3 +49,8 @@ class UTCDateTime(TypeDecorator[dt.datetime]):
             return None
         assert isinstance(value, dt.datetime)
         return value.replace(tzinfo=dt.UTC)
+
+
+def utc_param(name: str) -> BindParameter[dt.datetime]:
+    """A statement parameter holding an aware UTC datetime (stored as UTCDateTime stores it)."""
+    return bindparam(name, type_=UTCDateTime())
