@@ -14,9 +14,12 @@ from typing import Any
 import pytest
 from sqlalchemy import Connection, Engine, bindparam, case, event, exc, or_, select, text, update
 
+from smsbot.engine.contract import EventKind
+from smsbot.pipeline.inbox import NEW_EVENT, InboxEntry, event_row
+from smsbot.store import prepared
 from smsbot.store.engine import Database
 from smsbot.store.lookup import KeyedRows, rows_in
-from smsbot.store.models import conversations_t, messages_t
+from smsbot.store.models import conversations_t, events_t, messages_t
 from smsbot.store.prepared import Prepared
 from smsbot.store.types import UTCDateTime
 
@@ -206,3 +209,40 @@ async def test_one_in_list_in_two_places(db: Database) -> None:
     await db.write(lambda conn: INSERT.many(conn, rows))
     found = await db.read(lambda conn: [i for (i,) in TWICE.all(conn, {"ids": [1, 20]})])
     assert found == [1, 3]  # id 1, and the row whose version is 20
+
+
+NEW_EVENTS = Prepared(
+    NEW_EVENT.returning(events_t.c.event_id, events_t.c.id, events_t.c.received_at)
+)
+
+
+def inbound(n: int) -> dict[str, Any]:
+    entry = InboxEntry("divergent", f"evt_{n}", EventKind.INBOUND, {"n": n}, "+447700900001")
+    return event_row(entry, T0 + dt.timedelta(seconds=n))
+
+
+async def test_many_rows_inserted_with_returning(
+    db: Database, contexts: Contexts, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(prepared, "_MAX_ROWS", 2)  # five rows: three statements on SQLite
+    await db.write(lambda conn: NEW_EVENTS.inserted(conn, [inbound(1), inbound(3)]))
+    # 1 and 3 are stored: ON CONFLICT skips them and RETURNING leaves them out
+    rows = [inbound(n) for n in range(5)]
+    found = await db.write(lambda conn: NEW_EVENTS.inserted(conn, rows))
+    assert sorted((r.event_id, r.received_at) for r in found) == [
+        (f"evt_{n}", T0 + dt.timedelta(seconds=n)) for n in (0, 2, 4)
+    ]
+    assert all(r.received_at.tzinfo is not None for r in found)
+    stored = await db.read(
+        lambda conn: conn.execute(
+            select(events_t.c.id, events_t.c.event_id, events_t.c.payload)
+        ).all()
+    )
+    assert sorted((r.event_id, r.id) for r in found) == sorted(
+        (r.event_id, r.id) for r in stored if r.event_id in {"evt_0", "evt_2", "evt_4"}
+    )
+    assert sorted(r.payload["n"] for r in stored) == [0, 1, 2, 3, 4]
+    inserts = contexts.of("INSERT INTO webhook_events")
+    assert len(inserts) == (1 + 3 if fast(db) else 2)
+    assert all((c is None) == fast(db) for c in inserts)
+    assert await db.write(lambda conn: NEW_EVENTS.inserted(conn, [])) == []

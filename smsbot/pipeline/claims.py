@@ -37,8 +37,10 @@ log = logging.getLogger(__name__)
 
 _NEW_CONVERSATION = insert_on_conflict(conversations_t, ["virtual_number", "phone"])
 # Rows an ON CONFLICT skips return nothing: the answers are matched by key, not by position.
-_CREATED = _NEW_CONVERSATION.returning(
-    conversations_t.c.virtual_number, conversations_t.c.phone, conversations_t.c.id
+_CREATED = Prepared(
+    _NEW_CONVERSATION.returning(
+        conversations_t.c.virtual_number, conversations_t.c.phone, conversations_t.c.id
+    )
 )
 
 
@@ -317,7 +319,7 @@ def create_conversations(
         }
         for k, workspace in new.items()
     ]
-    found = conn.execute(_CREATED, rows)
+    found = _CREATED.inserted(conn, rows)
     return {ConversationKey(vn, phone): NewConversation(i) for vn, phone, i in found}
 
 
@@ -328,7 +330,7 @@ def insert_conversations(
     statement); return those inserted. A key someone else inserted meanwhile is left out."""
     if not items:
         return {}
-    found = conn.execute(_CREATED, [new_conversation_row(i, now) for i in items])
+    found = _CREATED.inserted(conn, [new_conversation_row(i, now) for i in items])
     return {ConversationKey(vn, phone): NewConversation(i, True) for vn, phone, i in found}
 
 

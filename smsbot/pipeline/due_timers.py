@@ -11,14 +11,15 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
 
 from sqlalchemy import (
     ColumnElement,
     Connection,
-    Row,
+    Integer,
     String,
+    bindparam,
     cast,
     exists,
     literal_column,
@@ -29,6 +30,8 @@ from sqlalchemy import (
 from smsbot.engine.contract import ConversationKey, EventKind
 from smsbot.pipeline.inbox import InboxEntry
 from smsbot.store.models import TimerState, contacts_t, conversations_t, events_t, timers_t
+from smsbot.store.prepared import Prepared
+from smsbot.store.types import utc_param
 
 BATCH = 500
 
@@ -48,7 +51,7 @@ def fired_already() -> ColumnElement[bool]:
 class Page:
     """Scheduled timers due by some time, one BATCH in (due_at, id) order."""
 
-    unfired: list[Row[Any]]  # those whose firing is not in the inbox yet
+    unfired: list[Any]  # timer rows whose firing is not in the inbox yet
     keys: dict[int, ConversationKey]  # conversation id -> key (when asked for)
     last: tuple[dt.datetime, int] | None  # where the next page starts; None: this was the last
     contact_keys: dict[int, ConversationKey] = dataclasses.field(default_factory=dict)
@@ -69,53 +72,74 @@ class Page:
         ]
 
 
+def _page(ids: bool, after: bool) -> Prepared:
+    t = timers_t
+    query = select(t).where(t.c.state == TimerState.SCHEDULED.value, t.c.due_at <= _UNTIL)
+    if ids:
+        query = query.where(t.c.id.in_(bindparam("ids", expanding=True)))
+    if after:
+        query = query.where(
+            tuple_(t.c.due_at, t.c.id) > tuple_(_AFTER_DUE, bindparam("after_id", type_=Integer()))
+        )
+    return Prepared(query.order_by(t.c.due_at, t.c.id).limit(BATCH))
+
+
+_UNTIL = utc_param("until")
+_AFTER_DUE = utc_param("after_due")
+# (some ids, after a page) -> the page's statement, prepared (store/prepared.py)
+_PAGES = {(ids, after): _page(ids, after) for ids in (False, True) for after in (False, True)}
+_FIRED = Prepared(
+    select(events_t.c.event_id).where(
+        events_t.c.source == "timer", events_t.c.event_id.in_(bindparam("ids", expanding=True))
+    )
+)
+_KEYS = Prepared(
+    select(conversations_t.c.id, conversations_t.c.virtual_number, conversations_t.c.phone).where(
+        conversations_t.c.id.in_(bindparam("ids", expanding=True))
+    )
+)
+_PHONES = Prepared(
+    select(contacts_t.c.id, contacts_t.c.phone).where(
+        contacts_t.c.id.in_(bindparam("ids", expanding=True))
+    )
+)
+
+
 def unfired_page(
     until: dt.datetime,
-    which: ColumnElement[bool],
+    ids: Collection[int] | None,
     after: tuple[dt.datetime, int] | None,
     *,
     keys: bool = False,
 ) -> Callable[[Connection], Page]:
     """A read (for Database.read) of the next page of scheduled timers due by `until`.
 
-    `which` narrows the timers (e.g. to some ids); `after` is the previous page's `last`.
-    `keys`: also look up each unfired timer's conversation key.
+    `ids` narrows the timers to those (None: every timer); `after` is the previous page's
+    `last`. `keys`: also look up each unfired timer's conversation key.
     """
-    t = timers_t
-    query = select(t).where(t.c.state == TimerState.SCHEDULED.value, t.c.due_at <= until, which)
+    statement = _PAGES[ids is not None, after is not None]
+    params: dict[str, Any] = {"until": until}
+    if ids is not None:
+        params["ids"] = list(ids)
     if after is not None:
-        query = query.where(tuple_(t.c.due_at, t.c.id) > after)
-    query = query.order_by(t.c.due_at, t.c.id).limit(BATCH)
+        params["after_due"], params["after_id"] = after
 
     def read(conn: Connection) -> Page:
-        rows = conn.execute(query).all()
+        rows = statement.all(conn, params)
         if not rows:
             return Page([], {}, None)
-        ids = {event_id(r.id, r.token): r for r in rows}
-        fired = conn.execute(
-            select(events_t.c.event_id).where(
-                events_t.c.source == "timer", events_t.c.event_id.in_(list(ids))
-            )
-        )
-        done = set(fired.scalars())
-        unfired = [r for eid, r in ids.items() if eid not in done]
+        by_event = {event_id(r.id, r.token): r for r in rows}
+        done = {eid for (eid,) in _FIRED.all(conn, {"ids": list(by_event)})}
+        unfired = [r for eid, r in by_event.items() if eid not in done]
         found: dict[int, ConversationKey] = {}
         people: dict[int, ConversationKey] = {}
         if keys and unfired:
-            c = conversations_t
-            convos = conn.execute(
-                select(c.c.id, c.c.virtual_number, c.c.phone).where(
-                    c.c.id.in_({r.conversation_id for r in unfired if r.conversation_id})
-                )
-            )
-            found = {i: ConversationKey(vn, phone) for i, vn, phone in convos.all()}
+            wanted = list({r.conversation_id for r in unfired if r.conversation_id})
+            convos = _KEYS.all(conn, {"ids": wanted})
+            found = {i: ConversationKey(vn, phone) for i, vn, phone in convos}
             if contact_ids := {r.contact_id for r in unfired if r.conversation_id is None}:
-                found_phones = conn.execute(
-                    select(contacts_t.c.id, contacts_t.c.phone).where(
-                        contacts_t.c.id.in_(contact_ids)
-                    )
-                )
-                phones: dict[int, str] = {i: phone for i, phone in found_phones.tuples()}
+                found_phones = _PHONES.all(conn, {"ids": list(contact_ids)})
+                phones: dict[int, str] = {i: phone for i, phone in found_phones}
                 people = {
                     r.id: ConversationKey(str(r.payload.get("number")), phones[r.contact_id])
                     for r in unfired

@@ -21,8 +21,9 @@ from sqlalchemy import Connection, select
 from smsbot.clock import Clock
 from smsbot.engine.contract import EventKind
 from smsbot.store.engine import Database
-from smsbot.store.lookup import rows_in
+from smsbot.store.lookup import KeyedRows
 from smsbot.store.models import DEFAULT_WORKSPACE, EventState, events_t
+from smsbot.store.prepared import Prepared
 from smsbot.store.upsert import insert_on_conflict
 
 log = logging.getLogger(__name__)
@@ -61,6 +62,13 @@ class InboxEntry:
 
 # An event already stored under the same (source, event id) is left as it is.
 NEW_EVENT = insert_on_conflict(events_t, ["source", "event_id"])
+_INSERTED = Prepared(NEW_EVENT.returning(events_t.c.source, events_t.c.event_id))
+_STORED = KeyedRows(
+    (events_t.c.source, events_t.c.event_id),
+    lambda where: select(events_t.c.source, events_t.c.event_id, events_t.c.body_sha256).where(
+        where
+    ),
+)
 
 
 def event_row(entry: InboxEntry, now: dt.datetime) -> dict[str, Any]:
@@ -87,7 +95,6 @@ class Inbox:
     def __init__(self, db: Database, clock: Clock) -> None:
         self.db = db
         self.clock = clock
-        self._insert = NEW_EVENT.returning(events_t.c.source, events_t.c.event_id)
         self._queue: asyncio.Queue[tuple[InboxEntry, asyncio.Future[AcceptOutcome]]] | None = None
         self._writer: asyncio.Task[None] | None = None
 
@@ -124,8 +131,7 @@ class Inbox:
         for e in entries:
             first.setdefault((e.source, e.event_id), e)
         rows = [event_row(e, now) for e in first.values()]
-        # One statement for any group size, executed with a parameter list: SQLAlchemy
-        # caches its compiled form (a multi-VALUES insert would be compiled per group).
+        # One statement a group, compiled once (store/prepared.py: multi-row VALUES on SQLite).
         inserted, known = await self.db.write(
             lambda conn: self._insert_rows(conn, rows, first), urgent=True
         )
@@ -153,16 +159,9 @@ class Inbox:
         self, conn: Connection, rows: list[dict[str, Any]], first: dict[tuple[str, str], Any]
     ) -> tuple[set[tuple[str, str]], dict[tuple[str, str], str | None]]:
         """Insert; return the keys that were new and the stored digests of those that were not."""
-        inserted = {(r[0], r[1]) for r in conn.execute(self._insert, rows).all()}
+        inserted = {(r[0], r[1]) for r in _INSERTED.inserted(conn, rows)}
         missing = [k for k in first if k not in inserted]
-        known: dict[tuple[str, str], str | None] = {}
-        if missing:
-            found = conn.execute(
-                select(events_t.c.source, events_t.c.event_id, events_t.c.body_sha256).where(
-                    rows_in((events_t.c.source, events_t.c.event_id), missing)
-                )
-            )
-            known = {(src, eid): digest for src, eid, digest in found.all()}
+        known = {(src, eid): digest for src, eid, digest in _STORED.all(conn, missing)}
         return inserted, known
 
     async def _write_loop(self) -> None:

@@ -31,10 +31,8 @@ from apscheduler.schedulers import SchedulerNotRunningError
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.date import DateTrigger
 from sqlalchemy import (
-    ColumnElement,
     Engine,
     create_engine,
-    true,
     update,
 )
 
@@ -148,7 +146,7 @@ class TimerScheduler:
         are brought up to date first.
         """
         await self.sync_campaigns(now)
-        return await self._fire(now, true(), via="due")
+        return await self._fire(now, None, via="due")
 
     async def sync_campaigns(self, now: dt.datetime) -> None:
         """(Re)schedule and cancel campaign fires of the contacts that changed (see campaigns)."""
@@ -165,12 +163,12 @@ class TimerScheduler:
 
     # -- firing -----------------------------------------------------------------------------------
 
-    async def _fire(self, now: dt.datetime, which: ColumnElement[bool], *, via: str) -> int:
+    async def _fire(self, now: dt.datetime, ids: list[int] | None, *, via: str) -> int:
         cutoff = now - self.settings.reminder_max_lateness
         fired = 0
         after: tuple[dt.datetime, int] | None = None
         while True:
-            page = await self.db.read(unfired_page(now, which, after, keys=True))
+            page = await self.db.read(unfired_page(now, ids, after, keys=True))
             late = [r.id for r in page.unfired if r.due_at <= cutoff]
             keyed = [(r, page.key(r)) for r in page.unfired if r.due_at > cutoff]
             entries = [firing(r, key) for r, key in keyed if key is not None]
@@ -227,7 +225,7 @@ class TimerScheduler:
             while self._requested and not self._resigning:
                 ids = [self._requested.pop() for _ in range(min(BATCH, len(self._requested)))]
                 try:
-                    await self._fire(self.clock.now(), timers_t.c.id.in_(ids), via="job")
+                    await self._fire(self.clock.now(), ids, via="job")
                 except Exception:  # the database is away: the sweep fires them later
                     log.exception("firing %d timers failed; the sweep will retry", len(ids))
 
@@ -300,7 +298,7 @@ class TimerScheduler:
         while not self._resigning:
             try:
                 if time.monotonic() >= next_sweep:
-                    await self._fire(self.clock.now(), true(), via="sweep")
+                    await self._fire(self.clock.now(), None, via="sweep")
                     next_sweep = time.monotonic() + self.sweep_interval
                 await self.sync_campaigns(self.clock.now())
                 synced = await self._mirror()
@@ -322,7 +320,7 @@ class TimerScheduler:
         started = self.clock.now()
         after: tuple[dt.datetime, int] | None = None
         while not self._resigning:
-            page = await self.db.read(unfired_page(started + MIRROR_HORIZON, true(), after))
+            page = await self.db.read(unfired_page(started + MIRROR_HORIZON, None, after))
             fresh = [r for r in page.unfired if self._mirrored.get(r.id, ("",))[0] != r.token]
             if fresh:
                 await asyncio.to_thread(self._add_jobs, self._aps, fresh)

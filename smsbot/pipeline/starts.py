@@ -50,7 +50,7 @@ from smsbot.pipeline.batch import snapshot_of
 from smsbot.pipeline.effects import NewConversation, Stepped, write_effects
 from smsbot.pipeline.inbox import NEW_EVENT, InboxEntry, event_row
 from smsbot.store.engine import Database
-from smsbot.store.lookup import rows_in
+from smsbot.store.lookup import KeyedRows
 from smsbot.store.models import (
     EventState,
     conversations_t,
@@ -59,15 +59,42 @@ from smsbot.store.models import (
     opt_outs_t,
     suppressions_t,
 )
+from smsbot.store.prepared import Prepared
 
 YIELD_EVERY = 100
 SOURCE = "api"  # the inbox source of operator starts (the API's and the CLI's)
 # Rows an ON CONFLICT skips return nothing: the answers are matched by key, not by position.
-_INSERT_EVENTS = NEW_EVENT.returning(events_t.c.event_id, events_t.c.id)
-_UNFINISH = (
+_INSERT_EVENTS = Prepared(NEW_EVENT.returning(events_t.c.event_id, events_t.c.id))
+_UNFINISH = Prepared(
     update(events_t)
     .where(events_t.c.id == bindparam("b_id"))
     .values(state=EventState.PENDING.value, processed_at=None)
+)
+_KEY = (conversations_t.c.virtual_number, conversations_t.c.phone)
+_CONVERSATIONS = KeyedRows(_KEY, lambda where: select(conversations_t).where(where))
+# SQLite renders no FOR UPDATE: its write transaction already excludes every other writer.
+_LOCK = KeyedRows(
+    _KEY,
+    lambda where: select(conversations_t).where(where).with_for_update(skip_locked=True),
+)
+_EVENT_KEY = (events_t.c.virtual_number, events_t.c.phone)
+_PENDING = KeyedRows(
+    _EVENT_KEY,
+    lambda where: (
+        select(*_EVENT_KEY).where(events_t.c.state == EventState.PENDING.value, where).distinct()
+    ),
+)
+_OPTED_OUT = Prepared(
+    select(opt_outs_t.c.virtual_number, opt_outs_t.c.phone).where(
+        opt_outs_t.c.phone.in_(bindparam("phones", expanding=True)),
+        opt_outs_t.c.workspace == bindparam("workspace"),
+    )
+)
+_SUPPRESSED = Prepared(
+    select(suppressions_t.c.virtual_number, suppressions_t.c.phone_hash).where(
+        suppressions_t.c.phone_hash.in_(bindparam("hashes", expanding=True)),
+        suppressions_t.c.workspace == bindparam("workspace"),
+    )
 )
 # a conversation the read did not find: inserted as its step leaves it (claims.insert_conversations)
 _FRESH = NewConversation(0)
@@ -109,7 +136,7 @@ class _Seen:
 
 
 @dataclasses.dataclass(slots=True)
-class Prepared:
+class Chunk:
     """A chunk read and stepped, waiting to be written (`commit`)."""
 
     now: dt.datetime
@@ -130,9 +157,9 @@ async def prepare(
     *,
     workspace: str,
     policy: str = "interrupt",
-) -> Prepared:
+) -> Chunk:
     """Read the conversations of `starts` (distinct keys) and step them in memory: no lock."""
-    chunk = Prepared(now, flow, policy, workspace, [], [], ChunkResult())
+    chunk = Chunk(now, flow, policy, workspace, [], [], ChunkResult())
     if not starts:
         return chunk
     keys = [s.key for s in starts]
@@ -162,11 +189,11 @@ async def prepare(
     return chunk
 
 
-async def commit(db: Database, chunk: Prepared) -> ChunkResult:
+async def commit(db: Database, chunk: Chunk) -> ChunkResult:
     """Write a prepared chunk in one transaction: the steps still valid, the rest queued."""
 
     def write(conn: Connection) -> ChunkResult:
-        return _write(conn, db.is_postgres, chunk)
+        return _write(conn, chunk)
 
     result = ChunkResult()
     result.add(chunk.result)
@@ -199,11 +226,7 @@ def _read(
 ) -> tuple[dict[ConversationKey, _Seen], dict[tuple[str, str], Any]]:
     """The keys' conversations, pending events and opt-outs, and their contacts: no lock."""
     pairs = [(k.virtual_number, k.phone) for k in keys]
-    c = conversations_t
-    rows = {
-        (r.virtual_number, r.phone): r
-        for r in conn.execute(select(c).where(rows_in((c.c.virtual_number, c.c.phone), pairs)))
-    }
+    rows = {(r.virtual_number, r.phone): r for r in _CONVERSATIONS.all(conn, pairs)}
     pending = _pending(conn, pairs)
     opted = _opted_out(conn, keys, workspace)
     seen = {}
@@ -216,12 +239,7 @@ def _read(
 
 def _pending(conn: Connection, pairs: list[tuple[str, str]]) -> set[tuple[str, str]]:
     """The keys with events still waiting to be stepped (on ix_events_pending)."""
-    e = events_t
-    key = (e.c.virtual_number, e.c.phone)
-    found = conn.execute(
-        select(*key).where(e.c.state == EventState.PENDING.value, rows_in(key, pairs)).distinct()
-    )
-    return {(vn, phone) for vn, phone in found}
+    return {(vn, phone) for vn, phone in _PENDING.all(conn, pairs)}
 
 
 def _opted_out(
@@ -232,19 +250,11 @@ def _opted_out(
     hashed opt-outs included."""
     phones = sorted({k.phone for k in keys})
     hashes = {contacts.suppression_hash(phone): phone for phone in phones}
-    o, s = opt_outs_t, suppressions_t
     stopped: dict[str, list[str]] = {}
-    for number, phone in conn.execute(
-        select(o.c.virtual_number, o.c.phone).where(
-            o.c.phone.in_(phones), o.c.workspace == workspace
-        )
-    ):
+    for number, phone in _OPTED_OUT.all(conn, {"phones": phones, "workspace": workspace}):
         stopped.setdefault(phone, []).append(number)
-    for number, digest in conn.execute(
-        select(s.c.virtual_number, s.c.phone_hash).where(
-            s.c.phone_hash.in_(list(hashes)), s.c.workspace == workspace
-        )
-    ):
+    suppressed = _SUPPRESSED.all(conn, {"hashes": list(hashes), "workspace": workspace})
+    for number, digest in suppressed:
         stopped.setdefault(hashes[digest], []).append(number)
     return {
         k
@@ -253,7 +263,7 @@ def _opted_out(
     }
 
 
-def _write(conn: Connection, postgres: bool, chunk: Prepared) -> ChunkResult:
+def _write(conn: Connection, chunk: Chunk) -> ChunkResult:
     """One transaction: keep the steps whose conversation did not move, queue the rest.
 
     A stepped start's event is inserted already done, and a conversation the read did not find
@@ -270,7 +280,7 @@ def _write(conn: Connection, postgres: bool, chunk: Prepared) -> ChunkResult:
     # from; those the read did not find are inserted below (a row someone else made meanwhile
     # is skipped by the insert, and its start queued).
     known = [s.key for s, look, *_ in stepped if look.row is not None and _pair(s.key) in free]
-    locked = _lock(conn, known, postgres)
+    locked = _lock(conn, known)
     kept: list[tuple[Start, Any, ConversationSnapshot, StepResult]] = []
     for start, look, snapshot, step in stepped:
         row: Any = None
@@ -285,7 +295,7 @@ def _write(conn: Connection, postgres: bool, chunk: Prepared) -> ChunkResult:
         kept.append((start, row, snapshot, step))
     events = [_event(workspace, flow, policy, s, now, EventState.DONE) for s, *_ in kept]
     events += [_event(workspace, flow, policy, s, now, EventState.PENDING) for s in queued]
-    ids = {eid: i for eid, i in conn.execute(_INSERT_EVENTS, events)} if events else {}
+    ids = {eid: i for eid, i in _INSERT_EVENTS.inserted(conn, events)}
     items: list[Stepped] = []
     for start, row, snapshot, step in kept:
         if start.event_id not in ids:
@@ -298,7 +308,7 @@ def _write(conn: Connection, postgres: bool, chunk: Prepared) -> ChunkResult:
     created = claims.insert_conversations(conn, fresh, now)
     lost = [i for i in fresh if i.snapshot.key not in created]
     if lost:  # created by someone else since the read: their starts wait for the dispatcher
-        conn.execute(_UNFINISH, [{"b_id": i.event.id} for i in lost])
+        _UNFINISH.many(conn, [{"b_id": i.event.id} for i in lost])
         result.queued += len(lost)
         gone = {i.event.id for i in lost}
         items = [i for i in items if i.event.id not in gone]
@@ -316,19 +326,12 @@ def _write(conn: Connection, postgres: bool, chunk: Prepared) -> ChunkResult:
     return result
 
 
-def _lock(
-    conn: Connection, keys: list[ConversationKey], postgres: bool
-) -> dict[ConversationKey, Any]:
+def _lock(conn: Connection, keys: list[ConversationKey]) -> dict[ConversationKey, Any]:
     """The conversations' rows, locked (PostgreSQL: FOR UPDATE SKIP LOCKED; one another
     process holds is missing from the answer, and its start is queued; SQLite: the write
     transaction already excludes every other writer)."""
-    if not keys:
-        return {}
-    c = conversations_t
-    query = select(c).where(rows_in((c.c.virtual_number, c.c.phone), [_pair(k) for k in keys]))
-    if postgres:
-        query = query.with_for_update(skip_locked=True)
-    return {ConversationKey(r.virtual_number, r.phone): r for r in conn.execute(query)}
+    found = _LOCK.all(conn, [_pair(k) for k in keys])
+    return {ConversationKey(r.virtual_number, r.phone): r for r in found}
 
 
 def _pair(key: ConversationKey) -> tuple[str, str]:

@@ -38,6 +38,10 @@ from sqlalchemy.types import TupleType
 
 Processor = Callable[[Any], Any] | None
 _POSTCOMPILE = "__[POSTCOMPILE_{}]"
+# A multi-row INSERT's page: SQLite (3.32+) takes at most 32,766 parameters a statement;
+# Core's insertmanyvalues pages at 1,000 rows.
+_MAX_VARIABLES = 32_000
+_MAX_ROWS = 1_000
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -75,15 +79,10 @@ class Prepared:
             result = conn.execute(self.statement, dict(params))
             return result if result.returns_rows else ()
         cursor = _run(conn, raw, sql, args, many=False)
-        rows = cursor if lazy else cursor.fetchall()
         if plan.row is None:  # no result (None), or text() with no typed columns: plain tuples
+            rows = cursor if lazy else cursor.fetchall()
             return () if cursor.description is None else rows
-        make, readers = plan.row._make, plan.readers
-        if not any(readers):
-            return map(make, rows)
-        return (
-            make([v if p is None else p(v) for p, v in zip(readers, r, strict=True)]) for r in rows
-        )
+        return _read(plan, cursor if lazy else cursor.fetchall())
 
     def many(self, conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
         """Run once per row of parameters (executemany; every row has the first row's keys)."""
@@ -93,15 +92,30 @@ class Prepared:
         if raw is None or plan is None or plan.expanding:
             conn.execute(self.statement, [dict(r) for r in rows])
             return
-        names, binders, fixed = plan.names, plan.binders, plan.fixed
-        args = [
-            tuple(
-                _value(r, name, fixed) if p is None else p(_value(r, name, fixed))
-                for name, p in zip(names, binders, strict=True)
-            )
-            for r in rows
-        ]
-        _run(conn, raw, plan.sql, args, many=True)
+        _run(conn, raw, plan.sql, [_args(plan, r) for r in rows], many=True)
+
+    def inserted(self, conn: Connection, rows: Sequence[Mapping[str, Any]]) -> list[Any]:
+        """Run an INSERT … RETURNING for many rows; the rows it returns, in no set order.
+
+        `sqlite3`'s executemany returns no rows, so on SQLite this is one statement with a
+        VALUES group per row, in pages under SQLite's limit on parameters (what Core's
+        "insertmanyvalues" renders too, without its per-batch compiling and `Row`s).
+        """
+        if not rows:
+            return []
+        raw, plan = self._plan(conn, rows[0])
+        split = None if plan is None or plan.expanding or plan.row is None else _values(plan)
+        if raw is None or plan is None or split is None:
+            return list(conn.execute(self.statement, [dict(r) for r in rows]))
+        head, group, tail = split
+        page = max(1, min(_MAX_ROWS, _MAX_VARIABLES // max(1, len(plan.names))))
+        found: list[Any] = []
+        for at in range(0, len(rows), page):
+            chunk = rows[at : at + page]
+            sql = head + ", ".join([group] * len(chunk)) + tail
+            args = [value for r in chunk for value in _args(plan, r)]
+            found.extend(_read(plan, _run(conn, raw, sql, args, many=False).fetchall()))
+        return found
 
     def _plan(
         self, conn: Connection, params: Mapping[str, Any]
@@ -146,6 +160,38 @@ def _compile(statement: Executable, conn: Connection, keys: tuple[str, ...]) -> 
 
 def _value(params: Mapping[str, Any], name: str, fixed: Mapping[str, Any]) -> Any:
     return params[name] if name in params else fixed[name]
+
+
+def _args(plan: _Plan, params: Mapping[str, Any]) -> tuple[Any, ...]:
+    """One row's positional arguments (no expanding parameter)."""
+    fixed = plan.fixed
+    return tuple(
+        _value(params, name, fixed) if p is None else p(_value(params, name, fixed))
+        for name, p in zip(plan.names, plan.binders, strict=True)
+    )
+
+
+def _read(plan: _Plan, rows: Iterable[Any]) -> Iterable[Any]:
+    """Result rows as the plan's named tuples, each column through its result processor."""
+    make, readers = plan.row._make, plan.readers
+    if not any(readers):
+        return map(make, rows)
+    return (make([v if p is None else p(v) for p, v in zip(readers, r, strict=True)]) for r in rows)
+
+
+def _values(plan: _Plan) -> tuple[str, str, str] | None:
+    """An INSERT's SQL split around its one VALUES group, when that group holds every
+    parameter (so that repeating it repeats the row): (before, group, after); else None."""
+    at = plan.sql.find(" VALUES (")
+    if at < 0:
+        return None
+    start = at + len(" VALUES ")
+    end = plan.sql.find(")", start) + 1
+    group = plan.sql[start:end]
+    wanted = "(" + ", ".join("?" * len(plan.names)) + ")"
+    if group != wanted or plan.sql.count("?") != len(plan.names):
+        return None
+    return plan.sql[:start], group, plan.sql[end:]
 
 
 def _bind(plan: _Plan, params: Mapping[str, Any]) -> tuple[str | None, list[Any]]:
