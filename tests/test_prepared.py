@@ -246,3 +246,18 @@ async def test_many_rows_inserted_with_returning(
     assert len(inserts) == (1 + 3 if fast(db) else 2)
     assert all((c is None) == fast(db) for c in inserts)
     assert await db.write(lambda conn: NEW_EVENTS.inserted(conn, [])) == []
+
+
+def test_a_datetime_bound_twice_in_a_row_is_converted_once_and_right() -> None:
+    from sqlalchemy.dialects import sqlite
+
+    process = UTCDateTime().bind_processor(sqlite.dialect())
+    later = T0 + dt.timedelta(seconds=1)
+    paris = T0.astimezone(dt.timezone(dt.timedelta(hours=1)))
+    assert process(T0) == "2026-12-05 09:30:15.123456"
+    assert process(T0) == "2026-12-05 09:30:15.123456"  # the remembered text
+    assert process(later) == "2026-12-05 09:30:16.123456"
+    assert process(paris) == "2026-12-05 09:30:15.123456"  # equal, another object: converted
+    assert process(None) is None
+    with pytest.raises(ValueError, match="timezone-aware"):
+        process(T0.replace(tzinfo=None))

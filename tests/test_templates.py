@@ -353,3 +353,15 @@ def test_undeclared_variables_errors(root: Path) -> None:
         sms.undeclared_variables("bad.txt")
     with pytest.raises(TemplateError, match="not found"):
         sms.undeclared_variables("gone.txt")
+
+
+def test_a_render_sees_jinjas_globals_and_leaves_the_context_alone(root: Path) -> None:
+    # SmsTemplates._render hands Jinja one merged dict (shared=True): the globals must still
+    # be there, a {% set %} must not leak into the caller's mapping, and a name the context
+    # gives wins over a global of the same name.
+    sms = make(root, {"t.txt": "{% set n = 2 %}{{ range(n) | list }} {{ dict(a=1) }} {{ lipsum }}"})
+    context = {"lipsum": "mine"}
+    assert sms.render("t.txt", context).text == "[0, 1] {'a': 1} mine"
+    assert context == {"lipsum": "mine"}
+    ns = "{% set s = namespace(k=0) %}{% for i in range(3) %}{% set s.k = s.k + i %}{% endfor %}"
+    assert sms.render_string(ns + "{{ s.k }}", {}).text == "3"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import logging
 import os
 import re
@@ -113,8 +114,13 @@ def _clock(moment: dt.datetime, style: str) -> str:
 
 
 def _day(moment: dt.date) -> str:
+    return _day_of(moment.year, moment.month, moment.day)
+
+
+@functools.lru_cache(maxsize=4096)  # a bulk run's appointments fall on a few hundred days
+def _day_of(year: int, month: int, day: int) -> str:
     # Built by hand: strftime's %-d (day without a leading zero) is not portable.
-    return f"{moment:%a} {moment.day} {moment:%b}"
+    return dt.date(year, month, day).strftime(f"%a {day} %b")
 
 
 @jinja2.pass_context
@@ -196,6 +202,7 @@ class SmsTemplates:
             "datetime": _datetime_filter,
         }
         self._env.filters.update(filters)
+        self._globals = dict(self._env.globals)  # range, dict, namespace, …: see _render
         self._inline: dict[str, jinja2.Template] = {}
 
     def render(
@@ -209,7 +216,7 @@ class SmsTemplates:
             else:
                 cached = self._compiled.get(name)
                 template = cached or self._compiled.setdefault(name, self._env.get_template(name))
-            text = template.render({**context, _ZONE_KEY: zone})
+            text = self._render(template, context, zone)
         except Exception as exc:
             raise self._error(exc, name) from exc
         return self._finish(text, name)
@@ -226,7 +233,7 @@ class SmsTemplates:
                 if len(self._inline) >= _INLINE_CACHE_SIZE:
                     self._inline.clear()  # a bulk send repeats one source; churn means no reuse
                 self._inline[source] = template
-            text = template.render({**context, _ZONE_KEY: zone})
+            text = self._render(template, context, zone)
         except Exception as exc:
             raise self._error(exc, None) from exc
         return self._finish(text, None)
@@ -294,6 +301,23 @@ class SmsTemplates:
         return jinja2.meta.find_undeclared_variables(ast) - set(self._env.globals)
 
     # --- internals ----------------------------------------------------------------------------
+
+    def _render(
+        self, template: jinja2.Template, context: Mapping[str, Any], zone: zoneinfo.ZoneInfo
+    ) -> str:
+        """`template.render(context)`, with one copy of the variables instead of three.
+
+        Template.render copies them into a dict, then into another with the template's
+        globals (a ChainMap, walked on every render); a bulk start renders a template per
+        message. Here the globals are merged once (`_globals`) and the one dict is handed to
+        the context as is (`shared=True`); the rest is what Template.render does (Jinja 3.1),
+        including its rewriting of a template error's traceback.
+        """
+        ctx = template.new_context({**self._globals, **context, _ZONE_KEY: zone}, shared=True)
+        try:
+            return self._env.concat(template.root_render_func(ctx))
+        except Exception:
+            self._env.handle_exception()
 
     def _source(self, name: str) -> tuple[str, str | None]:
         loader = self._env.loader
