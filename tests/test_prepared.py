@@ -248,16 +248,25 @@ async def test_many_rows_inserted_with_returning(
     assert await db.write(lambda conn: NEW_EVENTS.inserted(conn, [])) == []
 
 
-def test_a_datetime_bound_twice_in_a_row_is_converted_once_and_right() -> None:
+def test_datetimes_converted_once_still_bind_right(monkeypatch: pytest.MonkeyPatch) -> None:
+    from zoneinfo import ZoneInfo
+
     from sqlalchemy.dialects import sqlite
 
+    from smsbot.store import types
+
+    monkeypatch.setattr(types, "_KNOWN_TEXTS", 2)  # forget often: the cache must not matter
     process = UTCDateTime().bind_processor(sqlite.dialect())
     later = T0 + dt.timedelta(seconds=1)
-    paris = T0.astimezone(dt.timezone(dt.timedelta(hours=1)))
-    assert process(T0) == "2026-12-05 09:30:15.123456"
-    assert process(T0) == "2026-12-05 09:30:15.123456"  # the remembered text
-    assert process(later) == "2026-12-05 09:30:16.123456"
-    assert process(paris) == "2026-12-05 09:30:15.123456"  # equal, another object: converted
+    for _ in range(3):  # converted, then remembered, then forgotten and converted again
+        assert process(T0) == "2026-12-05 09:30:15.123456"
+        assert process(later) == "2026-12-05 09:30:16.123456"
+        assert process(later + dt.timedelta(days=1)) == "2026-12-06 09:30:16.123456"
+    # the repeated hour of a DST change: equal as datetimes, one hour apart as instants
+    london = ZoneInfo("Europe/London")
+    first = dt.datetime(2026, 10, 25, 1, 30, tzinfo=london)
+    assert process(first) == "2026-10-25 00:30:00.000000"
+    assert process(first.replace(fold=1)) == "2026-10-25 01:30:00.000000"
     assert process(None) is None
     with pytest.raises(ValueError, match="timezone-aware"):
         process(T0.replace(tzinfo=None))

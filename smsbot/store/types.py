@@ -9,6 +9,8 @@ from sqlalchemy import BindParameter, DateTime, bindparam
 from sqlalchemy.engine import Dialect
 from sqlalchemy.types import TypeDecorator
 
+_KNOWN_TEXTS = 4096  # UTC datetimes whose stored text each processor remembers
+
 
 class UTCDateTime(TypeDecorator[dt.datetime]):
     """Store naive UTC, return aware UTC: SQLite keeps no zone, PostgreSQL's timestamptz does."""
@@ -29,25 +31,30 @@ class UTCDateTime(TypeDecorator[dt.datetime]):
         if dialect.name != "sqlite":
             return super().bind_processor(dialect)
         utc = dt.UTC
-        # The last value and its text: a batch's rows carry the same `now` in several columns
-        # (a bulk start's writer spent a tenth of its time converting it again and again).
-        # One tuple, replaced whole: threads sharing this processor never see a torn pair.
-        last: tuple[dt.datetime | None, str | None] = (None, None)
+        # Texts of UTC datetimes already converted: a batch binds the same few values (its
+        # `now`, due times) in many rows and columns, and a conversion costs ~1.5 µs against
+        # 40 ns for a lookup. Only UTC values: two equal datetimes of another zone can be
+        # different instants (the repeated hour of a DST change compares equal, fold aside).
+        # Dict operations are atomic: the threads that share this processor need no lock.
+        known: dict[dt.datetime, str] = {}
 
         # The same text as process_bind_param followed by SQLite's DATETIME processor
         # ("YYYY-MM-DD HH:MM:SS.ffffff"), in one C call instead of two Python ones and a
         # %-format of seven fields: a fifth of a bulk start's database thread went there.
         def process(value: dt.datetime | None) -> str | None:
-            nonlocal last
             if value is None:
                 return None
-            seen, text = last
-            if value is seen:
-                return text
-            if value.tzinfo is None:
+            if value.tzinfo is utc:
+                text = known.get(value)
+                if text is not None:
+                    return text
+            elif value.tzinfo is None:
                 raise ValueError("smsbot stores only timezone-aware datetimes")
             text = value.astimezone(utc).replace(tzinfo=None).isoformat(" ", "microseconds")
-            last = (value, text)
+            if value.tzinfo is utc:
+                if len(known) >= _KNOWN_TEXTS:
+                    known.clear()
+                known[value] = text
             return text
 
         return process
