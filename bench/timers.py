@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import gc
 import math
 import os
 import sqlite3
@@ -114,6 +115,8 @@ async def virtual(o: Options, n: int) -> list[Figure]:
         db=db,
     )
     await bot.start(background=False)
+    gc.collect()
+    gc.freeze()  # as `smsbot serve` does once it is loaded (smsbot/app/serve.py)
     # as in `serve`, where the sender's loop runs: a step's reply is handed to it, not claimed
     for sender in bot.senders.values():
         sender.handover = True

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import gc
 import logging
 import sys
 from collections.abc import AsyncIterator
@@ -49,6 +50,11 @@ def serve(settings: Settings, *, echo: bool = False) -> None:
     handler: StepHandler = EchoHandler() if echo else build_handler(settings)
     if isinstance(handler, FlowRuntime):
         _say_service_names(settings, handler)
+    # What is loaded by now (modules, flows, templates) lives as long as the process: moved
+    # out of the collector's sight, a full collection no longer walks it again and again.
+    # Measured: garbage collection was 15 % of a fired reminder's CPU (bench/README.md).
+    gc.collect()
+    gc.freeze()
     try:
         web.run_app(
             _app(settings, handler),
