@@ -13,10 +13,10 @@ import datetime as dt
 import json
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, select, text
+from sqlalchemy import Connection, select, text
 
 from smsbot.store.models import contact_groups_t, contacts_t
-from smsbot.store.types import UTCDateTime
+from smsbot.store.types import utc_param
 from smsbot.store.upsert import insert_on_conflict
 from smsbot.workspaces import DEFAULT
 
@@ -119,7 +119,7 @@ _COPY = "COPY smsbot_contacts_import (phone, name, language, timezone, fields) F
 _FROM_STAGE = text(
     f"{_INSERT} SELECT :workspace, phone, name, language, timezone, fields::json, :now, :now"  # noqa: S608
     f" FROM smsbot_contacts_import{_MERGE}"
-).bindparams(bindparam("now", type_=UTCDateTime()))
+).bindparams(utc_param("now"))
 
 
 def _upsert_postgres(

@@ -22,6 +22,7 @@ from smsbot.pipeline.effects import NewConversation, Stepped, new_conversation_r
 from smsbot.store.lookup import KeyedRows, rows_in
 from smsbot.store.models import (
     DEFAULT_WORKSPACE,
+    TIMER_SCHEDULED,
     EventState,
     TimerState,
     conversations_t,
@@ -239,7 +240,6 @@ _VERSIONS = KeyedRows(
 _STILL_PENDING = Prepared(
     select(events_t.c.id).where(events_t.c.id.in_(bindparam("ids", expanding=True)), _PENDING)
 )
-_SCHEDULED = timers_t.c.state == TimerState.SCHEDULED.value
 _FIRED = {"state": TimerState.FIRED.value, "fired_at": utc_param("now")}
 _BY_ID = (timers_t.c.id, timers_t.c.token)  # a campaign's fire: the timer's id and token
 _BY_NAME = (timers_t.c.conversation_id, timers_t.c.name, timers_t.c.token)  # a flow's timer
@@ -250,8 +250,8 @@ def _firing(columns: tuple[Any, ...], claim: bool) -> KeyedRows:
 
     def build(where: ColumnElement[bool]) -> Executable:
         if claim:
-            return update(timers_t).where(where, _SCHEDULED).values(_FIRED).returning(*columns)
-        return select(*columns).where(where, _SCHEDULED)
+            return update(timers_t).where(where, TIMER_SCHEDULED).values(_FIRED).returning(*columns)
+        return select(*columns).where(where, TIMER_SCHEDULED)
 
     return KeyedRows(columns, build)
 

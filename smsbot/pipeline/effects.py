@@ -26,6 +26,7 @@ from smsbot.sms.status import DeliveryStatus
 from smsbot.sms.text import analyze
 from smsbot.store.models import (
     DEFAULT_WORKSPACE,
+    TIMER_SCHEDULED,
     Direction,
     EventState,
     OutboxState,
@@ -108,10 +109,9 @@ _FINISH_EVENT = Prepared(
     .where(events_t.c.id == bindparam("b_id"))
     .values(state=bindparam("b_state"), processed_at=utc_param("b_now"))
 )
-_SCHEDULED = timers_t.c.state == TimerState.SCHEDULED.value
 _CANCEL_ALL_TIMERS = Prepared(
     update(timers_t)
-    .where(timers_t.c.conversation_id == bindparam("b_convo"), _SCHEDULED)
+    .where(timers_t.c.conversation_id == bindparam("b_convo"), TIMER_SCHEDULED)
     .values(state=TimerState.CANCELLED.value)
 )
 _CANCEL_TIMER = Prepared(
@@ -119,7 +119,7 @@ _CANCEL_TIMER = Prepared(
     .where(
         timers_t.c.conversation_id == bindparam("b_convo"),
         timers_t.c.name == bindparam("b_name"),
-        _SCHEDULED,
+        TIMER_SCHEDULED,
     )
     .values(state=TimerState.CANCELLED.value)
 )

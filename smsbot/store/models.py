@@ -244,6 +244,8 @@ conversations_t = table(ConversationRow)
 opt_outs_t = table(OptOutRow)
 timers_t = table(TimerRow)
 state_changes_t = table(StateChangeRow)
+# A timer still waiting to fire (not fired, cancelled or missed): the claims' and writes' test.
+TIMER_SCHEDULED = timers_t.c.state == TimerState.SCHEDULED.value
 
 
 def opt_out_applies(
