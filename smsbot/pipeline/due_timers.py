@@ -29,7 +29,13 @@ from sqlalchemy import (
 
 from smsbot.engine.contract import ConversationKey, EventKind
 from smsbot.pipeline.inbox import InboxEntry
-from smsbot.store.models import TimerState, contacts_t, conversations_t, events_t, timers_t
+from smsbot.store.models import (
+    TIMER_SCHEDULED,
+    contacts_t,
+    conversations_t,
+    events_t,
+    timers_t,
+)
 from smsbot.store.prepared import Prepared
 from smsbot.store.types import utc_param
 
@@ -74,7 +80,7 @@ class Page:
 
 def _page(ids: bool, after: bool) -> Prepared:
     t = timers_t
-    query = select(t).where(t.c.state == TimerState.SCHEDULED.value, t.c.due_at <= _UNTIL)
+    query = select(t).where(TIMER_SCHEDULED, t.c.due_at <= _UNTIL)
     if ids:
         query = query.where(t.c.id.in_(bindparam("ids", expanding=True)))
     if after:

@@ -44,7 +44,7 @@ from smsbot.pipeline.inbox import AcceptOutcome, Inbox
 from smsbot.pipeline.leader import LeaderElection
 from smsbot.pipeline.metrics import Metrics
 from smsbot.store.engine import Database
-from smsbot.store.models import TimerState, timers_t
+from smsbot.store.models import TIMER_SCHEDULED, TimerState, timers_t
 
 log = logging.getLogger(__name__)
 
@@ -193,7 +193,7 @@ class TimerScheduler:
             update(timers_t)
             .where(
                 timers_t.c.id.in_(ids),
-                timers_t.c.state == TimerState.SCHEDULED.value,
+                TIMER_SCHEDULED,
                 timers_t.c.due_at <= cutoff,  # not rescheduled since it was read
                 ~fired_already(),
             )

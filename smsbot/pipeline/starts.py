@@ -71,7 +71,6 @@ _UNFINISH = Prepared(
     .values(state=EventState.PENDING.value, processed_at=None)
 )
 _KEY = (conversations_t.c.virtual_number, conversations_t.c.phone)
-_CONVERSATIONS = KeyedRows(_KEY, lambda where: select(conversations_t).where(where))
 # SQLite renders no FOR UPDATE: its write transaction already excludes every other writer.
 _LOCK = KeyedRows(
     _KEY,
@@ -226,13 +225,12 @@ def _read(
 ) -> tuple[dict[ConversationKey, _Seen], dict[tuple[str, str], Any]]:
     """The keys' conversations, pending events and opt-outs, and their contacts: no lock."""
     pairs = [(k.virtual_number, k.phone) for k in keys]
-    rows = {(r.virtual_number, r.phone): r for r in _CONVERSATIONS.all(conn, pairs)}
+    rows = claims.read_conversations(conn, keys)
     pending = _pending(conn, pairs)
     opted = _opted_out(conn, keys, workspace)
     seen = {}
     for k in keys:
-        pair = (k.virtual_number, k.phone)
-        seen[k] = _Seen(rows.get(pair), pair in pending, k in opted)
+        seen[k] = _Seen(rows.get(k), (k.virtual_number, k.phone) in pending, k in opted)
     people = contacts.load_contacts(conn, ((workspace, k.phone) for k in keys))
     return seen, people
 
