@@ -23,6 +23,7 @@ from sqlalchemy.ext.asyncio import (
 from sqlmodel import SQLModel
 
 from smsbot.store import models  # noqa: F401  (registers the tables on SQLModel.metadata)
+from smsbot.store.checkpoint import FALLBACK_PAGES, Checkpointer
 
 try:
     import fcntl
@@ -74,6 +75,12 @@ class Database:
                 _configure_sqlite(self._sync)
                 self._reader = create_engine(url.replace("+aiosqlite", "", 1))
                 _configure_sqlite(self._reader, begin="BEGIN")
+        # The writers' commits leave WAL checkpoints to a thread of their own (checkpoint.py).
+        self._checkpointer: Checkpointer | None = None
+        if self._sync is not None and self._sync.url.database:
+            self._checkpointer = Checkpointer(self._sync.url.database)
+            for writer in (self._sync, self.engine.sync_engine):
+                _checkpoint_after_commits(writer, self._checkpointer)
         # Each thread keeps its one connection open between transactions (_Held).
         self._held_writer = _Held(self._sync)
         self._held_reader = _Held(self._reader)
@@ -186,6 +193,8 @@ class Database:
     async def dispose(self) -> None:
         """Close every pooled connection."""
         await self.engine.dispose()
+        if self._checkpointer is not None:
+            await asyncio.to_thread(self._checkpointer.close)
         if self._sync is not None and self._thread is not None:
             # Close its connections in the thread that opened them, then let the thread go.
             await asyncio.get_running_loop().run_in_executor(self._thread, self._held_writer.drop)
@@ -355,6 +364,18 @@ def _configure_sqlite(engine: Engine, begin: str = "BEGIN IMMEDIATE") -> None:
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Any) -> None:
         conn.exec_driver_sql(begin)
+
+
+def _checkpoint_after_commits(engine: Engine, checkpointer: Checkpointer) -> None:
+    # A writer checkpoints itself only past FALLBACK_PAGES; the checkpointer, woken by each
+    # commit, keeps the WAL far below that.
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.execute(f"PRAGMA wal_autocheckpoint={FALLBACK_PAGES}")
+
+    @event.listens_for(engine, "commit")
+    def _on_commit(_conn: Any) -> None:
+        checkpointer.wake()
 
 
 def try_wal(cursor: Any) -> bool:
