@@ -99,6 +99,7 @@ class Bot:
             self.clock,
             metrics=self.metrics,
             on_fired=self.dispatcher.notify,
+            stepper=self.dispatcher.fire_timers,
             campaigns=CampaignSync(Plan.of(settings, getattr(handler, "campaigns", {}))),
         )
         self._tasks: list[asyncio.Task[None]] = []

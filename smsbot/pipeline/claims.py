@@ -237,6 +237,17 @@ _VERSIONS = KeyedRows(
         conversations_t.c.virtual_number, conversations_t.c.phone, conversations_t.c.version
     ).where(where),
 )
+# SQLite renders no FOR UPDATE: its write transaction already excludes every other writer.
+_LOCK = KeyedRows(
+    (conversations_t.c.virtual_number, conversations_t.c.phone),
+    lambda where: select(conversations_t).where(where).with_for_update(skip_locked=True),
+)
+_WAITING_KEYS = KeyedRows(
+    (events_t.c.virtual_number, events_t.c.phone),
+    lambda where: (
+        select(events_t.c.virtual_number, events_t.c.phone).where(_PENDING, where).distinct()
+    ),
+)
 _STILL_PENDING = Prepared(
     select(events_t.c.id).where(events_t.c.id.in_(bindparam("ids", expanding=True)), _PENDING)
 )
@@ -286,6 +297,19 @@ def read_conversations(
     """The conversations' rows as they are, without a lock; a key with no row is left out."""
     found = _CONVERSATIONS.all(conn, _pairs(keys))
     return {ConversationKey(r.virtual_number, r.phone): r for r in found}
+
+
+def lock_existing(conn: Connection, keys: Sequence[ConversationKey]) -> dict[ConversationKey, Any]:
+    """In a write: the conversations' rows, locked (PostgreSQL: FOR UPDATE SKIP LOCKED, so one
+    another process holds is missing from the answer; SQLite: the write transaction already
+    excludes every other writer). A key with no row is missing too."""
+    found = _LOCK.all(conn, _pairs(keys))
+    return {ConversationKey(r.virtual_number, r.phone): r for r in found}
+
+
+def waiting(conn: Connection, keys: Sequence[ConversationKey]) -> set[ConversationKey]:
+    """The keys with events still pending, due or not (on ix_events_pending)."""
+    return {ConversationKey(vn, phone) for vn, phone in _WAITING_KEYS.all(conn, _pairs(keys))}
 
 
 def versions(conn: Connection, keys: Sequence[ConversationKey]) -> dict[ConversationKey, int]:
@@ -361,12 +385,22 @@ def claim_timers(
     params = {"now": now} if claim else {}
     live: set[int] = set()
     if fires:
-        found = _FIRE[(claim, True)].all(conn, fires, **params)
-        live = {fires[(i, tok)] for i, tok in found}
+        live = claim_fires(conn, fires, now) if claim else _read_fires(conn, fires)
     if wanted:
         found = _FIRE[(claim, False)].all(conn, wanted, **params)
         live |= {wanted[(c, n, tok)] for c, n, tok in found}
     return live
+
+
+def claim_fires(conn: Connection, fires: dict[tuple[int, str], int], now: dt.datetime) -> set[int]:
+    """Mark timers FIRED by (timer id, token) -> event id, if still scheduled with that token;
+    return the event ids whose timer this claimed (the once-only guard, by primary key)."""
+    found = _FIRE[(True, True)].all(conn, fires, now=now)
+    return {fires[(i, tok)] for i, tok in found}
+
+
+def _read_fires(conn: Connection, fires: dict[tuple[int, str], int]) -> set[int]:
+    return {fires[(i, tok)] for i, tok in _FIRE[(False, True)].all(conn, fires)}
 
 
 def record_failures(

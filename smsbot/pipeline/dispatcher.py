@@ -28,9 +28,10 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from smsbot.clock import Clock
 from smsbot.engine.contract import ConversationKey, StepHandler
 from smsbot.pipeline import claims, handover
-from smsbot.pipeline.batch import Batches, Work
+from smsbot.pipeline.batch import Batches
 from smsbot.pipeline.claims import backoff
-from smsbot.pipeline.effects import StepOutcome
+from smsbot.pipeline.effects import StepOutcome, Stepped
+from smsbot.pipeline.firings import Due, Firings
 from smsbot.pipeline.metrics import Metrics
 from smsbot.pipeline.receipts import apply_receipts
 from smsbot.store.engine import Database
@@ -89,6 +90,9 @@ class Dispatcher:
             max_attempts=max_attempts,
             step_timeout=step_timeout,
             takers=takers,
+        )
+        self.firings = Firings(
+            db, handler, max_attempts=max_attempts, step_timeout=step_timeout, takers=takers
         )
         self._wakeup = asyncio.Event()
         self._stopping = False
@@ -197,6 +201,30 @@ class Dispatcher:
 
         return await self.db.write(record)
 
+    async def fire_timers(self, due: Sequence[Due]) -> int | None:
+        """Step due timers' firings where they fire (firings.py); return how many were stored,
+        stepped or queued, or None when the page failed and belongs in the inbox instead."""
+        started = time.perf_counter()
+        held = {d.key for d in due} & self._busy  # in a batch now: queued behind it
+        mine = {d.key for d in due} - held
+        self._busy.update(mine)
+        try:
+            fired = await self.firings.run(due, self.clock.now(), held)
+        except _UNAVAILABLE:
+            raise
+        except Exception:  # one step's effects refused: the inbox path steps them one by one
+            log.warning("stepping %d timer firings failed; they go through the inbox", len(due))
+            return None
+        finally:
+            self._busy.difference_update(mine)
+        self._count(fired.stepped, fired.stale, fired.failed, time.perf_counter() - started)
+        if self.on_commit is not None:
+            for outcome in fired.outcomes:
+                self.on_commit(outcome)
+        if fired.queued:
+            self.notify()
+        return fired.stored
+
     async def due_keys(self, limit: int) -> list[ConversationKey]:
         """Up to `limit` due keys: inbound texts first (half a batch at most), then the rest."""
         now = self.clock.now()
@@ -216,7 +244,8 @@ class Dispatcher:
             return 0
         outcomes, work, finished = done
         self._adapt(len(keys), work.write_seconds, self.db.urgent_waits != waits)
-        self._count(work, time.perf_counter() - started)
+        stale = [workspace for _, workspace in work.stale]
+        self._count(work.stepped, stale, work.failed, time.perf_counter() - started)
         if self.on_commit is not None:
             for outcome in outcomes:
                 self.on_commit(outcome)
@@ -231,13 +260,19 @@ class Dispatcher:
         elif not contended:
             self._size = min(self.batch_size, self._size + max(1, self._size // 4))
 
-    def _count(self, work: Work, seconds: float) -> None:
+    def _count(
+        self,
+        stepped: Sequence[Stepped],
+        stale: Sequence[str],
+        failed: Sequence[tuple[Any, BaseException]],
+        seconds: float,
+    ) -> None:
         counts: Counter[tuple[str, str, str]] = Counter()
-        for item in work.stepped:
+        for item in stepped:
             counts[(item.event.kind.value, "ok", item.workspace)] += 1
-        for _, workspace in work.stale:
+        for workspace in stale:
             counts[("timer", "stale", workspace)] += 1
-        for row, exc in work.failed:
+        for row, exc in failed:
             parked = claims.parks(row, exc, self.max_attempts)
             workspace = str(row.workspace or DEFAULT_WORKSPACE)
             counts[(str(row.kind), "failed" if parked else "retry", workspace)] += 1
@@ -246,7 +281,7 @@ class Dispatcher:
                 "smsbot_events_processed_total", n, kind=kind, result=result, workspace=workspace
             )
         self.metrics.inc("smsbot_step_batches_total")  # steps per batch: events / batches
-        if work.stepped:  # a batch's time spread over its steps
-            per_step = seconds / len(work.stepped)
-            for _ in work.stepped:
+        if stepped:  # a batch's time spread over its steps
+            per_step = seconds / len(stepped)
+            for _ in stepped:
                 self.metrics.observe("smsbot_step_seconds", per_step)

@@ -1,11 +1,13 @@
 """Timers: reminders, wait timeouts and expiries fire as inbox events, exactly once.
 
 The timers table is the source of truth; a step writes its timers in its own transaction. A
-firing inserts an inbox event (source "timer", id "timer:{timer id}:{token}") and wakes the
-dispatcher, which runs it serialised with the conversation's other events. The event id is
-unique, so a double firing is one event; the dispatcher's token check marks the timer fired in
-the step's transaction, so a stale firing (the timer was moved, cancelled or already fired)
-changes nothing. A timer later than SMSBOT_REMINDER_MAX_LATENESS is marked MISSED instead.
+firing is an inbox event (source "timer", id "timer:{timer id}:{token}"). A page of due
+conversation timers is handed to the dispatcher, which steps each firing at once and writes
+its event done with the step (`firings.py`), or stores it pending, serialised behind the
+conversation's other events; campaign fires are stored pending. The event id is unique, so a
+double firing is one event; the token check marks the timer fired in the step's transaction,
+so a stale firing (the timer was moved, cancelled or already fired) changes nothing. A timer
+later than SMSBOT_REMINDER_MAX_LATENESS is marked MISSED instead.
 
 On the elected leader (smsbot.pipeline.leader) APScheduler runs one date job per timer,
 mirrored from the table into its persistent job store in the same database, and a periodic
@@ -21,7 +23,7 @@ import datetime as dt
 import functools
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from apscheduler.events import EVENT_JOB_MISSED
@@ -40,6 +42,7 @@ from smsbot.clock import Clock
 from smsbot.config import Settings
 from smsbot.pipeline.campaigns import CampaignSync, cancel_fires
 from smsbot.pipeline.due_timers import BATCH, fired_already, firing, unfired_page
+from smsbot.pipeline.firings import Due
 from smsbot.pipeline.inbox import AcceptOutcome, Inbox
 from smsbot.pipeline.leader import LeaderElection
 from smsbot.pipeline.metrics import Metrics
@@ -97,6 +100,7 @@ class TimerScheduler:
         sync_interval: float = SYNC_INTERVAL,
         sweep_interval: float = SWEEP_INTERVAL,
         campaigns: CampaignSync | None = None,
+        stepper: Callable[[Sequence[Due]], Awaitable[int | None]] | None = None,
     ) -> None:
         self.settings = settings
         self.db = db
@@ -107,6 +111,9 @@ class TimerScheduler:
         self.sync_interval = sync_interval
         self.sweep_interval = sweep_interval
         self.campaigns = campaigns  # campaign fires kept in step with contacts (the leader's)
+        # Steps a page of a conversation's timers as it fires (Dispatcher.fire_timers), in
+        # place of storing their events for the dispatcher; None: every firing is an event.
+        self.stepper = stepper
         self.election = LeaderElection(
             settings.database_url, on_elected=self._start_leading, on_deposed=self._stop_leading
         )
@@ -171,12 +178,11 @@ class TimerScheduler:
             page = await self.db.read(unfired_page(now, ids, after, keys=True))
             late = [r.id for r in page.unfired if r.due_at <= cutoff]
             keyed = [(r, page.key(r)) for r in page.unfired if r.due_at > cutoff]
-            entries = [firing(r, key) for r, key in keyed if key is not None]
+            due = [Due(r, key, firing(r, key)) for r, key in keyed if key is not None]
             if orphans := page.orphans():  # campaign fires whose contact was deleted
                 await self.db.write(functools.partial(cancel_fires, ids=orphans))
-            if entries:
-                outcomes = await self.inbox.accept_many(entries)
-                fired += outcomes.count(AcceptOutcome.NEW)
+            if due:
+                fired += await self._store(due)
             if late:
                 await self._mark_missed(late, cutoff, now)
             if page.last is None:
@@ -186,6 +192,23 @@ class TimerScheduler:
             self.metrics.inc("smsbot_timers_fired_total", fired, via=via)
             if self.on_fired is not None:
                 self.on_fired()
+        return fired
+
+    async def _store(self, due: list[Due]) -> int:
+        """Step the firings of conversations' timers (`stepper`), or store them as inbox events
+        (a campaign's fires, which may have no conversation yet, always); return how many."""
+        events = [d.entry for d in due if self.stepper is None or d.row.conversation_id is None]
+        fired = 0
+        if self.stepper is not None and len(events) < len(due):
+            direct = [d for d in due if d.row.conversation_id is not None]
+            stored = await self.stepper(direct)
+            if stored is None:  # its write failed: the dispatcher's path, one by one
+                events += [d.entry for d in direct]
+            else:
+                fired += stored
+        if events:
+            outcomes = await self.inbox.accept_many(events)
+            fired += outcomes.count(AcceptOutcome.NEW)
         return fired
 
     async def _mark_missed(self, ids: list[int], cutoff: dt.datetime, now: dt.datetime) -> None:

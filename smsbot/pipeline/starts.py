@@ -50,10 +50,8 @@ from smsbot.pipeline.batch import snapshot_of
 from smsbot.pipeline.effects import NewConversation, Stepped, write_effects
 from smsbot.pipeline.inbox import NEW_EVENT, InboxEntry, event_row
 from smsbot.store.engine import Database
-from smsbot.store.lookup import KeyedRows
 from smsbot.store.models import (
     EventState,
-    conversations_t,
     events_t,
     opt_out_applies,
     opt_outs_t,
@@ -69,19 +67,6 @@ _UNFINISH = Prepared(
     update(events_t)
     .where(events_t.c.id == bindparam("b_id"))
     .values(state=EventState.PENDING.value, processed_at=None)
-)
-_KEY = (conversations_t.c.virtual_number, conversations_t.c.phone)
-# SQLite renders no FOR UPDATE: its write transaction already excludes every other writer.
-_LOCK = KeyedRows(
-    _KEY,
-    lambda where: select(conversations_t).where(where).with_for_update(skip_locked=True),
-)
-_EVENT_KEY = (events_t.c.virtual_number, events_t.c.phone)
-_PENDING = KeyedRows(
-    _EVENT_KEY,
-    lambda where: (
-        select(*_EVENT_KEY).where(events_t.c.state == EventState.PENDING.value, where).distinct()
-    ),
 )
 _OPTED_OUT = Prepared(
     select(opt_outs_t.c.virtual_number, opt_outs_t.c.phone).where(
@@ -224,20 +209,14 @@ def _read(
     conn: Connection, keys: list[ConversationKey], workspace: str
 ) -> tuple[dict[ConversationKey, _Seen], dict[tuple[str, str], Any]]:
     """The keys' conversations, pending events and opt-outs, and their contacts: no lock."""
-    pairs = [(k.virtual_number, k.phone) for k in keys]
     rows = claims.read_conversations(conn, keys)
-    pending = _pending(conn, pairs)
+    pending = claims.waiting(conn, keys)
     opted = _opted_out(conn, keys, workspace)
     seen = {}
     for k in keys:
-        seen[k] = _Seen(rows.get(k), (k.virtual_number, k.phone) in pending, k in opted)
+        seen[k] = _Seen(rows.get(k), k in pending, k in opted)
     people = contacts.load_contacts(conn, ((workspace, k.phone) for k in keys))
     return seen, people
-
-
-def _pending(conn: Connection, pairs: list[tuple[str, str]]) -> set[tuple[str, str]]:
-    """The keys with events still waiting to be stepped (on ix_events_pending)."""
-    return {(vn, phone) for vn, phone in _PENDING.all(conn, pairs)}
 
 
 def _opted_out(
@@ -272,17 +251,16 @@ def _write(conn: Connection, chunk: Chunk) -> ChunkResult:
     stepped, queued = chunk.stepped, list(chunk.queued)
     result = ChunkResult()
     keys = [s.key for s, *_ in stepped]
-    busy = _pending(conn, [(k.virtual_number, k.phone) for k in keys])
-    free = {(k.virtual_number, k.phone) for k in keys} - busy
+    free = set(keys) - claims.waiting(conn, keys)
     # Known conversations are locked and must still be at the version the step was computed
     # from; those the read did not find are inserted below (a row someone else made meanwhile
     # is skipped by the insert, and its start queued).
-    known = [s.key for s, look, *_ in stepped if look.row is not None and _pair(s.key) in free]
-    locked = _lock(conn, known)
+    known = [s.key for s, look, *_ in stepped if look.row is not None and s.key in free]
+    locked = claims.lock_existing(conn, known)
     kept: list[tuple[Start, Any, ConversationSnapshot, StepResult]] = []
     for start, look, snapshot, step in stepped:
         row: Any = None
-        if _pair(start.key) in free:
+        if start.key in free:
             if look.row is None:
                 row = _FRESH
             elif (mine := locked.get(start.key)) is not None and mine.version == look.row.version:
@@ -322,18 +300,6 @@ def _write(conn: Connection, chunk: Chunk) -> ChunkResult:
         else:
             result.duplicates += 1
     return result
-
-
-def _lock(conn: Connection, keys: list[ConversationKey]) -> dict[ConversationKey, Any]:
-    """The conversations' rows, locked (PostgreSQL: FOR UPDATE SKIP LOCKED; one another
-    process holds is missing from the answer, and its start is queued; SQLite: the write
-    transaction already excludes every other writer)."""
-    found = _LOCK.all(conn, [_pair(k) for k in keys])
-    return {ConversationKey(r.virtual_number, r.phone): r for r in found}
-
-
-def _pair(key: ConversationKey) -> tuple[str, str]:
-    return key.virtual_number, key.phone
 
 
 def _event(

@@ -1,0 +1,234 @@
+"""Timer firings stepped as they fire (pipeline/firings.py): once, in order, never lost."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import pytest
+from sqlalchemy import select, update
+
+from smsbot.channels.sandbox import Sandbox
+from smsbot.clock import VirtualClock
+from smsbot.engine.contract import (
+    ConversationKey,
+    ConversationSnapshot,
+    DispatchEvent,
+    EchoHandler,
+    EventKind,
+    StepResult,
+)
+from smsbot.pipeline.bot import Bot
+from smsbot.pipeline.due_timers import firing
+from smsbot.pipeline.firings import Due
+from smsbot.pipeline.inbox import InboxEntry, event_row
+from smsbot.store.models import (
+    Direction,
+    EventState,
+    TimerState,
+    conversations_t,
+    events_t,
+    messages_t,
+    timers_t,
+)
+from tests.support import PHONE, VN, make_bot
+from tests.test_scheduler import T0, add_timer, set_state, timer_events, timer_state
+
+Hook = Callable[[DispatchEvent, ConversationSnapshot], Awaitable[None]]
+
+
+class Hooked:
+    """EchoHandler, with a hook run inside each step and a record of what each step saw."""
+
+    def __init__(self) -> None:
+        self.echo = EchoHandler()
+        self.hook: Hook | None = None
+        self.seen: list[tuple[EventKind, int]] = []  # (event kind, conversation version)
+        self.fail = 0  # raise in this many steps first
+
+    async def handle(
+        self, event: DispatchEvent, convo: ConversationSnapshot, now: dt.datetime
+    ) -> StepResult:
+        self.seen.append((event.kind, convo.version))
+        if self.hook is not None:
+            await self.hook(event, convo)
+        if self.fail > 0:
+            self.fail -= 1
+            raise RuntimeError("the flow broke")
+        return await self.echo.handle(event, convo, now)
+
+
+@pytest.fixture
+def handler() -> Hooked:
+    return Hooked()
+
+
+@pytest.fixture
+async def bot(db_url: str, sandbox: Sandbox, handler: Hooked) -> AsyncIterator[Bot]:
+    b = await make_bot(db_url, sandbox, handler, VirtualClock(T0))
+    await b.start(background=False)
+    yield b
+    await b.stop()
+
+
+async def outbound(bot: Bot) -> list[str]:
+    async with bot.db.session() as s:
+        query = select(messages_t.c.body).where(messages_t.c.direction == Direction.OUTBOUND)
+        return list((await s.execute(query.order_by(messages_t.c.created_at))).scalars())
+
+
+async def test_a_firing_is_stepped_where_it_fires(bot: Bot, sandbox: Sandbox) -> None:
+    timer_id = await add_timer(bot.db, T0)
+    assert await bot.fire_due_timers() == 1
+    # stepped and written by the firing itself: its reply waits for the sender, its event done
+    assert await outbound(bot) == ["don't forget"]
+    [event] = await timer_events(bot.db)
+    assert (event.state, event.processed_at) == (EventState.DONE.value, T0)
+    assert await timer_state(bot.db, timer_id) is TimerState.FIRED
+    assert await bot.fire_due_timers() == 0
+    await bot.run_until_idle()
+    assert [m.content for m in sandbox.messages] == ["don't forget"]
+
+
+async def test_a_timer_cancelled_during_its_step_sends_nothing(
+    bot: Bot, sandbox: Sandbox, handler: Hooked
+) -> None:
+    timer_id = await add_timer(bot.db, T0)
+
+    async def cancel(event: DispatchEvent, convo: ConversationSnapshot) -> None:
+        await set_state(bot.db, timer_id, TimerState.CANCELLED)  # another step, meanwhile
+
+    handler.hook = cancel
+    assert await bot.fire_due_timers() == 1
+    await bot.run_until_idle()
+    assert sandbox.messages == []
+    assert await outbound(bot) == []
+    assert [e.state for e in await timer_events(bot.db)] == [EventState.IGNORED.value]
+    assert await timer_state(bot.db, timer_id) is TimerState.CANCELLED
+
+
+async def test_a_conversation_that_moved_during_the_step_is_stepped_again(
+    bot: Bot, sandbox: Sandbox, handler: Hooked
+) -> None:
+    await add_timer(bot.db, T0)
+
+    async def move(event: DispatchEvent, convo: ConversationSnapshot) -> None:
+        handler.hook = None  # once
+        async with bot.db.session() as s, s.begin():
+            await s.execute(
+                update(conversations_t)
+                .where(conversations_t.c.id == convo.id)
+                .values(version=conversations_t.c.version + 1)
+            )
+
+    handler.hook = move
+    assert await bot.fire_due_timers() == 1
+    assert await outbound(bot) == []  # not written: queued behind the step that moved it
+    [event] = await timer_events(bot.db)
+    assert event.state == EventState.PENDING.value
+    await bot.run_until_idle()
+    assert [m.content for m in sandbox.messages] == ["don't forget"]
+    assert handler.seen == [(EventKind.TIMER, 0), (EventKind.TIMER, 1)]  # again, from the new
+
+
+async def test_a_firing_waits_behind_the_conversations_pending_event(
+    bot: Bot, sandbox: Sandbox, handler: Hooked
+) -> None:
+    await add_timer(bot.db, T0)
+    inbound = InboxEntry("divergent", "in-1", EventKind.INBOUND, {"body": "hello"}, VN, PHONE)
+    await bot.inbox.accept_many([inbound])
+    assert await bot.fire_due_timers() == 1
+    assert handler.seen == []  # not stepped: the inbound message goes first
+    await bot.run_until_idle()
+    assert [kind for kind, _ in handler.seen] == [EventKind.INBOUND, EventKind.TIMER]
+    assert [m.content for m in sandbox.messages][-1] == "don't forget"
+    assert len(sandbox.messages) == 2
+
+
+async def test_two_firings_of_one_conversation_step_one_at_a_time(
+    bot: Bot, sandbox: Sandbox, handler: Hooked
+) -> None:
+    await add_timer(bot.db, T0, name="first", text="one")
+    await add_timer(bot.db, T0, name="second", text="two")
+    assert await bot.fire_due_timers() == 2
+    await bot.run_until_idle()
+    assert [m.content for m in sandbox.messages] == ["one", "two"]
+    assert handler.seen == [(EventKind.TIMER, 0), (EventKind.TIMER, 1)]
+    events = await timer_events(bot.db)
+    assert [e.state for e in events] == [EventState.DONE.value] * 2
+
+
+async def test_a_failing_step_is_retried_by_the_dispatcher(
+    bot: Bot, sandbox: Sandbox, handler: Hooked
+) -> None:
+    timer_id = await add_timer(bot.db, T0)
+    handler.fail = 1
+    assert await bot.fire_due_timers() == 1
+    [event] = await timer_events(bot.db)
+    assert (event.state, event.attempts) == (EventState.PENDING.value, 1)
+    assert "the flow broke" in event.last_error
+    assert await timer_state(bot.db, timer_id) is TimerState.SCHEDULED  # not claimed
+    assert isinstance(bot.clock, VirtualClock)
+    bot.clock.advance(dt.timedelta(seconds=5))  # past the first retry's backoff
+    await bot.run_until_idle()
+    assert [m.content for m in sandbox.messages] == ["don't forget"]
+    assert await timer_state(bot.db, timer_id) is TimerState.FIRED
+
+
+async def test_a_firing_already_stored_is_stepped_once_by_its_event(
+    bot: Bot, sandbox: Sandbox, handler: Hooked
+) -> None:
+    # Another leader's sweep stored the firing first: the page read before it is not stepped.
+    timer_id = await add_timer(bot.db, T0)
+    async with bot.db.session() as s:
+        row = (await s.execute(select(timers_t).where(timers_t.c.id == timer_id))).one()
+    due = Due(row, ConversationKey(VN, PHONE), firing(row, ConversationKey(VN, PHONE)))
+    await bot.inbox.accept_many([due.entry])
+    assert await bot.dispatcher.fire_timers([due]) == 0  # its event was there: not stored
+    assert handler.seen == []  # the conversation has a pending event: that one goes first
+    assert await outbound(bot) == []
+    await bot.run_until_idle()
+    assert [m.content for m in sandbox.messages] == ["don't forget"]
+    assert [e.state for e in await timer_events(bot.db)] == [EventState.DONE.value]
+
+
+async def test_a_firing_stepped_elsewhere_during_the_step_is_not_written_twice(
+    bot: Bot, sandbox: Sandbox, handler: Hooked
+) -> None:
+    # Another process stored the same firing and stepped it while this one stepped its own.
+    timer_id = await add_timer(bot.db, T0)
+
+    async def elsewhere(event: DispatchEvent, convo: ConversationSnapshot) -> None:
+        handler.hook = None
+        async with bot.db.session() as s, s.begin():
+            row = (await s.execute(select(timers_t).where(timers_t.c.id == timer_id))).one()
+            entry = firing(row, ConversationKey(VN, PHONE))
+            await s.execute(
+                events_t.insert().values(event_row(entry, T0) | {"state": EventState.DONE.value})
+            )
+            await s.execute(
+                update(timers_t)
+                .where(timers_t.c.id == timer_id)
+                .values(state=TimerState.FIRED.value)
+            )
+
+    handler.hook = elsewhere
+    assert await bot.fire_due_timers() == 0  # its event was stored meanwhile: not this one's
+    assert len(handler.seen) == 1
+    assert await outbound(bot) == []
+    await bot.run_until_idle()
+    assert sandbox.messages == []  # the other process's step sent it (not in this sandbox)
+    assert [e.state for e in await timer_events(bot.db)] == [EventState.DONE.value]
+
+
+async def test_a_conversation_in_a_dispatcher_batch_gets_its_firing_queued(
+    bot: Bot, sandbox: Sandbox, handler: Hooked
+) -> None:
+    await add_timer(bot.db, T0)
+    key = ConversationKey(VN, PHONE)
+    bot.dispatcher._busy.add(key)  # a batch of the dispatcher holds it
+    assert await bot.fire_due_timers() == 1
+    assert handler.seen == []
+    bot.dispatcher._busy.discard(key)
+    await bot.run_until_idle()
+    assert [m.content for m in sandbox.messages] == ["don't forget"]
