@@ -231,17 +231,14 @@ _CONVERSATIONS = KeyedRows(
     (conversations_t.c.virtual_number, conversations_t.c.phone),
     lambda where: select(conversations_t).where(where),
 )
-_VERSIONS = KeyedRows(
-    (conversations_t.c.virtual_number, conversations_t.c.phone),
-    lambda where: select(
-        conversations_t.c.virtual_number, conversations_t.c.phone, conversations_t.c.version
-    ).where(where),
-)
-# SQLite renders no FOR UPDATE: its write transaction already excludes every other writer.
-_LOCK = KeyedRows(
-    (conversations_t.c.virtual_number, conversations_t.c.phone),
-    lambda where: select(conversations_t).where(where).with_for_update(skip_locked=True),
-)
+_VERSION = (conversations_t.c.virtual_number, conversations_t.c.phone, conversations_t.c.version)
+_VERSIONS = {  # locked or not
+    False: KeyedRows(_VERSION[:2], lambda where: select(*_VERSION).where(where)),
+    True: KeyedRows(
+        _VERSION[:2],
+        lambda where: select(*_VERSION).where(where).with_for_update(skip_locked=True),
+    ),
+}
 _WAITING_KEYS = KeyedRows(
     (events_t.c.virtual_number, events_t.c.phone),
     lambda where: (
@@ -252,26 +249,30 @@ _STILL_PENDING = Prepared(
     select(events_t.c.id).where(events_t.c.id.in_(bindparam("ids", expanding=True)), _PENDING)
 )
 _FIRED = {"state": TimerState.FIRED.value, "fired_at": utc_param("now")}
-_BY_ID = (timers_t.c.id, timers_t.c.token)  # a campaign's fire: the timer's id and token
+_BY_IDS = select(timers_t.c.id, timers_t.c.token, timers_t.c.state).where(
+    timers_t.c.id.in_(bindparam("ids", expanding=True))
+)
+_TIMERS_BY_ID = {False: Prepared(_BY_IDS), True: Prepared(_BY_IDS.with_for_update())}  # locked
+_MARK_FIRED = Prepared(
+    update(timers_t).where(timers_t.c.id.in_(bindparam("ids", expanding=True))).values(_FIRED)
+)
 _BY_NAME = (timers_t.c.conversation_id, timers_t.c.name, timers_t.c.token)  # a flow's timer
 
 
-def _firing(columns: tuple[Any, ...], claim: bool) -> KeyedRows:
-    """The live firings among keys of `columns`: claimed (marked fired, RETURNING) or read."""
+def _firing(claim: bool) -> KeyedRows:
+    """The live firings among (conversation, name, token) keys: claimed (marked fired,
+    RETURNING) or read. On ix_timers_conversation (conversation_id, state)."""
 
     def build(where: ColumnElement[bool]) -> Executable:
         if claim:
-            return update(timers_t).where(where, TIMER_SCHEDULED).values(_FIRED).returning(*columns)
-        return select(*columns).where(where, TIMER_SCHEDULED)
+            statement = update(timers_t).where(where, TIMER_SCHEDULED).values(_FIRED)
+            return statement.returning(*_BY_NAME)
+        return select(*_BY_NAME).where(where, TIMER_SCHEDULED)
 
-    return KeyedRows(columns, build)
+    return KeyedRows(_BY_NAME, build)
 
 
-_FIRE = {  # (claim, by id)
-    (claim, by_id): _firing(columns, claim)
-    for claim in (True, False)
-    for by_id, columns in ((True, _BY_ID), (False, _BY_NAME))
-}
+_FIRE = {claim: _firing(claim) for claim in (True, False)}
 
 
 def oldest_events(
@@ -299,22 +300,21 @@ def read_conversations(
     return {ConversationKey(r.virtual_number, r.phone): r for r in found}
 
 
-def lock_existing(conn: Connection, keys: Sequence[ConversationKey]) -> dict[ConversationKey, Any]:
-    """In a write: the conversations' rows, locked (PostgreSQL: FOR UPDATE SKIP LOCKED, so one
-    another process holds is missing from the answer; SQLite: the write transaction already
-    excludes every other writer). A key with no row is missing too."""
-    found = _LOCK.all(conn, _pairs(keys))
-    return {ConversationKey(r.virtual_number, r.phone): r for r in found}
-
-
 def waiting(conn: Connection, keys: Sequence[ConversationKey]) -> set[ConversationKey]:
     """The keys with events still pending, due or not (on ix_events_pending)."""
     return {ConversationKey(vn, phone) for vn, phone in _WAITING_KEYS.all(conn, _pairs(keys))}
 
 
-def versions(conn: Connection, keys: Sequence[ConversationKey]) -> dict[ConversationKey, int]:
-    """Each conversation's version now (every step moves it), in the write transaction."""
-    found = _VERSIONS.all(conn, _pairs(keys))
+def versions(
+    conn: Connection, keys: Sequence[ConversationKey], *, lock: bool = False
+) -> dict[ConversationKey, int]:
+    """Each conversation's version now (every step moves it), in the write transaction.
+
+    `lock`: PostgreSQL locks the rows (FOR UPDATE SKIP LOCKED), so one another process holds
+    is missing from the answer, as a key with no row is; SQLite renders no lock, its write
+    transaction already excludes every other writer.
+    """
+    found = _VERSIONS[lock].all(conn, _pairs(keys))
     return {ConversationKey(vn, phone): version for vn, phone, version in found}
 
 
@@ -387,7 +387,7 @@ def claim_timers(
     if fires:
         live = claim_fires(conn, fires, now) if claim else _read_fires(conn, fires)
     if wanted:
-        found = _FIRE[(claim, False)].all(conn, wanted, **params)
+        found = _FIRE[claim].all(conn, wanted, **params)
         live |= {wanted[(c, n, tok)] for c, n, tok in found}
     return live
 
@@ -395,12 +395,25 @@ def claim_timers(
 def claim_fires(conn: Connection, fires: dict[tuple[int, str], int], now: dt.datetime) -> set[int]:
     """Mark timers FIRED by (timer id, token) -> event id, if still scheduled with that token;
     return the event ids whose timer this claimed (the once-only guard, by primary key)."""
-    found = _FIRE[(True, True)].all(conn, fires, now=now)
-    return {fires[(i, tok)] for i, tok in found}
+    live = _live(conn, fires, lock=True)
+    if live:  # locked by the read (PostgreSQL); SQLite's write transaction excludes the rest
+        _MARK_FIRED.all(conn, {"ids": [i for i, _ in live], "now": now})
+    return {fires[k] for k in live}
 
 
 def _read_fires(conn: Connection, fires: dict[tuple[int, str], int]) -> set[int]:
-    return {fires[(i, tok)] for i, tok in _FIRE[(False, True)].all(conn, fires)}
+    return {fires[k] for k in _live(conn, fires, lock=False)}
+
+
+def _live(
+    conn: Connection, fires: dict[tuple[int, str], int], *, lock: bool
+) -> list[tuple[int, str]]:
+    # By primary key alone, state and token checked here: next to `id IN (…)`, SQLite's
+    # planner (no ANALYZE) takes `state = ?` for the better index and reads every scheduled
+    # timer (ix_timers_changed), 10 ms a call at 100,000 (bench/README.md, session 10).
+    rows = _TIMERS_BY_ID[lock].all(conn, {"ids": sorted({i for i, _ in fires})})
+    scheduled = TimerState.SCHEDULED.value
+    return [(r.id, r.token) for r in rows if r.state == scheduled and (r.id, r.token) in fires]
 
 
 def record_failures(

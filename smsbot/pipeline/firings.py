@@ -145,14 +145,12 @@ class Firings:
         done = Fired()
         keys = [d.key for d, _ in stepped]
         free = set(keys) - claims.waiting(conn, keys)
-        locked = claims.lock_existing(conn, [k for k in keys if k in free])
+        versions = claims.versions(conn, [k for k in keys if k in free], lock=True)
         kept: list[tuple[Due, Stepped]] = []
         for d, item in stepped:
-            row = locked.get(d.key)
-            if row is None or row.version != item.convo.version:
+            if versions.get(d.key) != item.convo.version:
                 queued.append(d)  # moved, or held by another process, since the read
             else:
-                item.convo = row
                 kept.append((d, item))
         rows = [_event(d, EventState.DONE, now) for d, _ in kept]
         rows += [_event(d, EventState.PENDING, now) for d in queued]

@@ -256,15 +256,15 @@ def _write(conn: Connection, chunk: Chunk) -> ChunkResult:
     # from; those the read did not find are inserted below (a row someone else made meanwhile
     # is skipped by the insert, and its start queued).
     known = [s.key for s, look, *_ in stepped if look.row is not None and s.key in free]
-    locked = claims.lock_existing(conn, known)
+    versions = claims.versions(conn, known, lock=True)
     kept: list[tuple[Start, Any, ConversationSnapshot, StepResult]] = []
     for start, look, snapshot, step in stepped:
         row: Any = None
         if start.key in free:
             if look.row is None:
                 row = _FRESH
-            elif (mine := locked.get(start.key)) is not None and mine.version == look.row.version:
-                row = mine
+            elif versions.get(start.key) == look.row.version:
+                row = look.row
         if row is None:
             queued.append(start)  # moved (or held by another process) since the read
             continue
