@@ -48,7 +48,7 @@ from smsbot.engine.contract import (
 from smsbot.pipeline.bot import Bot
 from smsbot.pipeline.inbox import InboxEntry
 from smsbot.store.engine import Database
-from smsbot.store.models import TimerState, conversations_t, events_t, new_id, timers_t
+from smsbot.store.models import TimerState, conversations_t, events_t, new_token, timers_t
 
 T0 = dt.datetime(2026, 1, 15, 9, 0, tzinfo=dt.UTC)
 LEAD = dt.timedelta(hours=1)  # the first reminder is due an hour after scheduling
@@ -282,7 +282,7 @@ async def _insert_reminders(db_url: str, due: list[float]) -> None:
                         "conversation_id": ids[phone(i)],
                         "name": "reminder",
                         "kind": "remind",
-                        "token": new_id()[:16],
+                        "token": new_token(),
                         "due_at": dt.datetime.fromtimestamp(when, dt.UTC),
                         "payload": {"text": f"reminder {i}"},
                         "state": TimerState.SCHEDULED.value,

@@ -40,7 +40,7 @@ from smsbot.store.models import (
     conversations_t,
     events_t,
     messages_t,
-    new_id,
+    new_token,
     opt_outs_t,
     timers_t,
 )
@@ -374,9 +374,9 @@ class FlowRig(Harness):
                 [
                     {
                         "conversation_id": convo,
-                        "name": f"extra-{new_id()[:8]}",
+                        "name": f"extra-{new_token()[:8]}",
                         "kind": "remind",
-                        "token": new_id()[:16],
+                        "token": new_token(),
                         "due_at": now,
                         "payload": payload,
                         "state": TimerState.SCHEDULED.value,

@@ -35,7 +35,7 @@ from smsbot.store.models import (
     TimerState,
     events_t,
     messages_t,
-    new_id,
+    new_token,
     opt_outs_t,
     timers_t,
 )
@@ -73,7 +73,7 @@ async def add_timer(
                     conversation_id=convo,
                     name=name,
                     kind="remind",
-                    token=new_id()[:16],
+                    token=new_token(),
                     due_at=due_at,
                     payload={"text": text},
                     state=TimerState.SCHEDULED.value,
@@ -91,7 +91,7 @@ async def reschedule(db: Database, timer_id: int, due_at: dt.datetime) -> None:
         await s.execute(
             update(timers_t)
             .where(timers_t.c.id == timer_id)
-            .values(token=new_id()[:16], due_at=due_at, state=TimerState.SCHEDULED.value)
+            .values(token=new_token(), due_at=due_at, state=TimerState.SCHEDULED.value)
         )
 
 

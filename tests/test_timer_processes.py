@@ -16,7 +16,7 @@ from smsbot.channels.sandbox import Sandbox
 from smsbot.clock import SystemClock
 from smsbot.store.engine import Database
 from smsbot.store.migrate import upgrade
-from smsbot.store.models import TimerState, conversations_t, new_id, timers_t
+from smsbot.store.models import TimerState, conversations_t, new_token, timers_t
 from tests.processes import ServerProcess
 from tests.support import API_KEY, SECRET, VN
 from tests.test_scheduler import timer_lock_holders
@@ -64,7 +64,7 @@ async def _add_reminders(db_url: str, due: list[dt.datetime], per_phone: int) ->
                     "conversation_id": ids[f"+4477009{i // per_phone:05d}"],
                     "name": f"r{i % per_phone}",
                     "kind": "remind",
-                    "token": new_id()[:16],
+                    "token": new_token(),
                     "due_at": when,
                     "payload": {"text": f"reminder {i:04d}"},
                     "state": TimerState.SCHEDULED.value,

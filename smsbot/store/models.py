@@ -27,6 +27,7 @@ from smsbot.sms.status import DeliveryStatus
 from smsbot.store.columns import DEFAULT_WORKSPACE as DEFAULT_WORKSPACE
 from smsbot.store.columns import enum_column, ts, workspace_column
 from smsbot.store.columns import new_id as new_id
+from smsbot.store.columns import new_token as new_token
 from smsbot.store.columns import table as table
 from smsbot.store.contact_tables import ContactFieldRow as ContactFieldRow
 from smsbot.store.contact_tables import ContactGroupRow as ContactGroupRow
