@@ -42,7 +42,7 @@ from smsbot.channels.sandbox import Sandbox
 from smsbot.clock import VirtualClock
 from smsbot.engine.contract import EventKind
 from smsbot.engine.runtime import FlowRuntime
-from smsbot.pipeline import claims
+from smsbot.pipeline import timer_claims
 from smsbot.pipeline.bot import Bot
 from smsbot.pipeline.inbox import InboxEntry
 from smsbot.store.models import events_t
@@ -251,8 +251,8 @@ async def test_claiming_several_timers_reads_only_them(bot: Bot) -> None:
     # claim at 100,000. A claim of one timer plans on the primary key and hides that.
     fires = {(i + 1, f"{i:016x}"): 1_000 + i for i in range(0, 200, 10)}  # seeded, scheduled
     with Statements() as recorded:
-        assert len(await bot.db.read(lambda conn: claims._read_fires(conn, fires))) == 20
-        assert len(await bot.db.write(lambda conn: claims.claim_fires(conn, fires, T0))) == 20
+        assert len(await bot.db.read(lambda conn: timer_claims._read_fires(conn, fires))) == 20
+        assert len(await bot.db.write(lambda conn: timer_claims.claim_fires(conn, fires, T0))) == 20
     statements = {s: p for s, p in recorded.seen.items() if not s.startswith(("BEGIN", "COMMIT"))}
     assert any("timers" in s for s in statements)
     if bot.db.is_postgres:

@@ -36,7 +36,7 @@ from smsbot.engine.contract import (
     EventKind,
     StepHandler,
 )
-from smsbot.pipeline import claims, contacts, handover
+from smsbot.pipeline import claims, contacts, handover, timer_claims
 from smsbot.pipeline.effects import StepOutcome, Stepped, finish_events, write_effects
 from smsbot.pipeline.metrics import Metrics
 from smsbot.store.engine import Database
@@ -182,7 +182,7 @@ class Batches:
         contacts.restore_suppressed(conn, owners)  # erased, then back
         opted = claims.opted_out(conn, list(events))
         people = contacts.load_contacts(conn, ((w, k.phone) for w, k in owners))
-        live = claims.claim_timers(conn, convos, events, now)
+        live = timer_claims.claim_timers(conn, convos, events, now)
         return Claim(convos, events, opted, live, people)
 
     def _look(self, conn: Connection, keys: Sequence[ConversationKey], now: dt.datetime) -> Any:
@@ -196,7 +196,7 @@ class Batches:
             return _Restore(owners)
         opted = claims.opted_out(conn, list(events))
         people = contacts.load_contacts(conn, ((w, k.phone) for w, k in owners))
-        live = claims.claim_timers(conn, convos, events, now, claim=False)
+        live = timer_claims.claim_timers(conn, convos, events, now, claim=False)
         return Claim(convos, events, opted, live, people)
 
     def _check_and_write(
@@ -236,7 +236,7 @@ class Batches:
         timed = {k: row for k, row in timed.items() if row.kind == EventKind.TIMER.value}
         if timed:
             convos = {i.snapshot.key: i.convo for i in kept}
-            live = claims.claim_timers(conn, convos, timed, now)
+            live = timer_claims.claim_timers(conn, convos, timed, now)
             for item in [i for i in kept if i.snapshot.key in timed]:
                 if item.event.id not in live:  # cancelled since the read: the firing is stale
                     kept.remove(item)

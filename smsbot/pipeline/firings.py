@@ -8,7 +8,7 @@ already finished beside the step's effects, as bulk starts do (starts.py).
 
 The promises are the inbox path's, kept by falling back to it:
 - **fired once**: the write marks the timer FIRED only if it is still scheduled with the token
-  that was read (claims.claim_fires). The event id (`timer:ID:TOKEN`) is unique: a firing that
+  that was read (timer_claims.claim_fires). The event id (`timer:ID:TOKEN`) is unique: a firing that
   something else stored first (the sweep of another leader) is left to that event's step;
 - **one step at a time per conversation, in order**: a step is kept only if, in the write, its
   conversation is at the version that was read (locked on PostgreSQL, SKIP LOCKED) and has no
@@ -30,7 +30,7 @@ from typing import Any
 from sqlalchemy import Connection
 
 from smsbot.engine.contract import ConversationKey, DispatchEvent, EventKind, StepHandler
-from smsbot.pipeline import claims, contacts, handover
+from smsbot.pipeline import claims, contacts, handover, timer_claims
 from smsbot.pipeline.batch import snapshot_of
 from smsbot.pipeline.effects import StepOutcome, Stepped, finish_events, write_effects
 from smsbot.pipeline.inbox import NEW_EVENT, InboxEntry, event_row
@@ -158,7 +158,7 @@ class Firings:
         ids = dict(_INSERT_EVENTS.inserted(conn, rows))
         # A firing whose event was already stored is that event's to step (once): skipped.
         mine = [(d, item, ids[d.entry.event_id]) for d, item in kept if d.entry.event_id in ids]
-        live = claims.claim_fires(conn, {(d.row.id, d.row.token): i for d, _, i in mine}, now)
+        live = timer_claims.claim_fires(conn, {(d.row.id, d.row.token): i for d, _, i in mine}, now)
         items: list[Stepped] = []
         stale: list[int] = []
         for _, item, event_id in mine:
