@@ -1,8 +1,9 @@
 """What a step batch does in the database before its steps run, and after one fails.
 
 All of it runs inside the batch's transaction (`Database.transaction`), as synchronous Core on
-one connection: lock the conversations, read their oldest due events, see who opted out, claim
-the timer firings; and, for a step that raised, count the attempt or park the event.
+one connection: lock the conversations, read their oldest due events, see who opted out (the
+timer firings are claimed in `timer_claims.py`); and, for a step that raised, count the attempt
+or park the event.
 """
 
 from __future__ import annotations

@@ -146,7 +146,8 @@ class TimerScheduler:
         await self.election.stop()
 
     async def fire_due(self, now: dt.datetime) -> int:
-        """Fire every scheduled timer due by `now`; return how many inbox events were added.
+        """Fire every scheduled timer due by `now`; return how many firings were stored
+        (stepped at once, ignored as stale, or pending for the dispatcher).
 
         A timer more than SMSBOT_REMINDER_MAX_LATENESS late is marked MISSED instead (and
         logged). Calling it again fires nothing twice. Campaign fires of contacts that changed
