@@ -91,9 +91,7 @@ class Dispatcher:
             step_timeout=step_timeout,
             takers=takers,
         )
-        self.firings = Firings(
-            db, handler, max_attempts=max_attempts, step_timeout=step_timeout, takers=takers
-        )
+        self.firings = Firings(self.batches)
         self._wakeup = asyncio.Event()
         self._stopping = False
         self._busy: set[ConversationKey] = set()

@@ -29,12 +29,11 @@ from typing import Any
 
 from sqlalchemy import Connection
 
-from smsbot.engine.contract import ConversationKey, DispatchEvent, EventKind, StepHandler
+from smsbot.engine.contract import ConversationKey, DispatchEvent, EventKind
 from smsbot.pipeline import claims, contacts, handover, timer_claims
-from smsbot.pipeline.batch import snapshot_of
+from smsbot.pipeline.batch import Batches, snapshot_of
 from smsbot.pipeline.effects import StepOutcome, Stepped, finish_events, write_effects
 from smsbot.pipeline.inbox import NEW_EVENT, InboxEntry, event_row
-from smsbot.store.engine import Database
 from smsbot.store.models import DEFAULT_WORKSPACE, EventState, events_t
 from smsbot.store.prepared import Prepared
 
@@ -79,22 +78,14 @@ class _Failure:
 
 
 class Firings:
-    """Steps pages of due timers for a dispatcher: its database, handler and limits."""
+    """Steps pages of due timers with a dispatcher's database, handler and limits (its Batches)."""
 
-    def __init__(
-        self,
-        db: Database,
-        handler: StepHandler,
-        *,
-        max_attempts: int,
-        step_timeout: float,
-        takers: handover.Takers | None,
-    ) -> None:
-        self.db = db
-        self.handler = handler
-        self.max_attempts = max_attempts
-        self.step_timeout = step_timeout
-        self.takers = takers
+    def __init__(self, batches: Batches) -> None:
+        self.db = batches.db
+        self.handler = batches.handler
+        self.max_attempts = batches.max_attempts
+        self.step_timeout = batches.step_timeout
+        self.takers = batches.takers
 
     async def run(self, due: Sequence[Due], now: dt.datetime, busy: set[ConversationKey]) -> Fired:
         """Step the first firing of each conversation not in `busy`, queue the rest; see above."""
