@@ -17,6 +17,7 @@ from smsbot.engine.contract import (
     EchoHandler,
     EventKind,
     StepResult,
+    TimerRequest,
 )
 from smsbot.pipeline.bot import Bot
 from smsbot.pipeline.due_timers import firing
@@ -45,6 +46,7 @@ class Hooked:
         self.hook: Hook | None = None
         self.seen: list[tuple[EventKind, int]] = []  # (event kind, conversation version)
         self.fail = 0  # raise in this many steps first
+        self.unwritable = False  # ask for a timer whose payload the database cannot store
 
     async def handle(
         self, event: DispatchEvent, convo: ConversationSnapshot, now: dt.datetime
@@ -55,7 +57,10 @@ class Hooked:
         if self.fail > 0:
             self.fail -= 1
             raise RuntimeError("the flow broke")
-        return await self.echo.handle(event, convo, now)
+        result = await self.echo.handle(event, convo, now)
+        if self.unwritable:
+            result.timers.append(TimerRequest("bad", "remind", now, {"not json": {1, 2}}))
+        return result
 
 
 @pytest.fixture
@@ -184,7 +189,7 @@ async def test_a_firing_already_stored_is_stepped_once_by_its_event(
         row = (await s.execute(select(timers_t).where(timers_t.c.id == timer_id))).one()
     due = Due(row, ConversationKey(VN, PHONE), firing(row, ConversationKey(VN, PHONE)))
     await bot.inbox.accept_many([due.entry])
-    assert await bot.dispatcher.fire_timers([due]) == 0  # its event was there: not stored
+    assert await bot.dispatcher.fire_timers([due]) == (0, [])  # its event was there: not stored
     assert handler.seen == []  # the conversation has a pending event: that one goes first
     assert await outbound(bot) == []
     await bot.run_until_idle()
@@ -232,3 +237,18 @@ async def test_a_conversation_in_a_dispatcher_batch_gets_its_firing_queued(
     bot.dispatcher._busy.discard(key)
     await bot.run_until_idle()
     assert [m.content for m in sandbox.messages] == ["don't forget"]
+
+
+async def test_a_page_whose_write_fails_goes_through_the_inbox(
+    bot: Bot, sandbox: Sandbox, handler: Hooked
+) -> None:
+    await add_timer(bot.db, T0)
+    handler.unwritable = True
+    assert await bot.fire_due_timers() == 1  # stored as an event for the dispatcher
+    assert await outbound(bot) == []  # nothing of the failed write
+    [event] = await timer_events(bot.db)
+    assert (event.state, event.attempts) == (EventState.PENDING.value, 0)
+    await bot.run_until_idle()  # the dispatcher steps it alone: the failure is counted there
+    [event] = await timer_events(bot.db)
+    assert event.attempts == 1 and "not JSON serializable" in event.last_error
+    assert sandbox.messages == []

@@ -199,29 +199,36 @@ class Dispatcher:
 
         return await self.db.write(record)
 
-    async def fire_timers(self, due: Sequence[Due]) -> int | None:
-        """Step due timers' firings where they fire (firings.py); return how many were stored,
-        stepped or queued, or None when the page failed and belongs in the inbox instead."""
-        started = time.perf_counter()
-        held = {d.key for d in due} & self._busy  # in a batch now: queued behind it
-        mine = {d.key for d in due} - held
-        self._busy.update(mine)
-        try:
-            fired = await self.firings.run(due, self.clock.now(), held)
-        except _UNAVAILABLE:
-            raise
-        except Exception:  # one step's effects refused: the inbox path steps them one by one
-            log.warning("stepping %d timer firings failed; they go through the inbox", len(due))
-            return None
-        finally:
-            self._busy.difference_update(mine)
-        self._count(fired.stepped, fired.stale, fired.failed, time.perf_counter() - started)
-        if self.on_commit is not None:
-            for outcome in fired.outcomes:
-                self.on_commit(outcome)
-        if fired.queued:
-            self.notify()
-        return fired.stored
+    async def fire_timers(self, due: Sequence[Due]) -> tuple[int, list[Due]]:
+        """Step due timers' firings where they fire (firings.py), in batches sized as the step
+        batches are (they hold the writer as long); return how many were stored (stepped,
+        ignored or queued) and the firings left for the inbox (a batch whose write failed)."""
+        stored, rest = 0, list(due)
+        while rest:
+            size = self._size
+            batch, rest = rest[:size], rest[size:]
+            started, waits = time.perf_counter(), self.db.urgent_waits
+            held = {d.key for d in batch} & self._busy  # in a step batch now: queued behind it
+            mine = {d.key for d in batch} - held
+            self._busy.update(mine)
+            try:
+                fired = await self.firings.run(batch, self.clock.now(), held)
+            except _UNAVAILABLE:
+                raise
+            except Exception:  # one step's effects refused: the inbox steps them one by one
+                log.warning("stepping %d timer firings failed; they go through the inbox", len(due))
+                return stored, batch + rest
+            finally:
+                self._busy.difference_update(mine)
+            stored += fired.stored
+            self._adapt(len(batch), fired.write_seconds, self.db.urgent_waits != waits)
+            self._count(fired.stepped, fired.stale, fired.failed, time.perf_counter() - started)
+            if self.on_commit is not None:
+                for outcome in fired.outcomes:
+                    self.on_commit(outcome)
+            if fired.queued:
+                self.notify()
+        return stored, []
 
     async def due_keys(self, limit: int) -> list[ConversationKey]:
         """Up to `limit` due keys: inbound texts first (half a batch at most), then the rest."""

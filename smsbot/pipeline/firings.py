@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import datetime as dt
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -60,6 +61,7 @@ class Fired:
     stale: list[str] = dataclasses.field(default_factory=list)  # workspaces of stale firings
     failed: list[tuple[Any, BaseException]] = dataclasses.field(default_factory=list)
     parked: int = 0
+    write_seconds: float = 0.0  # how long the write held the writer (SQLite)
 
     @property
     def stored(self) -> int:
@@ -122,7 +124,10 @@ class Firings:
                 stepped.append((d, Stepped(convo, snapshot, event, result, workspace)))
         if self.takers is not None:
             handover.offer([item for _, item in stepped], now, self.takers)
-        return await self.db.write(lambda conn: self._write(conn, stepped, queued, failed, now))
+        started = time.perf_counter()
+        fired = await self.db.write(lambda conn: self._write(conn, stepped, queued, failed, now))
+        fired.write_seconds = time.perf_counter() - started
+        return fired
 
     def _write(
         self,

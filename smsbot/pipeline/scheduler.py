@@ -100,7 +100,7 @@ class TimerScheduler:
         sync_interval: float = SYNC_INTERVAL,
         sweep_interval: float = SWEEP_INTERVAL,
         campaigns: CampaignSync | None = None,
-        stepper: Callable[[Sequence[Due]], Awaitable[int | None]] | None = None,
+        stepper: Callable[[Sequence[Due]], Awaitable[tuple[int, list[Due]]]] | None = None,
     ) -> None:
         self.settings = settings
         self.db = db
@@ -202,11 +202,9 @@ class TimerScheduler:
         fired = 0
         if self.stepper is not None and len(events) < len(due):
             direct = [d for d in due if d.row.conversation_id is not None]
-            stored = await self.stepper(direct)
-            if stored is None:  # its write failed: the dispatcher's path, one by one
-                events += [d.entry for d in direct]
-            else:
-                fired += stored
+            stored, left = await self.stepper(direct)
+            fired += stored
+            events += [d.entry for d in left]  # a write failed: the dispatcher's path, one by one
         if events:
             outcomes = await self.inbox.accept_many(events)
             fired += outcomes.count(AcceptOutcome.NEW)
