@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 import threading
@@ -55,7 +56,7 @@ async def test_a_commit_leaves_the_checkpoint_to_the_thread(
         await db.dispose()  # stops the thread, with a last checkpoint
     assert _threads() == []
     assert _size(path) > 1_500 * PAGE
-    with sqlite3.connect(path) as conn:
+    with contextlib.closing(sqlite3.connect(path)) as conn, conn:
         assert conn.execute("SELECT count(*) FROM filler").fetchone() == (1_801,)
 
 
@@ -86,7 +87,7 @@ async def test_commits_wake_the_checkpointer(tmp_path: Path) -> None:
 
 def test_a_checkpointer_can_start_again_after_close(tmp_path: Path) -> None:
     path = tmp_path / "again.db"
-    with sqlite3.connect(path) as conn:
+    with contextlib.closing(sqlite3.connect(path)) as conn, conn:
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("CREATE TABLE t (x)")
     c = Checkpointer(str(path))
