@@ -53,6 +53,8 @@ class ConversationKey:
 class DispatchEvent:
     """One inbox event for a conversation: an inbound SMS, an outside start, a timer firing."""
 
+    # The inbox row's id; 0 during the step of a bulk start or of a timer stepped as it fires,
+    # whose row is written with the step's effects (pipeline/starts.py, pipeline/firings.py).
     id: int
     kind: EventKind
     payload: dict[str, Any]
