@@ -215,9 +215,13 @@ class Dispatcher:
                 fired = await self.firings.run(batch, self.clock.now(), held)
             except _UNAVAILABLE:
                 raise
-            except Exception:  # one step's effects refused: the inbox steps them one by one
-                log.warning("stepping %d timer firings failed; they go through the inbox", len(due))
-                return stored, batch + rest
+            except Exception as exc:  # one step's effects refused: the inbox steps them singly
+                left = batch + rest
+                log.warning(
+                    "writing %d stepped timer firings failed (%s); %d go through the inbox",
+                    len(batch), type(exc).__name__, len(left),
+                )  # fmt: skip
+                return stored, left
             finally:
                 self._busy.difference_update(mine)
             stored += fired.stored

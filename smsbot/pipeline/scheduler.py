@@ -198,12 +198,14 @@ class TimerScheduler:
     async def _store(self, due: list[Due]) -> int:
         """Step the firings of conversations' timers (`stepper`), or store them as inbox events
         (a campaign's fires, which may have no conversation yet, always); return how many."""
-        events = [d.entry for d in due if self.stepper is None or d.row.conversation_id is None]
-        fired = 0
-        if self.stepper is not None and len(events) < len(due):
-            direct = [d for d in due if d.row.conversation_id is not None]
-            stored, left = await self.stepper(direct)
-            fired += stored
+        fired, direct, events = 0, [], []
+        for d in due:
+            if self.stepper is not None and d.row.conversation_id is not None:
+                direct.append(d)
+            else:
+                events.append(d.entry)
+        if direct and self.stepper is not None:
+            fired, left = await self.stepper(direct)
             events += [d.entry for d in left]  # a write failed: the dispatcher's path, one by one
         if events:
             outcomes = await self.inbox.accept_many(events)
