@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
-import gc
 import math
 import os
 import sqlite3
@@ -33,6 +32,7 @@ from bench.common import (
 from bench.http_benches import Options, report_profile
 from bench.profiler import Profile
 from bench.provider import CountingSandbox
+from smsbot.app.serve import settle_heap
 from smsbot.channels.divergent.client import DivergentClient
 from smsbot.clock import VirtualClock
 from smsbot.config import Settings
@@ -115,8 +115,7 @@ async def virtual(o: Options, n: int) -> list[Figure]:
         db=db,
     )
     await bot.start(background=False)
-    gc.collect()
-    gc.freeze()  # as `smsbot serve` does once it is loaded (smsbot/app/serve.py)
+    settle_heap()  # as `smsbot serve` does once it is loaded
     # as in `serve`, where the sender's loop runs: a step's reply is handed to it, not claimed
     for sender in bot.senders.values():
         sender.handover = True
