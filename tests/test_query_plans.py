@@ -34,6 +34,7 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 from sqlalchemy import Engine, event, update
+from sqlmodel import SQLModel
 
 from bench.seed import seed_phone, seed_postgres, seed_sqlite
 from smsbot.app.bulk import StartRow, enqueue_starts
@@ -54,6 +55,18 @@ HISTORY = 50_000
 LARGE = ("conversations", "messages", "webhook_events", "opt_outs", "timers")
 MENTIONS = re.compile(r"\b(" + "|".join(LARGE) + r")\b")
 ALIAS = re.compile(r"\b(" + "|".join(LARGE) + r")\s+AS\s+(\w+)", re.IGNORECASE)
+# Indexes of only the pending events and scheduled timers (store/columns.py, only_rows):
+# PostgreSQL leaves their predicate out of a plan's index condition, and may read such an index
+# from its start when it is small. That reads the backlog, never the history; the rows-read
+# budget below still bounds it.
+PARTIAL = {
+    i.name
+    for t in SQLModel.metadata.sorted_tables
+    for i in t.indexes
+    if i.dialect_options["postgresql"].get("where") is not None
+}
+# An event's or timer's state compared with a parameter, not a value written in the SQL.
+BOUND_STATE = re.compile(r"(?<![\w.])(?:webhook_events\.|timers\.)?state = (?:\?|\$\d+)")
 PHONES = ["+447700900201", "+447700900202", "+447700900203"]
 # What one statement of these turns may cost: a few index probes. Reading the history of one
 # table (50,000 rows) costs about a hundred times more.
@@ -199,7 +212,8 @@ async def postgres_problems(bot: Bot, statements: dict[str, Any]) -> list[str]:
                 read += node.get("Actual Rows", 0) * node.get("Actual Loops", 1)
                 read += node.get("Rows Removed by Filter", 0)
                 read += node.get("Rows Removed by Index Recheck", 0)
-                if kind == "Seq Scan" or ("Index" in kind and "Index Cond" not in node):
+                whole = "Index Cond" not in node and node.get("Index Name") not in PARTIAL
+                if kind == "Seq Scan" or ("Index" in kind and whole):
                     problems.append(f"{kind} on {table}\n    in: {sql}")
             if read > POSTGRES_BUDGET:
                 problems.append(f"{read:,} rows read\n    in: {sql}")
@@ -238,6 +252,12 @@ async def test_no_hot_query_scans_a_large_table(
     assert handed, "no reply was handed over to its sender (handover.take's query)"
     fair = [s for s in statements if "webhook_events.workspace =" in s]
     assert fair, "the dispatcher's per-workspace lanes did not run"
+    # The partial indexes serve a query only if it names the state in its SQL (is_value): a
+    # bound state makes SQLite prepare the statement again at every call, and PostgreSQL's
+    # generic plan (a prepared statement's, after five runs) cannot use them at all.
+    assert {"ix_events_pending", "ix_events_state_id", "ix_timers_due"} <= PARTIAL
+    bound = [s for s in statements if BOUND_STATE.search(s.split(" WHERE ", 1)[-1])]
+    assert not bound, "\n".join(bound)
     if bot.db.is_postgres:
         problems = await postgres_problems(bot, statements)
     else:

@@ -27,6 +27,7 @@ from smsbot.store.models import (
     EventState,
     OutboxState,
     events_t,
+    is_value,
     messages_t,
     new_id,
     opt_out_blocks,
@@ -318,7 +319,7 @@ async def failed_events(
                 await s.execute(
                     select(events_t)
                     .where(
-                        events_t.c.state == EventState.FAILED.value,
+                        is_value(events_t.c.state, EventState.FAILED),
                         events_t.c.workspace == workspace,
                     )
                     .order_by(events_t.c.id.desc())
@@ -351,7 +352,7 @@ async def requeue_failed(db: Database, event_id: int, workspace: str | None = No
     async with db.session() as s, s.begin():
         result = await s.execute(
             update(events_t)
-            .where(events_t.c.id == event_id, events_t.c.state == EventState.FAILED.value, *scope)
+            .where(events_t.c.id == event_id, is_value(events_t.c.state, EventState.FAILED), *scope)
             .values(state=EventState.PENDING.value, attempts=0, next_attempt_at=None)
         )
         return bool(result.rowcount)  # type: ignore[attr-defined]

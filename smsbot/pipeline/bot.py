@@ -26,7 +26,13 @@ from smsbot.pipeline.rate_limit import number_rates, workspace_rates
 from smsbot.pipeline.scheduler import TimerScheduler
 from smsbot.pipeline.sender import Sender
 from smsbot.store.engine import Database
-from smsbot.store.models import DEFAULT_WORKSPACE, OutboxState, TimerState, messages_t, timers_t
+from smsbot.store.models import (
+    DEFAULT_WORKSPACE,
+    TIMER_SCHEDULED,
+    OutboxState,
+    messages_t,
+    timers_t,
+)
 
 log = logging.getLogger(__name__)
 
@@ -205,7 +211,7 @@ class Bot:
         now = self.clock.now()
         await self.scheduler.sync_campaigns(now)
         timer = select(func.min(timers_t.c.due_at)).where(
-            timers_t.c.state == TimerState.SCHEDULED.value,
+            TIMER_SCHEDULED,
             timers_t.c.due_at > now,
             timers_t.c.due_at <= until,
         )

@@ -22,6 +22,7 @@ from smsbot.pipeline.effects import NewConversation, Stepped, new_conversation_r
 from smsbot.store.lookup import KeyedRows, rows_in
 from smsbot.store.models import (
     DEFAULT_WORKSPACE,
+    EVENT_PENDING,
     EventState,
     conversations_t,
     events_t,
@@ -91,10 +92,10 @@ def _arrival_keys(conn: Connection, now: dt.datetime, limit: int) -> list[Conver
 _WAITING = Prepared(
     text(
         "WITH RECURSIVE w(name, n) AS ("
-        " SELECT (SELECT min(workspace) FROM webhook_events WHERE state = :pending), 1"
+        " SELECT (SELECT min(workspace) FROM webhook_events WHERE state = 'pending'), 1"
         " UNION ALL"
         " SELECT (SELECT min(workspace) FROM webhook_events"
-        "  WHERE state = :pending AND workspace > w.name), n + 1"
+        "  WHERE state = 'pending' AND workspace > w.name), n + 1"
         " FROM w WHERE w.name IS NOT NULL AND n < :most"
         ") SELECT name FROM w WHERE name IS NOT NULL"
     )
@@ -104,7 +105,7 @@ MAX_FAIR_WORKSPACES = 256  # waiting at once; past it, the rest move in arrival 
 
 def waiting_workspaces(conn: Connection) -> list[str]:
     """The workspaces with pending events (receipts included), by name; MAX_FAIR_WORKSPACES."""
-    found = _WAITING.all(conn, {"pending": EventState.PENDING.value, "most": MAX_FAIR_WORKSPACES})
+    found = _WAITING.all(conn, {"most": MAX_FAIR_WORKSPACES})
     return [name for (name,) in found]
 
 
@@ -112,7 +113,7 @@ def _pending(*where: ColumnElement[bool]) -> Prepared:
     e = events_t
     return Prepared(
         select(e.c.virtual_number, e.c.phone, e.c.next_attempt_at)
-        .where(e.c.state == EventState.PENDING.value, e.c.virtual_number.is_not(None), *where)
+        .where(EVENT_PENDING, e.c.virtual_number.is_not(None), *where)
         .order_by(e.c.id)
         .limit(bindparam("limit"))
     )
@@ -197,14 +198,13 @@ def _pending_workspaces(
     key = (e.c.virtual_number, e.c.phone)
     rows = conn.execute(
         select(*key, e.c.workspace)
-        .where(e.c.state == EventState.PENDING.value, rows_in(key, pairs))
+        .where(EVENT_PENDING, rows_in(key, pairs))
         .order_by(e.c.id.desc())
     )
     return {(vn, phone): workspace for vn, phone, workspace in rows.all()}
 
 
 # The hot reads and claims of a batch, prepared (store/prepared.py): one compile, then sqlite3.
-_PENDING = events_t.c.state == EventState.PENDING.value
 _OLDEST = KeyedRows(
     (events_t.c.virtual_number, events_t.c.phone),
     lambda where: (
@@ -212,7 +212,7 @@ _OLDEST = KeyedRows(
         .where(
             events_t.c.id.in_(
                 select(func.min(events_t.c.id))
-                .where(_PENDING, where)
+                .where(EVENT_PENDING, where)
                 .group_by(events_t.c.virtual_number, events_t.c.phone)
             )
         )
@@ -238,11 +238,11 @@ _VERSIONS = {  # locked or not
 _WAITING_KEYS = KeyedRows(
     (events_t.c.virtual_number, events_t.c.phone),
     lambda where: (
-        select(events_t.c.virtual_number, events_t.c.phone).where(_PENDING, where).distinct()
+        select(events_t.c.virtual_number, events_t.c.phone).where(EVENT_PENDING, where).distinct()
     ),
 )
 _STILL_PENDING = Prepared(
-    select(events_t.c.id).where(events_t.c.id.in_(bindparam("ids", expanding=True)), _PENDING)
+    select(events_t.c.id).where(events_t.c.id.in_(bindparam("ids", expanding=True)), EVENT_PENDING)
 )
 
 
@@ -367,7 +367,7 @@ def record_failures(
         conn.execute(
             update(events_t)
             # still pending: another process may have finished it since it was read
-            .where(events_t.c.id == row.id, events_t.c.state == EventState.PENDING.value)
+            .where(events_t.c.id == row.id, EVENT_PENDING)
             .values(
                 attempts=attempts,
                 last_error=detail[-4000:],

@@ -23,7 +23,14 @@ from smsbot.pipeline.inbox import NEW_EVENT, InboxEntry, event_row
 from smsbot.pipeline.metrics import Metrics
 from smsbot.sms.status import DeliveryStatus
 from smsbot.store.engine import Database
-from smsbot.store.models import DEFAULT_WORKSPACE, Direction, EventState, events_t, messages_t
+from smsbot.store.models import (
+    DEFAULT_WORKSPACE,
+    EVENT_PENDING,
+    Direction,
+    EventState,
+    events_t,
+    messages_t,
+)
 from smsbot.store.prepared import Prepared
 
 log = logging.getLogger(__name__)
@@ -38,7 +45,7 @@ DELIVERY_FAILURES = frozenset(
 _PENDING = (
     select(events_t.c.id, events_t.c.payload, events_t.c.workspace)
     .where(
-        events_t.c.state == EventState.PENDING.value,
+        EVENT_PENDING,
         events_t.c.kind == EventKind.RECEIPT.value,
     )
     .order_by(events_t.c.id)

@@ -25,7 +25,8 @@ from sqlmodel import Field, SQLModel
 from smsbot.engine.contract import EventKind, Origin
 from smsbot.sms.status import DeliveryStatus
 from smsbot.store.columns import DEFAULT_WORKSPACE as DEFAULT_WORKSPACE
-from smsbot.store.columns import enum_column, ts, workspace_column
+from smsbot.store.columns import enum_column, only_rows, ts, workspace_column
+from smsbot.store.columns import is_value as is_value
 from smsbot.store.columns import new_id as new_id
 from smsbot.store.columns import new_token as new_token
 from smsbot.store.columns import table as table
@@ -130,17 +131,28 @@ class MessageRow(SQLModel, table=True):
     status_at: dt.datetime | None = ts()
 
 
+_PENDING = only_rows("state", EventState.PENDING)
+_PARKED = only_rows("state", EventState.FAILED, EventState.UNMATCHED)
+
+
 class InboxEventRow(SQLModel, table=True):
     """The inbox: every accepted webhook, timer firing and outside start, in arrival order."""
 
     __tablename__ = "webhook_events"
     __table_args__ = (
         UniqueConstraint("source", "event_id", name="uq_event_source_id"),
-        Index("ix_events_pending", "state", "virtual_number", "phone", "id"),
-        Index("ix_events_state_id", "state", "id"),  # the oldest pending events, in order
-        Index("ix_events_state_kind", "state", "kind", "id"),  # pending receipts
+        # The pending events' indexes hold only pending events (columns.only_rows, migration
+        # 0015): an event written done (a fired timer stepped as it fired, a bulk start) adds
+        # an entry to none of them. Their queries name the state with is_value().
+        Index("ix_events_pending", "state", "virtual_number", "phone", "id", **_PENDING),
+        Index("ix_events_state_id", "state", "id", **_PENDING),  # the oldest, in order
+        Index("ix_events_state_kind", "state", "kind", "id", **_PENDING),  # inbound, receipts
         # the dispatcher's fair share: which workspaces wait, and each one's oldest events
-        Index("ix_events_workspace", "state", "workspace", "id"),
+        Index("ix_events_workspace", "state", "workspace", "id", **_PENDING),
+        # what an operator looks at: parked events, unowned webhooks (a handful of rows)
+        Index("ix_events_parked", "state", "workspace", "id", **_PARKED),
+        # one phone's events: a conversation's history in the console, a contact's erasure
+        Index("ix_events_phone", "phone", "virtual_number", "id"),
     )
 
     id: int | None = Field(default=None, primary_key=True)  # arrival order
@@ -185,6 +197,9 @@ class TimerState(enum.StrEnum):
     SKIPPED = "skipped"  # a campaign fire already past due when it was (re)scheduled
 
 
+_SCHEDULED = only_rows("state", TimerState.SCHEDULED)
+
+
 class TimerRow(SQLModel, table=True):
     """A reminder, wait timeout, expiry or campaign fire; what makes a double firing a no-op.
 
@@ -196,11 +211,14 @@ class TimerRow(SQLModel, table=True):
     __table_args__ = (
         UniqueConstraint("conversation_id", "name", name="uq_timer_name"),
         UniqueConstraint("contact_id", "name", name="uq_timer_contact_name"),
-        Index("ix_timers_due", "state", "due_at"),
-        Index("ix_timers_changed", "state", "created_at"),  # the scheduler mirrors new ones
+        # Scheduled timers only (columns.only_rows, migration 0015): a timer that fires,
+        # is cancelled or is missed leaves these indexes. Their queries use TIMER_SCHEDULED.
+        # (ix_timers_changed, on state and created_at, went in 0015: the scheduler mirrors
+        # timers by due time, and no query read it.)
+        Index("ix_timers_due", "state", "due_at", **_SCHEDULED),
         # A step cancels its conversation's scheduled timers: without this index SQLite
         # walks every scheduled timer of every conversation (ix_timers_due's `state = ?`).
-        Index("ix_timers_conversation", "conversation_id", "state"),
+        Index("ix_timers_conversation", "conversation_id", "state", **_SCHEDULED),
     )
 
     id: int | None = Field(default=None, primary_key=True)
@@ -246,7 +264,9 @@ opt_outs_t = table(OptOutRow)
 timers_t = table(TimerRow)
 state_changes_t = table(StateChangeRow)
 # A timer still waiting to fire (not fired, cancelled or missed): the claims' and writes' test.
-TIMER_SCHEDULED = timers_t.c.state == TimerState.SCHEDULED.value
+TIMER_SCHEDULED = is_value(timers_t.c.state, TimerState.SCHEDULED)
+# An event still to be stepped: the dispatcher's, receipts' and counts' test.
+EVENT_PENDING = is_value(events_t.c.state, EventState.PENDING)
 
 
 def opt_out_applies(

@@ -35,7 +35,7 @@ from smsbot.engine.step import RESERVED
 from smsbot.pipeline.bot import Bot
 from smsbot.store.engine import Database
 from smsbot.store.models import (
-    TimerState,
+    TIMER_SCHEDULED,
     conversations_t,
     events_t,
     opt_outs_t,
@@ -328,7 +328,7 @@ class BotDriver:
             timers = (
                 await s.execute(
                     select(timers_t.c.conversation_id, timers_t.c.name, timers_t.c.due_at).where(
-                        timers_t.c.state == TimerState.SCHEDULED.value
+                        TIMER_SCHEDULED
                     )
                 )
             ).all()

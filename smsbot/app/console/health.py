@@ -23,10 +23,12 @@ from smsbot.app.server.keys import BOT
 from smsbot.pipeline.bot import Bot
 from smsbot.pipeline.receipts import DELIVERY_FAILURES
 from smsbot.store.models import (
+    EVENT_PENDING,
+    TIMER_SCHEDULED,
     EventState,
     OutboxState,
-    TimerState,
     events_t,
+    is_value,
     messages_t,
     timers_t,
 )
@@ -103,15 +105,15 @@ async def _read(bot: Bot, health: Health) -> None:
     async with bot.db.session() as s:
         pending = await s.execute(
             select(e.c.kind, func.count(), func.sum(e.c.attempts))
-            .where(e.c.state == EventState.PENDING.value, *in_e)
+            .where(EVENT_PENDING, *in_e)
             .group_by(e.c.kind)
         )
         for kind, count, attempts in pending:
             health.inbox[str(kind)] = int(count)
             health.retrying += int(attempts or 0) > 0
-        health.parked = await _count(s, e.c.state == EventState.FAILED.value, *in_e)
+        health.parked = await _count(s, is_value(e.c.state, EventState.FAILED), *in_e)
         if ws is None:
-            unmatched = e.c.state == EventState.UNMATCHED.value
+            unmatched = is_value(e.c.state, EventState.UNMATCHED)
             health.unowned = await _count(s, unmatched, e.c.workspace.is_(None))
         pending_out = m.c.outbox == OutboxState.PENDING.value
         health.outbox_due = await _count(s, pending_out, m.c.send_after <= now, *in_m)
@@ -136,10 +138,9 @@ async def _read(bot: Bot, health: Health) -> None:
             .group_by(m.c.status)
         )
         health.failures = {str(status): int(n) for status, n in failed}
-        scheduled = t.c.state == TimerState.SCHEDULED.value
-        health.timers_scheduled = await _count(s, scheduled, *in_t)
+        health.timers_scheduled = await _count(s, TIMER_SCHEDULED, *in_t)
         health.next_timer = (
-            await s.execute(select(func.min(t.c.due_at)).where(scheduled, *in_t))
+            await s.execute(select(func.min(t.c.due_at)).where(TIMER_SCHEDULED, *in_t))
         ).scalar_one_or_none()
 
 

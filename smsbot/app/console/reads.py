@@ -21,6 +21,7 @@ from smsbot.store.models import (
     contacts_t,
     conversations_t,
     events_t,
+    is_value,
     messages_t,
     opt_outs_t,
     state_changes_t,
@@ -30,8 +31,6 @@ from smsbot.store.models import (
 PAGE_SIZE = 25
 TIMELINE_LIMIT = 200  # messages and events shown for one conversation, newest kept
 ENDED = "none"  # the flow filter's value for conversations with no flow running
-
-_ALL_EVENT_STATES = [s.value for s in EventState]
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -132,12 +131,10 @@ async def timeline(db: Database, convo: Any) -> Timeline:
         ).all()[::-1]
         events = (
             await s.execute(
-                # Every state listed: the (state, number, phone, id) index then serves it.
-                select(e)
+                select(e)  # on ix_events_phone
                 .where(
-                    e.c.state.in_(_ALL_EVENT_STATES),
-                    e.c.virtual_number == vn,
                     e.c.phone == phone,
+                    e.c.virtual_number == vn,
                     e.c.workspace == ws,
                 )
                 .order_by(e.c.id.desc())
@@ -230,7 +227,7 @@ async def parked_events(db: Database, workspace: str, limit: int = 100) -> list[
     query = (
         select(e, c.c.id.label("conversation_id"))
         .outerjoin(c, same)
-        .where(e.c.state == EventState.FAILED.value, e.c.workspace == workspace)
+        .where(is_value(e.c.state, EventState.FAILED), e.c.workspace == workspace)
         .order_by(e.c.id.desc())
         .limit(limit)
     )

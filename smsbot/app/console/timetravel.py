@@ -19,7 +19,7 @@ from sqlalchemy import func, or_, select
 
 from smsbot.clock import Clock, OffsetClock, VirtualClock
 from smsbot.pipeline.bot import Bot
-from smsbot.store.models import EventState, OutboxState, events_t, messages_t
+from smsbot.store.models import EVENT_PENDING, OutboxState, events_t, messages_t
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +78,7 @@ async def _busy(bot: Bot) -> bool:
     now = bot.clock.now()
     e, m = events_t, messages_t
     events = select(func.count()).where(
-        e.c.state == EventState.PENDING.value,
+        EVENT_PENDING,
         or_(e.c.next_attempt_at.is_(None), e.c.next_attempt_at <= now),
     )
     messages = select(func.count()).where(

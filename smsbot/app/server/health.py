@@ -6,7 +6,7 @@ from aiohttp import web
 from sqlalchemy import func, select
 
 from smsbot.app.server.keys import BOT
-from smsbot.store.models import EventState, OutboxState, events_t, messages_t
+from smsbot.store.models import EVENT_PENDING, OutboxState, messages_t
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -22,11 +22,7 @@ async def metrics(request: web.Request) -> web.Response:
     bot = request.app[BOT]
     try:
         async with bot.db.session() as s:
-            inbox = (
-                await s.execute(
-                    select(func.count()).where(events_t.c.state == EventState.PENDING.value)
-                )
-            ).scalar_one()
+            inbox = (await s.execute(select(func.count()).where(EVENT_PENDING))).scalar_one()
             outbox = (
                 await s.execute(
                     select(func.count()).where(
