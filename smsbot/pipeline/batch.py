@@ -20,7 +20,6 @@ is offered to its sender before the write (`handover.py`).
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import datetime as dt
 import time
@@ -39,6 +38,7 @@ from smsbot.engine.contract import (
 from smsbot.pipeline import claims, contacts, handover, timer_claims
 from smsbot.pipeline.effects import StepOutcome, Stepped, finish_events, write_effects
 from smsbot.pipeline.metrics import Metrics
+from smsbot.pipeline.stepping import run_step
 from smsbot.store.engine import Database
 from smsbot.store.models import DEFAULT_WORKSPACE, EventState
 
@@ -161,8 +161,7 @@ class Batches:
             snapshot = snapshot_of(convo, key, key in claim.opted)
             snapshot.contact = claim.people.get((workspace, key.phone))
             try:
-                async with asyncio.timeout(self.step_timeout):
-                    result = await self.handler.handle(event, snapshot, now)
+                result = await run_step(self.handler, event, snapshot, now, self.step_timeout)
             except Exception as exc:
                 work.failed.append((row, exc))
                 continue

@@ -21,7 +21,6 @@ The promises are the inbox path's, kept by falling back to it:
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import datetime as dt
 import time
@@ -35,6 +34,7 @@ from smsbot.pipeline import claims, contacts, handover, timer_claims
 from smsbot.pipeline.batch import Batches, snapshot_of
 from smsbot.pipeline.effects import StepOutcome, Stepped, finish_events, write_effects
 from smsbot.pipeline.inbox import NEW_EVENT, InboxEntry, event_row
+from smsbot.pipeline.stepping import run_step
 from smsbot.store.models import DEFAULT_WORKSPACE, EventState, events_t
 from smsbot.store.prepared import Prepared
 
@@ -116,8 +116,7 @@ class Firings:
                 snapshot = snapshot_of(convo, key, key in opted)
                 snapshot.contact = people.get((workspace, key.phone))
                 try:
-                    async with asyncio.timeout(self.step_timeout):
-                        result = await self.handler.handle(event, snapshot, now)
+                    result = await run_step(self.handler, event, snapshot, now, self.step_timeout)
                 except Exception as exc:
                     failed.append((d, exc))
                     continue
