@@ -248,21 +248,35 @@ async def test_no_hot_query_scans_a_large_table(
     # and so has its plan checked below
     lane = [s for s in statements if "webhook_events.kind =" in s and "IS NOT NULL" in s]
     assert lane, "the interactive lane's query did not run"
-    handed = [s for s in statements if "messages.outbox IN" in s]
+    handed = [s for s in statements if "messages.outbox = 'inflight'" in s and "DISTINCT" in s]
     assert handed, "no reply was handed over to its sender (handover.take's query)"
     fair = [s for s in statements if "webhook_events.workspace =" in s]
     assert fair, "the dispatcher's per-workspace lanes did not run"
     # The partial indexes serve a query only if it names the state in its SQL (is_value): a
     # bound state makes SQLite prepare the statement again at every call, and PostgreSQL's
     # generic plan (a prepared statement's, after five runs) cannot use them at all.
-    assert {"ix_events_pending", "ix_events_state_id", "ix_timers_due"} <= PARTIAL
+    assert {"ix_events_pending", "ix_timers_due", "ix_messages_open"} <= PARTIAL
     bound = [s for s in statements if BOUND_STATE.search(s.split(" WHERE ", 1)[-1])]
     assert not bound, "\n".join(bound)
     if bot.db.is_postgres:
         problems = await postgres_problems(bot, statements)
     else:
         problems = sqlite_problems(bot.db.url.split(":///", 1)[1], statements)
+        # a conversation's open messages, not its history (ix_messages_key): the handover's
+        # and the sender's one-send-at-a-time check
+        claim = [s for s in statements if "other.outbox = 'inflight'" in s]
+        assert claim, "the sender's claim did not run"
+        for sql in handed + claim:
+            plan = sqlite_plan(bot.db.url.split(":///", 1)[1], sql, statements[sql])
+            assert "ix_messages_open" in plan, plan
     assert not problems, "\n".join(problems)
+
+
+def sqlite_plan(db_path: str, sql: str, params: Any) -> str:
+    """SQLite's plan for `sql`, one line a step."""
+    with contextlib.closing(sqlite3.connect(db_path)) as conn:
+        rows = conn.execute(f"EXPLAIN QUERY PLAN {sql}", params or ())
+        return "\n".join(str(row[3]) for row in rows)
 
 
 async def test_claiming_several_timers_reads_only_them(bot: Bot) -> None:

@@ -10,7 +10,7 @@ step already knows everything that claim decides, so the step's own transaction 
 2. in the write (`take`, called by effects.write_effects): the reply is written `inflight` with
    the sender's lease, as a claim would, but only if nothing else to that phone from that
    number is pending or in flight (one send at a time per conversation, in order; the query
-   reads that conversation's rows on ix_messages_key) and no opt-out blocks it (the claim's
+   reads that conversation's open rows on ix_messages_open) and no opt-out blocks it (the claim's
    rule, opt_out_applies; STOP/START/HELP answers go regardless, as they do from a claim);
 3. after the commit: the claimed messages go to the sender (`StepOutcome.handed`), which sends
    them ahead of its next claim.
@@ -32,16 +32,21 @@ from sqlalchemy import Connection, bindparam, select
 from smsbot.engine.contract import Origin
 from smsbot.pipeline.outbox import Claimed
 from smsbot.store.lookup import KeyedRows
-from smsbot.store.models import OutboxState, messages_t, opt_out_applies, opt_outs_t
+from smsbot.store.models import (
+    OutboxState,
+    message_open,
+    messages_t,
+    opt_out_applies,
+    opt_outs_t,
+)
 from smsbot.store.prepared import Prepared
 
-_OPEN = (OutboxState.PENDING.value, OutboxState.INFLIGHT.value)
 # The write's two reads, prepared (store/prepared.py): compiled once, run through sqlite3.
 _BUSY = KeyedRows(
     (messages_t.c.virtual_number, messages_t.c.phone),
     lambda where: (
         select(messages_t.c.virtual_number, messages_t.c.phone)
-        .where(where, messages_t.c.outbox.in_(_OPEN))
+        .where(where, message_open(messages_t.c.outbox))  # on ix_messages_open
         .distinct()
     ),
 )

@@ -30,7 +30,13 @@ from sqlalchemy import (
 from smsbot.engine.contract import Origin
 from smsbot.pipeline.receipts import enqueue_send_failed
 from smsbot.sms.status import DeliveryStatus
-from smsbot.store.models import DEFAULT_WORKSPACE, OutboxState, messages_t, opt_out_blocks
+from smsbot.store.models import (
+    DEFAULT_WORKSPACE,
+    OutboxState,
+    is_value,
+    messages_t,
+    opt_out_blocks,
+)
 from smsbot.store.prepared import Prepared
 from smsbot.store.types import utc_param
 
@@ -134,13 +140,13 @@ class Outbox:
             and_(
                 other.c.virtual_number == m.c.virtual_number,
                 other.c.phone == m.c.phone,
-                other.c.outbox == OutboxState.INFLIGHT.value,
+                is_value(other.c.outbox, OutboxState.INFLIGHT),  # on ix_messages_open
                 other.c.lease_until >= now,
             )
         )
         query = select(*columns).where(
             m.c.workspace == self.workspace,
-            m.c.outbox == OutboxState.PENDING.value,
+            is_value(m.c.outbox, OutboxState.PENDING),
             m.c.send_after <= now,
             ~in_flight,
         )
@@ -152,7 +158,7 @@ class Outbox:
                     and_(
                         older.c.virtual_number == m.c.virtual_number,
                         older.c.phone == m.c.phone,
-                        older.c.outbox == OutboxState.PENDING.value,
+                        is_value(older.c.outbox, OutboxState.PENDING),
                         older.c.id != m.c.id,
                         # written earlier, or in the same instant and not an answer itself
                         # (one step's messages share a time): left to the send-order lane

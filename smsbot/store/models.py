@@ -98,12 +98,30 @@ class MessageRow(SQLModel, table=True):
     __table_args__ = (
         # Each workspace's sender claims its own messages (pipeline/outbox.py): by outbox state
         # and workspace, so one client's backlog is never read by another's claim (migration
-        # 0013). The state leads: counts of the whole outbox (/metrics) use it too, and a
+        # 0013). The state leads: the console's counts by state use it too, and a
         # query by workspace alone (a receipt's match) is not drawn to it.
         Index("ix_messages_outbox", "outbox", "workspace", "send_after", "created_at"),
         # the sender's interactive lane: replies found past a campaign's pending backlog
-        Index("ix_messages_lane", "outbox", "workspace", "origin", "send_after", "created_at"),
+        # (pending messages only, migration 0016: a reply handed over in flight adds none)
+        Index(
+            "ix_messages_lane",
+            "outbox",
+            "workspace",
+            "origin",
+            "send_after",
+            "created_at",
+            **only_rows("outbox", OutboxState.PENDING),
+        ),
         Index("ix_messages_key", "virtual_number", "phone", "created_at"),
+        # A conversation's open messages (one send at a time per conversation: the sender's
+        # claim, a step's handover), read without the rest of the conversation's history.
+        Index(
+            "ix_messages_open",
+            "virtual_number",
+            "phone",
+            "created_at",
+            **only_rows("outbox", OutboxState.PENDING, OutboxState.INFLIGHT),
+        ),
     )
 
     id: str = Field(default_factory=new_id, primary_key=True, max_length=32)
@@ -267,6 +285,11 @@ state_changes_t = table(StateChangeRow)
 TIMER_SCHEDULED = is_value(timers_t.c.state, TimerState.SCHEDULED)
 # An event still to be stepped: the dispatcher's, receipts' and counts' test.
 EVENT_PENDING = is_value(events_t.c.state, EventState.PENDING)
+
+
+def message_open(outbox: ColumnElement[Any]) -> ColumnElement[bool]:
+    """An outbound message pending or in flight (`outbox`: messages.outbox of an alias too)."""
+    return or_(is_value(outbox, OutboxState.PENDING), is_value(outbox, OutboxState.INFLIGHT))
 
 
 def opt_out_applies(

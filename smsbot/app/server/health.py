@@ -6,7 +6,7 @@ from aiohttp import web
 from sqlalchemy import func, select
 
 from smsbot.app.server.keys import BOT
-from smsbot.store.models import EVENT_PENDING, OutboxState, messages_t
+from smsbot.store.models import EVENT_PENDING, message_open, messages_t
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -24,13 +24,7 @@ async def metrics(request: web.Request) -> web.Response:
         async with bot.db.session() as s:
             inbox = (await s.execute(select(func.count()).where(EVENT_PENDING))).scalar_one()
             outbox = (
-                await s.execute(
-                    select(func.count()).where(
-                        messages_t.c.outbox.in_(
-                            [OutboxState.PENDING.value, OutboxState.INFLIGHT.value]
-                        )
-                    )
-                )
+                await s.execute(select(func.count()).where(message_open(messages_t.c.outbox)))
             ).scalar_one()
         bot.metrics.set("smsbot_queue_depth", inbox, queue="inbox")
         bot.metrics.set("smsbot_queue_depth", outbox, queue="outbox")
