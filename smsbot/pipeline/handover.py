@@ -109,9 +109,11 @@ def take(
         vn, phone = row["virtual_number"], row["phone"]
         if (vn, phone) in busy:
             continue
-        if row["origin"] != Origin.COMPLIANCE.value and any(
-            opt_out_applies(number, vn, workspace, row["workspace"])
-            for number, workspace in stops.get(phone, ())
+        opt_outs = stops.get(phone)  # None for nearly every phone: no generator made
+        if (
+            opt_outs is not None
+            and row["origin"] != Origin.COMPLIANCE.value
+            and any(opt_out_applies(n, vn, w, row["workspace"]) for n, w in opt_outs)
         ):
             continue  # an opt-out since the step's read: the claim will suppress it
         row.update(outbox=OutboxState.INFLIGHT.value, lease_until=now + item.lease, attempts=1)
