@@ -46,6 +46,7 @@ from smsbot.engine.runtime import FlowRuntime
 from smsbot.pipeline import timer_claims
 from smsbot.pipeline.bot import Bot
 from smsbot.pipeline.inbox import InboxEntry
+from smsbot.store import columns
 from smsbot.store.models import events_t
 from tests.support import VN, inbound_body, make_bot, receipt_body, settings_for, signed
 
@@ -63,7 +64,7 @@ PARTIAL = {
     i.name
     for t in SQLModel.metadata.sorted_tables
     for i in t.indexes
-    if i.dialect_options["postgresql"].get("where") is not None
+    if i.info.get(columns.PARTIAL) is not None
 }
 # An event's or timer's state compared with a parameter, not a value written in the SQL.
 BOUND_STATE = re.compile(r"(?<![\w.])(?:webhook_events\.|timers\.)?state = (?:\?|\$\d+)")

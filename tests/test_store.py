@@ -19,6 +19,7 @@ from sqlmodel import SQLModel, select
 
 from smsbot.engine.contract import EventKind
 from smsbot.sms.status import DeliveryStatus
+from smsbot.store.columns import PARTIAL
 from smsbot.store.engine import Database
 from smsbot.store.migrate import upgrade
 from smsbot.store.models import ConversationRow, Direction, InboxEventRow, MessageRow, OutboxState
@@ -28,6 +29,12 @@ T0 = dt.datetime(2026, 1, 15, 9, 0, tzinfo=dt.UTC)
 
 def _sync(url: str) -> str:
     return url.replace("+aiosqlite", "").replace("+asyncpg", "+psycopg")
+
+
+async def test_create_all_builds_the_partial_indexes_the_models_describe(db: Database) -> None:
+    # create_all (tests, benchmarks) adds the predicates for its dialect (columns.only_rows)
+    url = db.url.replace("+aiosqlite", "").replace("+asyncpg", "+psycopg")
+    assert migrated_partial_indexes(url) == model_partial_indexes()
 
 
 async def test_migrations_build_the_schema_the_models_describe(db_url: str) -> None:
@@ -49,10 +56,10 @@ async def test_migrations_build_the_schema_the_models_describe(db_url: str) -> N
 def model_partial_indexes() -> dict[str, set[str]]:
     """Each partial index of the models, with the values its WHERE names."""
     return {
-        str(i.name): set(re.findall(r"'(\w+)'", str(i.dialect_options["sqlite"]["where"])))
+        str(i.name): set(re.findall(r"'(\w+)'", str(i.info[PARTIAL])))
         for t in SQLModel.metadata.sorted_tables
         for i in t.indexes
-        if i.dialect_options["sqlite"].get("where") is not None
+        if PARTIAL in i.info
     }
 
 
