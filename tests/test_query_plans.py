@@ -56,7 +56,8 @@ HISTORY = 50_000
 LARGE = ("conversations", "messages", "webhook_events", "opt_outs", "timers")
 MENTIONS = re.compile(r"\b(" + "|".join(LARGE) + r")\b")
 ALIAS = re.compile(r"\b(" + "|".join(LARGE) + r")\s+AS\s+(\w+)", re.IGNORECASE)
-# Indexes of only the pending events and scheduled timers (store/columns.py, only_rows):
+# Indexes of only the unfinished rows: pending events, scheduled timers, open messages
+# (store/columns.py, only_rows):
 # PostgreSQL leaves their predicate out of a plan's index condition, and may read such an index
 # from its start when it is small. That reads the backlog, never the history; the rows-read
 # budget below still bounds it.
@@ -163,7 +164,7 @@ def sqlite_problems(db_path: str, statements: dict[str, Any]) -> list[str]:
     with contextlib.closing(sqlite3.connect(db_path, isolation_level=None)) as conn:
         for sql, params in statements.items():
             large = set(LARGE) | {alias for _, alias in ALIAS.findall(sql)}
-            plan = [row[3] for row in conn.execute(f"EXPLAIN QUERY PLAN {sql}", params or ())]
+            plan = plan_lines(conn, sql, params)
             for line in plan:
                 m = re.match(r"(SCAN|SEARCH) (\w+)(.*)", line)
                 if m is not None and m[2] in large and (m[1] == "SCAN" or "=" not in m[3]):
@@ -276,8 +277,12 @@ async def test_no_hot_query_scans_a_large_table(
 def sqlite_plan(db_path: str, sql: str, params: Any) -> str:
     """SQLite's plan for `sql`, one line a step."""
     with contextlib.closing(sqlite3.connect(db_path)) as conn:
-        rows = conn.execute(f"EXPLAIN QUERY PLAN {sql}", params or ())
-        return "\n".join(str(row[3]) for row in rows)
+        return "\n".join(plan_lines(conn, sql, params))
+
+
+def plan_lines(conn: sqlite3.Connection, sql: str, params: Any) -> list[str]:
+    """What `EXPLAIN QUERY PLAN` says of `sql`: one line a step."""
+    return [str(row[3]) for row in conn.execute(f"EXPLAIN QUERY PLAN {sql}", params or ())]
 
 
 async def test_claiming_several_timers_reads_only_them(bot: Bot) -> None:
