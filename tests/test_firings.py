@@ -47,6 +47,7 @@ class Hooked:
         self.seen: list[tuple[EventKind, int]] = []  # (event kind, conversation version)
         self.fail = 0  # raise in this many steps first
         self.unwritable = False  # ask for a timer whose payload the database cannot store
+        self.unwritable_phones: set[str] = set()  # the same, for these conversations only
 
     async def handle(
         self, event: DispatchEvent, convo: ConversationSnapshot, now: dt.datetime
@@ -58,7 +59,7 @@ class Hooked:
             self.fail -= 1
             raise RuntimeError("the flow broke")
         result = await self.echo.handle(event, convo, now)
-        if self.unwritable:
+        if self.unwritable or convo.key.phone in self.unwritable_phones:
             result.timers.append(TimerRequest("bad", "remind", now, {"not json": {1, 2}}))
         return result
 
@@ -252,3 +253,69 @@ async def test_a_page_whose_write_fails_goes_through_the_inbox(
     [event] = await timer_events(bot.db)
     assert event.attempts == 1 and "not JSON serializable" in event.last_error
     assert sandbox.messages == []
+
+
+def phone_(n: int) -> str:
+    return f"+4477009001{n:02d}"
+
+
+async def sent_to(sandbox: Sandbox) -> dict[str, list[str]]:
+    """Each phone's texts, in the order the provider received them."""
+    texts: dict[str, list[str]] = {}
+    for m in sandbox.messages:
+        texts.setdefault(m.recipient, []).append(m.content)
+    return texts
+
+
+async def test_batches_written_while_the_next_is_stepped_keep_each_conversation_in_order(
+    bot: Bot, sandbox: Sandbox, handler: Hooked
+) -> None:
+    # Batches of two: each is read and stepped while the one before it is written. A's
+    # second firing meets A in the batch being written (busy: queued); its third is stepped
+    # from a read that the write before it made stale (A's second firing went pending there),
+    # so its write queues it behind that one instead.
+    a, b, c = phone_(1), phone_(2), phone_(3)
+    plan = [(a, "a1"), (b, "b1"), (a, "a2"), (c, "c1"), (b, "b2"), (a, "a3")]
+    for n, (phone, text) in enumerate(plan):
+        await add_timer(bot.db, T0 + dt.timedelta(seconds=n), phone=phone, name=text, text=text)
+    bot.dispatcher.batch_size = bot.dispatcher._size = 2
+    assert isinstance(bot.clock, VirtualClock)
+    bot.clock.advance(dt.timedelta(seconds=10))
+    assert await bot.fire_due_timers() == 6
+    assert bot.dispatcher._busy == set()
+    await bot.run_until_idle()
+    assert await sent_to(sandbox) == {a: ["a1", "a2", "a3"], b: ["b1", "b2"], c: ["c1"]}
+    events = await timer_events(bot.db)
+    assert [e.state for e in events] == [EventState.DONE.value] * 6
+    stored: dict[str, list[str]] = {}
+    for e in events:  # in the order they were stored
+        stored.setdefault(e.phone, []).append(e.payload["name"])
+    assert stored == {a: ["a1", "a2", "a3"], b: ["b1", "b2"], c: ["c1"]}
+    async with bot.db.session() as s:
+        versions = dict(
+            (await s.execute(select(conversations_t.c.phone, conversations_t.c.version))).all()
+        )
+    assert versions == {a: 3, b: 2, c: 1}  # one step a firing: none written twice
+
+
+async def test_a_failed_write_hands_its_batch_and_the_one_stepped_ahead_to_the_inbox(
+    bot: Bot, sandbox: Sandbox, handler: Hooked
+) -> None:
+    # Batches of one: B's write fails while C's batch has been stepped ahead of it. C's step
+    # is dropped with it (never written); B, C and D go through the inbox, once each.
+    phones = [phone_(n) for n in range(1, 5)]
+    for n, phone in enumerate(phones):
+        await add_timer(bot.db, T0 + dt.timedelta(seconds=n), phone=phone, text=f"t{n}")
+    handler.unwritable_phones = {phones[1]}
+    bot.dispatcher.batch_size = bot.dispatcher._size = 1
+    assert isinstance(bot.clock, VirtualClock)
+    bot.clock.advance(dt.timedelta(seconds=10))
+    assert await bot.fire_due_timers() == 4  # one stepped and written, three stored pending
+    assert bot.dispatcher._busy == set()
+    events = await timer_events(bot.db)
+    assert [e.state for e in events] == [EventState.DONE.value] + [EventState.PENDING.value] * 3
+    assert await outbound(bot) == ["t0"]  # nothing of the failed write, nor of C's step
+    await bot.run_until_idle()
+    assert await sent_to(sandbox) == {phones[0]: ["t0"], phones[2]: ["t2"], phones[3]: ["t3"]}
+    events = await timer_events(bot.db)
+    assert [e.attempts for e in events] == [0, 1, 0, 0]  # B's failure counted by the dispatcher
