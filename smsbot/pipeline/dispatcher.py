@@ -31,7 +31,7 @@ from smsbot.pipeline import claims, handover
 from smsbot.pipeline.batch import Batches
 from smsbot.pipeline.claims import backoff
 from smsbot.pipeline.effects import StepOutcome, Stepped
-from smsbot.pipeline.firings import Due, Firings, Ready
+from smsbot.pipeline.firings import Due, Firings
 from smsbot.pipeline.metrics import Metrics
 from smsbot.pipeline.receipts import apply_receipts
 from smsbot.store.engine import Database
@@ -202,69 +202,37 @@ class Dispatcher:
     async def fire_timers(self, due: Sequence[Due]) -> tuple[int, list[Due]]:
         """Step due timers' firings where they fire (firings.py), in batches sized as the step
         batches are (they hold the writer as long); return how many were stored (stepped,
-        ignored or queued) and the firings left for the inbox (a batch whose write failed).
-
-        Each batch is read and stepped while the one before it is written: on SQLite the
-        reader's thread and the event loop work while the writer's thread commits. Writes go
-        in order, one at a time; a conversation of the batch being written is busy, so the
-        next batch queues its firing behind it, as it would behind a step batch.
-        """
+        ignored or queued) and the firings left for the inbox (a batch whose write failed)."""
         stored, rest = 0, list(due)
-        current = self._prepare_firings(rest)
-        try:
-            while current is not None:
-                batch, mine, preparing = current
-                current = None
-                started, waits = time.perf_counter(), self.db.urgent_waits
-                try:
-                    ready = await preparing
-                    writing = asyncio.ensure_future(self.firings.write(ready))
-                    current = self._prepare_firings(rest)  # runs while `writing` does
-                    fired = await writing
-                except _UNAVAILABLE:
-                    raise
-                except Exception as exc:  # one step's effects refused: the inbox steps them singly
-                    left = batch + (current[0] if current is not None else []) + rest
-                    log.warning(
-                        "writing %d stepped timer firings failed (%s); %d go through the inbox",
-                        len(batch), type(exc).__name__, len(left),
-                    )  # fmt: skip
-                    return stored, left
-                finally:
-                    self._busy.difference_update(mine)
-                stored += fired.stored
-                self._adapt(len(batch), fired.write_seconds, self.db.urgent_waits != waits)
-                self._count(fired.stepped, fired.stale, fired.failed, time.perf_counter() - started)
-                if self.on_commit is not None:
-                    for outcome in fired.outcomes:
-                        self.on_commit(outcome)
-                if fired.queued:
-                    self.notify()
-        finally:
-            if current is not None:  # a batch prepared ahead of a write that failed: dropped
-                current[2].cancel()
-                with contextlib.suppress(BaseException):
-                    await current[2]
-                self._busy.difference_update(current[1])
+        while rest:
+            size = self._size
+            batch, rest = rest[:size], rest[size:]
+            started, waits = time.perf_counter(), self.db.urgent_waits
+            held = {d.key for d in batch} & self._busy  # in a step batch now: queued behind it
+            mine = {d.key for d in batch} - held
+            self._busy.update(mine)
+            try:
+                fired = await self.firings.run(batch, self.clock.now(), held)
+            except _UNAVAILABLE:
+                raise
+            except Exception as exc:  # one step's effects refused: the inbox steps them singly
+                left = batch + rest
+                log.warning(
+                    "writing %d stepped timer firings failed (%s); %d go through the inbox",
+                    len(batch), type(exc).__name__, len(left),
+                )  # fmt: skip
+                return stored, left
+            finally:
+                self._busy.difference_update(mine)
+            stored += fired.stored
+            self._adapt(len(batch), fired.write_seconds, self.db.urgent_waits != waits)
+            self._count(fired.stepped, fired.stale, fired.failed, time.perf_counter() - started)
+            if self.on_commit is not None:
+                for outcome in fired.outcomes:
+                    self.on_commit(outcome)
+            if fired.queued:
+                self.notify()
         return stored, []
-
-    def _prepare_firings(
-        self, rest: list[Due]
-    ) -> tuple[list[Due], set[ConversationKey], asyncio.Future[Ready]] | None:
-        """Take the next batch off `rest`, mark its conversations busy and start stepping it."""
-        if not rest:
-            return None
-        batch = rest[: self._size]
-        del rest[: self._size]
-        keys = {d.key for d in batch}
-        held = keys & self._busy  # in a step batch, or in the batch being written: queued
-        mine = keys - held
-        self._busy.update(mine)
-        return (
-            batch,
-            mine,
-            asyncio.ensure_future(self.firings.prepare(batch, self.clock.now(), held)),
-        )
 
     async def due_keys(self, limit: int) -> list[ConversationKey]:
         """Up to `limit` due keys: inbound texts first (half a batch at most), then the rest."""

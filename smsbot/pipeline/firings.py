@@ -69,16 +69,6 @@ class Fired:
         return len(self.stepped) + len(self.stale) + self.queued
 
 
-@dataclasses.dataclass(slots=True)
-class Ready:
-    """A page stepped and not yet written (`Firings.prepare`)."""
-
-    now: dt.datetime
-    stepped: list[tuple[Due, Stepped]] = dataclasses.field(default_factory=list)
-    queued: list[Due] = dataclasses.field(default_factory=list)
-    failed: list[tuple[Due, BaseException]] = dataclasses.field(default_factory=list)
-
-
 @dataclasses.dataclass(frozen=True, slots=True)
 class _Failure:
     """The fields claims.record_failures reads of a failed firing's stored event."""
@@ -101,13 +91,6 @@ class Firings:
 
     async def run(self, due: Sequence[Due], now: dt.datetime, busy: set[ConversationKey]) -> Fired:
         """Step the first firing of each conversation not in `busy`, queue the rest; see above."""
-        return await self.write(await self.prepare(due, now, busy))
-
-    async def prepare(
-        self, due: Sequence[Due], now: dt.datetime, busy: set[ConversationKey]
-    ) -> Ready:
-        """Read and step the first firing of each conversation not in `busy`; nothing is
-        written (`write` does it), so this may run while an earlier page's write does."""
         first: dict[ConversationKey, Due] = {}
         queued: list[Due] = []
         for d in due:
@@ -117,36 +100,31 @@ class Firings:
                 first[d.key] = d
         firsts = list(first.values())
         look = await self.db.read(lambda conn: _read(conn, firsts)) if firsts else None
-        ready = Ready(now, queued=queued)
+        stepped: list[tuple[Due, Stepped]] = []
+        failed: list[tuple[Due, BaseException]] = []
         if look is None:  # none, or an erased phone is back: the dispatcher restores it first
             queued += firsts
-            return ready
-        convos, waiting, opted, people = look
-        for key, d in first.items():
-            convo = convos.get(key)
-            if convo is None or key in waiting:
-                queued.append(d)
-                continue
-            workspace = _workspace(d)
-            event = DispatchEvent(0, EventKind.TIMER, d.entry.payload, now)
-            snapshot = snapshot_of(convo, key, key in opted)
-            snapshot.contact = people.get((workspace, key.phone))
-            try:
-                result = await run_step(self.handler, event, snapshot, now, self.step_timeout)
-            except Exception as exc:
-                ready.failed.append((d, exc))
-                continue
-            ready.stepped.append((d, Stepped(convo, snapshot, event, result, workspace)))
+        else:
+            convos, waiting, opted, people = look
+            for key, d in first.items():
+                convo = convos.get(key)
+                if convo is None or key in waiting:
+                    queued.append(d)
+                    continue
+                workspace = _workspace(d)
+                event = DispatchEvent(0, EventKind.TIMER, d.entry.payload, now)
+                snapshot = snapshot_of(convo, key, key in opted)
+                snapshot.contact = people.get((workspace, key.phone))
+                try:
+                    result = await run_step(self.handler, event, snapshot, now, self.step_timeout)
+                except Exception as exc:
+                    failed.append((d, exc))
+                    continue
+                stepped.append((d, Stepped(convo, snapshot, event, result, workspace)))
         if self.takers is not None:
-            handover.offer([item for _, item in ready.stepped], now, self.takers)
-        return ready
-
-    async def write(self, ready: Ready) -> Fired:
-        """Write what `prepare` stepped in one transaction (see above)."""
+            handover.offer([item for _, item in stepped], now, self.takers)
         started = time.perf_counter()
-        fired = await self.db.write(
-            lambda conn: self._write(conn, ready.stepped, ready.queued, ready.failed, ready.now)
-        )
+        fired = await self.db.write(lambda conn: self._write(conn, stepped, queued, failed, now))
         fired.write_seconds = time.perf_counter() - started
         return fired
 
