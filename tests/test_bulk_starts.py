@@ -7,11 +7,14 @@ provider and a virtual clock:
 - a conversation with a pending event, or one that moves between the read and the write,
   is not written by the fast path: its start is queued behind, and stepped once, in order;
 - a start whose event is already stored writes nothing (once only);
-- opted-out phones are skipped; a failing step is left to the dispatcher, which parks it.
+- opted-out phones are skipped; a failing step is left to the dispatcher, which parks it;
+- a step that waits past the step timeout is cut short and left to the dispatcher as a failing
+  one is: the run goes on.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import datetime as dt
 from collections.abc import Awaitable, Callable
@@ -232,6 +235,54 @@ async def test_opted_out_phones_are_skipped_and_failing_steps_are_parked(rig: Ri
     assert event["state"] == EventState.FAILED.value
     assert await rig.rows(messages_t, past, messages_t.c.created_at) == []
     assert len(await rig.rows(messages_t, fine, messages_t.c.created_at)) == 1
+
+
+class Hangs:
+    """The flows' runtime, except that the step of `target` waits for ever."""
+
+    def __init__(self, runtime: FlowRuntime, target: str) -> None:
+        self.runtime, self.target = runtime, target
+        self.cancelled = 0
+
+    async def handle(
+        self, event: DispatchEvent, convo: ConversationSnapshot, now: dt.datetime
+    ) -> StepResult:
+        if convo.key.phone == self.target:
+            try:
+                await asyncio.Event().wait()  # never set
+            except asyncio.CancelledError:
+                self.cancelled += 1
+                raise
+        return await self.runtime.handle(event, convo, now)
+
+
+async def test_a_start_that_hangs_is_cut_short_and_queued_as_a_failing_one(rig: Rig) -> None:
+    hangs, fails, fine = phone(1), phone(2), phone(3)
+    gone = appointment(NIGHT - dt.timedelta(days=1))  # the flow refuses a past appointment
+    rows = [
+        StartRow(2, hangs, VN, DATA),
+        StartRow(3, fails, VN, gone),
+        StartRow(4, fine, VN, DATA),
+    ]
+    handler = Hangs(rig.runtime, hangs)
+    bot = rig.bot
+    async with asyncio.timeout(10):  # without the step timeout the run would never end
+        result = await enqueue_starts(
+            bot.db, handler, bot.clock, "appointment", rows, step_timeout=0.2
+        )
+    assert handler.cancelled == 1
+    assert (result.started, result.queued, result.skipped_opted_out) == (3, 2, 0)
+    assert len(await rig.rows(messages_t, fine, messages_t.c.created_at)) == 1
+    for who in (hangs, fails):  # nothing of the step kept, the start left to the dispatcher
+        assert await rig.rows(messages_t, who, messages_t.c.created_at) == []
+        assert await rig.rows(conversations_t, who, conversations_t.c.id) == []
+    (hung,) = await rig.rows(events_t, hangs, events_t.c.id)
+    (failed,) = await rig.rows(events_t, fails, events_t.c.id)
+    assert hung["state"] == EventState.PENDING.value and hung["kind"] == "start"
+    assert same([hung], "payload") == same([failed], "payload")  # queued alike
+    await bot.dispatcher.run_until_idle()  # its handler does not hang: the start goes through
+    (question,) = await rig.rows(messages_t, hangs, messages_t.c.created_at)
+    assert "Reply YES" in question["body"]
 
 
 # --- the CSV, read as a stream ------------------------------------------------------------------

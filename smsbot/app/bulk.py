@@ -24,6 +24,7 @@ from smsbot.config import Settings
 from smsbot.engine.contract import ConversationKey, StepHandler
 from smsbot.engine.startdata import StartDataError
 from smsbot.pipeline.starts import ChunkResult, Start, commit, prepare
+from smsbot.pipeline.stepping import STEP_TIMEOUT
 from smsbot.sms.phone import PhoneNumberError, normalize, normalize_sender
 from smsbot.store.engine import Database
 from smsbot.workspaces import DEFAULT
@@ -278,12 +279,15 @@ async def enqueue_starts(
     progress: Callable[[int], None] | None = None,
     workspace: str = DEFAULT,
     run: str | None = None,
+    step_timeout: float = STEP_TIMEOUT,
 ) -> BulkResult:
     """Start `flow` for every request, a chunk at a time (pipeline/starts.py): stepped here and
     written in one transaction per chunk, or queued for the dispatcher when that is not safe.
 
     Opted-out phones are skipped and counted; `progress` gets the number of requests done.
     `run` names this bulk start in its events' ids (several processes share one; app/bulk_jobs).
+    A first step that waits longer than `step_timeout` seconds is cut short and queued, as a
+    step that raises is: the run goes on.
     """
     result = BulkResult()
     run = run or uuid.uuid4().hex[:12]
@@ -298,7 +302,14 @@ async def enqueue_starts(
                 for r in chunk
             ]
             ready = await prepare(
-                db, handler, clock.now(), flow, starts, workspace=workspace, policy=policy
+                db,
+                handler,
+                clock.now(),
+                flow,
+                starts,
+                workspace=workspace,
+                policy=policy,
+                step_timeout=step_timeout,
             )
             if writing is not None:
                 result.add(await writing)

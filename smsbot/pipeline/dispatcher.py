@@ -34,6 +34,7 @@ from smsbot.pipeline.effects import StepOutcome, Stepped
 from smsbot.pipeline.firings import Due, Firings
 from smsbot.pipeline.metrics import Metrics
 from smsbot.pipeline.receipts import apply_receipts
+from smsbot.pipeline.stepping import STEP_TIMEOUT
 from smsbot.store.engine import Database
 from smsbot.store.models import DEFAULT_WORKSPACE
 
@@ -64,7 +65,7 @@ class Dispatcher:
         workers: int = 8,
         batch_size: int = 200,
         max_attempts: int = 5,
-        step_timeout: float = 30.0,
+        step_timeout: float = STEP_TIMEOUT,
         poll_interval: float = 0.2,
         on_commit: Callable[[StepOutcome], None] | None = None,
         takers: handover.Takers | None = None,

@@ -22,9 +22,10 @@ The promises are the normal path's, kept by falling back to it, one start at a t
 - **once only**: each start's inbox event id (`bulk:RUN:LINE`) is unique; a start whose event
   is already stored is a duplicate and writes nothing.
 
-A step that raises, or that does more than reply, set timers and move the conversation
-(a contact change, an opt-out change), is also queued for the dispatcher, which knows how to
-retry, park or write it.
+A step that raises, that waits longer than the step timeout (stepping.run_step: a TimeoutError,
+one more failure), or that does more than reply, set timers and move the conversation (a contact
+change, an opt-out change), is also queued for the dispatcher, which knows how to retry, park or
+write it.
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ from smsbot.pipeline import claims, contacts
 from smsbot.pipeline.batch import snapshot_of
 from smsbot.pipeline.effects import NewConversation, Stepped, write_effects
 from smsbot.pipeline.inbox import NEW_EVENT, InboxEntry, event_row
+from smsbot.pipeline.stepping import STEP_TIMEOUT, run_step
 from smsbot.store.engine import Database
 from smsbot.store.models import (
     EventState,
@@ -141,6 +143,7 @@ async def prepare(
     *,
     workspace: str,
     policy: str = "interrupt",
+    step_timeout: float = STEP_TIMEOUT,
 ) -> Chunk:
     """Read the conversations of `starts` (distinct keys) and step them in memory: no lock."""
     chunk = Chunk(now, flow, policy, workspace, [], [], ChunkResult())
@@ -162,8 +165,8 @@ async def prepare(
         snapshot.contact = people.get((workspace, start.key.phone))
         event = DispatchEvent(0, EventKind.START, _payload(flow, start, policy), now)
         try:
-            step = await handler.handle(event, snapshot, now)
-        except Exception:  # the dispatcher retries it, then parks it with the error shown
+            step = await run_step(handler, event, snapshot, now, step_timeout)
+        except Exception:  # TimeoutError too: the dispatcher retries it, then parks it
             chunk.queued.append(start)
             continue
         if step.contact is not None or step.opt_out is not None or step.contact_timezone:
@@ -195,9 +198,19 @@ async def start_chunk(
     *,
     workspace: str,
     policy: str = "interrupt",
+    step_timeout: float = STEP_TIMEOUT,
 ) -> ChunkResult:
     """Step `starts` (distinct keys) in memory and write them in one transaction; see above."""
-    chunk = await prepare(db, handler, now, flow, starts, workspace=workspace, policy=policy)
+    chunk = await prepare(
+        db,
+        handler,
+        now,
+        flow,
+        starts,
+        workspace=workspace,
+        policy=policy,
+        step_timeout=step_timeout,
+    )
     return await commit(db, chunk)
 
 

@@ -19,6 +19,10 @@ from typing import Any
 
 from smsbot.engine.contract import ConversationSnapshot, DispatchEvent, StepHandler, StepResult
 
+# Seconds a step may wait before it is cut short (TimeoutError: one more failed attempt): the
+# dispatcher's, firings' and bulk starts' default.
+STEP_TIMEOUT = 30.0
+
 
 async def run_step(
     handler: StepHandler,
