@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import functools
 import json
 import re
 import sqlite3
@@ -33,7 +34,7 @@ from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient
-from sqlalchemy import Engine, event, update
+from sqlalchemy import Engine, bindparam, event, func, insert, select, text, update
 from sqlmodel import SQLModel
 
 from bench.seed import seed_phone, seed_postgres, seed_sqlite
@@ -43,11 +44,19 @@ from smsbot.channels.sandbox import Sandbox
 from smsbot.clock import VirtualClock
 from smsbot.engine.contract import EventKind
 from smsbot.engine.runtime import FlowRuntime
-from smsbot.pipeline import timer_claims
+from smsbot.pipeline import campaigns, timer_claims
 from smsbot.pipeline.bot import Bot
 from smsbot.pipeline.inbox import InboxEntry
 from smsbot.store import columns
-from smsbot.store.models import events_t
+from smsbot.store.models import (
+    TIMER_SCHEDULED,
+    TimerState,
+    contact_groups_t,
+    contacts_t,
+    events_t,
+    timers_t,
+)
+from smsbot.store.types import UTCDateTime
 from tests.support import VN, inbound_body, make_bot, receipt_body, settings_for, signed
 
 REPO = Path(__file__).resolve().parents[1]
@@ -300,3 +309,178 @@ async def test_claiming_several_timers_reads_only_them(bot: Bot) -> None:
     else:
         problems = sqlite_problems(bot.db.url.split(":///", 1)[1], statements)
     assert not problems, "\n".join(problems)
+
+
+# Scheduled campaign fires of other contacts, beside the history's scheduled timers: a campaign
+# that reaches a large contact list keeps one fire per contact in ix_timers_due.
+SCHEDULED_FIRES = 100_000
+_FIRES = (
+    "INSERT INTO timers (contact_id, workspace, name, kind, token, due_at, payload, state,"
+    " created_at) SELECT 1000000 + i, 'default', 'campaign:appointment-reminder@seed',"
+    " 'campaign', {token}, :due, '{{}}', 'scheduled', :now FROM {rows}"
+)
+
+
+def seed_scheduled_fires(conn: Any, n: int) -> None:
+    """`n` scheduled campaign fires, due a month ahead, of contacts the test never reads."""
+    if conn.dialect.name == "postgresql":
+        sql = _FIRES.format(token="md5(i::text)", rows="generate_series(1, :n) AS i")
+    else:
+        sql = "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < :n) "
+        sql += _FIRES.format(token="printf('%032x', i)", rows="n")
+    due, now = T0 + dt.timedelta(days=30), T0 - dt.timedelta(days=30)
+    conn.execute(
+        text(sql).bindparams(
+            bindparam("due", due, type_=UTCDateTime()), bindparam("now", now, type_=UTCDateTime())
+        ),
+        {"n": n},
+    )
+    if conn.dialect.name == "postgresql":
+        conn.exec_driver_sql("ANALYZE timers")  # the planner sees the fires
+
+
+async def test_a_campaign_sync_skips_and_cancels_only_its_own_fires(bot: Bot) -> None:
+    # A campaign sync marks the fires it skips or cancels by `id IN (…)`, still scheduled. That
+    # shape let SQLite's planner (no ANALYZE) pick ix_timers_due and read every scheduled timer
+    # in a timer claim (test_claiming_several_timers_reads_only_them): here the sync moves
+    # several fires each way at once, among SCHEDULED_FIRES scheduled fires of other contacts.
+    await bot.db.write(functools.partial(seed_scheduled_fires, n=SCHEDULED_FIRES))
+    sync = bot.scheduler.campaigns
+    assert sync is not None and sync.active  # flows/appointment_reminders.py
+    before = T0 - dt.timedelta(days=1)
+    # 30 patients, each with an appointment tomorrow: a fire at 9:00 London time on T0's day
+    appointment = {"appointment_at": "2026-01-16T10:00:00+00:00"}
+    people = [
+        {"phone": f"+447700900{400 + i}", "fields": appointment, "created_at": before}
+        for i in range(30)
+    ]
+
+    def add_contacts(conn: Any) -> list[int]:
+        ids = [
+            conn.execute(
+                insert(contacts_t).values(**p, updated_at=before - dt.timedelta(minutes=1))
+            ).inserted_primary_key[0]
+            for p in people
+        ]
+        rows = [{"contact_id": i, "name": "patients", "created_at": before} for i in ids]
+        conn.execute(insert(contact_groups_t), rows)
+        return ids
+
+    ids = await bot.db.write(add_contacts)
+    moved, left, kept = ids[:12], ids[12:20], ids[20:]
+
+    def change(conn: Any) -> None:
+        # 12 move to Tokyo, where 9:00 on T0's day has passed: skipped; 8 leave the group:
+        # cancelled
+        changed = T0 - dt.timedelta(minutes=1)
+        c, g = contacts_t, contact_groups_t
+        conn.execute(update(c).where(c.c.id.in_(moved)).values(timezone="Asia/Tokyo"))
+        conn.execute(g.delete().where(g.c.contact_id.in_(left)))
+        conn.execute(update(c).where(c.c.id.in_(moved + left)).values(updated_at=changed))
+
+    def states(conn: Any) -> dict[int, str]:
+        t = timers_t
+        found = conn.execute(select(t.c.contact_id, t.c.state).where(t.c.contact_id.in_(ids)))
+        return dict(found.all())
+
+    recorded = Statements()  # the sync's and cancel_fires' statements, not the test's
+    with recorded:
+        await bot.scheduler.sync_campaigns(before)  # schedules the 30 fires
+    assert set((await bot.db.read(states)).values()) == {TimerState.SCHEDULED.value}
+    await bot.db.write(change)
+    with recorded:
+        await bot.scheduler.sync_campaigns(T0)
+    # The scheduler cancels the fires of deleted contacts (6), one already cancelled among them
+    fires = await bot.db.read(functools.partial(_fire_ids, contact_ids=[*kept[:6], left[0]]))
+    with recorded:
+        cancelled = await bot.db.write(functools.partial(campaigns.cancel_fires, ids=fires))
+    assert cancelled == 6
+    found = await bot.db.read(states)
+    assert [found[i] for i in moved] == [TimerState.SKIPPED.value] * 12
+    assert [found[i] for i in left + kept[:6]] == [TimerState.CANCELLED.value] * 14
+    assert [found[i] for i in kept[6:]] == [TimerState.SCHEDULED.value] * 4
+    statements = {s: p for s, p in recorded.seen.items() if not s.startswith(("BEGIN", "COMMIT"))}
+    # the skips (12 ids), the cancels (8) and cancel_fires' (7, or the 6 still scheduled)
+    updates = [s for s in statements if s.startswith("UPDATE timers")]
+    assert len(updates) == 3, "\n".join(updates)
+    if bot.db.is_postgres:
+        problems = await postgres_problems(bot, statements)
+    else:
+        problems = sqlite_problems(bot.db.url.split(":///", 1)[1], statements)
+    assert not problems, "\n".join(problems)
+    bound = [s for s in statements if BOUND_STATE.search(s.split(" WHERE ", 1)[-1])]
+    assert not bound, "\n".join(bound)
+    async with bot.db.session() as s:  # the fires really were among that many scheduled ones
+        t = timers_t
+        scheduled = select(func.count()).select_from(t).where(TIMER_SCHEDULED)
+        assert (await s.execute(scheduled)).scalar_one() >= SCHEDULED_FIRES
+
+
+def _fire_ids(conn: Any, contact_ids: list[int]) -> list[int]:
+    """The ids of these contacts' campaign fires."""
+    t = timers_t
+    return list(conn.execute(select(t.c.id).where(t.c.contact_id.in_(contact_ids))).scalars())
+
+
+# More late timers than a page of the sweep (due_timers.BATCH = 500): it marks them a page at
+# a time, and a plan on ix_timers_due would read every late one left for each page.
+LATE = 1_200
+_LATE = (
+    "INSERT INTO timers (conversation_id, workspace, name, kind, token, due_at, payload, state,"
+    " created_at) SELECT i, 'default', 'late', 'remind', {token}, :due, '{{}}', 'scheduled',"
+    " :due FROM {rows}"
+)
+
+
+def seed_late_timers(conn: Any, n: int) -> None:
+    """`n` scheduled timers of the seeded conversations 1..n, due a week before T0."""
+    if conn.dialect.name == "postgresql":
+        sql = _LATE.format(token="md5(i::text)", rows="generate_series(1, :n) AS i")
+    else:
+        sql = "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < :n) "
+        sql += _LATE.format(token="printf('%032x', i)", rows="n")
+    due = bindparam("due", T0 - dt.timedelta(days=7), type_=UTCDateTime())
+    conn.execute(text(sql).bindparams(due), {"n": n})
+    if conn.dialect.name == "postgresql":
+        conn.exec_driver_sql("ANALYZE timers")
+
+
+async def test_a_sweep_marks_late_timers_missed_by_primary_key(bot: Bot) -> None:
+    # Timers later than SMSBOT_REMINDER_MAX_LATENESS are marked missed, a page of ids at a
+    # time. Next to `id IN (…)`, the state and the due time let SQLite's planner take
+    # ix_timers_due and read every late timer still scheduled, for each page.
+    await bot.db.write(functools.partial(seed_late_timers, n=LATE))
+    recorded = Statements()
+    with recorded:
+        await bot.scheduler.fire_due(T0)
+
+    def missed(conn: Any) -> int:
+        t = timers_t
+        query = select(func.count()).where(t.c.name == "late", t.c.state == "missed")
+        return int(conn.execute(query).scalar_one())
+
+    assert await bot.db.read(missed) == LATE
+    by_id = {
+        s: p
+        for s, p in recorded.seen.items()
+        if re.match(r"(UPDATE timers|SELECT timers\.id, timers\.state, timers\.due_at)", s)
+    }
+    assert len(by_id) >= 2, "\n".join(recorded.seen)  # the read and the mark
+    # A page of ids reads a page of rows, more than the per-statement budgets above allow:
+    # what is checked is that timers are read by primary key only.
+    if bot.db.is_postgres:
+        async with bot.db.engine.connect() as conn:
+            for sql, params in by_id.items():
+                found = await conn.exec_driver_sql(f"EXPLAIN (FORMAT JSON) {sql}", tuple(params))
+                doc = found.scalar_one()
+                plan = (json.loads(doc) if isinstance(doc, str) else doc)[0]["Plan"]
+                scans = [n for n in _nodes(plan) if "Scan" in n["Node Type"]]
+                used = {n.get("Index Name") for n in scans if n.get("Relation Name") == "timers"}
+                assert used == {"timers_pkey"}, f"{used}\n    in: {sql}"
+    else:
+        path = bot.db.url.split(":///", 1)[1]
+        for sql, params in by_id.items():
+            plan = sqlite_plan(path, sql, params)
+            assert "timers USING INTEGER PRIMARY KEY" in plan and "ix_timers_due" not in plan, (
+                f"{plan}\n    in: {sql}"
+            )

@@ -99,7 +99,8 @@ def _live(
 ) -> list[tuple[int, str]]:
     # By primary key alone, state and token checked here: next to `id IN (…)`, SQLite's
     # planner (no ANALYZE) takes `state = ?` for the better index and reads every scheduled
-    # timer (ix_timers_changed), 10 ms a call at 100,000 (bench/README.md, session 10).
+    # timer (ix_timers_due; ix_timers_changed then), 10 ms a call at 100,000 (bench/README.md,
+    # session 10).
     rows = _TIMERS_BY_ID[lock].all(conn, {"ids": sorted({i for i, _ in fires})})
     scheduled = TimerState.SCHEDULED.value
     return [(r.id, r.token) for r in rows if r.state == scheduled and (r.id, r.token) in fires]
