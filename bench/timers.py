@@ -32,7 +32,7 @@ from bench.common import (
 from bench.http_benches import Options, report_profile
 from bench.profiler import Profile
 from bench.provider import CountingSandbox
-from smsbot.app.serve import settle_heap
+from smsbot.app.heap import settle_heap
 from smsbot.channels.divergent.client import DivergentClient
 from smsbot.clock import VirtualClock
 from smsbot.config import Settings

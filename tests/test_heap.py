@@ -1,19 +1,25 @@
-"""`smsbot serve` settles its heap once loaded: what is loaded is frozen, the young generation
-is wider (smsbot/app/serve.py, settle_heap). Checked in a child process: both change the
-collector for the whole process, which the test process must not inherit."""
+"""`smsbot serve` and `smsbot start` settle their heap once loaded: what is loaded is frozen,
+the young generation is wider (smsbot/app/heap.py, settle_heap). Checked in a child process:
+both change the collector for the whole process, which the test process must not inherit."""
 
 from __future__ import annotations
 
 import json
 import subprocess
 import sys
+from pathlib import Path
 
-from smsbot.app.serve import YOUNG_GENERATION
+import pytest
+
+from smsbot.app.heap import YOUNG_GENERATION
+from tests.fresh import clean_env
+
+REPO = Path(__file__).resolve().parents[1]
 
 _CHILD = """
 import gc, json
 before = gc.get_threshold()
-from smsbot.app.serve import settle_heap
+from smsbot.app.heap import settle_heap
 settle_heap()
 print(json.dumps({"before": before, "after": gc.get_threshold(), "frozen": gc.get_freeze_count()}))
 """
@@ -40,3 +46,53 @@ def test_a_sqlite_server_does_not_load_postgresqls_dialect() -> None:
         [sys.executable, "-c", child], capture_output=True, text=True, check=True, timeout=60
     )
     assert out.stdout.strip() == "[]"
+
+
+# `smsbot start`: the CLI's own process (check, then start) and a start process of --jobs
+# (bulk_jobs._start, given a spool of one chunk as the first pass writes it).
+_START = """
+import asyncio, gc, json, pickle, sys
+from pathlib import Path
+from smsbot.app.bulk_cli import start_from_csv
+from smsbot.app.bulk_jobs import Job, _start
+from smsbot.config import Settings
+before = gc.get_threshold()
+if sys.argv[1] == "cli":
+    done = asyncio.run(start_from_csv(Settings.from_env(), "appointment", Path(sys.argv[2]), False))
+else:
+    spool = Path(sys.argv[2])
+    fields = (2, "+447700900002", "+447700900100", {"name": "Bo", "location": "Riverside",
+              "starts_at": "2030-01-20T10:30:00+00:00"})
+    spool.write_bytes(pickle.dumps([fields]))
+    done = asyncio.run(_start(Job("appointment", "default", str(spool), [0], "r1"), print)).started
+print(json.dumps({"before": before, "after": gc.get_threshold(), "done": str(done)}))
+"""
+
+
+@pytest.mark.parametrize("where", ["cli", "job"])
+def test_smsbot_start_settles_its_heap(where: str, tmp_path: Path) -> None:
+    env = clean_env(
+        SMSBOT_DATABASE_URL=f"sqlite:///{tmp_path / 'bulk.db'}",
+        SMSBOT_DEFAULT_SENDER="+447700900100",
+        SMSBOT_FLOWS_DIR=str(REPO / "flows"),
+        SMSBOT_TEMPLATES_DIR=str(REPO / "templates"),
+    )
+    csv = tmp_path / "patients.csv"
+    csv.write_text("to,name,starts_at,location\n07700 900001,Ann,2030-01-20T10:30:00+00:00,Rv\n")
+    if where == "job":
+        subprocess.run(  # the database the first pass would have migrated
+            [sys.executable, "-m", "smsbot", "db", "upgrade"], env=env, cwd=tmp_path, check=True
+        )
+    path = str(csv if where == "cli" else tmp_path / "chunks.spool")
+    out = subprocess.run(
+        [sys.executable, "-c", _START, where, path],
+        env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    seen = json.loads(out.stdout.strip().splitlines()[-1])
+    if where == "cli":
+        assert "started 1 conversation(s)" in seen["done"], seen["done"]
+    else:
+        assert seen["done"] == "1"  # one start
+    assert seen["before"][0] != YOUNG_GENERATION
+    assert seen["after"] == [YOUNG_GENERATION, *seen["before"][1:]]

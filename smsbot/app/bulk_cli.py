@@ -34,6 +34,7 @@ from smsbot.app.bulk import (
 )
 from smsbot.app.bulk_jobs import Job, JobError, start_in_processes
 from smsbot.app.database import migrate
+from smsbot.app.heap import settle_heap
 from smsbot.app.operations import OperatorError
 from smsbot.clock import SystemClock
 from smsbot.config import Settings
@@ -142,6 +143,7 @@ async def start_from_csv(
     if flow not in runtime.flows:
         known = ", ".join(sorted(runtime.flows)) or "none"
         raise OperatorError(f"no flow named {flow!r}; known flows: {known}")
+    settle_heap()  # as `smsbot serve` does once loaded: a row's or a start's objects die young
     clock = SystemClock()
     parse = functools.partial(runtime.flows[flow].parse_start_data, now=clock.now(), from_text=True)
     seen = SeenOnDisk()

@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from smsbot.app.bulk import BulkResult, StartRow, enqueue_starts
+from smsbot.app.heap import settle_heap
 from smsbot.clock import SystemClock
 from smsbot.config import Settings
 from smsbot.engine.runtime import FlowRuntime
@@ -53,6 +54,7 @@ def read_chunks(spool: str, offsets: list[int]) -> Iterator[StartRow]:
 async def _start(job: Job, progress: Callable[[int], None]) -> BulkResult:
     settings = Settings.from_env()
     runtime = FlowRuntime.from_settings(settings, reload_templates=False)
+    settle_heap()  # as `smsbot serve` does once loaded: a start's objects die young
     db = Database(settings.database_url)
     try:
         rows = read_chunks(job.spool, job.offsets)

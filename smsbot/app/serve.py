@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import errno
-import gc
 import logging
 import sys
 from collections.abc import AsyncIterator
@@ -18,6 +17,7 @@ from smsbot.app.assembly import (
 )
 from smsbot.app.database import migrate
 from smsbot.app.dev_key import development_key, key_path
+from smsbot.app.heap import settle_heap
 from smsbot.app.server.app import create_app
 from smsbot.app.server.keys import SANDBOX
 from smsbot.channels.sandbox import Sandbox
@@ -32,27 +32,6 @@ log = logging.getLogger("smsbot")
 
 SHUTDOWN_TIMEOUT = 2.0  # aiohttp's wait for open requests; the bot then gets the rest of 10 s
 WILDCARDS = ("0.0.0.0", "::", "")  # noqa: S104  (addresses meaning "every interface")
-
-
-# The collector's young generation, in allocations (CPython's default is 700). At 700 a
-# collection starts every few hundred objects, so whatever a step batch or a page of timers
-# holds across an await is collected twice and promoted to the oldest generation, where it
-# soon dies by reference count; the promotions alone set off full collections, which walk
-# every object the process keeps. Measured on 100,000 fired reminders (bench/README.md): 49
-# full collections, 2.4 s with the GIL held, 135 objects freed; at 10,000, 2 of them and
-# 0.45 s of collection in all, against 3.4 s. The cost: up to this many objects of cyclic
-# garbage wait a little longer (about a megabyte).
-YOUNG_GENERATION = 10_000
-
-
-def settle_heap() -> None:
-    """Freeze what is loaded by now and widen the collector's young generation (see above)."""
-    # What is loaded by now (modules, flows, templates) lives as long as the process: moved
-    # out of the collector's sight, a full collection no longer walks it again and again.
-    gc.collect()
-    gc.freeze()
-    _, middle, old = gc.get_threshold()
-    gc.set_threshold(YOUNG_GENERATION, middle, old)
 
 
 def serve(settings: Settings, *, echo: bool = False) -> None:
