@@ -267,7 +267,7 @@ async def test_no_reminder_goes_to_a_phone_that_opted_out(bot: Bot, sandbox: San
 async def test_without_background_work_no_apscheduler_runs(bot: Bot) -> None:
     await asyncio.sleep(0)
     assert not bot.scheduler.is_leader
-    assert bot.scheduler._aps is None
+    assert bot.scheduler._jobs.aps is None
     async with bot.db.engine.connect() as conn:
         tables = await conn.run_sync(lambda c: inspect(c).get_table_names())
     assert JOBSTORE_TABLE not in tables
@@ -466,15 +466,15 @@ async def test_a_leader_whose_lock_connection_fails_stops_apscheduler_at_once(
     url = pg_database.replace("postgresql://", "postgresql+asyncpg://")
     b = await _leading_bot(url, sandbox, SystemClock())
     try:
-        assert b.scheduler._aps is not None
+        assert b.scheduler._jobs.aps is not None
         [(pid, _)] = await asyncio.to_thread(timer_lock_holders, pg_database)
         await asyncio.to_thread(_terminate, pg_database, pid)
         await wait_until(lambda: not b.scheduler.is_leader, 5)
-        assert b.scheduler._aps is None  # stopped before campaigning again
+        assert b.scheduler._jobs.aps is None  # stopped before campaigning again
         # nobody else campaigns, so it returns, with a fresh APScheduler and a full sync
         await wait_until(lambda: b.scheduler.last_sync is not None, 10)
         assert b.scheduler.is_leader
-        assert b.scheduler._aps is not None
+        assert b.scheduler._jobs.aps is not None
     finally:
         await b.stop()
     assert await asyncio.to_thread(timer_lock_holders, pg_database) == []
@@ -486,4 +486,4 @@ async def test_stop_releases_everything_within_the_budget(db_url: str, sandbox: 
     started = loop.time()
     await b.stop()
     assert loop.time() - started < 5
-    assert b.scheduler._aps is None
+    assert b.scheduler._jobs.aps is None
