@@ -130,6 +130,7 @@ class Generator:
             timeout = aiohttp.ClientTimeout(total=30)
             return aiohttp.ClientSession(connector=connector, timeout=timeout)
         loop = asyncio.get_running_loop()
+        assert url.host is not None and url.port is not None  # an http://host:port URL
         _, conn = await loop.create_connection(RawConnection, url.host, url.port)
         return conn
 

@@ -137,7 +137,7 @@ class Profile:
             await self.proc.wait()
         samples = self.raw.read_text() if self.raw.exists() else ""
         names = _thread_names(samples)  # the OS knows no Python thread names; py-spy does
-        cpu: dict[str, float] = collections.Counter()
+        cpu: dict[str, float] = collections.defaultdict(float)
         for tid, (label, seconds) in self.cpu_last.items():
             name = "main" if tid == self.pid else names.get(tid, "threads py-spy never saw run")
             cpu[_group(name)] += seconds - self.cpu0.get(tid, (label, 0.0))[1]
@@ -185,12 +185,12 @@ def report(
             if not any(outer in name for outer in OUTERMOST):
                 inclusive[name] += n
     # Each thread's CPU (exact) spread over areas by its samples: seconds that add up.
-    seconds: collections.Counter[str] = collections.Counter()
+    seconds: dict[str, float] = collections.defaultdict(float)
     for thread, areas in by_thread.items():
         for area, n in areas.items():
             seconds[area] += cpu.get(thread, 0.0) * n / areas.total()
     lines.append("\nall threads, CPU by area (each thread's CPU spread by its samples):")
-    for area, sec in seconds.most_common():
+    for area, sec in sorted(seconds.items(), key=lambda item: -item[1]):
         unit = f"  {sec / work[0] * 1e6:7,.0f} µs/{work[1]}" if work and work[0] > 0 else ""
         lines.append(f"  {sec / max(total_cpu, 1e-9):6.1%}  {sec:7.2f} s{unit}  {area}")
     for thread, areas in sorted(by_thread.items(), key=lambda t: -cpu.get(t[0], 0.0)):

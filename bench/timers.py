@@ -160,12 +160,10 @@ async def virtual(o: Options, n: int) -> list[Figure]:
                     .order_by(events_t.c.id)
                 )
             ).all()
-            states = dict(
-                (
-                    await s.execute(
-                        select(timers_t.c.state, func.count()).group_by(timers_t.c.state)
-                    )
-                ).all()
+            states: dict[str, int] = dict(
+                (await s.execute(select(timers_t.c.state, func.count()).group_by(timers_t.c.state)))
+                .tuples()
+                .all()
             )
     finally:
         await bot.stop()
@@ -271,8 +269,8 @@ async def _insert_reminders(db_url: str, due: list[float]) -> None:
                     for i in range(len(due))
                 ],
             )
-            ids = dict(
-                (await s.execute(select(conversations_t.c.phone, conversations_t.c.id))).all()
+            ids: dict[str, int] = dict(
+                (await s.execute(select(conversations_t.c.phone, conversations_t.c.id))).tuples()
             )
             await s.execute(
                 timers_t.insert(),
