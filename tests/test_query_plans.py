@@ -321,22 +321,23 @@ _FIRES = (
 )
 
 
+def insert_series(conn: Any, sql: str, n: int, **stamps: dt.datetime) -> None:
+    """Run `sql` (an INSERT … SELECT … FROM {rows} with `i` from 1 to n and a {token} per row;
+    datetimes as :NAME) on either database, then let PostgreSQL's planner see the rows."""
+    if conn.dialect.name == "postgresql":
+        sql = sql.format(token="md5(i::text)", rows="generate_series(1, :n) AS i")
+    else:
+        head = "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < :n) "
+        sql = head + sql.format(token="printf('%032x', i)", rows="n")
+    binds = [bindparam(name, value, type_=UTCDateTime()) for name, value in stamps.items()]
+    conn.execute(text(sql).bindparams(*binds), {"n": n})
+    if conn.dialect.name == "postgresql":
+        conn.exec_driver_sql("ANALYZE timers")
+
+
 def seed_scheduled_fires(conn: Any, n: int) -> None:
     """`n` scheduled campaign fires, due a month ahead, of contacts the test never reads."""
-    if conn.dialect.name == "postgresql":
-        sql = _FIRES.format(token="md5(i::text)", rows="generate_series(1, :n) AS i")
-    else:
-        sql = "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < :n) "
-        sql += _FIRES.format(token="printf('%032x', i)", rows="n")
-    due, now = T0 + dt.timedelta(days=30), T0 - dt.timedelta(days=30)
-    conn.execute(
-        text(sql).bindparams(
-            bindparam("due", due, type_=UTCDateTime()), bindparam("now", now, type_=UTCDateTime())
-        ),
-        {"n": n},
-    )
-    if conn.dialect.name == "postgresql":
-        conn.exec_driver_sql("ANALYZE timers")  # the planner sees the fires
+    insert_series(conn, _FIRES, n, due=T0 + dt.timedelta(days=30), now=T0 - dt.timedelta(days=30))
 
 
 async def test_a_campaign_sync_skips_and_cancels_only_its_own_fires(bot: Bot) -> None:
@@ -434,15 +435,7 @@ _LATE = (
 
 def seed_late_timers(conn: Any, n: int) -> None:
     """`n` scheduled timers of the seeded conversations 1..n, due a week before T0."""
-    if conn.dialect.name == "postgresql":
-        sql = _LATE.format(token="md5(i::text)", rows="generate_series(1, :n) AS i")
-    else:
-        sql = "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < :n) "
-        sql += _LATE.format(token="printf('%032x', i)", rows="n")
-    due = bindparam("due", T0 - dt.timedelta(days=7), type_=UTCDateTime())
-    conn.execute(text(sql).bindparams(due), {"n": n})
-    if conn.dialect.name == "postgresql":
-        conn.exec_driver_sql("ANALYZE timers")
+    insert_series(conn, _LATE, n, due=T0 - dt.timedelta(days=7))
 
 
 async def test_a_sweep_marks_late_timers_missed_by_primary_key(bot: Bot) -> None:
