@@ -21,8 +21,10 @@ from smsbot.clock import SystemClock
 from smsbot.config import Secret, Settings
 from smsbot.engine.loader import FlowLoadError
 from smsbot.engine.runtime import FlowRuntime
+from smsbot.pipeline import campaigns as campaigns_sync
 from smsbot.pipeline.campaigns import Plan, campaign_sender, no_sender
 from smsbot.sms.templates import SmsTemplates
+from smsbot.store.engine import Database
 from smsbot.store.models import TimerState, contact_groups_t, contacts_t, timers_t
 from smsbot.testing import BotDriver, driver_settings
 from tests.support import make_bot
@@ -466,3 +468,46 @@ def test_campaigns_given_to_a_runtime_are_checked_too(project: Path, db_url: str
     camp = Campaign(name="late", group="g", field="at", start="nowhere")
     with pytest.raises(FlowLoadError, match=r"campaign 'late' starts flow 'nowhere'"):
         FlowRuntime(settings, SmsTemplates(settings.templates_dir), [], {"late": camp})
+
+
+async def test_new_fires_another_sync_stored_first_are_kept_once(db: Database) -> None:
+    # Two leaders' syncs (a takeover) may insert the same fires: the unique (contact, name)
+    # keeps the first; on PostgreSQL a page's fires go in as one statement over arrays.
+    due = dt.datetime(2026, 3, 1, 9, 0, tzinfo=dt.UTC)
+    now = due - dt.timedelta(days=1)
+    rows = [
+        {
+            "contact_id": 100 + i,
+            "workspace": "default",
+            "name": "campaign:check-up@2026-03-01",
+            "kind": "campaign",
+            "token": f"{i:032x}",
+            "due_at": due + dt.timedelta(minutes=i),
+            "payload": {"campaign": "check-up", "n": i},
+            "state": TimerState.SCHEDULED.value,
+            "created_at": now,
+        }
+        for i in range(3)
+    ]
+    await db.write(lambda conn: campaigns_sync._insert_fires(conn, rows[:2]))
+    again = [{**r, "token": "f" * 32} for r in rows]  # the other sync's, with its own tokens
+    await db.write(lambda conn: campaigns_sync._insert_fires(conn, again))
+    async with db.session() as s:
+        t = timers_t
+        found = (
+            await s.execute(
+                select(t.c.contact_id, t.c.token, t.c.due_at, t.c.payload, t.c.state).order_by(
+                    t.c.contact_id
+                )
+            )
+        ).all()
+    assert [tuple(f) for f in found] == [
+        (
+            r["contact_id"],
+            (r if i < 2 else again[i])["token"],
+            r["due_at"],
+            r["payload"],
+            "scheduled",
+        )
+        for i, r in enumerate(rows)
+    ]

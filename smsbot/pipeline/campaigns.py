@@ -24,6 +24,7 @@ import asyncio
 import dataclasses
 import datetime as dt
 import functools
+import json
 import logging
 import time
 import uuid
@@ -31,7 +32,7 @@ import zoneinfo
 from collections.abc import Collection, Sequence
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, delete, func, select, tuple_, update
+from sqlalchemy import Connection, bindparam, delete, func, select, text, tuple_, update
 
 from smsbot.engine.campaign import campaign_of, timer_name
 from smsbot.engine.contact import decode
@@ -69,6 +70,18 @@ _RESCHEDULE = (
 
 
 _NEW_FIRE = insert_on_conflict(timers_t, ["contact_id", "name"])
+# PostgreSQL: a page's new fires as one statement over arrays. asyncpg's executemany runs the
+# INSERT once per row (its plan's start-up, its own index probes, a message each way), and the
+# sync was bound by the server: 100,000 fires took 8-10 s, the Python side mostly waiting.
+_NEW_FIRES_PG = text(
+    "INSERT INTO timers"
+    " (contact_id, workspace, name, kind, token, due_at, payload, state, created_at)"
+    " SELECT * FROM unnest(CAST(:contact_id AS INTEGER[]), CAST(:workspace AS VARCHAR[]),"
+    " CAST(:name AS VARCHAR[]), CAST(:kind AS VARCHAR[]), CAST(:token AS VARCHAR[]),"
+    " CAST(:due_at AS TIMESTAMP[]), CAST(:payload AS JSON[]), CAST(:state AS VARCHAR[]),"
+    " CAST(:created_at AS TIMESTAMP[]))"
+    " ON CONFLICT (contact_id, name) DO NOTHING"
+)
 
 
 def _token() -> str:
@@ -190,7 +203,7 @@ def apply(
                 skips.append(timer.id)  # moved into the past: skipped, not blasted
                 result.skipped += 1
     if inserts:  # another process's sync may have just added the same fire: one is kept
-        conn.execute(_NEW_FIRE, inserts)
+        _insert_fires(conn, inserts)
     if moves:
         conn.execute(_RESCHEDULE, moves)
     if skips:
@@ -198,6 +211,30 @@ def apply(
     if cancels:
         result.cancelled += len(cancels)
         _end_scheduled(conn, cancels, TimerState.CANCELLED)
+
+
+def _insert_fires(conn: Connection, rows: list[dict[str, Any]]) -> None:
+    """Insert new fires, skipping any another sync stored first."""
+    if conn.dialect.name != "postgresql":
+        conn.execute(_NEW_FIRE, rows)  # SQLite: executemany, one prepared statement
+        return
+    utc = _naive_utc
+    columns: dict[str, list[Any]] = {
+        "contact_id": [r["contact_id"] for r in rows],
+        "workspace": [r["workspace"] for r in rows],
+        "name": [r["name"] for r in rows],
+        "kind": [r["kind"] for r in rows],
+        "token": [r["token"] for r in rows],
+        "due_at": [utc(r["due_at"]) for r in rows],
+        "payload": [json.dumps(r["payload"]) for r in rows],
+        "state": [r["state"] for r in rows],
+        "created_at": [utc(r["created_at"]) for r in rows],
+    }
+    conn.execute(_NEW_FIRES_PG, columns)
+
+
+def _naive_utc(value: dt.datetime) -> dt.datetime:
+    return value.astimezone(dt.UTC).replace(tzinfo=None)  # as UTCDateTime stores it
 
 
 def _end_scheduled(conn: Connection, ids: Collection[int], state: TimerState) -> int:
