@@ -44,6 +44,7 @@ from smsbot.pipeline.campaign_plan import no_sender as no_sender
 from smsbot.sms.phone import PhoneNumberError
 from smsbot.store.engine import Database
 from smsbot.store.models import TimerState, contact_groups_t, contacts_t, timers_t
+from smsbot.store.types import UTCDateTime
 from smsbot.store.upsert import insert_on_conflict
 
 log = logging.getLogger(__name__)
@@ -73,6 +74,17 @@ _NEW_FIRE = insert_on_conflict(timers_t, ["contact_id", "name"])
 # PostgreSQL: a page's new fires as one statement over arrays. asyncpg's executemany runs the
 # INSERT once per row (its plan's start-up, its own index probes, a message each way), and the
 # sync was bound by the server: 100,000 fires took 8-10 s, the Python side mostly waiting.
+_FIRE_COLUMNS = (
+    "contact_id",
+    "workspace",
+    "name",
+    "kind",
+    "token",
+    "due_at",
+    "payload",
+    "state",
+    "created_at",
+)
 _NEW_FIRES_PG = text(
     "INSERT INTO timers"
     " (contact_id, workspace, name, kind, token, due_at, payload, state, created_at)"
@@ -218,23 +230,12 @@ def _insert_fires(conn: Connection, rows: list[dict[str, Any]]) -> None:
     if conn.dialect.name != "postgresql":
         conn.execute(_NEW_FIRE, rows)  # SQLite: executemany, one prepared statement
         return
-    utc = _naive_utc
-    columns: dict[str, list[Any]] = {
-        "contact_id": [r["contact_id"] for r in rows],
-        "workspace": [r["workspace"] for r in rows],
-        "name": [r["name"] for r in rows],
-        "kind": [r["kind"] for r in rows],
-        "token": [r["token"] for r in rows],
-        "due_at": [utc(r["due_at"]) for r in rows],
-        "payload": [json.dumps(r["payload"]) for r in rows],
-        "state": [r["state"] for r in rows],
-        "created_at": [utc(r["created_at"]) for r in rows],
-    }
+    stamp = UTCDateTime().process_bind_param  # naive UTC, as the column stores it
+    columns = {name: [r[name] for r in rows] for name in _FIRE_COLUMNS}
+    for name in ("due_at", "created_at"):
+        columns[name] = [stamp(v, conn.dialect) for v in columns[name]]
+    columns["payload"] = [json.dumps(v) for v in columns["payload"]]
     conn.execute(_NEW_FIRES_PG, columns)
-
-
-def _naive_utc(value: dt.datetime) -> dt.datetime:
-    return value.astimezone(dt.UTC).replace(tzinfo=None)  # as UTCDateTime stores it
 
 
 def _end_scheduled(conn: Connection, ids: Collection[int], state: TimerState) -> int:
