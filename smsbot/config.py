@@ -92,6 +92,8 @@ class Settings:
     )  # 0: any free port
     workers: int = setting("SMSBOT_WORKERS", 8, int_between(1, 256))
     step_max_attempts: int = setting("SMSBOT_STEP_MAX_ATTEMPTS", 5, int_between(1, 100))
+    # pipeline/stepping.STEP_TIMEOUT (not imported: engine.compliance imports this module)
+    step_timeout: float = setting("SMSBOT_STEP_TIMEOUT", 30.0, positive_float)
     lease_seconds: float = setting("SMSBOT_LEASE_SECONDS", 30.0, positive_float)
     resend_grace: dt.timedelta = setting(
         "SMSBOT_RESEND_GRACE", dt.timedelta(minutes=2), parse_duration

@@ -286,8 +286,8 @@ async def enqueue_starts(
 
     Opted-out phones are skipped and counted; `progress` gets the number of requests done.
     `run` names this bulk start in its events' ids (several processes share one; app/bulk_jobs).
-    A first step that waits longer than `step_timeout` seconds is cut short and queued, as a
-    step that raises is: the run goes on.
+    A first step that waits longer than `step_timeout` seconds (SMSBOT_STEP_TIMEOUT: pass
+    `settings.step_timeout`) is cut short and queued, as a step that raises is: the run goes on.
     """
     result = BulkResult()
     run = run or uuid.uuid4().hex[:12]

@@ -188,6 +188,7 @@ async def start_from_csv(
                     checked.rows(),
                     progress=lambda n: progress(n, total),
                     workspace=workspace,
+                    step_timeout=settings.step_timeout,
                 )
             finally:
                 await db.dispose()

@@ -67,6 +67,7 @@ async def _start(job: Job, progress: Callable[[int], None]) -> BulkResult:
             progress=progress,
             workspace=job.workspace,
             run=job.run,
+            step_timeout=settings.step_timeout,
         )
     finally:
         await db.dispose()

@@ -92,6 +92,7 @@ class Bot:
             metrics=self.metrics,
             workers=settings.workers,
             max_attempts=settings.step_max_attempts,
+            step_timeout=settings.step_timeout,
             poll_interval=poll_interval,
             on_commit=self._after_step,
             takers=self.senders.get,

@@ -20,7 +20,8 @@ from typing import Any
 from smsbot.engine.contract import ConversationSnapshot, DispatchEvent, StepHandler, StepResult
 
 # Seconds a step may wait before it is cut short (TimeoutError: one more failed attempt): the
-# dispatcher's, firings' and bulk starts' default.
+# dispatcher's, firings' and bulk starts' default, and SMSBOT_STEP_TIMEOUT's (config.Settings,
+# which the Bot and `smsbot start` pass on).
 STEP_TIMEOUT = 30.0
 
 

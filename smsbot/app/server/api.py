@@ -196,7 +196,14 @@ async def start_many(request: web.Request) -> web.Response:
             status=400,
         )
     result = await enqueue_starts(
-        bot.db, bot.handler, bot.clock, name, good, policy=policy, workspace=ws
+        bot.db,
+        bot.handler,
+        bot.clock,
+        name,
+        good,
+        policy=policy,
+        workspace=ws,
+        step_timeout=bot.settings.step_timeout,
     )
     result.invalid = bad
     bot.dispatcher.notify()  # the starts left queued
