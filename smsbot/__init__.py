@@ -12,7 +12,8 @@ These come from the flow engine, which loads neither SQLAlchemy nor aiohttp.
 from smsbot.clock import Clock, SystemClock, VirtualClock
 from smsbot.engine.campaign import Campaign
 from smsbot.engine.contact import Contact, FieldTypeError
-from smsbot.engine.flow import Conversation, Flow, FlowError, Message, State
+from smsbot.engine.conversation import Conversation
+from smsbot.engine.flow import Flow, FlowError, Message, State
 from smsbot.engine.startdata import Future, Length, Range, StartDataError
 from smsbot.sms.status import DeliveryStatus
 from smsbot.sms.templates import RenderedSms, TemplateError

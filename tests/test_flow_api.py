@@ -21,7 +21,8 @@ from smsbot.engine.contract import (
     EventKind,
     Origin,
 )
-from smsbot.engine.flow import Conversation, Flow, FlowError, Message, State
+from smsbot.engine.conversation import Conversation
+from smsbot.engine.flow import Flow, FlowError, Message, State
 from smsbot.engine.runtime import FlowLoopError, FlowRuntime
 from smsbot.sms.keywords import match_keyword, normalize_text
 from smsbot.sms.templates import TemplateError

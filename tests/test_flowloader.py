@@ -15,7 +15,7 @@ from tests.fresh import EXAMPLE_FILES, EXAMPLE_FLOWS, copy_example_flows
 from tests.test_flow_api import REPO
 
 HEADER = """\
-from smsbot.engine.flow import Conversation, Flow, Message, State
+from smsbot import Conversation, Flow, Message, State
 
 
 """

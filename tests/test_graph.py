@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from smsbot.engine.flow import Conversation, Flow, Message, State
+from smsbot.engine.conversation import Conversation
+from smsbot.engine.flow import Flow, Message, State
 from smsbot.engine.graph import START, Edge, FlowGraph, flow_graph, format_duration, to_dot
 from smsbot.engine.graph import to_mermaid as mermaid
 from smsbot.engine.loader import load_flows

@@ -9,7 +9,8 @@ import pytest
 
 from smsbot.config import ConfigError, Settings
 from smsbot.engine.contract import EventKind
-from smsbot.engine.flow import Conversation, Flow, FlowError, Message, State
+from smsbot.engine.conversation import Conversation
+from smsbot.engine.flow import Flow, FlowError, Message, State
 from smsbot.engine.loader import load_flows
 from smsbot.engine.router import RouteKind
 from smsbot.engine.runtime import FlowRuntime, FlowStartRejectedError

@@ -24,7 +24,8 @@ from smsbot.channels.sandbox import Sandbox
 from smsbot.clock import VirtualClock
 from smsbot.config import Settings
 from smsbot.engine.contract import EchoHandler
-from smsbot.engine.flow import Conversation, Flow, Message, State
+from smsbot.engine.conversation import Conversation
+from smsbot.engine.flow import Flow, Message, State
 from smsbot.engine.runtime import FlowRuntime
 from smsbot.pipeline.bot import Bot
 from smsbot.sms.status import DeliveryStatus

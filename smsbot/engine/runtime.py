@@ -32,7 +32,8 @@ from smsbot.engine.contract import (
     StepResult,
     TimerRequest,
 )
-from smsbot.engine.flow import Conversation, Flow, FlowError, Handler, Message, State
+from smsbot.engine.conversation import Conversation
+from smsbot.engine.flow import Flow, FlowError, Handler, Message, State
 from smsbot.engine.loader import FlowLoadError, check_flows, load_flows
 from smsbot.engine.quiet_hours import defer_until
 from smsbot.engine.router import RouteKind, Router

@@ -22,7 +22,8 @@ from smsbot.engine.contract import (
     StepResult,
     TimerRequest,
 )
-from smsbot.engine.flow import Conversation, Flow, Message, State, require_json
+from smsbot.engine.conversation import Conversation
+from smsbot.engine.flow import Flow, Message, State, require_json
 from smsbot.engine.quiet_hours import defer_until, recipient_zone
 from smsbot.engine.router import NumberBinding, Router
 from smsbot.sms.phone import PhoneNumberError
