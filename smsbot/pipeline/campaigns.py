@@ -41,9 +41,11 @@ from smsbot.pipeline.campaign_plan import Plan as Plan
 from smsbot.pipeline.campaign_plan import campaign_sender as campaign_sender
 from smsbot.pipeline.campaign_plan import campaign_workspace as campaign_workspace
 from smsbot.pipeline.campaign_plan import no_sender as no_sender
+from smsbot.pipeline.timer_claims import BY_ID, reads_by_id, scheduled_by_id
 from smsbot.sms.phone import PhoneNumberError
 from smsbot.store.engine import Database
 from smsbot.store.models import TimerState, contact_groups_t, contacts_t, timers_t
+from smsbot.store.prepared import Prepared
 from smsbot.store.types import UTCDateTime
 from smsbot.store.upsert import insert_on_conflict
 
@@ -69,6 +71,9 @@ _RESCHEDULE = (
     )
 )
 
+
+_STATES = reads_by_id()  # a fire's id and state
+_END = Prepared(update(timers_t).where(BY_ID).values(state=bindparam("b_state")))
 
 _NEW_FIRE = insert_on_conflict(timers_t, ["contact_id", "name"])
 # PostgreSQL: a page's new fires as one statement over arrays. asyncpg's executemany runs the
@@ -241,17 +246,11 @@ def _insert_fires(conn: Connection, rows: list[dict[str, Any]]) -> None:
 def _end_scheduled(conn: Connection, ids: Collection[int], state: TimerState) -> int:
     """Move the fires among `ids` still scheduled to `state`; return how many.
 
-    By primary key alone, the state checked here (as timer_claims does): next to `id IN (…)`,
-    SQLite's planner (no ANALYZE) takes `state = ?` for the better index and reads every
-    scheduled timer (ix_timers_due), 945,000 instructions a call at 100,000 scheduled
-    (tests/test_query_plans.py). The read locks the rows on PostgreSQL (FOR UPDATE, so a fire
-    claimed meanwhile is seen fired); SQLite's write transaction excludes every other writer.
+    By primary key alone (timer_claims.scheduled_by_id): next to `id IN (…)`, a `state = ?`
+    let SQLite's planner read every scheduled timer on ix_timers_due, 945,000 instructions a
+    call at 100,000 scheduled (tests/test_query_plans.py).
     """
-    t = timers_t
-    found = conn.execute(select(t.c.id, t.c.state).where(t.c.id.in_(ids)).with_for_update())
-    live = [i for i, was in found if was == TimerState.SCHEDULED.value]
-    if live:
-        conn.execute(update(t).where(t.c.id.in_(live)).values(state=state.value))
+    live, _ = scheduled_by_id(conn, ids, _STATES, mark=_END, b_state=state.value)
     return len(live)
 
 

@@ -57,8 +57,8 @@ def job_id(timer_id: int) -> str:
 class JobMirror:
     """APScheduler and the leader's loop, for one TimerScheduler (its `owner`), while it leads.
 
-    The owner's election starts and stops it. It shares the owner's firing state (its loop, the
-    timer ids whose jobs ran) as the one object they were before scheduler.py was split.
+    The owner's election starts and stops it. The firing is the owner's: its sweep, and its
+    firing of the timers whose jobs ran, which this runs as a task while leading.
     """
 
     def __init__(self, owner: TimerScheduler, job: str) -> None:
@@ -79,7 +79,7 @@ class JobMirror:
             # The job function finds its scheduler through _active: one per process.
             raise RuntimeError("another TimerScheduler already runs timers in this process")
         _active = owner
-        owner._loop = asyncio.get_running_loop()
+        owner.take_requests(asyncio.get_running_loop())
         aps, engine = self._new_apscheduler()
         try:
             await asyncio.to_thread(aps.start)  # creates the job store's table if need be
@@ -96,7 +96,7 @@ class JobMirror:
         owner.metrics.set("smsbot_timer_leader", 1)
         self.tasks = [
             asyncio.create_task(self._lead(), name="smsbot-timers-sync"),
-            asyncio.create_task(owner._fire_requested(), name="smsbot-timers-fire"),
+            asyncio.create_task(owner.fire_requested(), name="smsbot-timers-fire"),
         ]
 
     async def stop(self) -> None:
@@ -114,7 +114,7 @@ class JobMirror:
             with contextlib.suppress(SchedulerNotRunningError):
                 await asyncio.to_thread(aps.pause)
         self.changed.set()
-        owner._fire_wanted.set()
+        owner.wake_requests()
         tasks, self.tasks = self.tasks, []
         if tasks:
             # Let a firing in flight commit; one stuck on the database is cancelled (rolled
@@ -123,7 +123,7 @@ class JobMirror:
             for task in stuck:
                 task.cancel()
             await asyncio.gather(*stuck, return_exceptions=True)
-        owner._requested.clear()
+        owner.drop_requests()
         if aps is not None and engine is not None:
             try:
                 await asyncio.wait_for(asyncio.to_thread(_shut_down, aps, engine), STOP_TIMEOUT)
@@ -136,7 +136,7 @@ class JobMirror:
         while not self.resigning:
             try:
                 if time.monotonic() >= next_sweep:
-                    await owner._fire(owner.clock.now(), None, via="sweep")
+                    await owner.sweep(owner.clock.now())
                     next_sweep = time.monotonic() + owner.sweep_interval
                 await owner.sync_campaigns(owner.clock.now())
                 synced = await self._mirror()

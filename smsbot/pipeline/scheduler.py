@@ -25,8 +25,9 @@ import datetime as dt
 import functools
 import logging
 from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import Connection, update
 
 from smsbot.clock import Clock
 from smsbot.config import Settings
@@ -39,8 +40,10 @@ from smsbot.pipeline.metrics import Metrics
 from smsbot.pipeline.mirror import JOBSTORE_TABLE as JOBSTORE_TABLE  # re-exported
 from smsbot.pipeline.mirror import JobMirror, leading
 from smsbot.pipeline.mirror import job_id as job_id  # re-exported: the jobs' ids
+from smsbot.pipeline.timer_claims import BY_ID, reads_by_id, scheduled_by_id
 from smsbot.store.engine import Database
 from smsbot.store.models import TimerState, timers_t
+from smsbot.store.prepared import Prepared
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +53,13 @@ log = logging.getLogger(__name__)
 FIRE_JOB = "smsbot.pipeline.scheduler:fire_timer"
 SYNC_INTERVAL = 1.0  # how often the leader mirrors new timers into jobs (sooner when notified)
 SWEEP_INTERVAL = 5.0  # the safety net: fire whatever is due that no job fired
+_BY_DUE = reads_by_id(timers_t.c.due_at)  # a timer's id, state and due time
+_MARK_MISSED = Prepared(
+    update(timers_t)
+    .where(BY_ID, ~fired_already())
+    .values(state=TimerState.MISSED.value)
+    .returning(timers_t.c.id, timers_t.c.name, timers_t.c.due_at)
+)
 
 
 def fire_timer(timer_id: int, token: str) -> None:
@@ -101,7 +111,7 @@ class TimerScheduler:
             settings.database_url, on_elected=self._jobs.start, on_deposed=self._jobs.stop
         )
         self.last_sync: dt.datetime | None = None  # the leader's last complete sync (health)
-        self._loop: asyncio.AbstractEventLoop | None = None  # set by the JobMirror while leading
+        self._loop: asyncio.AbstractEventLoop | None = None  # the leader's (take_requests)
         self._requested: set[int] = set()  # timer ids whose jobs ran, to fire in one batch
         self._fire_wanted = asyncio.Event()
 
@@ -145,6 +155,37 @@ class TimerScheduler:
             return
         with contextlib.suppress(RuntimeError):  # the loop is closed: the process is exiting
             loop.call_soon_threadsafe(self._want, timer_id)
+
+    # -- what the JobMirror runs while leading --------------------------------------------------
+
+    def take_requests(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Have request_fire hand its timer ids to `loop` (the leader's) from now on."""
+        self._loop = loop
+
+    async def sweep(self, now: dt.datetime) -> int:
+        """Fire every timer due by `now` that no job fired; return how many firings were stored."""
+        return await self._fire(now, None, via="sweep")
+
+    async def fire_requested(self) -> None:
+        """Fire the timers whose jobs ran, in batches, until the JobMirror resigns."""
+        # Jobs that run together (a burst of reminders) are fired in one query and one commit.
+        while not self._jobs.resigning:
+            await self._fire_wanted.wait()
+            self._fire_wanted.clear()
+            while self._requested and not self._jobs.resigning:
+                ids = [self._requested.pop() for _ in range(min(BATCH, len(self._requested)))]
+                try:
+                    await self._fire(self.clock.now(), ids, via="job")
+                except Exception:  # the database is away: the sweep fires them later
+                    log.exception("firing %d timers failed; the sweep will retry", len(ids))
+
+    def wake_requests(self) -> None:
+        """Wake fire_requested, so that it sees the JobMirror resigning."""
+        self._fire_wanted.set()
+
+    def drop_requests(self) -> None:
+        """Forget the timer ids whose jobs ran and were not fired (the next sweep fires them)."""
+        self._requested.clear()
 
     # -- firing -----------------------------------------------------------------------------------
 
@@ -190,23 +231,18 @@ class TimerScheduler:
         return fired
 
     async def _mark_missed(self, ids: list[int], cutoff: dt.datetime, now: dt.datetime) -> None:
-        # By primary key alone, state and due time checked here (as timer_claims does): next to
-        # `id IN (…)`, SQLite's planner reads every late scheduled timer on ix_timers_due, and a
+        # By primary key alone (timer_claims.scheduled_by_id): next to `id IN (…)`, the state and
+        # due time let SQLite's planner read every late scheduled timer on ix_timers_due, and a
         # sweep after an outage marks them a page at a time (tests/test_query_plans.py).
-        t = timers_t
-        found = select(t.c.id, t.c.state, t.c.due_at).where(t.c.id.in_(ids)).with_for_update()
-        async with self.db.session() as s, s.begin():
-            rows = (await s.execute(found)).all()  # locked on PostgreSQL
-            scheduled = TimerState.SCHEDULED.value
-            # still scheduled and not rescheduled since it was read
-            late = [r.id for r in rows if r.state == scheduled and r.due_at <= cutoff]
-            mark = (
-                update(t)
-                .where(t.c.id.in_(late), ~fired_already())
-                .values(state=TimerState.MISSED.value)
-                .returning(t.c.id, t.c.name, t.c.due_at)
+        def mark(conn: Connection) -> list[Any]:
+            # still scheduled and not rescheduled since it was read; not fired meanwhile either
+            _, missed = scheduled_by_id(
+                conn, ids, _BY_DUE, lambda r: r.due_at <= cutoff, _MARK_MISSED
             )
-            missed = (await s.execute(mark)).all() if late else []
+            return missed
+
+        async with self.db.session() as s, s.begin():
+            missed = await (await s.connection()).run_sync(mark)  # locked on PostgreSQL
         for m in missed:
             log.warning(
                 "timer %s (%s) MISSED: due %s, %s late, more than SMSBOT_REMINDER_MAX_LATENESS",
@@ -221,15 +257,3 @@ class TimerScheduler:
     def _want(self, timer_id: int) -> None:
         self._requested.add(timer_id)
         self._fire_wanted.set()
-
-    async def _fire_requested(self) -> None:
-        # Jobs that run together (a burst of reminders) are fired in one query and one commit.
-        while not self._jobs.resigning:
-            await self._fire_wanted.wait()
-            self._fire_wanted.clear()
-            while self._requested and not self._jobs.resigning:
-                ids = [self._requested.pop() for _ in range(min(BATCH, len(self._requested)))]
-                try:
-                    await self._fire(self.clock.now(), ids, via="job")
-                except Exception:  # the database is away: the sweep fires them later
-                    log.exception("firing %d timers failed; the sweep will retry", len(ids))

@@ -9,6 +9,7 @@ it fires) by primary key alone.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable, Collection
 from typing import Any
 
 from sqlalchemy import ColumnElement, Connection, bindparam, select, update
@@ -20,14 +21,49 @@ from smsbot.store.models import TIMER_SCHEDULED, TimerState, timers_t
 from smsbot.store.prepared import Prepared
 from smsbot.store.types import utc_param
 
+BY_ID = timers_t.c.id.in_(bindparam("ids", expanding=True))  # by primary key alone: `ids`
+Reads = dict[bool, Prepared]  # reads_by_id's: {lock: statement}
+
+
+def reads_by_id(*columns: ColumnElement[Any]) -> Reads:
+    """The read of scheduled_by_id: timers' id, state and `columns` by primary key alone."""
+    statement = select(timers_t.c.id, timers_t.c.state, *columns).where(BY_ID)
+    return {False: Prepared(statement), True: Prepared(statement.with_for_update())}
+
+
+def scheduled_by_id(
+    conn: Connection,
+    ids: Collection[int],
+    read: Reads,
+    keep: Callable[[Any], bool] | None = None,
+    mark: Prepared | None = None,
+    **params: Any,
+) -> tuple[list[Any], list[Any]]:
+    """The timers among `ids` still scheduled (and that `keep` accepts), read by primary key;
+    with `mark` (an UPDATE … WHERE BY_ID), locked and updated by id: (those rows, mark's rows).
+
+    By primary key alone, state and the rest checked here: next to `id IN (…)`, SQLite's planner
+    (no ANALYZE) takes `state = ?` (or a due time) for the better index and reads every
+    scheduled timer (ix_timers_due; ix_timers_changed then): 10 ms a claim at 100,000
+    (bench/README.md, session 10), 945,000 instructions a campaign sync's cancel
+    (tests/test_query_plans.py). The read locks the rows on PostgreSQL (FOR UPDATE, so a timer
+    claimed meanwhile is seen fired); SQLite's write transaction excludes every other writer.
+    `params`: the rest of `mark`'s parameters. A read that marks nothing locks nothing.
+    """
+    rows = read[mark is not None].all(conn, {"ids": ids})
+    scheduled = TimerState.SCHEDULED.value
+    if keep is None:
+        kept = [r for r in rows if r.state == scheduled]
+    else:
+        kept = [r for r in rows if r.state == scheduled and keep(r)]
+    if mark is None or not kept:
+        return kept, []
+    return kept, mark.all(conn, {"ids": [r.id for r in kept], **params})
+
+
 _FIRED = {"state": TimerState.FIRED.value, "fired_at": utc_param("now")}
-_BY_IDS = select(timers_t.c.id, timers_t.c.token, timers_t.c.state).where(
-    timers_t.c.id.in_(bindparam("ids", expanding=True))
-)
-_TIMERS_BY_ID = {False: Prepared(_BY_IDS), True: Prepared(_BY_IDS.with_for_update())}  # locked
-_MARK_FIRED = Prepared(
-    update(timers_t).where(timers_t.c.id.in_(bindparam("ids", expanding=True))).values(_FIRED)
-)
+_BY_TOKEN = reads_by_id(timers_t.c.token)  # a timer's id, state and token
+_MARK_FIRED = Prepared(update(timers_t).where(BY_ID).values(_FIRED))
 _BY_NAME = (timers_t.c.conversation_id, timers_t.c.name, timers_t.c.token)  # a flow's timer
 
 
@@ -84,23 +120,20 @@ def claim_timers(
 def claim_fires(conn: Connection, fires: dict[tuple[int, str], int], now: dt.datetime) -> set[int]:
     """Mark timers FIRED by (timer id, token) -> event id, if still scheduled with that token;
     return the event ids whose timer this claimed (the once-only guard, by primary key)."""
-    live = _live(conn, fires, lock=True)
-    if live:  # locked by the read (PostgreSQL); SQLite's write transaction excludes the rest
-        _MARK_FIRED.all(conn, {"ids": [i for i, _ in live], "now": now})
-    return {fires[k] for k in live}
+    return _fires(conn, fires, _MARK_FIRED, now=now)
 
 
 def _read_fires(conn: Connection, fires: dict[tuple[int, str], int]) -> set[int]:
-    return {fires[k] for k in _live(conn, fires, lock=False)}
+    return _fires(conn, fires, None)
 
 
-def _live(
-    conn: Connection, fires: dict[tuple[int, str], int], *, lock: bool
-) -> list[tuple[int, str]]:
-    # By primary key alone, state and token checked here: next to `id IN (…)`, SQLite's
-    # planner (no ANALYZE) takes `state = ?` for the better index and reads every scheduled
-    # timer (ix_timers_due; ix_timers_changed then), 10 ms a call at 100,000 (bench/README.md,
-    # session 10).
-    rows = _TIMERS_BY_ID[lock].all(conn, {"ids": sorted({i for i, _ in fires})})
-    scheduled = TimerState.SCHEDULED.value
-    return [(r.id, r.token) for r in rows if r.state == scheduled and (r.id, r.token) in fires]
+def _fires(
+    conn: Connection, fires: dict[tuple[int, str], int], mark: Prepared | None, **params: Any
+) -> set[int]:
+    """The event ids among `fires` whose timer is still scheduled with that token: marked by
+    `mark` (claimed), or only read (None)."""
+    ids = sorted({i for i, _ in fires})
+    live, _ = scheduled_by_id(
+        conn, ids, _BY_TOKEN, lambda r: (r.id, r.token) in fires, mark, **params
+    )
+    return {fires[(r.id, r.token)] for r in live}
