@@ -25,6 +25,10 @@ async def read_body(request: web.Request) -> bytes:
     if request.content_length is not None and request.content_length > limit:
         raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=request.content_length)
     try:
+        if request.content.is_eof():
+            # All of it has arrived (a webhook's body comes with its headers): reading cannot
+            # wait, so no timer (in the turns profile the timeout was 4 % of the event loop).
+            return await request.read()
         # A client that trickles its body would hold the connection (and this task) forever.
         async with asyncio.timeout(settings.body_timeout):
             # aiohttp decompresses as it reads, and enforces the app's client_max_size when the
