@@ -69,10 +69,10 @@ async def store_entries(
     try:
         # Well inside the provider's 45 s: a commit that lands after we gave up only makes the
         # provider's retry a harmless duplicate.
-        async with asyncio.timeout(STORE_TIMEOUT):
-            if len(entries) == 1:
-                outcomes = [await bot.inbox.accept(entries[0])]
-            else:
+        if len(entries) == 1:
+            outcomes = [await bot.inbox.accept(entries[0], give_up_after=STORE_TIMEOUT)]
+        else:
+            async with asyncio.timeout(STORE_TIMEOUT):
                 outcomes = await bot.inbox.accept_many(entries)
     except Exception as exc:  # storage is down: 503 makes the provider retry later
         if _outage_log.ready(bot.clock.now().timestamp()):

@@ -87,6 +87,7 @@ class Database:
         self._handoff = WriterHandoff.beside(self._sync.url.database if self._sync else None)
         self._writer = None if self.is_postgres else asyncio.Lock()
         self._writer_task: asyncio.Task[Any] | None = None
+        self._session_task: asyncio.Task[Any] | None = None  # inside db.session() (SQLite)
         self.urgent_waits = 0  # how often an urgent writer (a webhook) had to wait (SQLite)
         self.sessions = async_sessionmaker(self.engine, class_=AsyncSession, expire_on_commit=False)
 
@@ -94,7 +95,11 @@ class Database:
     async def session(self) -> AsyncIterator[AsyncSession]:
         """Open a session; use as `async with db.session() as s, s.begin(): ...`."""
         async with self._turn(), self.sessions() as s:
-            yield s
+            self._session_task = asyncio.current_task()
+            try:
+                yield s
+            finally:
+                self._session_task = None
 
     async def write(self, fn: Callable[[Connection], T], *, urgent: bool = False) -> T:
         """Run `fn(connection)` in one transaction and return its result (commit, or roll back).
@@ -102,8 +107,20 @@ class Database:
         `urgent`: someone is waiting for this commit (a webhook's answer); the dispatcher keeps
         its batches short while urgent writers have to wait for them.
         """
-        async with self.transaction(urgent=urgent) as tx:
-            return await tx.run(fn)
+        if self._sync is None:
+            async with self.transaction(urgent=urgent) as tx:
+                return await tx.run(fn)
+        if self._session_task is not None and self._session_task is asyncio.current_task():
+            raise RuntimeError("a write transaction cannot start inside db.session() (SQLite)")
+        async with self._turn(urgent):
+            if self._thread is None:
+                self._thread = ThreadPoolExecutor(1, thread_name_prefix="smsbot-sqlite")
+            tx = _ThreadTransaction(self._held_writer, self._thread, self._handoff)
+            # Begin, run and commit in one trip to the thread, not one for the work and one for
+            # the commit: each trip is a wake-up of the thread and of the event loop. A caller
+            # cancelled meanwhile no longer rolls back the work it started: it commits whole,
+            # as after a crash between the commit and the answer.
+            return await asyncio.get_running_loop().run_in_executor(self._thread, tx.whole, fn)
 
     async def read(self, fn: Callable[[Connection], T]) -> T:
         """Run read-only `fn(connection)` on one snapshot, without taking a write transaction.
@@ -145,7 +162,7 @@ class Database:
             async with self.engine.begin() as conn:
                 yield _AsyncTransaction(conn)
             return
-        if self._writer_task is asyncio.current_task():
+        if self._session_task is not None and self._session_task is asyncio.current_task():
             raise RuntimeError("a write transaction cannot start inside db.session() (SQLite)")
         async with self._turn(urgent):
             if self._thread is None:
@@ -157,6 +174,12 @@ class Database:
                 await tx.end(commit=False)
                 raise
             await tx.end(commit=True)
+
+    def turn(self, *, urgent: bool = False) -> contextlib.AbstractAsyncContextManager[None]:
+        """Hold the writer's turn (SQLite; nothing on PostgreSQL): write()s inside it, from the
+        same task, do not wait again. Work gathered once the turn has come can join one commit.
+        """
+        return self._turn(urgent)
 
     @contextlib.asynccontextmanager
     async def _turn(self, urgent: bool = False) -> AsyncIterator[None]:
@@ -323,6 +346,16 @@ class _ThreadTransaction:
                 raise
             self.conn = conn
         return fn(self.conn)
+
+    def whole(self, fn: Callable[[Connection], T]) -> T:
+        """Run `fn` in a transaction of its own and commit it (roll back on an error)."""
+        try:
+            result = self._run(fn)
+        except BaseException:
+            self._end(commit=False)
+            raise
+        self._end(commit=True)
+        return result
 
     async def end(self, *, commit: bool) -> None:
         # Queued behind any call still running in the thread; shielded so that a cancelled
