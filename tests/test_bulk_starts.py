@@ -38,6 +38,7 @@ from smsbot.engine.contract import (
 )
 from smsbot.engine.runtime import FlowRuntime
 from smsbot.pipeline.bot import Bot
+from smsbot.pipeline.contacts import suppression_hash
 from smsbot.pipeline.starts import Start, start_chunk
 from smsbot.store.engine import Database
 from smsbot.store.models import (
@@ -47,6 +48,7 @@ from smsbot.store.models import (
     messages_t,
     opt_outs_t,
     state_changes_t,
+    suppressions_t,
     timers_t,
 )
 from tests.support import VN, inbound_body, settings_for, signed
@@ -234,6 +236,24 @@ async def test_opted_out_phones_are_skipped_and_failing_steps_are_parked(rig: Ri
     (event,) = await rig.rows(events_t, past, events_t.c.id)
     assert event["state"] == EventState.FAILED.value
     assert await rig.rows(messages_t, past, messages_t.c.created_at) == []
+    assert len(await rig.rows(messages_t, fine, messages_t.c.created_at)) == 1
+
+
+async def test_an_erased_phone_that_opted_out_is_skipped(rig: Rig) -> None:
+    # Its opt-out is kept only as a keyed hash (contacts_erase): the read must hash the phones
+    # of the chunk when the database keeps such a hash, and only then.
+    erased, fine = phone(1), phone(2)
+    async with rig.bot.db.session() as s:
+        await s.execute(
+            suppressions_t.insert().values(
+                workspace="default", virtual_number=VN, phone_hash=suppression_hash(erased),
+                keyword="STOP", created_at=NIGHT,
+            )
+        )  # fmt: skip
+        await s.commit()
+    result = await rig.start([StartRow(2, erased, VN, DATA), StartRow(3, fine, VN, DATA)])
+    assert (result.started, result.queued, result.skipped_opted_out) == (1, 0, 1)
+    assert await rig.rows(events_t, erased, events_t.c.id) == []
     assert len(await rig.rows(messages_t, fine, messages_t.c.created_at)) == 1
 
 

@@ -305,13 +305,16 @@ async def test_a_step_that_keeps_failing_is_parked_and_the_conversation_moves_on
 
 async def test_healthz_and_metrics(harness: Harness) -> None:
     assert (await harness.client.get("/healthz")).status == 200
-    await harness.post(inbound_body("evt_m", "x"))
+    for n, sender in enumerate(["+447700900201", "+447700900202", "+447700900203"]):
+        await harness.post(inbound_body(f"evt_m{n}", "x", sender=sender))
     await harness.bot.run_until_idle()
     text = await (await harness.client.get("/metrics")).text()
-    assert 'smsbot_webhooks_total{result="new",source="divergent",workspace="default"} 1' in text
-    assert 'smsbot_messages_sent_total{workspace="default"} 1' in text
+    assert 'smsbot_webhooks_total{result="new",source="divergent",workspace="default"} 3' in text
+    assert 'smsbot_messages_sent_total{workspace="default"} 3' in text
     assert 'smsbot_queue_depth{queue="inbox"} 0' in text
-    assert "smsbot_step_seconds_count 1" in text
+    processed = 'smsbot_events_processed_total{kind="inbound",result="ok",workspace="default"} 3'
+    assert processed in text
+    assert "smsbot_step_seconds_count 3" in text  # one batch of three steps: three observations
 
 
 async def test_legacy_puresms_receipts_need_the_url_token_and_apply_in_batches(

@@ -225,6 +225,11 @@ def restore_suppressed(conn: Connection, keys: Iterable[tuple[str, ConversationK
     return len(rows)
 
 
+def keeps_suppressions(conn: Connection) -> bool:
+    """Whether the database keeps any erased phone's opt-out (most keep none: hash nothing)."""
+    return bool(_ANY_SUPPRESSION.all(conn))
+
+
 def any_suppressed(conn: Connection, keys: Iterable[tuple[str, ConversationKey]]) -> bool:
     """In a read: whether restore_suppressed would give any of these keys an opt-out back."""
     return bool(_suppressed(conn, keys)[0])
@@ -236,7 +241,7 @@ def _suppressed(
     """The suppressions rows restore_suppressed restores for `keys`, and each hash's phone."""
     # Most databases keep no erased phone: then no phone of the batch is hashed (an HMAC each,
     # about 2 µs; a step batch's read and its write both ask).
-    if not _ANY_SUPPRESSION.all(conn):
+    if not keeps_suppressions(conn):
         return [], {}
     wanted: dict[str, list[tuple[str, str]]] = {}  # hash -> [(workspace, virtual number)]
     phones: dict[str, str] = {}

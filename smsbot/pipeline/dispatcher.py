@@ -279,7 +279,7 @@ class Dispatcher:
     ) -> None:
         counts: Counter[tuple[str, str, str]] = Counter()
         for item in stepped:
-            counts[(item.event.kind.value, "ok", item.workspace)] += 1
+            counts[(item.event.kind, "ok", item.workspace)] += 1  # a StrEnum: its value
         for workspace in stale:
             counts[("timer", "stale", workspace)] += 1
         for row, exc in failed:
@@ -292,6 +292,4 @@ class Dispatcher:
             )
         self.metrics.inc("smsbot_step_batches_total")  # steps per batch: events / batches
         if stepped:  # a batch's time spread over its steps
-            per_step = seconds / len(stepped)
-            for _ in stepped:
-                self.metrics.observe("smsbot_step_seconds", per_step)
+            self.metrics.observe("smsbot_step_seconds", seconds / len(stepped), len(stepped))

@@ -30,11 +30,11 @@ class Metrics:
         series = self._counters[name]
         series[key] = series.get(key, 0.0) + amount
 
-    def observe(self, name: str, seconds: float) -> None:
-        """Record one duration in the histogram `name`."""
+    def observe(self, name: str, seconds: float, times: int = 1) -> None:
+        """Record a duration `times` times in the histogram `name`."""
         counts = self._hist_counts.setdefault(name, [0] * (len(_BUCKETS) + 1))
-        counts[bisect.bisect_left(_BUCKETS, seconds)] += 1
-        self._hist_sum[name] = self._hist_sum.get(name, 0.0) + seconds
+        counts[bisect.bisect_left(_BUCKETS, seconds)] += times
+        self._hist_sum[name] = self._hist_sum.get(name, 0.0) + seconds * times
 
     def set(self, name: str, value: float, /, **labels: str) -> None:
         """Set a gauge-like series to `value` (rendered with the counters)."""

@@ -239,13 +239,14 @@ def _opted_out(
     opt-out from one of our numbers stops our alphanumeric sender IDs too), erased phones'
     hashed opt-outs included."""
     phones = sorted({k.phone for k in keys})
-    hashes = {contacts.suppression_hash(phone): phone for phone in phones}
     stopped: dict[str, list[str]] = {}
     for number, phone in _OPTED_OUT.all(conn, {"phones": phones, "workspace": workspace}):
         stopped.setdefault(phone, []).append(number)
-    suppressed = _SUPPRESSED.all(conn, {"hashes": list(hashes), "workspace": workspace})
-    for number, digest in suppressed:
-        stopped.setdefault(hashes[digest], []).append(number)
+    if contacts.keeps_suppressions(conn):  # else no phone to hash (an HMAC each)
+        hashes = {contacts.suppression_hash(phone): phone for phone in phones}
+        suppressed = _SUPPRESSED.all(conn, {"hashes": list(hashes), "workspace": workspace})
+        for number, digest in suppressed:
+            stopped.setdefault(hashes[digest], []).append(number)
     return {
         k
         for k in keys
