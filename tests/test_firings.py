@@ -151,6 +151,26 @@ async def test_a_firing_waits_behind_the_conversations_pending_event(
     assert len(sandbox.messages) == 2
 
 
+async def test_a_page_stores_its_events_in_due_order_whether_stepped_or_queued(
+    bot: Bot, sandbox: Sandbox, handler: Hooked
+) -> None:
+    phones = ["+447700900301", "+447700900302", "+447700900303", "+447700900304"]
+    for n, phone in enumerate(phones):
+        await add_timer(bot.db, T0 - dt.timedelta(minutes=4 - n), phone=phone)
+    for phone in phones[1::2]:  # these have a text waiting: their firing is queued behind it
+        waiting = InboxEntry(
+            "divergent", f"in-{phone}", EventKind.INBOUND, {"body": "hi"}, VN, phone
+        )
+        await bot.inbox.accept_many([waiting])
+    assert await bot.fire_due_timers() == 4
+    assert len(handler.seen) == 2  # two stepped where they fired, two left to the dispatcher
+    events = await timer_events(bot.db)
+    assert [e.phone for e in events] == phones  # ids in due order, not stepped ones first
+    assert [e.state for e in events] == ["done", "pending", "done", "pending"]
+    await bot.run_until_idle()
+    assert len(sandbox.messages) == 6
+
+
 async def test_two_firings_of_one_conversation_step_one_at_a_time(
     bot: Bot, sandbox: Sandbox, handler: Hooked
 ) -> None:

@@ -147,10 +147,11 @@ class Firings:
                 queued.append(d)  # moved, or held by another process, since the read
             else:
                 kept.append((d, item))
-        rows = [_event(d, EventState.DONE, now) for d, _ in kept]
-        rows += [_event(d, EventState.PENDING, now) for d in queued]
-        rows += [_event(d, EventState.PENDING, now) for d, _ in failed]
-        ids = dict(_INSERT_EVENTS.inserted(conn, rows))
+        states = [(d, EventState.DONE) for d, _ in kept]
+        states += [(d, EventState.PENDING) for d in queued]
+        states += [(d, EventState.PENDING) for d, _ in failed]
+        states.sort(key=_due_order)  # event ids in the order the timers fell due
+        ids = dict(_INSERT_EVENTS.inserted(conn, [_event(d, s, now) for d, s in states]))
         # A firing whose event was already stored is that event's to step (once): skipped.
         mine = [(d, item, ids[d.entry.event_id]) for d, item in kept if d.entry.event_id in ids]
         live = timer_claims.claim_fires(conn, {(d.row.id, d.row.token): i for d, _, i in mine}, now)
@@ -183,6 +184,10 @@ def _event(d: Due, state: EventState, now: dt.datetime) -> dict[str, Any]:
         "state": state.value,
         "processed_at": None if state is EventState.PENDING else now,
     }
+
+
+def _due_order(pair: tuple[Due, EventState]) -> tuple[Any, int]:
+    return pair[0].row.due_at, pair[0].row.id  # the page's own order (due_timers)
 
 
 def _workspace(d: Due) -> str:
