@@ -270,7 +270,9 @@ async def _insert_reminders(db_url: str, due: list[float]) -> None:
                 ],
             )
             ids: dict[str, int] = dict(
-                (await s.execute(select(conversations_t.c.phone, conversations_t.c.id))).tuples()
+                (await s.execute(select(conversations_t.c.phone, conversations_t.c.id)))
+                .tuples()
+                .all()  # dict() of a Result itself takes its keys() for a mapping's
             )
             await s.execute(
                 timers_t.insert(),
