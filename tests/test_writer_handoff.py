@@ -1,4 +1,4 @@
-"""Two processes writing one SQLite file take turns through a flock (store/engine.WriterHandoff).
+"""Two processes writing one SQLite file take turns through a flock (sqlite_writer.WriterHandoff).
 
 Two Database objects on one file stand for two processes: each opens the lock file itself, and
 flock locks belong to the open file, so they exclude each other as two processes would.

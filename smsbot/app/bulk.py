@@ -316,7 +316,7 @@ async def enqueue_starts(
                 if progress is not None:
                     progress(done)
                 # A writer of another process (a person's answer in `smsbot serve`) that
-                # waited for that commit takes the database now (store/engine.WriterHandoff).
+                # waited for that commit takes the database now (store/sqlite_writer.WriterHandoff).
                 await asyncio.sleep(GIVE_WAY)
             writing = asyncio.create_task(commit(db, ready))
             done += len(chunk)

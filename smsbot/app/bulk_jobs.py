@@ -4,7 +4,7 @@ A start's CPU is in Python (its step: the flow, the template; its rows), and one
 core. With N processes each reads every N-th chunk of the spool the first pass wrote, and
 steps and writes it as the single-process path does (app/bulk.enqueue_starts), under one run
 id: every start keeps its once-only event id `bulk:RUN:LINE`. Their SQLite transactions take
-turns (store/engine.WriterHandoff); on PostgreSQL they write side by side. The processes are
+turns (store/sqlite_writer.WriterHandoff); on PostgreSQL they write side by side. The processes are
 spawned, not forked, so none inherits the parent's threads or connections; each reads the
 settings from the same environment and working directory.
 """

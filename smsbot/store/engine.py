@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import sqlite3
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -24,11 +23,7 @@ from sqlmodel import SQLModel
 
 from smsbot.store import models  # noqa: F401  (registers the tables on SQLModel.metadata)
 from smsbot.store.checkpoint import FALLBACK_PAGES, Checkpointer
-
-try:
-    import fcntl
-except ImportError:  # Windows: no flock; SQLite's busy handler alone
-    fcntl = None  # type: ignore[assignment]
+from smsbot.store.sqlite_writer import HeldConnection, ThreadTransaction, WriterHandoff
 
 log = logging.getLogger(__name__)
 
@@ -81,9 +76,9 @@ class Database:
             self._checkpointer = Checkpointer(self._sync.url.database)
             for writer in (self._sync, self.engine.sync_engine):
                 _checkpoint_after_commits(writer, self._checkpointer)
-        # Each thread keeps its one connection open between transactions (_Held).
-        self._held_writer = _Held(self._sync)
-        self._held_reader = _Held(self._reader)
+        # Each thread keeps its one connection open between transactions (HeldConnection).
+        self._held_writer = HeldConnection(self._sync)
+        self._held_reader = HeldConnection(self._reader)
         self._handoff = WriterHandoff.beside(self._sync.url.database if self._sync else None)
         self._writer = None if self.is_postgres else asyncio.Lock()
         self._writer_task: asyncio.Task[Any] | None = None
@@ -110,17 +105,14 @@ class Database:
         if self._sync is None:
             async with self.transaction(urgent=urgent) as tx:
                 return await tx.run(fn)
-        if self._session_task is not None and self._session_task is asyncio.current_task():
-            raise RuntimeError("a write transaction cannot start inside db.session() (SQLite)")
+        self._check_not_in_session()
         async with self._turn(urgent):
-            if self._thread is None:
-                self._thread = ThreadPoolExecutor(1, thread_name_prefix="smsbot-sqlite")
-            tx = _ThreadTransaction(self._held_writer, self._thread, self._handoff)
+            tx = self._thread_transaction()
             # Begin, run and commit in one trip to the thread, not one for the work and one for
             # the commit: each trip is a wake-up of the thread and of the event loop. A caller
             # cancelled meanwhile no longer rolls back the work it started: it commits whole,
             # as after a crash between the commit and the answer.
-            return await asyncio.get_running_loop().run_in_executor(self._thread, tx.whole, fn)
+            return await asyncio.get_running_loop().run_in_executor(tx.thread, tx.whole, fn)
 
     async def read(self, fn: Callable[[Connection], T]) -> T:
         """Run read-only `fn(connection)` on one snapshot, without taking a write transaction.
@@ -162,18 +154,24 @@ class Database:
             async with self.engine.begin() as conn:
                 yield _AsyncTransaction(conn)
             return
-        if self._session_task is not None and self._session_task is asyncio.current_task():
-            raise RuntimeError("a write transaction cannot start inside db.session() (SQLite)")
+        self._check_not_in_session()
         async with self._turn(urgent):
-            if self._thread is None:
-                self._thread = ThreadPoolExecutor(1, thread_name_prefix="smsbot-sqlite")
-            tx = _ThreadTransaction(self._held_writer, self._thread, self._handoff)
+            tx = self._thread_transaction()
             try:
                 yield tx
             except BaseException:
                 await tx.end(commit=False)
                 raise
             await tx.end(commit=True)
+
+    def _check_not_in_session(self) -> None:
+        if self._session_task is not None and self._session_task is asyncio.current_task():
+            raise RuntimeError("a write transaction cannot start inside db.session() (SQLite)")
+
+    def _thread_transaction(self) -> ThreadTransaction:
+        if self._thread is None:
+            self._thread = ThreadPoolExecutor(1, thread_name_prefix="smsbot-sqlite")
+        return ThreadTransaction(self._held_writer, self._thread, self._handoff)
 
     def turn(self, *, urgent: bool = False) -> contextlib.AbstractAsyncContextManager[None]:
         """Hold the writer's turn (SQLite; nothing on PostgreSQL): write()s inside it, from the
@@ -247,136 +245,6 @@ class _AsyncTransaction:
 
     async def run(self, fn: Callable[[Connection], T]) -> T:
         return await self.conn.run_sync(fn)
-
-
-class WriterHandoff:
-    """An exclusive flock beside a SQLite file, held by each process's write transactions.
-
-    SQLite alone is fair to no one across processes: a writer that finds the database locked
-    sleeps in its busy handler (1, 2, 5 … up to 100 ms between tries) and can miss the moment
-    it is free again and again while another process (`smsbot start` writing a campaign)
-    commits back to back; a person's answer then waited seconds. A writer that waits here
-    waits in the kernel and gets the lock the moment it is released. SQLite's own lock still
-    decides what is safe: this only decides who goes next. No-op where flock is missing.
-    """
-
-    def __init__(self, path: str | None) -> None:
-        self._path = path
-        self._fd: int | None = None
-
-    @classmethod
-    def beside(cls, database: str | None) -> WriterHandoff:
-        """The handoff lock of the SQLite file `database` (None, or no flock: a no-op)."""
-        if not database or database == ":memory:" or fcntl is None:
-            return cls(None)
-        return cls(f"{database}-writer.lock")
-
-    def acquire(self) -> None:
-        """Wait for the other processes' write transactions (blocking: the database thread)."""
-        if self._path is None or fcntl is None:
-            return
-        if self._fd is None:
-            flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0)
-            try:
-                self._fd = os.open(self._path, flags, 0o666)
-            except OSError:  # a read-only directory: SQLite's busy handler alone, as before
-                self._path = None
-                return
-        fcntl.flock(self._fd, fcntl.LOCK_EX)
-
-    def release(self) -> None:
-        """Let the next process's writer in."""
-        if self._fd is not None and fcntl is not None:
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
-
-    def close(self) -> None:
-        """Close the lock file (Database.dispose); the next acquire opens it again."""
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
-
-
-class _Held:
-    """The one connection of a database thread (SQLite's writer or reader), open from its first
-    transaction until dispose() or an error: no pool checkout, reset-on-return ROLLBACK and
-    check-in around every transaction (in the turns profile after store/prepared.py, opening
-    and closing transactions held about a third of the SQLAlchemy samples left; this removes
-    the pool's part, not BEGIN and COMMIT). Only ever used from its thread."""
-
-    def __init__(self, engine: Engine | None) -> None:
-        self.engine = engine
-        self.conn: Connection | None = None
-
-    def get(self) -> Connection:
-        if self.conn is None:
-            assert self.engine is not None
-            self.conn = self.engine.connect()
-        return self.conn
-
-    def drop(self) -> None:
-        conn, self.conn = self.conn, None
-        if conn is not None:
-            conn.close()
-
-
-class _ThreadTransaction:
-    """A SQLite transaction on a synchronous connection, driven from the database's thread."""
-
-    def __init__(self, held: _Held, thread: ThreadPoolExecutor, handoff: WriterHandoff) -> None:
-        self.held = held
-        self.thread = thread
-        self.handoff = handoff
-        self.conn: Connection | None = None
-
-    async def run(self, fn: Callable[[Connection], T]) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self.thread, self._run, fn)
-
-    def _run(self, fn: Callable[[Connection], T]) -> T:
-        if self.conn is None:
-            self.handoff.acquire()
-            try:
-                conn = self.held.get()
-                try:
-                    conn.begin()
-                except BaseException:
-                    self.held.drop()
-                    raise
-            except BaseException:
-                self.handoff.release()
-                raise
-            self.conn = conn
-        return fn(self.conn)
-
-    def whole(self, fn: Callable[[Connection], T]) -> T:
-        """Run `fn` in a transaction of its own and commit it (roll back on an error)."""
-        try:
-            result = self._run(fn)
-        except BaseException:
-            self._end(commit=False)
-            raise
-        self._end(commit=True)
-        return result
-
-    async def end(self, *, commit: bool) -> None:
-        # Queued behind any call still running in the thread; shielded so that a cancelled
-        # caller still leaves the connection committed or rolled back, never half-open.
-        loop = asyncio.get_running_loop()
-        await asyncio.shield(loop.run_in_executor(self.thread, self._end, commit))
-
-    def _end(self, commit: bool) -> None:
-        if self.conn is None:
-            return
-        try:
-            if commit:
-                self.conn.commit()
-            else:
-                self.conn.rollback()
-        except BaseException:
-            self.held.drop()  # not reused in an unknown state
-            raise
-        finally:
-            self.conn = None
-            self.handoff.release()
 
 
 def _configure_sqlite(engine: Engine, begin: str = "BEGIN IMMEDIATE") -> None:
