@@ -79,25 +79,21 @@ _NEW_FIRE = insert_on_conflict(timers_t, ["contact_id", "name"])
 # PostgreSQL: a page's new fires as one statement over arrays. asyncpg's executemany runs the
 # INSERT once per row (its plan's start-up, its own index probes, a message each way), and the
 # sync was bound by the server: 100,000 fires took 8-10 s, the Python side mostly waiting.
-_FIRE_COLUMNS = (
-    "contact_id",
-    "workspace",
-    "name",
-    "kind",
-    "token",
-    "due_at",
-    "payload",
-    "state",
-    "created_at",
-)
-_NEW_FIRES_PG = text(
-    "INSERT INTO timers"
-    " (contact_id, workspace, name, kind, token, due_at, payload, state, created_at)"
-    " SELECT * FROM unnest(CAST(:contact_id AS INTEGER[]), CAST(:workspace AS VARCHAR[]),"
-    " CAST(:name AS VARCHAR[]), CAST(:kind AS VARCHAR[]), CAST(:token AS VARCHAR[]),"
-    " CAST(:due_at AS TIMESTAMP[]), CAST(:payload AS JSON[]), CAST(:state AS VARCHAR[]),"
-    " CAST(:created_at AS TIMESTAMP[]))"
-    " ON CONFLICT (contact_id, name) DO NOTHING"
+_FIRE_COLUMNS = {  # each column of a new fire, and its PostgreSQL array type
+    "contact_id": "INTEGER",
+    "workspace": "VARCHAR",
+    "name": "VARCHAR",
+    "kind": "VARCHAR",
+    "token": "VARCHAR",
+    "due_at": "TIMESTAMP",
+    "payload": "JSON",
+    "state": "VARCHAR",
+    "created_at": "TIMESTAMP",
+}
+_NEW_FIRES_PG = text(  # built from the constant above only: the values are bound
+    f"INSERT INTO timers ({', '.join(_FIRE_COLUMNS)}) SELECT * FROM unnest("  # noqa: S608
+    + ", ".join(f"CAST(:{name} AS {kind}[])" for name, kind in _FIRE_COLUMNS.items())
+    + ") ON CONFLICT (contact_id, name) DO NOTHING"
 )
 
 

@@ -241,8 +241,7 @@ class TimerScheduler:
             )
             return missed
 
-        async with self.db.session() as s, s.begin():
-            missed = await (await s.connection()).run_sync(mark)  # locked on PostgreSQL
+        missed = await self.db.write(mark)  # locked on PostgreSQL
         for m in missed:
             log.warning(
                 "timer %s (%s) MISSED: due %s, %s late, more than SMSBOT_REMINDER_MAX_LATENESS",

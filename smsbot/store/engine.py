@@ -90,11 +90,11 @@ class Database:
     async def session(self) -> AsyncIterator[AsyncSession]:
         """Open a session; use as `async with db.session() as s, s.begin(): ...`."""
         async with self._turn(), self.sessions() as s:
-            self._session_task = asyncio.current_task()
+            outer, self._session_task = self._session_task, asyncio.current_task()
             try:
                 yield s
             finally:
-                self._session_task = None
+                self._session_task = outer  # a session inside a session leaves the outer's
 
     async def write(self, fn: Callable[[Connection], T], *, urgent: bool = False) -> T:
         """Run `fn(connection)` in one transaction and return its result (commit, or roll back).
