@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import threading
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,7 @@ from smsbot.engine.contract import (
     StepResult,
 )
 from smsbot.engine.runtime import FlowRuntime
+from smsbot.pipeline import step_rows
 from smsbot.pipeline.bot import Bot
 from smsbot.pipeline.contacts import suppression_hash
 from smsbot.pipeline.starts import Start, start_chunk
@@ -142,6 +144,32 @@ async def test_a_fast_start_writes_what_the_dispatcher_writes(rig: Rig) -> None:
     assert question["send_after"] == NIGHT.replace(day=16, hour=8, minute=0)  # after quiet hours
     (event,) = await rig.rows(events_t, fast, events_t.c.id)
     assert event["state"] == EventState.DONE.value and event["event_id"].startswith("bulk:")
+    # the ids only the write learnt (step_rows.StepRows.fill): the event's, on both paths
+    for to in (slow, fast):
+        (stored,) = await rig.rows(events_t, to, events_t.c.id)
+        for table in (messages_t, state_changes_t):
+            assert {r["event_id"] for r in await rig.rows(table, to, table.c.id)} == {stored["id"]}
+
+
+async def test_rows_are_built_before_the_write_transaction(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A step's rows are built and bound with no write lock held (step_rows.py): in the event
+    loop for the dispatcher and for a bulk chunk, never in SQLite's writer thread. (PostgreSQL
+    writes from the event loop too: the SQLite run is the one that tells the two apart.)"""
+    built: list[str] = []
+    build = step_rows.rows_of
+
+    def recording(*args: Any) -> Any:
+        built.append(threading.current_thread().name)
+        return build(*args)
+
+    monkeypatch.setattr(step_rows, "rows_of", recording)
+    await rig.text("evt_1", "HOURS", phone(1))
+    assert await rig.bot.dispatcher.run_until_idle() == 1
+    result = await rig.start([StartRow(2, phone(2), VN, DATA), StartRow(3, phone(3), VN, DATA)])
+    assert (result.started, result.queued) == (2, 0)
+    assert built == [threading.main_thread().name] * 3
 
 
 async def test_a_start_goes_behind_a_pending_text_and_both_are_stepped_in_order(rig: Rig) -> None:

@@ -270,3 +270,62 @@ def test_datetimes_converted_once_still_bind_right(monkeypatch: pytest.MonkeyPat
     assert process(None) is None
     with pytest.raises(ValueError, match="timezone-aware"):
         process(T0.replace(tzinfo=None))
+
+
+CONVERSATION_KEYS = tuple(conversation("", ""))
+
+
+async def test_rows_bound_ahead_write_what_many_writes(db: Database, contexts: Contexts) -> None:
+    """A Binder's rows, bound before the transaction (JSON, datetimes: no lock held) with one
+    value set inside it (`put`), store what Prepared.many stores from the same mappings."""
+    binder = INSERT.binder(db.binds_ahead, CONVERSATION_KEYS)
+    assert (db.binds_ahead is not None) == fast(db)  # SQLite's file databases write on sqlite3
+    given = [
+        conversation("+447700900001", "+447700900101"),
+        conversation("+447700900002", "+447700900102", data={}, started_at=None),
+    ]
+    bound = [binder(row) for row in given]
+    if fast(db):  # positional and processed already: the data column is JSON text
+        assert all(isinstance(row, list) for row in bound)
+        assert '"nested"' in str(bound[0])
+    for row in bound:
+        binder.put(row, "version", 7)  # what only the transaction knows (an id, in the write)
+    await db.write(lambda conn: binder.many(conn, bound))
+    core = [dict(row, virtual_number="+447700900009", version=7) for row in given]
+    await db.write(lambda conn: INSERT.many(conn, core))
+    stored = await db.read(lambda conn: conn.execute(select(C).order_by(C.c.id)).all())
+    assert [r.version for r in stored] == [7, 7, 7, 7]
+    # the same rows from the phone on (id, workspace, number differ or may): every column read
+    # back equal, types and time zones included
+    assert [tuple(r)[3:] for r in stored[:2]] == [tuple(r)[3:] for r in stored[2:]]
+    assert stored[0].data == {"when": "Tuesday", "n": 2, "nested": [1, {"a": None}]}
+    assert stored[0].started_at == T0 and stored[1].started_at is None
+    inserts = contexts.of("INSERT INTO conversations")
+    assert [c is None for c in inserts] == [fast(db), fast(db)]  # sqlite3 directly, both ways
+
+
+async def test_rows_bound_ahead_insert_with_returning(db: Database) -> None:
+    binder = NEW_EVENTS.binder(db.binds_ahead, tuple(inbound(0)))
+    assert binder is NEW_EVENTS.binder(db.binds_ahead, tuple(inbound(0)))  # made once
+    await db.write(lambda conn: NEW_EVENTS.inserted(conn, [inbound(1)]))
+    bound = [binder(inbound(n)) for n in range(3)]
+    found = await db.write(lambda conn: binder.inserted(conn, bound))
+    assert sorted(r.event_id for r in found) == ["evt_0", "evt_2"]  # evt_1 was there
+    assert all(r.received_at.tzinfo is not None for r in found)
+
+
+async def test_rows_bound_for_sqlite3_refuse_another_connection(tmp_path: Any) -> None:
+    """Rows bound for sqlite3 cannot run through aiosqlite's connection (Core would bind them
+    twice): a clear error, not a wrong row."""
+    files = Database(f"sqlite+aiosqlite:///{tmp_path / 'a.db'}")
+    memory = Database("sqlite+aiosqlite:///:memory:")  # writes through aiosqlite
+    try:
+        await memory.create_all()
+        assert files.binds_ahead is not None and memory.binds_ahead is None
+        binder = INSERT.binder(files.binds_ahead, CONVERSATION_KEYS)
+        bound = [binder(conversation("+447700900001", "+447700900101"))]
+        with pytest.raises(RuntimeError, match="another kind of connection"):
+            await memory.write(lambda conn: binder.many(conn, bound))
+    finally:
+        await files.dispose()
+        await memory.dispose()

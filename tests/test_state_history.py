@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 
 from smsbot.engine.contract import DispatchEvent, EventKind, StepResult
-from smsbot.pipeline.effects import Stepped
 from smsbot.pipeline.history import changes
+from smsbot.pipeline.step_rows import Stepped
 
 NOW = dt.datetime(2026, 1, 15, 9, 0, tzinfo=dt.UTC)
 
@@ -25,7 +25,7 @@ def _step(
     convo = types.SimpleNamespace(id=7, flow=before[0], state=before[1])
     event = DispatchEvent(id=42, kind=kind, payload={}, received_at=NOW)
     stepped = Stepped(convo, None, event, StepResult(data={}, **result))  # type: ignore[arg-type]
-    rows = changes(stepped, NOW)
+    rows = changes(stepped, convo, NOW)
     assert all(r["conversation_id"] == 7 and r["at"] == NOW and r["event_id"] == 42 for r in rows)
     return [(r["flow"], r["from_state"], r["to_state"], r["reason"], r["event_kind"]) for r in rows]
 

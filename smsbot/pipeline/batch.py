@@ -35,9 +35,10 @@ from smsbot.engine.contract import (
     EventKind,
     StepHandler,
 )
-from smsbot.pipeline import claims, contacts, handover, timer_claims
-from smsbot.pipeline.effects import StepOutcome, Stepped, finish_events, write_effects
+from smsbot.pipeline import claims, contacts, handover, step_rows, timer_claims
+from smsbot.pipeline.effects import StepOutcome, finish_events, write_effects
 from smsbot.pipeline.metrics import Metrics
+from smsbot.pipeline.step_rows import Stepped
 from smsbot.pipeline.stepping import run_step
 from smsbot.store.engine import Database
 from smsbot.store.models import DEFAULT_WORKSPACE, EventState
@@ -168,6 +169,7 @@ class Batches:
             work.stepped.append(Stepped(convo, snapshot, event, result, workspace))
         if self.takers is not None:
             handover.offer(work.stepped, now, self.takers)
+        step_rows.bind(work.stepped, now, self.db.binds_ahead)  # rows built with no lock held
         return work
 
     def _claim(self, conn: Connection, keys: Sequence[ConversationKey], now: dt.datetime) -> Any:

@@ -18,7 +18,8 @@ from typing import Any
 from sqlalchemy import ColumnElement, Connection, bindparam, func, select, text, update
 
 from smsbot.engine.contract import ConversationKey, EventKind, retryable
-from smsbot.pipeline.effects import NewConversation, Stepped, new_conversation_row
+from smsbot.pipeline import step_rows
+from smsbot.pipeline.step_rows import CREATE_CONVERSATION, NewConversation, Stepped
 from smsbot.store.lookup import KeyedRows, rows_in
 from smsbot.store.models import (
     DEFAULT_WORKSPACE,
@@ -34,12 +35,6 @@ from smsbot.store.upsert import insert_on_conflict
 log = logging.getLogger(__name__)
 
 _NEW_CONVERSATION = insert_on_conflict(conversations_t, ["virtual_number", "phone"])
-# Rows an ON CONFLICT skips return nothing: the answers are matched by key, not by position.
-_CREATED = Prepared(
-    _NEW_CONVERSATION.returning(
-        conversations_t.c.virtual_number, conversations_t.c.phone, conversations_t.c.id
-    )
-)
 
 
 def due_keys(conn: Connection, now: dt.datetime, limit: int) -> list[ConversationKey]:
@@ -314,7 +309,7 @@ def create_conversations(
         }
         for k, workspace in new.items()
     ]
-    found = _CREATED.inserted(conn, rows)
+    found = CREATE_CONVERSATION.inserted(conn, rows)
     return {ConversationKey(vn, phone): NewConversation(i) for vn, phone, i in found}
 
 
@@ -325,7 +320,13 @@ def insert_conversations(
     statement); return those inserted. A key someone else inserted meanwhile is left out."""
     if not items:
         return {}
-    found = _CREATED.inserted(conn, [new_conversation_row(i, now) for i in items])
+    b = step_rows.binders_for(conn)
+    rows = []
+    for item in items:
+        if item.rows is None:  # not bound ahead (step_rows.bind)
+            item.rows = step_rows.rows_of(item, now, b)
+        rows.append(item.rows.create)
+    found = b.create.inserted(conn, rows)
     return {ConversationKey(vn, phone): NewConversation(i, True) for vn, phone, i in found}
 
 

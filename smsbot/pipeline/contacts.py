@@ -20,7 +20,7 @@ from sqlalchemy import Connection, bindparam, delete, select
 
 from smsbot.engine.contact import ContactSnapshot
 from smsbot.engine.contract import ConversationKey, EventKind
-from smsbot.pipeline.effects import Stepped
+from smsbot.pipeline.step_rows import Stepped
 from smsbot.store.lookup import KeyedRows, rows_in
 from smsbot.store.models import (
     contact_fields_t,

@@ -30,10 +30,11 @@ from smsbot.engine.contract import ConversationKey, StepHandler
 from smsbot.pipeline import claims, handover
 from smsbot.pipeline.batch import Batches
 from smsbot.pipeline.claims import backoff
-from smsbot.pipeline.effects import StepOutcome, Stepped
+from smsbot.pipeline.effects import StepOutcome
 from smsbot.pipeline.firings import Due, Firings
 from smsbot.pipeline.metrics import Metrics
 from smsbot.pipeline.receipts import apply_receipts
+from smsbot.pipeline.step_rows import Stepped
 from smsbot.pipeline.stepping import STEP_TIMEOUT
 from smsbot.store.engine import Database
 from smsbot.store.models import DEFAULT_WORKSPACE

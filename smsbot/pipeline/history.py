@@ -1,8 +1,8 @@
 """A conversation's state history: each step's flow starts, state changes and ends, as rows.
 
-Written by effects.write_effects in the dispatcher's transaction (one executemany per batch), so
-a change is recorded exactly when the step that made it commits. What one step records, from
-the conversation before it and its StepResult:
+Built by step_rows.py and written by effects.write_effects in the step's transaction (one
+executemany per batch), so a change is recorded exactly when the step that made it commits.
+What one step records, from the conversation before it and its StepResult:
 
 - the running flow ended: a move to the state it ended in (if it moved), then an end row
   (`to_state` None, `reason` why: completed, interrupted, expired, opted out, …);
@@ -17,24 +17,25 @@ step's result holds only where it ended up.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
-
-from sqlalchemy import Connection
 
 from smsbot.store.models import state_changes_t
 from smsbot.store.prepared import Prepared
 
 if TYPE_CHECKING:
-    from smsbot.pipeline.effects import Stepped
+    from smsbot.pipeline.step_rows import Stepped
 
 STARTED = "started"  # the reason on a start row
-_INSERT = Prepared(state_changes_t.insert())  # store/prepared.py
+INSERT = Prepared(state_changes_t.insert())  # store/prepared.py
+KEYS = (  # every row's parameters (step_rows.py binds them)
+    "conversation_id", "workspace", "at", "flow", "from_state", "to_state", "reason",
+    "event_kind", "event_id",
+)  # fmt: skip
 
 
-def changes(item: Stepped, now: dt.datetime) -> list[dict[str, Any]]:
-    """The state_changes rows one step makes, in order."""
-    c, r = item.convo, item.result
+def changes(item: Stepped, c: Any, now: dt.datetime) -> list[dict[str, Any]]:
+    """The state_changes rows one step makes from conversation row `c`, in order."""
+    r = item.result
     rows: list[dict[str, Any]] = []
 
     def add(flow: str, before: str | None, after: str | None, reason: str | None) -> None:
@@ -62,10 +63,3 @@ def changes(item: Stepped, now: dt.datetime) -> list[dict[str, Any]]:
     elif r.flow is not None and (r.state != c.state or r.state_entered):
         add(r.flow, c.state, r.state, None)
     return rows
-
-
-def record(conn: Connection, items: Iterable[Stepped], now: dt.datetime) -> None:
-    """Insert every item's state changes with one executemany."""
-    rows = [row for item in items for row in changes(item, now)]
-    if rows:
-        _INSERT.many(conn, rows)

@@ -71,6 +71,12 @@ _STORED = KeyedRows(
 )
 
 
+EVENT_KEYS = (  # the keys of every event_row
+    "source", "event_id", "kind", "virtual_number", "phone", "body_sha256", "payload",
+    "received_at", "attempts", "workspace", "state", "processed_at",
+)  # fmt: skip
+
+
 def event_row(entry: InboxEntry, now: dt.datetime) -> dict[str, Any]:
     """The webhook_events row for `entry`, received `now`: pending (or as `entry.state` says)."""
     return {

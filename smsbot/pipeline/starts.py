@@ -40,16 +40,15 @@ from sqlalchemy import Connection, bindparam, select, update
 
 from smsbot.engine.contract import (
     ConversationKey,
-    ConversationSnapshot,
     DispatchEvent,
     EventKind,
     StepHandler,
-    StepResult,
 )
-from smsbot.pipeline import claims, contacts
+from smsbot.pipeline import claims, contacts, step_rows
 from smsbot.pipeline.batch import snapshot_of
-from smsbot.pipeline.effects import NewConversation, Stepped, write_effects
-from smsbot.pipeline.inbox import NEW_EVENT, InboxEntry, event_row
+from smsbot.pipeline.effects import write_effects
+from smsbot.pipeline.inbox import EVENT_KEYS, NEW_EVENT, InboxEntry, event_row
+from smsbot.pipeline.step_rows import NewConversation, Stepped
 from smsbot.pipeline.stepping import STEP_TIMEOUT, run_step
 from smsbot.store.engine import Database
 from smsbot.store.models import (
@@ -59,7 +58,7 @@ from smsbot.store.models import (
     opt_outs_t,
     suppressions_t,
 )
-from smsbot.store.prepared import Prepared
+from smsbot.store.prepared import Prepared, write_dialect
 
 YIELD_EVERY = 100
 SOURCE = "api"  # the inbox source of operator starts (the API's and the CLI's)
@@ -83,7 +82,7 @@ _SUPPRESSED = Prepared(
     )
 )
 # a conversation the read did not find: inserted as its step leaves it (claims.insert_conversations)
-_FRESH = NewConversation(0)
+_FRESH = NewConversation(0, written=True)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -129,7 +128,8 @@ class Chunk:
     flow: str
     policy: str
     workspace: str
-    stepped: list[tuple[Start, _Seen, ConversationSnapshot, StepResult]]
+    # each step with what the read saw and its event's row, bound ahead (step_rows.py)
+    stepped: list[tuple[Start, _Seen, Stepped, Any]]
     queued: list[Start]
     result: ChunkResult
 
@@ -172,7 +172,17 @@ async def prepare(
         if step.contact is not None or step.opt_out is not None or step.contact_timezone:
             chunk.queued.append(start)  # more than this path writes: the dispatcher's job
             continue
-        chunk.stepped.append((start, look, snapshot, step))
+        convo = _FRESH if look.row is None else look.row
+        item = Stepped(convo, snapshot, event, step, workspace)
+        chunk.stepped.append((start, look, item, None))
+    # Every row the write will insert, built and bound here, with no lock held (step_rows.py).
+    binds = db.binds_ahead
+    step_rows.bind([item for _, _, item, _ in chunk.stepped], now, binds)
+    events = _INSERT_EVENTS.binder(binds, EVENT_KEYS)
+    chunk.stepped = [
+        (s, look, item, events(_event(workspace, flow, policy, s, now, EventState.DONE)))
+        for s, look, item, _ in chunk.stepped
+    ]
     return chunk
 
 
@@ -271,29 +281,23 @@ def _write(conn: Connection, chunk: Chunk) -> ChunkResult:
     # is skipped by the insert, and its start queued).
     known = [s.key for s, look, *_ in stepped if look.row is not None and s.key in free]
     versions = claims.versions(conn, known, lock=True)
-    kept: list[tuple[Start, Any, ConversationSnapshot, StepResult]] = []
-    for start, look, snapshot, step in stepped:
-        row: Any = None
-        if start.key in free:
-            if look.row is None:
-                row = _FRESH
-            elif versions.get(start.key) == look.row.version:
-                row = look.row
-        if row is None:
+    kept: list[tuple[Start, Stepped, Any]] = []
+    for start, look, item, event in stepped:
+        if start.key in free and (look.row is None or versions.get(start.key) == look.row.version):
+            kept.append((start, item, event))
+        else:
             queued.append(start)  # moved (or held by another process) since the read
-            continue
-        kept.append((start, row, snapshot, step))
-    events = [_event(workspace, flow, policy, s, now, EventState.DONE) for s, *_ in kept]
-    events += [_event(workspace, flow, policy, s, now, EventState.PENDING) for s in queued]
-    ids = {eid: i for eid, i in _INSERT_EVENTS.inserted(conn, events)}
+    binder = _INSERT_EVENTS.binder(write_dialect(conn), EVENT_KEYS)
+    events = [event for *_, event in kept]
+    events += [binder(_event(workspace, flow, policy, s, now, EventState.PENDING)) for s in queued]
+    ids = {eid: i for eid, i in binder.inserted(conn, events)}
     items: list[Stepped] = []
-    for start, row, snapshot, step in kept:
+    for start, item, _ in kept:
         if start.event_id not in ids:
             result.duplicates += 1  # already stored: started before, nothing to write
             continue
-        payload = _payload(flow, start, policy)
-        event = DispatchEvent(ids[start.event_id], EventKind.START, payload, now)
-        items.append(Stepped(row, snapshot, event, step, workspace))
+        item.event = DispatchEvent(ids[start.event_id], EventKind.START, item.event.payload, now)
+        items.append(item)
     fresh = [i for i in items if i.convo is _FRESH]
     created = claims.insert_conversations(conn, fresh, now)
     lost = [i for i in fresh if i.snapshot.key not in created]

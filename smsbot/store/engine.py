@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol, TypeVar
 
-from sqlalchemy import Connection, Engine, create_engine, event, text
+from sqlalchemy import Connection, Dialect, Engine, create_engine, event, text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import (
     AsyncConnection,
@@ -141,6 +141,12 @@ class Database:
                 raise
 
         return await asyncio.get_running_loop().run_in_executor(self._reader_thread, run)
+
+    @property
+    def binds_ahead(self) -> Dialect | None:
+        """sqlite3's dialect when write() runs on sqlite3 connections: rows for it may be bound
+        before the transaction (prepared.Binder); None for PostgreSQL and :memory:."""
+        return self._sync.dialect if self._sync is not None else None
 
     @property
     def write_engines(self) -> list[Engine]:

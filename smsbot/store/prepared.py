@@ -32,7 +32,7 @@ import sqlite3
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import Connection, exc
+from sqlalchemy import Connection, Dialect, exc
 from sqlalchemy.sql.elements import BindParameter
 from sqlalchemy.sql.expression import Executable
 from sqlalchemy.types import TupleType
@@ -111,6 +111,7 @@ class Prepared:
     def __init__(self, statement: Executable) -> None:
         self.statement = statement
         self._plans: dict[tuple[str, ...], _Plan | None] = {}
+        self._binders: dict[tuple[bool, tuple[str, ...]], Binder] = {}
 
     def all(self, conn: Connection, params: Mapping[str, Any] | None = None) -> list[Any]:
         """Run with one set of parameters; return every row (a SELECT, or DML … RETURNING)."""
@@ -156,17 +157,8 @@ class Prepared:
         split = None if plan is None or plan.expanding or plan.row is None else _values(plan)
         if raw is None or plan is None or split is None:
             return list(conn.execute(self.statement, [dict(r) for r in rows]))
-        head, group, tail = split
-        row_args = plan.args
-        assert row_args is not None  # not expanding
-        page = max(1, min(_MAX_ROWS, _MAX_VARIABLES // max(1, len(plan.names))))
-        found: list[Any] = []
-        for at in range(0, len(rows), page):
-            chunk = rows[at : at + page]
-            sql = head + ", ".join([group] * len(chunk)) + tail
-            args = [value for r in chunk for value in row_args(r)]
-            found.extend(_read(plan, _run(conn, raw, sql, args, many=False).fetchall()))
-        return found
+        assert plan.args is not None  # not expanding
+        return _insert_pages(conn, raw, plan, split, list(map(plan.args, rows)))
 
     def _plan(
         self, conn: Connection, params: Mapping[str, Any]
@@ -174,16 +166,117 @@ class Prepared:
         raw = conn.connection.driver_connection
         if not isinstance(raw, sqlite3.Connection) or not conn.in_transaction():
             return None, None
-        shape = tuple(params)
+        return raw, self.plan_for(conn.dialect, tuple(params))
+
+    def binder(self, dialect: Dialect | None, keys: Sequence[str]) -> Binder:
+        """A Binder for rows with `keys`, made once per kind of connection (see Binder)."""
+        at = (dialect is None, tuple(keys))
+        found = self._binders.get(at)
+        if found is None:
+            found = self._binders[at] = Binder(self, dialect, keys)
+        return found
+
+    def plan_for(self, dialect: Dialect, shape: tuple[str, ...]) -> _Plan | None:
+        """The plan for rows with keys `shape` (sqlite3's dialect: the only one plans run on)."""
         try:
-            return raw, self._plans[shape]
+            return self._plans[shape]
         except KeyError:
-            plan = self._plans[shape] = _compile(self.statement, conn, shape)
-            return raw, plan
+            plan = self._plans[shape] = _compile(self.statement, dialect, shape)
+            return plan
 
 
-def _compile(statement: Executable, conn: Connection, keys: tuple[str, ...]) -> _Plan | None:
-    dialect = conn.dialect
+def write_dialect(conn: Connection) -> Dialect | None:
+    """sqlite3's dialect when `conn` is a sqlite3 connection (rows bound for it run as they
+    are), else None: what `Database.binds_ahead` says of the connections its writes use."""
+    raw = conn.connection.driver_connection
+    return conn.dialect if isinstance(raw, sqlite3.Connection) else None
+
+
+class Binder:
+    """Rows of one `Prepared` statement and one parameter shape, bound ahead of the transaction
+    that runs them: `many`'s per-row binding (type processors, JSON, datetimes) done where no
+    write lock is held, so that the transaction only sets the ids it alone knows (`put`) and
+    hands the rows to sqlite3.
+
+    `dialect`: `Database.binds_ahead`, sqlite3's when the database's writes run on sqlite3
+    connections; None otherwise, and then a row stays the mapping it was given and runs
+    through `Prepared.many` (Core).
+    """
+
+    def __init__(self, prepared: Prepared, dialect: Dialect | None, keys: Sequence[str]) -> None:
+        self.prepared = prepared
+        plan = prepared.plan_for(dialect, tuple(keys)) if dialect is not None else None
+        self._plan = plan if plan is not None and plan.args is not None else None
+        self._at: dict[str, list[int]] = {}
+        for i, name in enumerate(self._plan.names if self._plan is not None else ()):
+            self._at.setdefault(name, []).append(i)
+
+    def __call__(self, params: Mapping[str, Any]) -> Any:
+        """One row, bound: a list of processed positional values, or `params` itself."""
+        if self._plan is None:
+            return params
+        assert self._plan.args is not None  # checked in __init__
+        return list(self._plan.args(params))
+
+    def put(self, row: Any, name: str, value: Any) -> None:
+        """Set parameter `name` of a bound row (an id the transaction just learnt)."""
+        if self._plan is None:
+            row[name] = value
+            return
+        for at in self._at[name]:
+            process = self._plan.binders[at]
+            row[at] = value if process is None else process(value)
+
+    def many(self, conn: Connection, rows: Sequence[Any]) -> None:
+        """Run the statement once per bound row (executemany)."""
+        if not rows:
+            return
+        if self._plan is None:
+            self.prepared.many(conn, rows)
+            return
+        _run(conn, self._raw(conn), self._plan.sql, rows, many=True)
+
+    def inserted(self, conn: Connection, rows: Sequence[Any]) -> list[Any]:
+        """An INSERT … RETURNING of bound rows (`Prepared.inserted`)."""
+        if not rows:
+            return []
+        plan = self._plan
+        split = None if plan is None or plan.row is None else _values(plan)
+        if plan is None or split is None:
+            if plan is not None:
+                raise TypeError("Binder.inserted: the statement is no one-row INSERT … RETURNING")
+            return self.prepared.inserted(conn, rows)
+        return _insert_pages(conn, self._raw(conn), plan, split, rows)
+
+    @staticmethod
+    def _raw(conn: Connection) -> sqlite3.Connection:
+        raw = conn.connection.driver_connection
+        if not isinstance(raw, sqlite3.Connection) or not conn.in_transaction():
+            # a programming error: Database.binds_ahead said this database writes on sqlite3
+            raise RuntimeError("rows bound for sqlite3 were run on another kind of connection")
+        return raw
+
+
+def _insert_pages(
+    conn: Connection,
+    raw: sqlite3.Connection,
+    plan: _Plan,
+    split: tuple[str, str, str],
+    rows: Sequence[Sequence[Any]],
+) -> list[Any]:
+    """Bound rows inserted with one VALUES group each, in pages under SQLite's limit."""
+    head, group, tail = split
+    page = max(1, min(_MAX_ROWS, _MAX_VARIABLES // max(1, len(plan.names))))
+    found: list[Any] = []
+    for at in range(0, len(rows), page):
+        chunk = rows[at : at + page]
+        sql = head + ", ".join([group] * len(chunk)) + tail
+        args = [value for r in chunk for value in r]
+        found.extend(_read(plan, _run(conn, raw, sql, args, many=False).fetchall()))
+    return found
+
+
+def _compile(statement: Executable, dialect: Dialect, keys: tuple[str, ...]) -> _Plan | None:
     compiled = statement.compile(dialect=dialect, column_keys=list(keys))  # type: ignore[attr-defined]
     if compiled.insert_prefetch or compiled.update_prefetch or compiled.positiontup is None:
         return None  # a Python-side default to compute per row: Core's job
