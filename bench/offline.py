@@ -34,7 +34,7 @@ from bench.common import (
     wait_for_quiet,
 )
 from bench.http_benches import Options, report_profile
-from bench.profiler import Profile
+from bench.profiler import Profile, spawned, spawned_report
 from smsbot.channels.divergent.signature import sign
 
 BULK_GOAL_RATE = 15_000  # issue 13: a bulk start of 100,000 appointments
@@ -175,6 +175,9 @@ async def run_bulk(
         cpu0 = cpu_seconds(server.pid)
         started = time.monotonic()
         argv = python_argv("smsbot", "start", "appointment", "--csv", str(path))
+        starter_raw = o.workdir / "profile-bulk-start.raw"
+        if o.profile:  # `smsbot start` and its --jobs processes too (CPU and memory then
+            argv = spawned(argv, starter_raw)  # include py-spy's own)
         log = (o.workdir / "bulk-start.log").open("wb")
         starter = subprocess.Popen(argv, env=env, cwd=o.workdir, stdout=log, stderr=log)  # noqa: ASYNC220
         starter_memory = TreePeak(starter.pid)
@@ -196,9 +199,12 @@ async def run_bulk(
             profile.work = (n, "message")
             await profile.stop()
         await server.stop(30)
+    starter_time = rusage.ru_utime + rusage.ru_stime
     if profile is not None:
         report_profile(profile.out)
-    starter_time = rusage.ru_utime + rusage.ru_stime
+        out = starter_raw.with_suffix(".txt")
+        out.write_text(spawned_report(starter_raw, elapsed, starter_time, (n, "message")))
+        report_profile(out)
     say(
         f"bulk {n:,}: {sent:,} accepted by the provider in {elapsed:.1f} s"
         f" ({sent / elapsed:,.0f}/s);"

@@ -144,6 +144,29 @@ class Profile:
         self.out.write_text(report(wall, dict(cpu), samples, self.work))
 
 
+def spawned(argv: list[str], raw: Path) -> list[str]:
+    """`argv` run under py-spy, which samples it and every process it starts (`smsbot start
+    --jobs`) into `raw`; its CPU comes from wait4 and is spread over threads by samples
+    (`spawned_report`)."""
+    spy = Path(sys.executable).with_name("py-spy")
+    head = [str(spy if spy.exists() else "py-spy"), "record", "--subprocesses", "--threads"]
+    rate = ["--native", "--rate", str(PROFILE_RATE), "--format", "raw", "--output", str(raw)]
+    return [*head, *rate, "--", *argv]
+
+
+def spawned_report(raw: Path, wall: float, cpu_total: float, work: tuple[float, str]) -> str:
+    """The report of a `spawned` command: its CPU (all its processes, py-spy's own left out
+    only as far as wait4 separates it: read the shares) spread over threads by their samples."""
+    samples = raw.read_text() if raw.exists() else ""
+    running: collections.Counter[str] = collections.Counter()
+    for thread, frames, n in _stacks(samples):
+        if _state(frames) == "run":
+            running[thread] += n
+    total = running.total()
+    cpu = {t: cpu_total * n / total for t, n in running.items()} if total else {}
+    return report(wall, cpu, samples, work)
+
+
 def report(
     wall: float, cpu: dict[str, float], raw: str, work: tuple[float, str] | None, top: int = 25
 ) -> str:
@@ -237,6 +260,9 @@ def _thread_names(raw: str) -> dict[int, str]:
     return names
 
 
+_PROCESSES = re.compile(r'^(process \d+:"[^"]*";)+')
+
+
 def _stacks(raw: str) -> list[tuple[str, list[str], int]]:
     """(thread group, frames outermost first, count) from py-spy's raw format."""
     result = []
@@ -244,6 +270,9 @@ def _stacks(raw: str) -> list[tuple[str, list[str], int]]:
         stack, _, count = line.rpartition(" ")
         if not stack or not count.isdigit():
             continue
+        # --subprocesses: each process of the line's tree first, as `process PID:"ARGV";`
+        # (an argv may hold ";", as multiprocessing's `-c "…; spawn_main(…)"` does)
+        stack = _PROCESSES.sub("", stack)
         first, *frames = stack.split(";")
         # first: "thread (TID): NAME" -- one group per thread name without its number
         name = first.partition(": ")[2] or first
