@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import create_engine, inspect, text
+from sqlalchemy import Connection, create_engine, inspect, text
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import SQLModel, select
 
@@ -171,3 +171,27 @@ def test_head_names_the_newest_migration(tmp_path: Path) -> None:
     assert current_revision(url) is None
     upgrade(url)
     assert current_revision(url) == HEAD  # what `smsbot serve` checks before migrating
+
+
+async def test_write_runs_its_before_first_and_once(db: Database) -> None:
+    """Database.write(fn, before=...): `before` runs once, before the transaction, and what it
+    prepares is there for `fn`; a `before` that raises leaves nothing begun or written."""
+    seen: list[str] = []
+
+    def before() -> None:
+        seen.append("before")
+
+    def work(conn: Connection) -> int:
+        seen.append("work")
+        return int(conn.execute(text("SELECT 41 + 1")).scalar_one())
+
+    assert await db.write(work, before=before) == 42
+    assert seen == ["before", "work"]
+
+    def broken() -> None:
+        raise ValueError("no rows")
+
+    with pytest.raises(ValueError, match="no rows"):
+        await db.write(work, before=broken)
+    assert seen == ["before", "work"]  # the work never ran
+    assert await db.write(work) == 42  # and the writer is free again

@@ -35,7 +35,7 @@ from smsbot.engine.contract import (
     EventKind,
     StepHandler,
 )
-from smsbot.pipeline import claims, contacts, handover, step_rows, timer_claims
+from smsbot.pipeline import claims, contacts, handover, timer_claims
 from smsbot.pipeline.effects import StepOutcome, finish_events, write_effects
 from smsbot.pipeline.metrics import Metrics
 from smsbot.pipeline.step_rows import Stepped
@@ -169,7 +169,6 @@ class Batches:
             work.stepped.append(Stepped(convo, snapshot, event, result, workspace))
         if self.takers is not None:
             handover.offer(work.stepped, now, self.takers)
-        step_rows.bind(work.stepped, now, self.db.binds_ahead)  # rows built with no lock held
         return work
 
     def _claim(self, conn: Connection, keys: Sequence[ConversationKey], now: dt.datetime) -> Any:

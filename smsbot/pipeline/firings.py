@@ -30,7 +30,7 @@ from typing import Any
 from sqlalchemy import Connection
 
 from smsbot.engine.contract import ConversationKey, DispatchEvent, EventKind
-from smsbot.pipeline import claims, contacts, handover, step_rows, timer_claims
+from smsbot.pipeline import claims, contacts, handover, timer_claims
 from smsbot.pipeline.batch import Batches, snapshot_of
 from smsbot.pipeline.effects import StepOutcome, finish_events, write_effects
 from smsbot.pipeline.inbox import NEW_EVENT, InboxEntry, event_row
@@ -124,7 +124,6 @@ class Firings:
                 stepped.append((d, Stepped(convo, snapshot, event, result, workspace)))
         if self.takers is not None:
             handover.offer([item for _, item in stepped], now, self.takers)
-        step_rows.bind([item for _, item in stepped], now, self.db.binds_ahead)  # no lock held
         started = time.perf_counter()
         fired = await self.db.write(lambda conn: self._write(conn, stepped, queued, failed, now))
         fired.write_seconds = time.perf_counter() - started

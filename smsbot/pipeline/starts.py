@@ -128,7 +128,7 @@ class Chunk:
     flow: str
     policy: str
     workspace: str
-    # each step with what the read saw and its event's row, bound ahead (step_rows.py)
+    # each step with what the read saw and its event's row, bound before the write (commit)
     stepped: list[tuple[Start, _Seen, Stepped, Any]]
     queued: list[Start]
     result: ChunkResult
@@ -175,14 +175,6 @@ async def prepare(
         convo = _FRESH if look.row is None else look.row
         item = Stepped(convo, snapshot, event, step, workspace)
         chunk.stepped.append((start, look, item, None))
-    # Every row the write will insert, built and bound here, with no lock held (step_rows.py).
-    binds = db.binds_ahead
-    step_rows.bind([item for _, _, item, _ in chunk.stepped], now, binds)
-    events = _INSERT_EVENTS.binder(binds, EVENT_KEYS)
-    chunk.stepped = [
-        (s, look, item, events(_event(workspace, flow, policy, s, now, EventState.DONE)))
-        for s, look, item, _ in chunk.stepped
-    ]
     return chunk
 
 
@@ -192,10 +184,19 @@ async def commit(db: Database, chunk: Chunk) -> ChunkResult:
     def write(conn: Connection) -> ChunkResult:
         return _write(conn, chunk)
 
+    def bind() -> None:  # every row the write inserts, built and bound before it begins
+        step_rows.bind([item for _, _, item, _ in chunk.stepped], chunk.now, db.binds_ahead)
+        events = _INSERT_EVENTS.binder(db.binds_ahead, EVENT_KEYS)
+        now, flow, policy, workspace = chunk.now, chunk.flow, chunk.policy, chunk.workspace
+        chunk.stepped = [
+            (s, look, item, events(_event(workspace, flow, policy, s, now, EventState.DONE)))
+            for s, look, item, _ in chunk.stepped
+        ]
+
     result = ChunkResult()
     result.add(chunk.result)
     if chunk.stepped or chunk.queued:
-        result.add(await db.write(write))
+        result.add(await db.write(write, before=bind))
     return result
 
 

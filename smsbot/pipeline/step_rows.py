@@ -4,12 +4,17 @@ What a step writes (its conversation's new state, its history, its messages, its
 known once the step has run; only two ids may be learnt later, inside the write: a conversation
 the write itself inserts, and an event the write itself stores (bulk starts, timer firings).
 Building those rows (a reply's segments, new ids and tokens, every value through its column's
-bind processor: JSON, datetimes) was about two thirds of the Python a step batch ran inside its
-write transaction, with SQLite's one write lock held (bench/README.md). `bind(items, now,
-dialect)` does it before: in the event loop after the steps (dispatcher batches, timer
-firings), in `smsbot start` before its chunk's transaction. The transaction then sets the ids
-(`StepRows.fill`, a few list assignments a step) and hands the rows to sqlite3. An item not
-bound ahead is bound inside the write by the same code, so the rows are the same either way.
+bind processor: JSON, datetimes) was about two thirds of the Python a bulk chunk ran inside its
+write transaction, with SQLite's one write lock held and the other start processes and
+`smsbot serve` waiting for it (bench/README.md). `bind(items, now, dialect)` does it first:
+passed as `Database.write`'s `before`, it runs in the writer's thread just before BEGIN
+(pipeline/starts.commit). The transaction then sets the ids (`StepRows.fill`, a few list
+assignments a step) and hands the rows to sqlite3.
+
+Dispatcher batches and timer firings build their rows inside the write, with the same code:
+in one `smsbot serve` no other process waits for the lock, and binding them ahead measured no
+better (in the event loop, 8-11 % fewer turns a second; in the writer's thread before BEGIN,
+within the noise or a little worse).
 
 The rows are `prepared.Binder` rows: lists of bound values on SQLite (`Database.binds_ahead`),
 plain mappings run through Core on PostgreSQL. A step's first reply, when it was offered to its

@@ -96,13 +96,23 @@ class Database:
             finally:
                 self._session_task = outer  # a session inside a session leaves the outer's
 
-    async def write(self, fn: Callable[[Connection], T], *, urgent: bool = False) -> T:
+    async def write(
+        self,
+        fn: Callable[[Connection], T],
+        *,
+        urgent: bool = False,
+        before: Callable[[], object] | None = None,
+    ) -> T:
         """Run `fn(connection)` in one transaction and return its result (commit, or roll back).
 
         `urgent`: someone is waiting for this commit (a webhook's answer); the dispatcher keeps
-        its batches short while urgent writers have to wait for them.
+        its batches short while urgent writers have to wait for them. `before()`: work for the
+        transaction that needs no database (building rows: pipeline/step_rows.py), run just
+        before it begins; on SQLite in the writer's thread, with the write lock not yet taken.
         """
         if self._sync is None:
+            if before is not None:
+                before()
             async with self.transaction(urgent=urgent) as tx:
                 return await tx.run(fn)
         self._check_not_in_session()
@@ -112,7 +122,8 @@ class Database:
             # the commit: each trip is a wake-up of the thread and of the event loop. A caller
             # cancelled meanwhile no longer rolls back the work it started: it commits whole,
             # as after a crash between the commit and the answer.
-            return await asyncio.get_running_loop().run_in_executor(tx.thread, tx.whole, fn)
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(tx.thread, tx.whole, fn, before)
 
     async def read(self, fn: Callable[[Connection], T]) -> T:
         """Run read-only `fn(connection)` on one snapshot, without taking a write transaction.

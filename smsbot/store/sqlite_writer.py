@@ -119,8 +119,11 @@ class ThreadTransaction:
             self.conn = conn
         return fn(self.conn)
 
-    def whole(self, fn: Callable[[Connection], T]) -> T:
-        """Run `fn` in a transaction of its own and commit it (roll back on an error)."""
+    def whole(self, fn: Callable[[Connection], T], before: Callable[[], object] | None = None) -> T:
+        """Run `fn` in a transaction of its own and commit it (roll back on an error);
+        `before()` first, before the write lock is taken (Database.write)."""
+        if before is not None:
+            before()
         try:
             result = self._run(fn)
         except BaseException:
