@@ -422,3 +422,34 @@ async def test_start_in_two_processes_starts_every_row_once(tmp_path: Path, db_u
     lines = sorted(int(event_id.split(":")[2]) for event_id, _ in found)
     assert len(runs) == 1 and lines == list(range(2, rows + 2))  # one run, each line once
     assert len(sent) == len({phone for (phone,) in sent}) == rows
+
+
+async def test_more_jobs_than_chunks_and_a_refused_file_with_jobs(
+    tmp_path: Path, db_url: str
+) -> None:
+    """`--jobs 4` for a file of two chunks starts each row once, in two processes; a file the
+    check refuses with `--jobs 2` starts nothing and says why, without a traceback."""
+    starts_at = "2030-01-20T10:30:00+00:00"
+    good = tmp_path / "two-chunks.csv"
+    good.write_text(
+        "to,name,starts_at,location\n"
+        + "".join(f"+4474{i:08d},P{i},{starts_at},Riverside\n" for i in range(500))
+    )
+    bad = tmp_path / "bad.csv"
+    bad.write_text(f"to,name,starts_at,location\nnot-a-phone,P,{starts_at},Riverside\n")
+    url = db_url.replace("+aiosqlite", "").replace("+asyncpg", "")
+    env = {**ENV, "SMSBOT_DATABASE_URL": url}
+    out = smsbot("start", "appointment", "--csv", str(good), "--jobs", "4", env=env, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "started 500 conversation(s)" in out.stdout
+    refused = smsbot("start", "appointment", "--csv", str(bad), "--jobs", "2", env=env, timeout=120)
+    assert refused.returncode != 0
+    assert "1 invalid row(s)" in refused.stderr and "nothing was started" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    db = Database(db_url)
+    try:
+        async with db.session() as s:
+            lines = (await s.execute(select(events_t.c.event_id))).scalars().all()
+    finally:
+        await db.dispose()
+    assert sorted(int(e.split(":")[2]) for e in lines) == list(range(2, 502))
