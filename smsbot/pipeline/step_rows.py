@@ -12,9 +12,9 @@ passed as `Database.write`'s `before`, it runs in the writer's thread just befor
 assignments a step) and hands the rows to sqlite3.
 
 Dispatcher batches and timer firings build their rows inside the write, with the same code:
-in one `smsbot serve` no other process waits for the lock, and binding them ahead measured no
-better (in the event loop, 8-11 % fewer turns a second; in the writer's thread before BEGIN,
-within the noise or a little worse).
+in one `smsbot serve` no other process waits for the lock, and binding them ahead measured
+worse (in the event loop, 8-11 % fewer turns a second; in the writer's thread before BEGIN,
+fewer in 5 of 6 alternating pairs).
 
 The rows are `prepared.Binder` rows: lists of bound values on SQLite (`Database.binds_ahead`),
 plain mappings run through Core on PostgreSQL. A step's first reply, when it was offered to its
