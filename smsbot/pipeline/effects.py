@@ -2,8 +2,9 @@
 
 Every row a batch touches is written with one executemany per kind (conversations, messages,
 opt-outs, timers, events), so a batch of 200 steps costs about as many round trips as one. The
-rows themselves are built, and bound, by step_rows.py, before the transaction where the caller
-can (the write sets only the ids it learns).
+rows themselves are built and bound by step_rows.py: a bulk chunk's before its transaction
+begins (the write then sets only the ids it learns), the dispatcher's and timer firings'
+inside it.
 """
 
 from __future__ import annotations
