@@ -176,8 +176,8 @@ async def run_bulk(
         started = time.monotonic()
         argv = python_argv("smsbot", "start", "appointment", "--csv", str(path))
         starter_raw = o.workdir / "profile-bulk-start.raw"
-        if o.profile:  # `smsbot start` and its --jobs processes too (CPU and memory then
-            argv = spawned(argv, starter_raw)  # include py-spy's own)
+        if o.profile:  # `smsbot start` and its --jobs processes too; its CPU and memory
+            argv = spawned(argv, starter_raw)  # then include py-spy's own
         log = (o.workdir / "bulk-start.log").open("wb")
         starter = subprocess.Popen(argv, env=env, cwd=o.workdir, stdout=log, stderr=log)  # noqa: ASYNC220
         starter_memory = TreePeak(starter.pid)

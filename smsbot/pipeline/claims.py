@@ -19,7 +19,12 @@ from sqlalchemy import ColumnElement, Connection, bindparam, func, select, text,
 
 from smsbot.engine.contract import ConversationKey, EventKind, retryable
 from smsbot.pipeline import step_rows
-from smsbot.pipeline.step_rows import CREATE_CONVERSATION, NewConversation, Stepped
+from smsbot.pipeline.step_rows import (
+    CREATE_CONVERSATION,
+    NEW_CONVERSATION,
+    NewConversation,
+    Stepped,
+)
 from smsbot.store.lookup import KeyedRows, rows_in
 from smsbot.store.models import (
     DEFAULT_WORKSPACE,
@@ -30,11 +35,8 @@ from smsbot.store.models import (
     opt_outs_t,
 )
 from smsbot.store.prepared import Prepared
-from smsbot.store.upsert import insert_on_conflict
 
 log = logging.getLogger(__name__)
-
-_NEW_CONVERSATION = insert_on_conflict(conversations_t, ["virtual_number", "phone"])
 
 
 def due_keys(conn: Connection, now: dt.datetime, limit: int) -> list[ConversationKey]:
@@ -168,7 +170,7 @@ def lock_conversations(
         # A new conversation belongs to the workspace of the event that opens it.
         owners = _pending_workspaces(conn, missing)
         conn.execute(
-            _NEW_CONVERSATION,
+            NEW_CONVERSATION,
             [
                 {
                     "virtual_number": vn,

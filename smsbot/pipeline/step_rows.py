@@ -75,7 +75,7 @@ class Stepped:
 class NewConversation:
     """A conversation row the step's own transaction inserted, as write_effects reads it: no
     timer can name it yet, so there is none to cancel. `written`: inserted as the step leaves
-    it (new_conversation_row), so there is no UPDATE to make either."""
+    it (StepRows.create), so there is no UPDATE to make either."""
 
     id: int
     written: bool = False
@@ -107,9 +107,10 @@ UPDATE_CONVERSATION = Prepared(
         end_state=bindparam("b_end_state"),
     )
 )
+NEW_CONVERSATION = insert_on_conflict(conversations_t, ["virtual_number", "phone"])
 # Rows an ON CONFLICT skips return nothing: the answers are matched by key, not by position.
 CREATE_CONVERSATION = Prepared(
-    insert_on_conflict(conversations_t, ["virtual_number", "phone"]).returning(
+    NEW_CONVERSATION.returning(
         conversations_t.c.virtual_number, conversations_t.c.phone, conversations_t.c.id
     )
 )
@@ -151,17 +152,15 @@ class Binders:
         self.timers = UPSERT_TIMER.binder(dialect, _TIMER_KEYS)
 
 
-_CORE = Binders(None)
-_SQLITE: list[Binders] = []  # made on first use: every sqlite3 dialect binds alike
+_MADE: dict[bool, Binders] = {}  # by "runs through Core": every sqlite3 dialect binds alike
 
 
 def binders(dialect: Dialect | None) -> Binders:
-    """The binders for `dialect` (`Database.binds_ahead`)."""
-    if dialect is None:
-        return _CORE
-    if not _SQLITE:
-        _SQLITE.append(Binders(dialect))
-    return _SQLITE[0]
+    """The binders for `dialect` (`Database.binds_ahead`), made once per kind of connection."""
+    found = _MADE.get(dialect is None)
+    if found is None:
+        found = _MADE[dialect is None] = Binders(dialect)
+    return found
 
 
 def binders_for(conn: Connection) -> Binders:

@@ -241,11 +241,11 @@ class Binder:
         if not rows:
             return []
         plan = self._plan
-        split = None if plan is None or plan.row is None else _values(plan)
-        if plan is None or split is None:
-            if plan is not None:
-                raise TypeError("Binder.inserted: the statement is no one-row INSERT … RETURNING")
+        if plan is None:
             return self.prepared.inserted(conn, rows)
+        split = None if plan.row is None else _values(plan)
+        if split is None:
+            raise TypeError("Binder.inserted: the statement is no one-row INSERT … RETURNING")
         return _insert_pages(conn, self._raw(conn), plan, split, rows)
 
     @staticmethod
