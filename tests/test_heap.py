@@ -49,22 +49,25 @@ def test_a_sqlite_server_does_not_load_postgresqls_dialect() -> None:
 
 
 # `smsbot start`: the CLI's own process (check, then start) and a start process of --jobs
-# (bulk_jobs._start, given a spool of one chunk as the first pass writes it).
+# (bulk_jobs._child, dealt one chunk of one row as the parent deals them, then told to go).
 _START = """
-import asyncio, gc, json, pickle, sys
+import asyncio, gc, json, queue, sys
 from pathlib import Path
 from smsbot.app.bulk_cli import start_from_csv
-from smsbot.app.bulk_jobs import Job, _start
+from smsbot.app.bulk_jobs import Job, _child
 from smsbot.config import Settings
 before = gc.get_threshold()
 if sys.argv[1] == "cli":
     done = asyncio.run(start_from_csv(Settings.from_env(), "appointment", Path(sys.argv[2]), False))
 else:
-    spool = Path(sys.argv[2])
-    fields = (2, "+447700900002", "+447700900100", {"name": "Bo", "location": "Riverside",
-              "starts_at": "2030-01-20T10:30:00+00:00"})
-    spool.write_bytes(pickle.dumps([fields]))
-    done = asyncio.run(_start(Job("appointment", "default", str(spool), [0], "r1"), print)).started
+    row = {"to": "+447700900002", "data": {"name": "Bo", "location": "Riverside",
+           "starts_at": "2030-01-20T10:30:00+00:00"}}
+    inbox, out = queue.Queue(), queue.Queue()
+    for order in [("rows", [(2, row)]), ("end",), ("go", None)]:
+        inbox.put(order)
+    _child(0, Job("appointment", "default", None, "r1"), inbox, out)
+    reports = [out.get() for _ in range(out.qsize())]
+    done = [value for _, kind, value in reports if kind == "done"][0][0]
 print(json.dumps({"before": before, "after": gc.get_threshold(), "done": str(done)}))
 """
 
@@ -83,7 +86,7 @@ def test_smsbot_start_settles_its_heap(where: str, tmp_path: Path) -> None:
         subprocess.run(  # the database the first pass would have migrated
             [sys.executable, "-m", "smsbot", "db", "upgrade"], env=env, cwd=tmp_path, check=True
         )
-    path = str(csv if where == "cli" else tmp_path / "chunks.spool")
+    path = str(csv)
     out = subprocess.run(
         [sys.executable, "-c", _START, where, path],
         env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60, check=False,

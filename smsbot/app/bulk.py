@@ -6,6 +6,7 @@ import csv
 import dataclasses
 import io
 import itertools
+import os
 import sqlite3
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -173,6 +174,80 @@ class SeenOnDisk(SeenKeys):
         self._db.close()
 
 
+class SeenNothing(SeenKeys):
+    """No recipient seen: for start processes that each check a share of a file, whose
+    parent finds the repeats across all of them (LinesByKey)."""
+
+    def add(self, key: int) -> bool:
+        """Always new."""
+        return True
+
+
+def recipient_key(sender: int, phone: str) -> int:
+    """A (sender, phone) as one int: the sender's index and the phone's digits (E.164 has at
+    most 15)."""
+    return sender * 10**15 + int(phone[1:])
+
+
+class LinesByKey:
+    """The (recipient, line) of every good row of a file checked by several processes, in a
+    temporary SQLite file: which lines repeat an earlier line's recipient. The start processes
+    read the answer (`repeats` table) from the same file, so no list of lines is held in
+    memory whatever the file's length."""
+
+    def __init__(self, directory: str) -> None:
+        self.path = os.path.join(directory, "recipients.sqlite")
+        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=OFF")
+        self._db.execute("PRAGMA synchronous=OFF")
+        self._db.execute("CREATE TABLE seen (key INTEGER, line INTEGER, PRIMARY KEY (key, line))")
+        self._db.execute("BEGIN")
+        self._senders: dict[str, int] = {}
+
+    def add(self, rows: Iterable[tuple[int, str, str]]) -> None:
+        """Remember each (line, sender, phone)."""
+        senders = self._senders
+        self._db.executemany(
+            "INSERT OR IGNORE INTO seen VALUES (?, ?)",
+            [
+                (recipient_key(senders.setdefault(vn, len(senders)), phone), line)
+                for line, vn, phone in rows
+            ],
+        )
+
+    def find_repeats(self) -> int:
+        """Find the lines whose recipient an earlier line has; return how many."""
+        self._db.execute("COMMIT")
+        self._db.execute("CREATE TABLE repeats (line INTEGER PRIMARY KEY, key INTEGER)")
+        # In the primary key's order: each key's lines side by side, the first one kept.
+        return self._db.execute(
+            "INSERT INTO repeats SELECT line, key FROM (SELECT line, key, row_number() OVER"
+            " (PARTITION BY key ORDER BY line) AS n FROM seen) WHERE n > 1"
+        ).rowcount
+
+    def first_repeats(self, limit: int) -> list[RowError]:
+        """The errors of the first `limit` repeated lines (after find_repeats)."""
+        found = self._db.execute("SELECT line, key FROM repeats ORDER BY line LIMIT ?", (limit,))
+        return [
+            RowError(line, "to", f"+{key % 10**15} appears twice in this file")
+            for line, key in found
+        ]
+
+    def close(self) -> None:
+        """Close the file (its directory is the caller's to remove)."""
+        self._db.close()
+
+
+def repeated_lines(path: str, first: int, last: int) -> set[int]:
+    """The lines from `first` to `last` that LinesByKey at `path` found repeated."""
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        found = db.execute("SELECT line FROM repeats WHERE line BETWEEN ? AND ?", (first, last))
+        return {line for (line,) in found}
+    finally:
+        db.close()
+
+
 class Validator:
     """Checks start rows one at a time for a workspace, and refuses a recipient seen before."""
 
@@ -225,10 +300,8 @@ class Validator:
                 return RowError(line, exc.field, exc.reason)
             except (ValueError, TypeError, KeyError) as exc:
                 return RowError(line, "data", str(exc).strip("'\""))
-        # Each (sender, phone) as one int: the sender's index and the phone's digits (E.164
-        # has at most 15).
         sender = self._senders.setdefault(virtual_number, len(self._senders))
-        if not self._seen.add(sender * 10**15 + int(phone[1:])):
+        if not self._seen.add(recipient_key(sender, phone)):
             return RowError(line, "to", f"{phone} appears twice in this file")
         return StartRow(line, phone, virtual_number, data)
 

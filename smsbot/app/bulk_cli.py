@@ -1,10 +1,11 @@
 """`smsbot start FLOW --csv FILE`: check every row, then start them all, in constant memory.
 
-Two passes over the file, neither of which holds it: the first reads the CSV as a stream,
-checks each row and spools the good ones to a temporary file (pickled chunks); only if every
-row is good (or --skip-invalid) does the second read the spool back a chunk at a time and start
-it (app/bulk.enqueue_starts). The recipients already seen, to refuse one that comes twice, are
-kept in a temporary SQLite file too (app/bulk.SeenOnDisk): memory does not grow with the file.
+The file is read once, as a stream. Each row is checked and the good ones are spooled to a
+temporary file (pickled chunks); only if every row is good (or --skip-invalid) are they read
+back from the spool a chunk at a time and started (app/bulk.enqueue_starts). A recipient who
+comes twice is found on disk too (a temporary SQLite file): memory does not grow with the file.
+A small file is checked and started in this process; a large one (MANY_ROWS, or --jobs) in
+one process per core, each checking and then starting a share of it (app/bulk_jobs).
 """
 
 from __future__ import annotations
@@ -13,26 +14,25 @@ import asyncio
 import contextlib
 import csv
 import functools
+import itertools
 import os
-import pickle
 import sys
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
 from smsbot.app.bulk import (
     BATCH,
     BulkInputError,
-    RowError,
+    BulkResult,
     SeenOnDisk,
-    StartRow,
     Validator,
     csv_rows,
     enqueue_starts,
 )
-from smsbot.app.bulk_jobs import Job, JobError, start_in_processes
+from smsbot.app.bulk_jobs import Checked, Job, JobError, Spool, StartProcesses
 from smsbot.app.database import migrate
 from smsbot.app.heap import settle_heap
 from smsbot.app.operations import OperatorError
@@ -42,8 +42,7 @@ from smsbot.engine.runtime import FlowRuntime
 from smsbot.store.engine import Database
 from smsbot.workspaces import DEFAULT
 
-SHOWN_ERRORS = 20
-MANY_ROWS = 20_000  # from this many good rows on, start them in one process per core
+MANY_ROWS = 20_000  # from this many rows on, check and start them in one process per core
 MAX_JOBS = 4
 CHECKED_EVERY = 10_000  # rows between two "checked" lines on a terminal
 
@@ -66,64 +65,54 @@ def _checked(n: int, final: bool = False) -> None:
         sys.stderr.flush()
 
 
-class _Checked:
-    """The first pass: good rows spooled in pickled chunks, the first errors, the counts."""
-
-    def __init__(self, spool: IO[bytes]) -> None:
-        self.spool = spool
-        self.good = 0
-        self.bad = 0
-        self.errors: list[RowError] = []  # the first SHOWN_ERRORS
-        self.offsets: list[int] = []  # where each chunk starts in the spool
-        self._chunk: list[tuple[int, str, str, dict[str, Any]]] = []  # StartRow's fields
-
-    def add(self, checked: StartRow | RowError) -> None:
-        if isinstance(checked, RowError):
-            self.bad += 1
-            if len(self.errors) < SHOWN_ERRORS:
-                self.errors.append(checked)
-            return
-        self.good += 1
-        self._chunk.append((checked.line, checked.phone, checked.virtual_number, checked.data))
-        if len(self._chunk) >= BATCH:
-            self.flush()
-
-    def flush(self) -> None:
-        if self._chunk:
-            self.offsets.append(self.spool.tell())
-            pickle.dump(self._chunk, self.spool, protocol=pickle.HIGHEST_PROTOCOL)
-            self._chunk = []
-
-    def rows(self) -> Iterator[StartRow]:
-        """The good rows again, from the spool."""
-        self.flush()
-        self.spool.seek(0)
-        while True:
-            try:
-                # our own temporary file, written above by this process: not untrusted data
-                chunk = pickle.load(self.spool)  # noqa: S301
-            except EOFError:
-                return
-            yield from (StartRow(*fields) for fields in chunk)
-
-
-def check_file(path: Path, validator: Validator, spool: IO[bytes]) -> _Checked:
-    """Read and check every row of the CSV at `path`; raise OperatorError if it cannot be read."""
-    checked = _Checked(spool)
+def read_csv(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """The rows of the CSV at `path` as they are read; OperatorError if it cannot be read."""
     try:
         with path.open(encoding="utf-8-sig", newline="") as f:
-            for n, (line, row) in enumerate(csv_rows(f), start=1):
-                checked.add(validator.check(line, row))
-                if n % CHECKED_EVERY == 0:
-                    _checked(n)
+            yield from csv_rows(f)
     except BulkInputError as exc:
         raise OperatorError(f"{path}: {exc}") from None
     except csv.Error as exc:
         raise OperatorError(f"{path}: not readable as CSV: {exc}") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise OperatorError(f"cannot read {path}: {exc}") from None
-    _checked(checked.good + checked.bad, final=True)
-    return checked
+
+
+def check_rows(
+    rows: Iterable[tuple[int, dict[str, Any]]], validator: Validator, spool: Spool
+) -> None:
+    """Check every row in this process and spool the good ones."""
+    n = 0
+    for n, (line, row) in enumerate(rows, start=1):
+        spool.add(validator.check(line, row))
+        if n % CHECKED_EVERY == 0:
+            _checked(n)
+    _checked(n, final=True)
+
+
+def check_file(path: Path, validator: Validator, file: IO[bytes]) -> Spool:
+    """Read and check every row of the CSV at `path` in this process, spooled to `file`."""
+    spool = Spool(file)
+    check_rows(read_csv(path), validator, spool)
+    return spool
+
+
+def _refused(path: Path, checked: Spool | Checked) -> OperatorError:
+    shown = "\n".join(f"  {path}:{e}" for e in checked.errors)
+    more = checked.bad - len(checked.errors)
+    rest = f"\n  … and {more} more" if more else ""
+    return OperatorError(
+        f"{checked.bad} invalid row(s) in {path}; nothing was started (fix them, or pass"
+        f" --skip-invalid):\n{shown}{rest}"
+    )
+
+
+def _summary(flow: str, result: BulkResult, invalid: int) -> str:
+    return (
+        f"started {result.started:,} conversation(s) of {flow!r} ({result.queued:,} of them"
+        f" queued behind earlier events); skipped {result.skipped_opted_out:,} opted-out and"
+        f" {invalid:,} invalid row(s). A running `smsbot serve` sends the messages."
+    )
 
 
 async def start_from_csv(
@@ -144,56 +133,111 @@ async def start_from_csv(
         known = ", ".join(sorted(runtime.flows)) or "none"
         raise OperatorError(f"no flow named {flow!r}; known flows: {known}")
     settle_heap()  # as `smsbot serve` does once loaded: a row's or a start's objects die young
+    rows = read_csv(path)
+    # Enough of the file to choose: MANY_ROWS rows, or a chunk per process asked for.
+    enough = MANY_ROWS if jobs is None else jobs * BATCH
+    first = await asyncio.to_thread(lambda: list(itertools.islice(rows, enough)))
+    if jobs is None:
+        jobs = min(os.cpu_count() or 1, MAX_JOBS) if len(first) >= MANY_ROWS else 1
+    processes = min(jobs, -(-len(first) // BATCH))
+    if processes > 1:
+        return await _in_processes(
+            settings,
+            flow,
+            path,
+            skip_invalid,
+            itertools.chain(first, rows),
+            processes,
+            workspace=workspace,
+            sender=sender,
+        )
+    return await _in_this_process(
+        settings,
+        runtime,
+        flow,
+        path,
+        skip_invalid,
+        itertools.chain(first, rows),
+        workspace=workspace,
+        sender=sender,
+    )
+
+
+async def _in_processes(
+    settings: Settings,
+    flow: str,
+    path: Path,
+    skip_invalid: bool,
+    rows: Iterable[tuple[int, dict[str, Any]]],
+    processes: int,
+    *,
+    workspace: str,
+    sender: str | None,
+) -> str:
+    """Check and start `rows` in `processes` start processes (app/bulk_jobs)."""
+    job = Job(flow, workspace, sender, uuid.uuid4().hex[:12])
+    shown = [0]
+
+    def checked_so_far(n: int) -> None:
+        if n // CHECKED_EVERY > shown[0]:
+            shown[0] = n // CHECKED_EVERY
+            _checked(n)
+
+    try:
+        async with StartProcesses(job, processes) as started:
+            checked = await started.check(rows, checked_so_far)
+            _checked(checked.good + checked.bad, final=True)
+            if checked.bad and not skip_invalid:
+                started.stop()
+                raise _refused(path, checked)
+            if done := await asyncio.to_thread(migrate, settings):
+                print(f"smsbot: {done}", file=sys.stderr)
+            total = checked.good
+            result = await started.start(lambda n: progress(n, total))
+    except JobError as exc:
+        raise OperatorError(f"starting {path} failed: {exc}") from None
+    return _summary(flow, result, checked.bad)
+
+
+async def _in_this_process(
+    settings: Settings,
+    runtime: FlowRuntime,
+    flow: str,
+    path: Path,
+    skip_invalid: bool,
+    rows: Iterable[tuple[int, dict[str, Any]]],
+    *,
+    workspace: str,
+    sender: str | None,
+) -> str:
+    """Check every row here, then start the good ones here."""
     clock = SystemClock()
     parse = functools.partial(runtime.flows[flow].parse_start_data, now=clock.now(), from_text=True)
     seen = SeenOnDisk()
     validator = Validator(settings, parse, workspace=workspace, sender=sender, seen=seen)
     with (
-        tempfile.NamedTemporaryFile(prefix="smsbot-start-", suffix=".spool") as spool,
+        tempfile.TemporaryFile(prefix="smsbot-start-", suffix=".spool") as file,
         contextlib.closing(seen),
     ):
-        checked = await asyncio.to_thread(check_file, path, validator, spool)
+        checked = Spool(file)
+        await asyncio.to_thread(check_rows, rows, validator, checked)
         if checked.bad and not skip_invalid:
-            shown = "\n".join(f"  {path}:{e}" for e in checked.errors)
-            more = checked.bad - len(checked.errors)
-            rest = f"\n  … and {more} more" if more else ""
-            raise OperatorError(
-                f"{checked.bad} invalid row(s) in {path}; nothing was started (fix them, or pass"
-                f" --skip-invalid):\n{shown}{rest}"
-            )
+            raise _refused(path, checked)
         if done := await asyncio.to_thread(migrate, settings):
             print(f"smsbot: {done}", file=sys.stderr)
-        checked.flush()
-        spool.flush()
         total = checked.good
-        jobs = jobs or (min(os.cpu_count() or 1, MAX_JOBS) if total >= MANY_ROWS else 1)
-        if jobs > 1 and len(checked.offsets) > 1:
-            run = uuid.uuid4().hex[:12]
-            dealt = [
-                Job(flow, workspace, spool.name, checked.offsets[i::jobs], run)
-                for i in range(min(jobs, len(checked.offsets)))
-            ]
-            try:
-                result = await start_in_processes(dealt, lambda n: progress(n, total))
-            except JobError as exc:
-                raise OperatorError(f"starting {path} failed: {exc}") from None
-        else:
-            db = Database(settings.database_url)
-            try:
-                result = await enqueue_starts(
-                    db,
-                    runtime,
-                    clock,
-                    flow,
-                    checked.rows(),
-                    progress=lambda n: progress(n, total),
-                    workspace=workspace,
-                    step_timeout=settings.step_timeout,
-                )
-            finally:
-                await db.dispose()
-    return (
-        f"started {result.started:,} conversation(s) of {flow!r} ({result.queued:,} of them"
-        f" queued behind earlier events); skipped {result.skipped_opted_out:,} opted-out and"
-        f" {checked.bad:,} invalid row(s). A running `smsbot serve` sends the messages."
-    )
+        db = Database(settings.database_url)
+        try:
+            result = await enqueue_starts(
+                db,
+                runtime,
+                clock,
+                flow,
+                checked.rows(),
+                progress=lambda n: progress(n, total),
+                workspace=workspace,
+                step_timeout=settings.step_timeout,
+            )
+        finally:
+            await db.dispose()
+    return _summary(flow, result, checked.bad)

@@ -1,0 +1,118 @@
+"""`smsbot start --jobs N` checks the file in its N start processes (app/bulk_jobs) and still
+refuses what the single process refuses: a recipient who comes twice, across processes too; the
+first errors in line order, whichever process found them; a file that cannot be read to the
+end. Nothing is started unless the whole file is good, or --skip-invalid starts the good rows."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+from smsbot.app.bulk import LinesByKey, repeated_lines
+from tests.support import VN
+from tests.test_bulk_starts import ENV
+from tests.test_cli import smsbot
+
+STARTS_AT = "2030-01-20T10:30:00+00:00"  # the command checks it against the real clock
+OTHER_SENDER = "+447700900200"
+
+
+def _row(i: int, to: str | None = None, starts_at: str = STARTS_AT) -> str:
+    return f"{to or f'+4474{i:08d}'},P{i},{starts_at},Riverside\n"
+
+
+def _events(db: Path) -> list[str]:
+    if not db.exists():
+        return []
+    with sqlite3.connect(db) as conn:
+        tables = {name for (name,) in conn.execute("SELECT name FROM sqlite_master")}
+        if "webhook_events" not in tables:
+            return []
+        return [e for (e,) in conn.execute("SELECT event_id FROM webhook_events")]
+
+
+def test_lines_by_key_finds_each_recipients_later_lines(tmp_path: Path) -> None:
+    keys = LinesByKey(str(tmp_path))
+    try:
+        # two processes' chunks, reported out of line order
+        keys.add([(9, VN, "+447700900001"), (4, VN, "+447700900002")])
+        keys.add([(2, VN, "+447700900001"), (7, VN, "+447700900002")])
+        keys.add([(3, OTHER_SENDER, "+447700900001")])  # from another number: another recipient
+        assert keys.find_repeats() == 2
+        assert [(e.line, e.field, e.error) for e in keys.first_repeats(20)] == [
+            (7, "to", "+447700900002 appears twice in this file"),
+            (9, "to", "+447700900001 appears twice in this file"),
+        ]
+        assert [e.line for e in keys.first_repeats(1)] == [7]
+        # what a start process reads back, from its own connection
+        assert repeated_lines(keys.path, 1, 8) == {7}
+        assert repeated_lines(keys.path, 8, 100) == {9}
+    finally:
+        keys.close()
+
+
+def test_errors_found_by_different_processes_are_listed_in_line_order(tmp_path: Path) -> None:
+    """Three chunks dealt to two processes: chunk 0 (lines 2-251) and 2 to the first, chunk 1
+    to the second. A bad date (line 260) and a repeat of line 2's recipient (line 302) are the
+    second process's; a bad number (line 602) the first's."""
+    rows = [_row(i) for i in range(750)]
+    rows[258] = _row(258, starts_at="not a date")  # line 260
+    rows[300] = _row(300, to="+447400000000")  # line 302: line 2's recipient
+    rows[600] = _row(600, to="nope")  # line 602
+    path = tmp_path / "three-chunks.csv"
+    path.write_text("to,name,starts_at,location\n" + "".join(rows))
+    db = tmp_path / "bulk.db"
+    env = {**ENV, "SMSBOT_DATABASE_URL": f"sqlite:///{db}"}
+
+    refused = smsbot("start", "appointment", "--csv", str(path), "--jobs", "2", env=env)
+    assert refused.returncode == 2, refused.stderr
+    assert "3 invalid row(s)" in refused.stderr and "nothing was started" in refused.stderr
+    listed = [line.strip() for line in refused.stderr.splitlines() if ".csv:line " in line]
+    assert [line.split(":")[1:3] for line in listed] == [
+        ["line 260", " data.starts_at"],
+        ["line 302", " to"],
+        ["line 602", " to"],
+    ]
+    assert "+447400000000 appears twice in this file" in listed[1]
+    assert "Traceback" not in refused.stderr
+    assert _events(db) == []
+
+    out = smsbot(
+        "start", "appointment", "--csv", str(path), "--jobs", "2", "--skip-invalid", env=env
+    )
+    assert out.returncode == 0, out.stderr
+    assert "started 747 conversation(s)" in out.stdout and "3 invalid row(s)" in out.stdout
+    lines = sorted(int(e.split(":")[2]) for e in _events(db))
+    assert lines == [n for n in range(2, 752) if n not in (260, 302, 602)]  # line 2, not 302
+
+
+def test_more_errors_than_shown_are_counted_across_processes(tmp_path: Path) -> None:
+    rows = [_row(i, to="nope" if i % 20 == 0 else None) for i in range(1_000)]  # 50 bad
+    path = tmp_path / "bad.csv"
+    path.write_text("to,name,starts_at,location\n" + "".join(rows))
+    env = {**ENV, "SMSBOT_DATABASE_URL": f"sqlite:///{tmp_path / 'bulk.db'}"}
+    refused = smsbot("start", "appointment", "--csv", str(path), "--jobs", "3", env=env)
+    assert refused.returncode == 2, refused.stderr
+    assert "50 invalid row(s)" in refused.stderr and "… and 30 more" in refused.stderr
+    listed = [line for line in refused.stderr.splitlines() if ".csv:line " in line]
+    assert [int(line.split("line ")[1].split(":")[0]) for line in listed] == list(
+        range(2, 2 + 20 * 20, 20)
+    )
+
+
+def test_a_file_unreadable_past_its_first_chunks_starts_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "broken.csv"
+    path.write_text(
+        "to,name,starts_at,location\n"
+        + "".join(_row(i) for i in range(600))
+        + "+447700900001,"
+        + "A" * 200_000  # past the csv module's field limit
+        + "\n"
+    )
+    db = tmp_path / "bulk.db"
+    env = {**ENV, "SMSBOT_DATABASE_URL": f"sqlite:///{db}"}
+    out = smsbot("start", "appointment", "--csv", str(path), "--jobs", "2", env=env)
+    assert out.returncode == 2
+    assert "broken.csv: not readable as CSV" in out.stderr
+    assert "Traceback" not in out.stderr
+    assert _events(db) == []
