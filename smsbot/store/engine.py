@@ -24,6 +24,7 @@ from sqlmodel import SQLModel
 from smsbot.store import models  # noqa: F401  (registers the tables on SQLModel.metadata)
 from smsbot.store.checkpoint import FALLBACK_PAGES, Checkpointer
 from smsbot.store.sqlite_writer import HeldConnection, ThreadTransaction, WriterHandoff
+from smsbot.store.types import json_text
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +42,7 @@ class Database:
         self.is_postgres = url.startswith("postgresql")
         # An error's message quotes its statement's parameters (phone numbers, message bodies)
         # and goes to the log: hidden unless SMSBOT_LOG_SENSITIVE says otherwise.
-        kwargs: dict[str, Any] = {"hide_parameters": hide_parameters}
+        kwargs: dict[str, Any] = {"hide_parameters": hide_parameters, "json_serializer": json_text}
         if self.is_postgres:
             kwargs.update(
                 pool_size=pool_size,
@@ -65,10 +66,14 @@ class Database:
             _configure_sqlite(self.engine.sync_engine)
             if ":memory:" not in url:  # a second engine would open a second, empty database
                 self._sync = create_engine(
-                    url.replace("+aiosqlite", "", 1), hide_parameters=hide_parameters
+                    url.replace("+aiosqlite", "", 1),
+                    hide_parameters=hide_parameters,
+                    json_serializer=json_text,
                 )
                 _configure_sqlite(self._sync)
-                self._reader = create_engine(url.replace("+aiosqlite", "", 1))
+                self._reader = create_engine(
+                    url.replace("+aiosqlite", "", 1), json_serializer=json_text
+                )
                 _configure_sqlite(self._reader, begin="BEGIN")
         # The writers' commits leave WAL checkpoints to a thread of their own (checkpoint.py).
         self._checkpointer: Checkpointer | None = None

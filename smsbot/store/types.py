@@ -1,15 +1,39 @@
-"""Column types shared by the tables: aware UTC datetimes on every backend."""
+"""Column types shared by the tables: aware UTC datetimes on every backend; JSON's text."""
 
 from __future__ import annotations
 
 import datetime as dt
+import json
 from typing import Any
 
+import orjson
 from sqlalchemy import BindParameter, DateTime, bindparam
 from sqlalchemy.engine import Dialect
 from sqlalchemy.types import TypeDecorator
 
 _KNOWN_TEXTS = 4096  # UTC datetimes whose stored text each processor remembers
+# What orjson writes natively but the standard library refuses goes to json.dumps, which
+# refuses it as before (a datetime, a dataclass); dict keys that are not strings are written as
+# the standard library writes them ({1: "a"} -> {"1":"a"}).
+_ORJSON = (
+    orjson.OPT_NON_STR_KEYS | orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS
+)
+
+
+def json_text(value: Any) -> str:
+    """A JSON column's text (the engines' json_serializer): orjson, else the standard library.
+
+    orjson writes a step's JSON values (a conversation's data, an event's payload, a timer's)
+    about 15 times faster than json.dumps: 0.2 against 3.0 µs for start data, four of them a
+    bulk start (bench/README.md, session 15). Its text is compact and keeps non-ASCII
+    characters as they are; reading it back gives the same values. What it refuses (an int
+    beyond 64 bits) goes to json.dumps, as everything did before. Reading stays with the
+    standard library: orjson reads such an int as a float, silently.
+    """
+    try:
+        return orjson.dumps(value, option=_ORJSON).decode()
+    except TypeError:
+        return json.dumps(value)
 
 
 class UTCDateTime(TypeDecorator[dt.datetime]):
