@@ -137,29 +137,19 @@ async def start_from_csv(
     # Enough of the file to choose: MANY_ROWS rows, or a chunk per process asked for.
     enough = MANY_ROWS if jobs is None else jobs * BATCH
     first = await asyncio.to_thread(lambda: list(itertools.islice(rows, enough)))
+    read = len(first)
     if jobs is None:
-        jobs = min(os.cpu_count() or 1, MAX_JOBS) if len(first) >= MANY_ROWS else 1
-    processes = min(jobs, -(-len(first) // BATCH))
+        jobs = min(os.cpu_count() or 1, MAX_JOBS) if read >= MANY_ROWS else 1
+    processes = min(jobs, -(-read // BATCH))
+    # The first rows are dealt out or checked first, then dropped: no name keeps them.
+    every = itertools.chain(first, rows)
+    del first
     if processes > 1:
         return await _in_processes(
-            settings,
-            flow,
-            path,
-            skip_invalid,
-            itertools.chain(first, rows),
-            processes,
-            workspace=workspace,
-            sender=sender,
+            settings, flow, path, skip_invalid, every, processes, workspace=workspace, sender=sender
         )
     return await _in_this_process(
-        settings,
-        runtime,
-        flow,
-        path,
-        skip_invalid,
-        itertools.chain(first, rows),
-        workspace=workspace,
-        sender=sender,
+        settings, runtime, flow, path, skip_invalid, every, workspace=workspace, sender=sender
     )
 
 
