@@ -5,7 +5,11 @@ end. Nothing is started unless the whole file is good, or --skip-invalid starts 
 
 from __future__ import annotations
 
+import os
 import sqlite3
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 from smsbot.app.bulk import LinesByKey, repeated_lines
@@ -116,3 +120,44 @@ def test_a_file_unreadable_past_its_first_chunks_starts_nothing(tmp_path: Path) 
     assert "broken.csv: not readable as CSV" in out.stderr
     assert "Traceback" not in out.stderr
     assert _events(db) == []
+
+
+_ORPHAN = """
+import multiprocessing, os, sys
+from pathlib import Path
+from smsbot.app.bulk_jobs import _order
+
+def wait(inbox, out):
+    Path(out).write_text(repr(_order(inbox)))
+
+if __name__ == "__main__":
+    context = multiprocessing.get_context("spawn")
+    inbox = context.Queue()
+    child = context.Process(target=wait, args=(inbox, sys.argv[1]))
+    child.start()
+    print(child.pid, flush=True)
+    os._exit(0)  # gone without a word, as a parent killed during the check
+"""
+
+
+def test_a_start_process_whose_parent_is_gone_stops(tmp_path: Path) -> None:
+    script = tmp_path / "orphan.py"
+    script.write_text(_ORPHAN)
+    said = tmp_path / "order.txt"
+    out = subprocess.run(
+        [sys.executable, str(script), str(said)],
+        capture_output=True, text=True, timeout=60, check=True,
+    )  # fmt: skip
+    child = int(out.stdout.strip())
+    deadline = time.monotonic() + 30
+    while not said.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert said.read_text() == "('stop',)"
+    for _ in range(100):  # then it ends
+        try:
+            os.kill(child, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.1)
+    else:
+        raise AssertionError("the start process outlived its parent")

@@ -55,6 +55,7 @@ import asyncio, gc, json, queue, sys
 from pathlib import Path
 from smsbot.app.bulk_cli import start_from_csv
 from smsbot.app.bulk_jobs import Job, _child
+from smsbot.clock import SystemClock
 from smsbot.config import Settings
 before = gc.get_threshold()
 if sys.argv[1] == "cli":
@@ -65,7 +66,7 @@ else:
     inbox, out = queue.Queue(), queue.Queue()
     for order in [("rows", [(2, row)]), ("end",), ("go", None)]:
         inbox.put(order)
-    _child(0, Job("appointment", "default", None, "r1"), inbox, out)
+    _child(0, Job("appointment", "default", None, "r1", SystemClock().now()), inbox, out)
     reports = [out.get() for _ in range(out.qsize())]
     done = [value for _, kind, value in reports if kind == "done"][0][0]
 print(json.dumps({"before": before, "after": gc.get_threshold(), "done": str(done)}))

@@ -165,7 +165,7 @@ async def _in_processes(
     sender: str | None,
 ) -> str:
     """Check and start `rows` in `processes` start processes (app/bulk_jobs)."""
-    job = Job(flow, workspace, sender, uuid.uuid4().hex[:12])
+    job = Job(flow, workspace, sender, uuid.uuid4().hex[:12], SystemClock().now())
     shown = [0]
 
     def checked_so_far(n: int) -> None:

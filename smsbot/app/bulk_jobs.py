@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import datetime as dt
 import functools
 import multiprocessing
 import pickle
@@ -101,12 +102,13 @@ class Spool:
 @dataclasses.dataclass(frozen=True, slots=True)
 class Job:
     """What every start process is asked: start `flow` in `workspace` (`sender` for rows
-    without a "from") under the run id `run`."""
+    without a "from") under the run id `run`, its rows' data checked as of `now`."""
 
     flow: str
     workspace: str
     sender: str | None
     run: str
+    now: dt.datetime
 
 
 @dataclasses.dataclass(slots=True)
@@ -125,6 +127,18 @@ def _without(rows: Iterable[StartRow], repeats: str) -> Iterator[StartRow]:
         yield from (row for row in chunk if row.line not in drop)
 
 
+def _order(inbox: Any) -> tuple[Any, ...]:
+    """The parent's next order; ("stop",) if the parent is gone (killed before it could say)."""
+    parent = multiprocessing.parent_process()
+    while True:
+        try:
+            order: tuple[Any, ...] = inbox.get(timeout=1.0)
+            return order
+        except queue.Empty:
+            if parent is not None and not parent.is_alive():
+                return ("stop",)
+
+
 def _child(index: int, job: Job, inbox: Any, out: Any) -> None:
     """A start process: check the chunks dealt to it, report, then start them if told to.
 
@@ -137,14 +151,14 @@ def _child(index: int, job: Job, inbox: Any, out: Any) -> None:
         runtime = FlowRuntime.from_settings(settings, reload_templates=False)
         settle_heap()  # as `smsbot serve` does once loaded: a row's or a start's objects die young
         parse = functools.partial(
-            runtime.flows[job.flow].parse_start_data, now=SystemClock().now(), from_text=True
+            runtime.flows[job.flow].parse_start_data, now=job.now, from_text=True
         )
         validator = Validator(
             settings, parse, workspace=job.workspace, sender=job.sender, seen=SeenNothing()
         )
         with tempfile.TemporaryFile(prefix="smsbot-start-") as file:
             spool = Spool(file)
-            while (order := inbox.get())[0] == "rows":
+            while (order := _order(inbox))[0] == "rows":
                 keys = []
                 for line, row in order[1]:
                     checked = validator.check(line, row)
@@ -156,7 +170,7 @@ def _child(index: int, job: Job, inbox: Any, out: Any) -> None:
                 return  # "stop": the parent is giving up
             errors = [dataclasses.astuple(e) for e in spool.errors]
             out.put((index, "spooled", (spool.good, spool.bad, errors)))
-            order = inbox.get()
+            order = _order(inbox)
             if order[0] != "go":
                 return
             rows = spool.rows()
