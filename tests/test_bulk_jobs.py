@@ -5,6 +5,7 @@ end. Nothing is started unless the whole file is good, or --skip-invalid starts 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 import subprocess
@@ -28,7 +29,7 @@ def _row(i: int, to: str | None = None, starts_at: str = STARTS_AT) -> str:
 def _events(db: Path) -> list[str]:
     if not db.exists():
         return []
-    with sqlite3.connect(db) as conn:
+    with contextlib.closing(sqlite3.connect(db)) as conn:  # `with connect()` would not close
         tables = {name for (name,) in conn.execute("SELECT name FROM sqlite_master")}
         if "webhook_events" not in tables:
             return []
