@@ -337,8 +337,12 @@ async def history(o: Options) -> list[Figure]:
     cpu = dict.fromkeys(paths, 0.0)
     ports = {label: free_port() for label in paths}
     async with (
-        Servers(o, f"sqlite+aiosqlite:///{paths['empty']}", _local(ports["empty"])) as empty,
-        Servers(o, f"sqlite+aiosqlite:///{paths['history']}", _local(ports["history"])) as stored,
+        Servers(
+            o, f"sqlite+aiosqlite:///{paths['empty']}", f"http://127.0.0.1:{ports['empty']}"
+        ) as empty,
+        Servers(
+            o, f"sqlite+aiosqlite:///{paths['history']}", f"http://127.0.0.1:{ports['history']}"
+        ) as stored,
     ):
         servers = {"empty": empty, "history": stored}
         for label in ("empty", "history", "history", "empty"):
@@ -373,10 +377,6 @@ async def history(o: Options) -> list[Figure]:
             f" CPU per turn {per_turn['history']:,.0f} vs {per_turn['empty']:,.0f} µs",
         )
     ]
-
-
-def _local(port: int) -> str:
-    return f"http://127.0.0.1:{port}"
 
 
 async def migrate(url: str, o: Options) -> None:

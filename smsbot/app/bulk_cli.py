@@ -173,19 +173,22 @@ async def _in_processes(
             shown[0] = n // CHECKED_EVERY
             _checked(n)
 
-    try:
-        async with StartProcesses(job, processes) as started:
+    async with StartProcesses(job, processes) as started:
+        try:
             checked = await started.check(rows, checked_so_far)
-            _checked(checked.good + checked.bad, final=True)
-            if checked.bad and not skip_invalid:
-                started.stop()
-                raise _refused(path, checked)
-            if done := await asyncio.to_thread(migrate, settings):
-                print(f"smsbot: {done}", file=sys.stderr)
-            total = checked.good
+        except JobError as exc:
+            raise OperatorError(f"checking {path} failed, nothing was started: {exc}") from None
+        _checked(checked.good + checked.bad, final=True)
+        if checked.bad and not skip_invalid:
+            started.stop()
+            raise _refused(path, checked)
+        if done := await asyncio.to_thread(migrate, settings):
+            print(f"smsbot: {done}", file=sys.stderr)
+        total = checked.good
+        try:
             result = await started.start(lambda n: progress(n, total))
-    except JobError as exc:
-        raise OperatorError(f"starting {path} failed: {exc}") from None
+        except JobError as exc:
+            raise OperatorError(f"starting {path} failed: {exc}") from None
     return _summary(flow, result, checked.bad)
 
 

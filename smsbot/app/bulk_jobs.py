@@ -289,6 +289,8 @@ class StartProcesses:
                 if dealing.done() and dealing.exception() is not None:
                     break  # the file could not be read: raised below
                 index, kind, value = await self._next(spooled)
+                if kind == "failed":  # nothing is written before "go": stop them all
+                    raise JobError(str(value))
                 if kind == "checked":
                     n, keys = value
                     self._keys.add(keys)
@@ -312,10 +314,13 @@ class StartProcesses:
         return result
 
     async def start(self, progress: Callable[[int], None]) -> BulkResult:
-        """Tell every process to start its good rows; return their counts together."""
+        """Tell every process to start its good rows; return their counts together. A process
+        that fails does not stop the others: each writes whole chunks, and what the others
+        start is started; the failures are raised (JobError) once all have ended."""
         self._tell(("go", self._keys.path if self._repeats else None))
         progressed = [0] * len(self._children)
         result = BulkResult()
+        failures: list[str] = []
         finished: set[int] = set()
         while len(finished) < len(self._children):
             index, kind, value = await self._next(finished)
@@ -329,18 +334,21 @@ class StartProcesses:
                 result.queued += queued
                 result.skipped_opted_out += skipped
                 result.duplicates += duplicates
+            elif kind == "failed":
+                finished.add(index)
+                failures.append(str(value))
+        if failures:
+            raise JobError("; ".join(failures))
         return result
 
     async def _next(self, finished: set[int]) -> tuple[int, str, Any]:
-        """The next report of a process not in `finished` ("quiet" after a second without one);
-        JobError if one failed or died."""
+        """The next report of a process not in `finished`: ("failed", why) if it failed or
+        died, ("quiet", None) after a second without a word."""
         try:
             index, kind, value = await asyncio.to_thread(self._out.get, True, 1.0)
         except queue.Empty:
             for i, child in enumerate(self._children):  # killed without a word
                 if i not in finished and not child.is_alive() and self._out.empty():
-                    raise JobError(f"process {i} ended with exit code {child.exitcode}") from None
+                    return i, "failed", f"process {i} ended with exit code {child.exitcode}"
             return -1, "quiet", None  # the caller looks around, then asks again
-        if kind == "error":
-            raise JobError(str(value))
-        return index, kind, value
+        return index, "failed" if kind == "error" else kind, value
