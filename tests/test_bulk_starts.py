@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import datetime as dt
 import sqlite3
 from collections.abc import Awaitable, Callable
@@ -75,8 +76,12 @@ class Rig:
         self.bot, self.client, self.runtime = bot, client, runtime
 
     async def start(self, rows: list[StartRow], handler: Any = None) -> Any:
-        """Start the appointment flow for `rows` through the fast path (app/bulk)."""
+        """Start the appointment flow for `rows` through the fast path (app/bulk), their data
+        checked first as every caller of enqueue_starts checks it (Flow.parse_start_data; not
+        against the clock, so that a test can start a past appointment for its step to refuse)."""
         bot = self.bot
+        parse = self.runtime.flows["appointment"].parse_start_data
+        rows = [dataclasses.replace(r, data=parse(r.data)) for r in rows]
         return await enqueue_starts(bot.db, handler or self.runtime, bot.clock, "appointment", rows)
 
     async def text(self, event_id: str, body: str, sender: str) -> None:
@@ -231,6 +236,37 @@ async def test_a_conversation_that_moves_during_the_step_is_not_overwritten(rig:
     assert len(outbound) == 2 and "Reply YES" in outbound[1]  # the hours, then one question
     (convo,) = await rig.rows(conversations_t, target, conversations_t.c.id)
     assert (convo["state"], convo["version"]) == ("waiting", 2)
+
+
+async def test_a_fast_start_does_not_parse_its_checked_data_again(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """enqueue_starts' rows were checked by Flow.parse_start_data (app/bulk.Validator); their
+    steps take that answer as it is (DispatchEvent.data_checked) instead of parsing it again
+    in Router.check_start. A START read back from the inbox is still parsed."""
+    flow = rig.runtime.flows["appointment"]
+    parsed: list[dict[str, Any]] = []
+    original = flow.parse_start_data
+
+    def counting(data: Any, **kwargs: Any) -> dict[str, Any]:
+        parsed.append(dict(data))
+        return original(data, **kwargs)
+
+    monkeypatch.setattr(flow, "parse_start_data", counting)
+    fast, slow = phone(1), phone(2)
+    result = await rig.start([StartRow(2, fast, VN, DATA)])
+    assert (result.started, parsed) == (1, [DATA])  # Rig.start's check, and no second parse
+    resp = await rig.client.post(
+        "/api/flows/appointment/start",
+        json={"to": slow, "data": DATA},
+        headers={"Authorization": f"Bearer {TOKEN}"},
+    )
+    assert resp.status == 202, await resp.text()
+    assert await rig.bot.dispatcher.run_until_idle() == 1
+    assert parsed == [DATA, DATA, DATA]  # the API's check, then the dispatcher's step
+    for to in (fast, slow):
+        (convo,) = await rig.rows(conversations_t, to, conversations_t.c.id)
+        assert (convo["state"], convo["data"]["name"]) == ("waiting", "Sam")
 
 
 async def test_a_start_already_stored_writes_nothing_again(rig: Rig) -> None:

@@ -59,6 +59,10 @@ class DispatchEvent:
     kind: EventKind
     payload: dict[str, Any]
     received_at: dt.datetime
+    # A START whose payload["data"] is already its flow's parse_start_data answer (a bulk
+    # start checks each row before it is stepped): the step does not parse it a second time.
+    # In memory only: an event read back from the inbox is always parsed.
+    data_checked: bool = False
 
 
 @dataclasses.dataclass(slots=True)

@@ -16,6 +16,7 @@ from typing import Any
 from smsbot.engine.contact import Contact, ContactSnapshot
 from smsbot.engine.contract import ConversationKey, Origin, OutgoingSms, TimerRequest
 from smsbot.engine.flow import Flow, FlowError, Message, State, require_json
+from smsbot.engine.jsondata import copy_json, is_plain_json
 from smsbot.sms.templates import SmsTemplates
 from smsbot.sms.zones import UnknownTimeZoneError, iana_zone
 
@@ -127,7 +128,9 @@ class Conversation:
         )
         payload = {"template": template, "vars": variables, "data": self.data, "flow": self.flow}
         require_json(payload, f"the data behind reminder {name!r}")
-        self._add(TimerRequest(name, "remind", at, json.loads(json.dumps(payload))))
+        # a copy as JSON would read it back: a later change to convo.data does not reach it
+        copied = copy_json(payload) if is_plain_json(payload) else json.loads(json.dumps(payload))
+        self._add(TimerRequest(name, "remind", at, copied))
 
     def schedule(
         self, handler: str | Callable[..., Any], *, at: dt.datetime, name: str | None = None

@@ -15,6 +15,7 @@ import re
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
+from smsbot.engine.jsondata import is_plain_json
 from smsbot.engine.startdata import parse_start_data
 from smsbot.sms.keywords import match_keyword, normalize_keyword
 
@@ -255,6 +256,8 @@ class Flow:
 
 def require_json(value: object, what: str) -> None:
     """Raise FlowError unless `value` can be stored as JSON; `what` names it for the author."""
+    if is_plain_json(value):
+        return  # the common case, without writing the JSON out
     try:
         json.dumps(value, allow_nan=False)  # NaN is not JSON: PostgreSQL would refuse it
     except (TypeError, ValueError) as exc:

@@ -190,8 +190,13 @@ class Router:
         running = self._flows.get(flow or "")
         return triggered == flow and not (running is not None and running.restart_on_trigger)
 
-    def check_start(self, binding: NumberBinding, payload: Mapping[str, Any]) -> CheckedStart:
-        """Check a START event's payload against the loaded flows and the number's bindings."""
+    def check_start(
+        self, binding: NumberBinding, payload: Mapping[str, Any], *, parsed: bool = False
+    ) -> CheckedStart:
+        """Check a START event's payload against the loaded flows and the number's bindings.
+
+        `parsed`: its data is already the flow's parse_start_data answer (not parsed again).
+        """
         name, data = payload.get("flow"), payload.get("data")
         data = {} if data is None else data
         policy = payload.get("policy") or "interrupt"
@@ -203,6 +208,8 @@ class Router:
             raise FlowError(f"flow {name!r} is not bound to this number (see its flows setting)")
         if not isinstance(data, dict):
             raise FlowError(f"START data for flow {name!r} must be a JSON object")
+        if parsed:
+            return CheckedStart(name, data, policy)
         try:
             data = self._flows[name].parse_start_data(data)  # as the operator API checked it
         except (ValueError, TypeError, KeyError) as exc:

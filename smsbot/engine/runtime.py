@@ -11,7 +11,6 @@ reminders still go out ("see you tomorrow" outlives the conversation that arrang
 
 from __future__ import annotations
 
-import copy
 import datetime as dt
 import inspect
 import logging
@@ -34,6 +33,7 @@ from smsbot.engine.contract import (
 )
 from smsbot.engine.conversation import Conversation
 from smsbot.engine.flow import Flow, FlowError, Handler, Message, State
+from smsbot.engine.jsondata import copy_json
 from smsbot.engine.loader import FlowLoadError, check_flows, load_flows
 from smsbot.engine.quiet_hours import defer_until
 from smsbot.engine.router import RouteKind, Router
@@ -168,10 +168,11 @@ class FlowRuntime:
         step.result.comply(answer)
 
     async def _start_event(self, step: Step) -> None:
-        start = self.router.check_start(step.binding, step.event.payload)
+        event = step.event
+        start = self.router.check_start(step.binding, event.payload, parsed=event.data_checked)
         if step.snap.opted_out:
             return  # never start anything for a phone that said STOP
-        data = {k: v for k, v in copy.deepcopy(start.data).items() if k != RESERVED}
+        data = {k: v for k, v in copy_json(start.data).items() if k != RESERVED}
         await self._begin(step, start.flow, data, Origin.FLOW, None, start.policy)
 
     async def _timer(self, step: Step) -> None:

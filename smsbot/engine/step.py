@@ -6,7 +6,6 @@ the conversation and turns it into the StepResult the dispatcher writes.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import datetime as dt
 import logging
@@ -24,6 +23,7 @@ from smsbot.engine.contract import (
 )
 from smsbot.engine.conversation import Conversation
 from smsbot.engine.flow import Flow, Message, State, require_json
+from smsbot.engine.jsondata import copy_json
 from smsbot.engine.quiet_hours import defer_until, recipient_zone
 from smsbot.engine.router import NumberBinding, Router
 from smsbot.sms.phone import PhoneNumberError
@@ -73,7 +73,7 @@ class Step:
     ) -> None:
         self.deps, self.event, self.snap, self.now = deps, event, snap, now
         self.binding: NumberBinding = deps.router.binding(snap.key.virtual_number)
-        data = copy.deepcopy(snap.data)  # the snapshot stays untouched: a step may be retried
+        data = copy_json(snap.data)  # the snapshot stays untouched: a step may be retried
         self.owned: dict[str, str] = dict(data.pop(RESERVED, {}).get("timers", {}))
         self.data, self.flow, self.state = data, snap.flow, snap.state
         self.result = StepResult(flow=snap.flow, state=snap.state, data=snap.data)

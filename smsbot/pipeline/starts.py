@@ -87,7 +87,10 @@ _FRESH = NewConversation(0, written=True)
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Start:
-    """One start to make: `flow` for `key` with `data`; `event_id` is its once-only id."""
+    """One start to make: `flow` for `key` with `data`; `event_id` is its once-only id.
+
+    `data` is the flow's Flow.parse_start_data answer: the step does not check it again.
+    """
 
     event_id: str
     key: ConversationKey
@@ -163,7 +166,9 @@ async def prepare(
             continue
         snapshot = snapshot_of(look.row, start.key, False)
         snapshot.contact = people.get((workspace, start.key.phone))
-        event = DispatchEvent(0, EventKind.START, _payload(flow, start, policy), now)
+        # Start.data is checked: enqueue_starts' rows come through Flow.parse_start_data.
+        payload = _payload(flow, start, policy)
+        event = DispatchEvent(0, EventKind.START, payload, now, data_checked=True)
         try:
             step = await run_step(handler, event, snapshot, now, step_timeout)
         except Exception:  # TimeoutError too: the dispatcher retries it, then parks it
@@ -297,7 +302,7 @@ def _write(conn: Connection, chunk: Chunk) -> ChunkResult:
         if start.event_id not in ids:
             result.duplicates += 1  # already stored: started before, nothing to write
             continue
-        item.event = DispatchEvent(ids[start.event_id], EventKind.START, item.event.payload, now)
+        item.event = dataclasses.replace(item.event, id=ids[start.event_id])
         items.append(item)
     fresh = [i for i in items if i.convo is _FRESH]
     created = claims.insert_conversations(conn, fresh, now)
