@@ -286,7 +286,13 @@ def _configure_sqlite(engine: Engine, begin: str = "BEGIN IMMEDIATE") -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Any) -> None:
-        conn.exec_driver_sql(begin)
+        # On the DB-API cursor: 0.7 µs, against 7.6 through conn.exec_driver_sql (SQLAlchemy
+        # builds an execution context for it), and every transaction, read or write, begins.
+        cursor = conn.connection.cursor()
+        try:
+            cursor.execute(begin)
+        finally:
+            cursor.close()
 
 
 def _checkpoint_after_commits(engine: Engine, checkpointer: Checkpointer) -> None:
