@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import random
+
+import phonenumbers
 import pytest
 
+from smsbot.sms import phone
 from smsbot.sms.phone import (
     PhoneNumberError,
     country_zones,
@@ -202,3 +206,37 @@ def test_lookups_want_e164(bad: str) -> None:
         region_of(bad)
     with pytest.raises(PhoneNumberError, match="normalize"):
         time_zones_of(bad)
+
+
+def e164_samples() -> list[str]:
+    """Numbers in E.164 form for every country code phonenumbers knows: every length, every
+    first digit after the country code (national prefixes such as 44's 0 and 180020, 1's 1 and
+    7's 8 included), the rest random but fixed (seeded)."""
+    rng = random.Random(13)
+    samples = []
+    for code in sorted(phonenumbers.COUNTRY_CODE_TO_REGION_CODE):
+        cc = str(code)
+        for length in range(1, 16 - len(cc)):
+            for head in ("0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "180020", "06"):
+                rest = (head + "".join(rng.choice("0123456789") for _ in range(15)))[:length]
+                samples.append(f"+{cc}{rest}")
+    return samples
+
+
+def test_numbers_in_e164_form_are_read_as_phonenumbers_reads_them() -> None:
+    """phone._possible_e164 answers numbers already in E.164 form without phonenumbers.parse;
+    its answer is the whole parse's on every sample (and it does answer most of them)."""
+    samples = e164_samples()
+    possible = answered = 0
+    for text in samples:
+        for region in ("GB", "US"):
+            expected = phone._parse_possible_by_phonenumbers(text, region)
+            assert phone._parse_possible(text, region) == expected, (text, region)
+        possible += expected[0] is not None
+        answered += phone._possible_e164(text) is not None
+    # of 31,536 samples 6,954 are possible numbers, 4,940 of them answered without the parse
+    assert len(samples) > 30_000 and possible > 5_000 and answered > possible // 2
+    assert phone._possible_e164(DRAMA) == DRAMA
+    assert phone._possible_e164("+4407700900123") is None  # 44 strips a 0: parse decides
+    assert normalize("+4407700900123") == DRAMA
+    assert phone._possible_e164("+5491123456789") is None  # 54 rewrites its mobiles: parse

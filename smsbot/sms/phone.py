@@ -75,6 +75,12 @@ def _check_region(region: str) -> str:
 
 def _parse_possible(text: str, region: str | None) -> tuple[str | None, str]:
     """Parse `text`; return (E.164, "") if it is a possible number, else (None, why not)."""
+    if _E164.fullmatch(text) and (number := _possible_e164(text)) is not None:
+        return number, ""
+    return _parse_possible_by_phonenumbers(text, region)
+
+
+def _parse_possible_by_phonenumbers(text: str, region: str | None) -> tuple[str | None, str]:
     try:
         number = phonenumbers.parse(text, region)
     except phonenumbers.NumberParseException as exc:
@@ -85,6 +91,61 @@ def _parse_possible(text: str, region: str | None) -> tuple[str | None, str]:
     if reason != phonenumbers.ValidationResult.IS_POSSIBLE:
         return None, _REASONS.get(reason, "")
     return str(phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)), ""
+
+
+# A number already in E.164 form ("+447700900123": a bulk file's, an API caller's) is what
+# phonenumbers.parse would make of it, unless its country strips a national prefix or carrier
+# code from what follows the country code. `_possible_e164` answers those numbers without the
+# parse (~2 µs against ~11): the country code found as parse finds it (the shortest known
+# prefix of 1-3 digits), and only where its metadata's national_prefix_for_parsing is absent or
+# a choice of plain digit strings (44: "0|180020") that the rest does not begin with, nor with
+# a 0 (kept as Italian leading zeros). The length check is phonenumbers' own, on the number
+# parse would build. Any other number, and every refusal, takes the whole parse
+# (tests/test_phone.py compares the two on numbers of every country code).
+def _possible_e164(text: str) -> str | None:
+    """`text` (strict E.164) if it is possible and parses to itself; None: ask phonenumbers."""
+    digits = text[1:]
+    for size in (1, 2, 3):
+        prefixes = _NATIONAL_PREFIXES.get(digits[:size])
+        if prefixes is not None:
+            rest = digits[size:]
+            break
+    else:
+        return None
+    if prefixes is _STRIPS or not 2 <= len(rest) <= _MAX_NSN or rest.startswith(("0", *prefixes)):
+        return None
+    number = phonenumbers.PhoneNumber(country_code=int(digits[:size]), national_number=int(rest))
+    if (
+        phonenumbers.is_possible_number_with_reason(number)
+        != phonenumbers.ValidationResult.IS_POSSIBLE
+    ):
+        return None  # the whole parse says why
+    return text
+
+
+_MAX_NSN = 17  # phonenumbers' _MAX_LENGTH_FOR_NSN
+_STRIPS: tuple[str, ...] = ("strips",)  # a country whose national prefix rule is a pattern
+
+
+def _national_prefixes() -> dict[str, tuple[str, ...]]:
+    """Each country code's national prefixes for parsing, when they are plain digit strings."""
+    table: dict[str, tuple[str, ...]] = {}
+    for code in phonenumbers.COUNTRY_CODE_TO_REGION_CODE:
+        region = phonenumbers.region_code_for_country_code(code)
+        meta = phonenumbers.PhoneMetadata.metadata_for_region_or_calling_code(code, region)
+        pattern = meta.national_prefix_for_parsing if meta is not None else None
+        if meta is None or meta.national_prefix_transform_rule:
+            table[str(code)] = _STRIPS
+        elif not pattern:
+            table[str(code)] = ()
+        elif re.fullmatch(r"[0-9]+(\|[0-9]+)*", pattern):
+            table[str(code)] = tuple(pattern.split("|"))
+        else:
+            table[str(code)] = _STRIPS
+    return table
+
+
+_NATIONAL_PREFIXES = _national_prefixes()
 
 
 @functools.lru_cache(maxsize=4096)  # webhooks normalise the same few senders over and over
