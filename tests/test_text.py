@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from smsbot.sms import text as sms_text
 from smsbot.sms.text import Encoding, SmsText, analyze, split_parts, to_gsm
 from tests.support import VECTORS as VECTOR_DIR
 
@@ -226,3 +227,27 @@ def test_to_gsm_only_substitutes(text: str) -> None:
     fixed = to_gsm(text)
     assert len(fixed) >= len(text)
     assert to_gsm(fixed) == fixed  # idempotent: every replacement is itself left alone
+
+
+_MIXED = st.lists(
+    st.sampled_from([chr(c) for c in range(128)] + list("£€é…\u2019\u00a0ç😀\u3000") + ["Hi "]),
+    max_size=200,
+).map("".join)
+
+
+@given(_MIXED)
+@settings(max_examples=2000, deadline=None)
+def test_the_plain_ascii_shortcut_agrees_with_the_character_count(text: str) -> None:
+    """text._analyze answers most texts (ASCII of the basic table) without a set of their
+    characters; its answer is _analyze_by_chars' on any text, and to_gsm's ASCII shortcut
+    swaps exactly what the table would."""
+    assert sms_text._analyze(text) == sms_text._analyze_by_chars(text)
+    assert to_gsm(text) == text.translate(sms_text._SMART_TABLE)
+
+
+def test_the_plain_ascii_shortcut_is_taken_for_a_plain_reply() -> None:
+    reply = "Hi Sam, your appointment is on Tue 5 Jan at 10:30. Reply YES to confirm." * 3
+    assert sms_text._NOT_ONE_SEPTET_ASCII.search(reply) is None
+    assert analyze(reply) == SmsText(reply, Encoding.GSM7, len(reply), 2)
+    for odd in ("`", "\t", "^", "{", "\x00"):  # not one septet: the character count decides
+        assert sms_text._NOT_ONE_SEPTET_ASCII.search(reply + odd) is not None
