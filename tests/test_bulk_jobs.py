@@ -162,3 +162,89 @@ def test_a_start_process_whose_parent_is_gone_stops(tmp_path: Path) -> None:
         time.sleep(0.1)
     else:
         raise AssertionError("the start process outlived its parent")
+
+
+_CRASHING = '''
+import os
+from pathlib import Path
+
+from smsbot import Conversation, Flow, State
+
+
+class Crashing(Flow):
+    """Says hello; dies on the row named "crash" while the file $CRASH exists (once)."""
+
+    name = "crashing"
+    opt_out_notice = False
+    hello = State(initial=True)
+
+    async def start(self, convo: Conversation) -> State | None:
+        marker = Path(os.environ["CRASH"])
+        if convo.data["name"] == "crash" and marker.exists():
+            marker.unlink()
+            os._exit(7)  # the process dies mid-start, as a killed one would
+        await convo.say(f"Hello {convo.data['name']}")
+        return None
+'''
+
+
+def _messages(db: Path) -> list[str]:
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        return [phone for (phone,) in conn.execute("SELECT phone FROM messages")]
+
+
+def test_a_start_process_that_dies_leaves_the_others_to_finish_and_resume_starts_the_rest(
+    tmp_path: Path,
+) -> None:
+    """750 rows, three chunks, two processes: the first is dealt chunks 0 and 2, the second
+    chunk 1. The first dies in chunk 2 (line 602). The second finishes its chunk; the command
+    says what failed, how far the processes got and how to resume. The same command with
+    --resume starts the rest: every row once, none twice."""
+    (tmp_path / "flows").mkdir()
+    (tmp_path / "flows" / "crashing.py").write_text(_CRASHING)
+    (tmp_path / "templates").mkdir()
+    marker = tmp_path / "crash-once"
+    marker.touch()
+    rows = [_row(i) for i in range(750)]
+    rows[600] = _row(600).replace(",P600,", ",crash,")
+    path = tmp_path / "rows.csv"
+    path.write_text("to,name,starts_at,location\n" + "".join(rows))
+    db = tmp_path / "bulk.db"
+    env = {
+        **ENV,
+        "SMSBOT_DATABASE_URL": f"sqlite:///{db}",
+        "SMSBOT_FLOWS_DIR": str(tmp_path / "flows"),
+        "SMSBOT_TEMPLATES_DIR": str(tmp_path / "templates"),
+        "CRASH": str(marker),
+    }
+    command = ("start", "crashing", "--csv", str(path), "--jobs", "2")
+
+    failed = smsbot(*command, env=env, timeout=120)
+    assert failed.returncode == 2, failed.stderr
+    assert not marker.exists() and "Traceback" not in failed.stderr
+    assert "process 0 ended with exit code 7" in failed.stderr
+    assert "500 of 750 row(s) were started (or skipped) before they ended" in failed.stderr
+    run = failed.stderr.split("smsbot: starting run ")[1][:12]
+    assert f"the same command with --resume {run} to start the rest" in failed.stderr
+    started = sorted(int(e.rsplit(":", 1)[1]) for e in _events(db))
+    assert started == list(range(2, 502))  # chunks 0 and 1, each whole; nothing of chunk 2
+
+    resumed = smsbot(*command, "--resume", run, env=env, timeout=120)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "started 250 conversation(s)" in resumed.stdout
+    assert "500 started before (--resume)" in resumed.stdout
+    events = _events(db)
+    assert sorted(int(e.rsplit(":", 1)[1]) for e in events) == list(range(2, 752))
+    assert {e.rsplit(":", 1)[0] for e in events} == {f"bulk:{run}"}
+    messages = _messages(db)
+    assert len(messages) == len(set(messages)) == 750  # one hello each, none twice
+
+
+def test_resume_takes_only_a_run_id(tmp_path: Path) -> None:
+    path = tmp_path / "rows.csv"
+    path.write_text("to,name,starts_at,location\n" + _row(1))
+    env = {**ENV, "SMSBOT_DATABASE_URL": f"sqlite:///{tmp_path / 'bulk.db'}"}
+    out = smsbot("start", "appointment", "--csv", str(path), "--resume", "../x", env=env)
+    assert out.returncode == 2
+    assert "--resume: takes the run id a start printed (12 hex digits" in out.stderr
+    assert not (tmp_path / "bulk.db").exists()

@@ -7,6 +7,7 @@ import dataclasses
 import io
 import itertools
 import os
+import re
 import sqlite3
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -332,6 +333,15 @@ def validate(
     return good, bad
 
 
+# A bulk start's run id: hex digits, in each of its starts' event ids (bulk:RUN:LINE).
+RUN_ID = re.compile(r"[0-9a-f]{12}")
+
+
+def new_run_id() -> str:
+    """A fresh run id (RUN_ID)."""
+    return uuid.uuid4().hex[:12]
+
+
 def chunks(items: Iterable[T], size: int) -> Iterator[list[T]]:
     """`items` in lists of `size` (the last may be shorter); itertools.batched from 3.12."""
     it = iter(items)
@@ -361,7 +371,7 @@ async def enqueue_starts(
     `settings.step_timeout`) is cut short and queued, as a step that raises is: the run goes on.
     """
     result = BulkResult()
-    run = run or uuid.uuid4().hex[:12]
+    run = run or new_run_id()
     done = 0
     # One chunk at a time: read and step it, then write it. Stepping the next chunk while this
     # one is written was tried: the steps' Python then competes for the GIL with the writer

@@ -18,7 +18,6 @@ import itertools
 import os
 import sys
 import tempfile
-import uuid
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -31,6 +30,7 @@ from smsbot.app.bulk import (
     Validator,
     csv_rows,
     enqueue_starts,
+    new_run_id,
 )
 from smsbot.app.bulk_jobs import Checked, Job, JobError, Spool, StartProcesses
 from smsbot.app.database import migrate
@@ -107,11 +107,21 @@ def _refused(path: Path, checked: Spool | Checked) -> OperatorError:
     )
 
 
+def _starting(run: str) -> None:
+    """Say the run's id before its rows are started: what --resume takes if it stops part-way."""
+    print(
+        f"smsbot: starting run {run}; should it stop part-way, the same command with"
+        f" --resume {run} starts the rest",
+        file=sys.stderr,
+    )
+
+
 def _summary(flow: str, result: BulkResult, invalid: int) -> str:
+    again = f", {result.duplicates:,} started before (--resume)" if result.duplicates else ""
     return (
         f"started {result.started:,} conversation(s) of {flow!r} ({result.queued:,} of them"
         f" queued behind earlier events); skipped {result.skipped_opted_out:,} opted-out and"
-        f" {invalid:,} invalid row(s). A running `smsbot serve` sends the messages."
+        f" {invalid:,} invalid row(s){again}. A running `smsbot serve` sends the messages."
     )
 
 
@@ -124,10 +134,14 @@ async def start_from_csv(
     workspace: str = DEFAULT,
     sender: str | None = None,
     jobs: int | None = None,
+    resume: str | None = None,
 ) -> str:
     """Start `flow` in `workspace` for every valid row of the CSV at `path` (`sender` for rows
     without a "from") in `jobs` processes (None: one per core, for large files); return a
-    one-line summary."""
+    one-line summary. `resume`: the run id of an earlier start of the same file that stopped
+    part-way; its rows already started are skipped (each row's start has its once-only event
+    id, bulk:RUN:LINE)."""
+    run = resume or new_run_id()
     runtime = FlowRuntime.from_settings(settings, reload_templates=False)
     if flow not in runtime.flows:
         known = ", ".join(sorted(runtime.flows)) or "none"
@@ -146,10 +160,10 @@ async def start_from_csv(
     del first
     if processes > 1:
         return await _in_processes(
-            settings, flow, path, skip_invalid, every, processes, workspace=workspace, sender=sender
+            settings, flow, path, skip_invalid, every, processes, run, workspace, sender
         )
     return await _in_this_process(
-        settings, runtime, flow, path, skip_invalid, every, workspace=workspace, sender=sender
+        settings, runtime, flow, path, skip_invalid, every, run, workspace, sender
     )
 
 
@@ -160,12 +174,12 @@ async def _in_processes(
     skip_invalid: bool,
     rows: Iterable[tuple[int, dict[str, Any]]],
     processes: int,
-    *,
+    run: str,
     workspace: str,
     sender: str | None,
 ) -> str:
     """Check and start `rows` in `processes` start processes (app/bulk_jobs)."""
-    job = Job(flow, workspace, sender, uuid.uuid4().hex[:12], SystemClock().now())
+    job = Job(flow, workspace, sender, run, SystemClock().now())
     shown = [0]
 
     def checked_so_far(n: int) -> None:
@@ -185,10 +199,16 @@ async def _in_processes(
         if done := await asyncio.to_thread(migrate, settings):
             print(f"smsbot: {done}", file=sys.stderr)
         total = checked.good
+        _starting(run)
         try:
             result = await started.start(lambda n: progress(n, total))
         except JobError as exc:
-            raise OperatorError(f"starting {path} failed: {exc}") from None
+            raise OperatorError(
+                f"starting {path} failed: {exc}. The other processes went on: {exc.done:,} of"
+                f" {total:,} row(s) were started (or skipped) before they ended. Run the same"
+                f" command with --resume {run} to start the rest: rows already started are"
+                " skipped"
+            ) from None
     return _summary(flow, result, checked.bad)
 
 
@@ -199,7 +219,7 @@ async def _in_this_process(
     path: Path,
     skip_invalid: bool,
     rows: Iterable[tuple[int, dict[str, Any]]],
-    *,
+    run: str,
     workspace: str,
     sender: str | None,
 ) -> str:
@@ -219,6 +239,7 @@ async def _in_this_process(
         if done := await asyncio.to_thread(migrate, settings):
             print(f"smsbot: {done}", file=sys.stderr)
         total = checked.good
+        _starting(run)
         db = Database(settings.database_url)
         try:
             result = await enqueue_starts(
@@ -229,6 +250,7 @@ async def _in_this_process(
                 checked.rows(),
                 progress=lambda n: progress(n, total),
                 workspace=workspace,
+                run=run,
                 step_timeout=settings.step_timeout,
             )
         finally:

@@ -139,6 +139,18 @@ def _cmd_events_retry(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_id(text: str) -> str:
+    """An argparse type: a bulk start's run id, as `smsbot start` printed it."""
+    from smsbot.app.bulk import RUN_ID
+
+    if not RUN_ID.fullmatch(text):
+        raise argparse.ArgumentTypeError(
+            f"takes the run id a start printed (12 hex digits, as in"
+            f" 'smsbot: starting run 3f9c0a1b2d4e'), got {text!r}"
+        )
+    return text
+
+
 def _cmd_start(args: argparse.Namespace) -> int:
     from smsbot.app.bulk_cli import start_from_csv
     from smsbot.app.operations import workspace_named
@@ -158,6 +170,7 @@ def _cmd_start(args: argparse.Namespace) -> int:
                 workspace=workspace,
                 sender=sender,
                 jobs=args.jobs,
+                resume=args.resume,
             )
         )
     )
@@ -232,6 +245,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--jobs",
         type=positive_int,
         help="processes that start the rows (default: one per core, up to 4, for 20,000+ rows)",
+    )
+    p.add_argument(
+        "--resume",
+        type=run_id,
+        metavar="RUN",
+        help="the run id a start that stopped part-way printed: start the rest of the same file",
     )
     _workspace_option(p, "start from this workspace's numbers")
     p.set_defaults(func=_cmd_start)
