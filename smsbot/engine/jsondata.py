@@ -36,9 +36,16 @@ def _plain(value: object) -> bool:
     if kind is float:
         return math.isfinite(value)  # type: ignore[arg-type]
     if kind is dict:
-        return all(type(k) is str and _plain(v) for k, v in value.items())  # type: ignore[attr-defined]
+        for key, item in value.items():  # type: ignore[attr-defined]
+            # loops, not all(): most values are scalars, checked here without a call
+            if type(key) is not str or (type(item) not in _SCALARS and not _plain(item)):
+                return False
+        return True
     if kind is list:
-        return all(_plain(v) for v in value)  # type: ignore[attr-defined]
+        for item in value:  # type: ignore[attr-defined]  # noqa: SIM110 (a loop: no generator)
+            if type(item) not in _SCALARS and not _plain(item):
+                return False
+        return True
     return False
 
 
@@ -47,9 +54,12 @@ def copy_json(value: T) -> T:
     JSON would store it); quick for plain JSON values."""
     kind = type(value)
     if kind is dict:
-        return {k: copy_json(v) for k, v in value.items()}  # type: ignore[attr-defined,return-value]
+        return {  # type: ignore[return-value]
+            k: v if type(v) in _SCALARS else copy_json(v)
+            for k, v in value.items()  # type: ignore[attr-defined]
+        }
     if kind is list:
-        return [copy_json(v) for v in value]  # type: ignore[attr-defined,return-value]
+        return [v if type(v) in _SCALARS else copy_json(v) for v in value]  # type: ignore[attr-defined,return-value]
     if kind in _SCALARS or kind is float:
         return value
     return copy.deepcopy(value)
