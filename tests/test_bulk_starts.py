@@ -401,12 +401,13 @@ def test_check_file_spools_good_rows_and_counts_bad_ones(tmp_path: Path, db_url:
     )
     seen = SeenOnDisk()  # what `smsbot start` uses: the recipients seen, on disk
     with (tmp_path / "spool").open("w+b") as spool, contextlib.closing(seen):
-        checked = check_file(path, Validator(settings, seen=seen), spool)
-        rows = list(checked.rows())
+        spooled = check_file(path, Validator(settings, seen=seen), spool)
+        rows = list(spooled.rows())
     assert [(r.line, r.phone, r.data) for r in rows] == [
         (2, "+447700900001", {"name": "Ann"}),
         (4, "+447700900003", {"name": "Cy"}),
     ]
+    checked = spooled.checked
     assert (checked.good, checked.bad) == (2, 2)
     assert [(e.line, e.field) for e in checked.errors] == [(3, "to"), (5, "to")]
 

@@ -97,7 +97,7 @@ def check_file(path: Path, validator: Validator, file: IO[bytes]) -> Spool:
     return spool
 
 
-def _refused(path: Path, checked: Spool | Checked) -> OperatorError:
+def _refused(path: Path, checked: Checked) -> OperatorError:
     shown = "\n".join(f"  {path}:{e}" for e in checked.errors)
     more = checked.bad - len(checked.errors)
     rest = f"\n  … and {more} more" if more else ""
@@ -107,8 +107,16 @@ def _refused(path: Path, checked: Spool | Checked) -> OperatorError:
     )
 
 
-def _starting(run: str) -> None:
-    """Say the run's id before its rows are started: what --resume takes if it stops part-way."""
+async def _ready(
+    settings: Settings, path: Path, checked: Checked, skip_invalid: bool, run: str
+) -> None:
+    """Between the check and the starts: refuse a file with bad rows (OperatorError) unless
+    `skip_invalid`, bring the schema up to date, and say the run's id (what --resume takes if
+    the starts stop part-way)."""
+    if checked.bad and not skip_invalid:
+        raise _refused(path, checked)
+    if done := await asyncio.to_thread(migrate, settings):
+        print(f"smsbot: {done}", file=sys.stderr)
     print(
         f"smsbot: starting run {run}; should it stop part-way, the same command with"
         f" --resume {run} starts the rest",
@@ -193,13 +201,12 @@ async def _in_processes(
         except JobError as exc:
             raise OperatorError(f"checking {path} failed, nothing was started: {exc}") from None
         _checked(checked.good + checked.bad, final=True)
-        if checked.bad and not skip_invalid:
-            started.stop()
-            raise _refused(path, checked)
-        if done := await asyncio.to_thread(migrate, settings):
-            print(f"smsbot: {done}", file=sys.stderr)
+        try:
+            await _ready(settings, path, checked, skip_invalid, run)
+        except OperatorError:
+            started.stop()  # they end without starting anything
+            raise
         total = checked.good
-        _starting(run)
         try:
             result = await started.start(lambda n: progress(n, total))
         except JobError as exc:
@@ -232,14 +239,11 @@ async def _in_this_process(
         tempfile.TemporaryFile(prefix="smsbot-start-", suffix=".spool") as file,
         contextlib.closing(seen),
     ):
-        checked = Spool(file)
-        await asyncio.to_thread(check_rows, rows, validator, checked)
-        if checked.bad and not skip_invalid:
-            raise _refused(path, checked)
-        if done := await asyncio.to_thread(migrate, settings):
-            print(f"smsbot: {done}", file=sys.stderr)
+        spool = Spool(file)
+        await asyncio.to_thread(check_rows, rows, validator, spool)
+        checked = spool.checked
+        await _ready(settings, path, checked, skip_invalid, run)
         total = checked.good
-        _starting(run)
         db = Database(settings.database_url)
         try:
             result = await enqueue_starts(
@@ -247,7 +251,7 @@ async def _in_this_process(
                 runtime,
                 clock,
                 flow,
-                checked.rows(),
+                spool.rows(),
                 progress=lambda n: progress(n, total),
                 workspace=workspace,
                 run=run,

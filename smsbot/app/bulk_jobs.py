@@ -62,24 +62,36 @@ class JobError(RuntimeError):
         self.done = done
 
 
+@dataclasses.dataclass(slots=True)
+class Checked:
+    """What a check found: the good and bad rows' counts, the first bad rows (of a process's
+    share of the file, or of the whole file)."""
+
+    good: int = 0
+    bad: int = 0
+    errors: list[RowError] = dataclasses.field(default_factory=list)  # the first SHOWN_ERRORS
+
+    def refuse(self, error: RowError) -> None:
+        """Count a bad row; keep it if it is one of the first SHOWN_ERRORS."""
+        self.bad += 1
+        if len(self.errors) < SHOWN_ERRORS:
+            self.errors.append(error)
+
+
 class Spool:
-    """Checked rows: the good ones spooled in pickled chunks, the first errors, the counts."""
+    """Checked rows: the good ones spooled in pickled chunks, and what the check found."""
 
     def __init__(self, spool: IO[bytes]) -> None:
         self.spool = spool
-        self.good = 0
-        self.bad = 0
-        self.errors: list[RowError] = []  # the first SHOWN_ERRORS
+        self.checked = Checked()
         self._chunk: list[tuple[int, str, str, dict[str, Any]]] = []  # StartRow's fields
 
     def add(self, checked: StartRow | RowError) -> None:
         """Count a checked row; spool it if it is good."""
         if isinstance(checked, RowError):
-            self.bad += 1
-            if len(self.errors) < SHOWN_ERRORS:
-                self.errors.append(checked)
+            self.checked.refuse(checked)
             return
-        self.good += 1
+        self.checked.good += 1
         self._chunk.append((checked.line, checked.phone, checked.virtual_number, checked.data))
         if len(self._chunk) >= BATCH:
             self.flush()
@@ -114,15 +126,6 @@ class Job:
     sender: str | None
     run: str
     now: dt.datetime
-
-
-@dataclasses.dataclass(slots=True)
-class Checked:
-    """What the processes' checks found in the whole file."""
-
-    good: int = 0
-    bad: int = 0
-    errors: list[RowError] = dataclasses.field(default_factory=list)  # the first SHOWN_ERRORS
 
 
 def _without(rows: Iterable[StartRow], repeats: str) -> Iterator[StartRow]:
@@ -173,8 +176,9 @@ def _child(index: int, job: Job, inbox: Any, out: Any) -> None:
                 out.put((index, "checked", (len(order[1]), keys)))
             if order[0] != "end":
                 return  # "stop": the parent is giving up
-            errors = [dataclasses.astuple(e) for e in spool.errors]
-            out.put((index, "spooled", (spool.good, spool.bad, errors)))
+            found = spool.checked
+            errors = [dataclasses.astuple(e) for e in found.errors]
+            out.put((index, "spooled", (found.good, found.bad, errors)))
             order = _order(inbox)
             if order[0] != "go":
                 return
