@@ -106,15 +106,16 @@ def _possible_e164(text: str) -> str | None:
     """`text` (strict E.164) if it is possible and parses to itself; None: ask phonenumbers."""
     digits = text[1:]
     for size in (1, 2, 3):
-        prefixes = _NATIONAL_PREFIXES.get(digits[:size])
-        if prefixes is not None:
+        code = int(digits[:size])
+        if code in phonenumbers.COUNTRY_CODE_TO_REGION_CODE:
             rest = digits[size:]
             break
     else:
         return None
-    if prefixes is _STRIPS or not 2 <= len(rest) <= _MAX_NSN or rest.startswith(("0", *prefixes)):
+    prefixes = _national_prefixes(code)
+    if prefixes is None or not 2 <= len(rest) <= _MAX_NSN or rest.startswith(("0", *prefixes)):
         return None
-    number = phonenumbers.PhoneNumber(country_code=int(digits[:size]), national_number=int(rest))
+    number = phonenumbers.PhoneNumber(country_code=code, national_number=int(rest))
     if (
         phonenumbers.is_possible_number_with_reason(number)
         != phonenumbers.ValidationResult.IS_POSSIBLE
@@ -124,28 +125,22 @@ def _possible_e164(text: str) -> str | None:
 
 
 _MAX_NSN = 17  # phonenumbers' _MAX_LENGTH_FOR_NSN
-_STRIPS: tuple[str, ...] = ("strips",)  # a country whose national prefix rule is a pattern
 
 
-def _national_prefixes() -> dict[str, tuple[str, ...]]:
-    """Each country code's national prefixes for parsing, when they are plain digit strings."""
-    table: dict[str, tuple[str, ...]] = {}
-    for code in phonenumbers.COUNTRY_CODE_TO_REGION_CODE:
-        region = phonenumbers.region_code_for_country_code(code)
-        meta = phonenumbers.PhoneMetadata.metadata_for_region_or_calling_code(code, region)
-        pattern = meta.national_prefix_for_parsing if meta is not None else None
-        if meta is None or meta.national_prefix_transform_rule:
-            table[str(code)] = _STRIPS
-        elif not pattern:
-            table[str(code)] = ()
-        elif re.fullmatch(r"[0-9]+(\|[0-9]+)*", pattern):
-            table[str(code)] = tuple(pattern.split("|"))
-        else:
-            table[str(code)] = _STRIPS
-    return table
-
-
-_NATIONAL_PREFIXES = _national_prefixes()
+@functools.cache  # one country's metadata at a time, as parse loads it: not all (~1.5 MB)
+def _national_prefixes(code: int) -> tuple[str, ...] | None:
+    """The country code's national prefixes for parsing when they are plain digit strings;
+    None when its rule is a pattern or a rewrite (parse decides)."""
+    region = phonenumbers.region_code_for_country_code(code)
+    meta = phonenumbers.PhoneMetadata.metadata_for_region_or_calling_code(code, region)
+    if meta is None or meta.national_prefix_transform_rule:
+        return None
+    pattern = meta.national_prefix_for_parsing
+    if not pattern:
+        return ()
+    if re.fullmatch(r"[0-9]+(\|[0-9]+)*", pattern):
+        return tuple(pattern.split("|"))
+    return None
 
 
 @functools.lru_cache(maxsize=4096)  # webhooks normalise the same few senders over and over
