@@ -84,6 +84,16 @@ class Rig:
         rows = [dataclasses.replace(r, data=parse(r.data)) for r in rows]
         return await enqueue_starts(bot.db, handler or self.runtime, bot.clock, "appointment", rows)
 
+    async def start_through_the_api(self, to: str) -> None:
+        """Start the appointment flow for `to` through the operator API and the dispatcher."""
+        resp = await self.client.post(
+            "/api/flows/appointment/start",
+            json={"to": to, "data": DATA},
+            headers={"Authorization": f"Bearer {TOKEN}"},
+        )
+        assert resp.status == 202, await resp.text()
+        assert await self.bot.dispatcher.run_until_idle() == 1
+
     async def text(self, event_id: str, body: str, sender: str) -> None:
         """A person texts the bot: the webhook is stored, not yet stepped."""
         raw = inbound_body(event_id, body, sender=sender)
@@ -122,13 +132,7 @@ def same(rows: list[dict[str, Any]], *drop: str) -> list[dict[str, Any]]:
 
 async def test_a_fast_start_writes_what_the_dispatcher_writes(rig: Rig) -> None:
     slow, fast = phone(1), phone(2)
-    resp = await rig.client.post(
-        "/api/flows/appointment/start",
-        json={"to": slow, "data": DATA},
-        headers={"Authorization": f"Bearer {TOKEN}"},
-    )
-    assert resp.status == 202, await resp.text()
-    assert await rig.bot.dispatcher.run_until_idle() == 1
+    await rig.start_through_the_api(slow)
     result = await rig.start([StartRow(2, fast, VN, DATA)])
     assert (result.started, result.queued) == (1, 0)
 
@@ -256,13 +260,7 @@ async def test_a_fast_start_does_not_parse_its_checked_data_again(
     fast, slow = phone(1), phone(2)
     result = await rig.start([StartRow(2, fast, VN, DATA)])
     assert (result.started, parsed) == (1, [DATA])  # Rig.start's check, and no second parse
-    resp = await rig.client.post(
-        "/api/flows/appointment/start",
-        json={"to": slow, "data": DATA},
-        headers={"Authorization": f"Bearer {TOKEN}"},
-    )
-    assert resp.status == 202, await resp.text()
-    assert await rig.bot.dispatcher.run_until_idle() == 1
+    await rig.start_through_the_api(slow)
     assert parsed == [DATA, DATA, DATA]  # the API's check, then the dispatcher's step
     for to in (fast, slow):
         (convo,) = await rig.rows(conversations_t, to, conversations_t.c.id)
