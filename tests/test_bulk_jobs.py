@@ -223,7 +223,7 @@ def test_a_start_process_that_dies_leaves_the_others_to_finish_and_resume_starts
     assert failed.returncode == 2, failed.stderr
     assert not marker.exists() and "Traceback" not in failed.stderr
     assert "process 0 ended with exit code 7" in failed.stderr
-    assert "500 of 750 row(s) were started (or skipped) before they ended" in failed.stderr
+    assert "500 of 750 row(s) are started (or queued)" in failed.stderr
     run = failed.stderr.split("smsbot: starting run ")[1][:12]
     assert f"the same command with --resume {run} to start the rest" in failed.stderr
     started = sorted(int(e.rsplit(":", 1)[1]) for e in _events(db))

@@ -22,6 +22,8 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
+from sqlalchemy import func, select
+
 from smsbot.app.bulk import (
     BATCH,
     BulkInputError,
@@ -39,7 +41,9 @@ from smsbot.app.operations import OperatorError
 from smsbot.clock import SystemClock
 from smsbot.config import Settings
 from smsbot.engine.runtime import FlowRuntime
+from smsbot.pipeline.starts import SOURCE
 from smsbot.store.engine import Database
+from smsbot.store.models import events_t
 from smsbot.workspaces import DEFAULT
 
 MANY_ROWS = 20_000  # from this many rows on, check and start them in one process per core
@@ -122,6 +126,23 @@ async def _ready(
         f" --resume {run} starts the rest",
         file=sys.stderr,
     )
+
+
+async def _stored(settings: Settings, run: str) -> int:
+    """How many of the run's starts are stored: counted in the database, not from the start
+    processes' reports (a process that dies can take its last reports with it)."""
+    prefix = f"bulk:{run}:"
+    events = events_t.c
+    query = select(func.count()).where(
+        events.source == SOURCE,
+        events.event_id >= prefix,
+        events.event_id < prefix[:-1] + ";",  # ";" follows ":": every id of the run, indexed
+    )
+    db = Database(settings.database_url)
+    try:
+        return int(await db.read(lambda conn: conn.execute(query).scalar_one()))
+    finally:
+        await db.dispose()
 
 
 def _summary(flow: str, result: BulkResult, invalid: int) -> str:
@@ -210,11 +231,11 @@ async def _in_processes(
         try:
             result = await started.start(lambda n: progress(n, total))
         except JobError as exc:
+            stored = await _stored(settings, run)
             raise OperatorError(
-                f"starting {path} failed: {exc}. The other processes went on: {exc.done:,} of"
-                f" {total:,} row(s) were started (or skipped) before they ended. Run the same"
-                f" command with --resume {run} to start the rest: rows already started are"
-                " skipped"
+                f"starting {path} failed: {exc}. The other processes went on: {stored:,} of"
+                f" {total:,} row(s) are started (or queued). Run the same command with --resume"
+                f" {run} to start the rest: rows already started are skipped"
             ) from None
     return _summary(flow, result, checked.bad)
 

@@ -54,12 +54,7 @@ AHEAD = 4  # chunks dealt to a process and not yet checked: the parent's reading
 
 
 class JobError(RuntimeError):
-    """A start process failed; its message says why, `done` how many rows the processes had
-    written (started or skipped, in whole chunks) before they ended."""
-
-    def __init__(self, message: str, done: int = 0) -> None:
-        super().__init__(message)
-        self.done = done
+    """A start process failed; its message says why."""
 
 
 @dataclasses.dataclass(slots=True)
@@ -347,7 +342,7 @@ class StartProcesses:
                 finished.add(index)
                 failures.append(str(value))
         if failures:
-            raise JobError("; ".join(failures), sum(progressed))
+            raise JobError("; ".join(failures))
         return result
 
     async def _next(self, finished: set[int]) -> tuple[int, str, Any]:
