@@ -24,7 +24,7 @@ from smsbot.clock import Clock
 from smsbot.config import Settings
 from smsbot.engine.contract import ConversationKey, StepHandler
 from smsbot.engine.startdata import StartDataError
-from smsbot.pipeline.starts import ChunkResult, Start, commit, prepare
+from smsbot.pipeline.starts import ChunkResult, Start, commit, prepare, start_event_id
 from smsbot.pipeline.stepping import STEP_TIMEOUT
 from smsbot.sms.phone import PhoneNumberError, normalize, normalize_sender
 from smsbot.store.engine import Database
@@ -334,12 +334,13 @@ def validate(
 
 
 # A bulk start's run id: hex digits, in each of its starts' event ids (bulk:RUN:LINE).
-RUN_ID = re.compile(r"[0-9a-f]{12}")
+_RUN_DIGITS = 12
+RUN_ID = re.compile(f"[0-9a-f]{{{_RUN_DIGITS}}}")
 
 
 def new_run_id() -> str:
     """A fresh run id (RUN_ID)."""
-    return uuid.uuid4().hex[:12]
+    return uuid.uuid4().hex[:_RUN_DIGITS]
 
 
 def chunks(items: Iterable[T], size: int) -> Iterator[list[T]]:
@@ -382,7 +383,7 @@ async def enqueue_starts(
     # takes the database while this one steps its next chunk (sqlite_writer.WriterHandoff).
     for chunk in chunks(requests, BATCH):
         starts = [
-            Start(f"bulk:{run}:{r.line}", ConversationKey(r.virtual_number, r.phone), r.data)
+            Start(start_event_id(run, r.line), ConversationKey(r.virtual_number, r.phone), r.data)
             for r in chunk
         ]
         ready = await prepare(

@@ -22,8 +22,6 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
-from sqlalchemy import func, select
-
 from smsbot.app.bulk import (
     BATCH,
     BulkInputError,
@@ -41,9 +39,8 @@ from smsbot.app.operations import OperatorError
 from smsbot.clock import SystemClock
 from smsbot.config import Settings
 from smsbot.engine.runtime import FlowRuntime
-from smsbot.pipeline.starts import SOURCE
+from smsbot.pipeline.starts import stored_starts
 from smsbot.store.engine import Database
-from smsbot.store.models import events_t
 from smsbot.workspaces import DEFAULT
 
 MANY_ROWS = 20_000  # from this many rows on, check and start them in one process per core
@@ -131,16 +128,9 @@ async def _ready(
 async def _stored(settings: Settings, run: str) -> int:
     """How many of the run's starts are stored: counted in the database, not from the start
     processes' reports (a process that dies can take its last reports with it)."""
-    prefix = f"bulk:{run}:"
-    events = events_t.c
-    query = select(func.count()).where(
-        events.source == SOURCE,
-        events.event_id >= prefix,
-        events.event_id < prefix[:-1] + ";",  # ";" follows ":": every id of the run, indexed
-    )
     db = Database(settings.database_url)
     try:
-        return int(await db.read(lambda conn: conn.execute(query).scalar_one()))
+        return await db.read(lambda conn: stored_starts(conn, run))
     finally:
         await db.dispose()
 

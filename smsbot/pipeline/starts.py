@@ -36,7 +36,7 @@ import datetime as dt
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, select, update
+from sqlalchemy import Connection, bindparam, func, select, update
 
 from smsbot.engine.contract import (
     ConversationKey,
@@ -83,6 +83,28 @@ _SUPPRESSED = Prepared(
 )
 # a conversation the read did not find: inserted as its step leaves it (claims.insert_conversations)
 _FRESH = NewConversation(0, written=True)
+
+
+def start_event_id(run: str, line: int) -> str:
+    """The once-only inbox event id of line `line`'s start in bulk run `run`: bulk:RUN:LINE."""
+    return f"{_run_prefix(run)}{line}"
+
+
+def stored_starts(conn: Connection, run: str) -> int:
+    """How many starts of bulk run `run` are stored, started or queued (on the events' unique
+    (source, event_id) index: every id of the run sorts between its prefix and the next)."""
+    prefix = _run_prefix(run)
+    ids = events_t.c.event_id
+    query = select(func.count()).where(
+        events_t.c.source == SOURCE,
+        ids >= prefix,
+        ids < prefix[:-1] + ";",  # ";" follows ":"
+    )
+    return int(conn.execute(query).scalar_one())
+
+
+def _run_prefix(run: str) -> str:
+    return f"bulk:{run}:"
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
