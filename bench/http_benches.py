@@ -276,6 +276,7 @@ async def turns(o: Options) -> list[Figure]:
             f"turn p99 {r['turn_latency_ms']['p99'] or 0:.0f} ms",
         )
     )
+    figures.append(await turns_ceiling(o, base))
     problem = postgres_problem()
     if problem is not None:
         figures.append(skipped("2 full turns/s, PostgreSQL, 2 procs", problem))
@@ -305,6 +306,34 @@ async def turns(o: Options) -> list[Figure]:
         )
     )
     return figures
+
+
+async def turns_ceiling(o: Options, base: float) -> Figure:
+    """2, info: bench/turns_ceiling.py (the leanest whole turn on this stack) in the same loop."""
+    db = sqlite_url(o.workdir)
+    await migrate(db, o)  # smsbot's real schema: the ceiling writes into its tables
+    provider_port = free_port()
+    provider_url = f"http://127.0.0.1:{provider_port}"
+    async with Servers(o, db, provider_url, module="bench.turns_ceiling") as servers:
+        r = await loadgen(servers.urls, o, "turns", provider_port=str(provider_port))
+        cpu = servers.cpu_shares()
+        servers.note_work(r["turns_per_s"] * (o.duration + o.warmup), "turn")
+    rate = float(r["turns_per_s"])
+    per_turn = cpu[0] / max(1.0, rate) * 1e6
+    say(
+        f"turns (ceiling): {rate:,.0f} turns/s, turn latency {r['turn_latency_ms']}, webhook"
+        f" latency {r['latency_ms']}, server CPU {cpu}, {per_turn:,.0f} µs of CPU a turn,"
+        f" generator+provider CPU {r['generator_cpu_share']:.0%}"
+    )
+    return Figure(
+        "2 full turns/s, SQLite (ceiling)",
+        rate,
+        "turns/s",
+        "",
+        None,
+        rate / base,
+        f"bench/turns_ceiling.py: the leanest whole turn, {per_turn:,.0f} µs of CPU a turn",
+    )
 
 
 HISTORY_GOAL = 0.9  # issue 13: full turns, 1,000,000 conversations stored / empty

@@ -58,3 +58,71 @@ def test_a_profile_of_several_processes_groups_samples_by_thread(tmp_path: Path)
     assert "3.00 s  main (event loop)" in report and "1.00 s  smsbot-sqlite" in report
     assert "json" in report and "SQLite (C library)" in report
     assert "spawn_main" not in report  # no process's argv taken for a thread
+
+
+async def test_the_turns_ceiling_makes_a_whole_turn_once(tmp_path: Path) -> None:
+    """bench/turns_ceiling.py bounds benchmark 2 only if it does a whole turn: the event
+    stored once, the conversation, both messages, the reply accepted by the provider and its
+    outcome written."""
+    import asyncio
+    import sqlite3
+    import time as wall
+
+    import aiohttp
+    from aiohttp import web
+
+    from bench.provider import CountingSandbox
+    from bench.turns_ceiling import Turns, make_app
+    from smsbot.channels.divergent.signature import sign
+
+    path = tmp_path / "ceiling.db"
+    db = Database(f"sqlite+aiosqlite:///{path}")
+    await db.create_all()
+    await db.dispose()
+    replied = asyncio.Event()
+    provider = CountingSandbox(api_key="k", on_message=lambda message, at: replied.set())
+    provider_url = await provider.start()
+    turns = Turns(str(path), provider_url, "k", "+447700900001")
+    runner = web.AppRunner(make_app("s3cret", turns))
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    body = (
+        b'{"id":"evt_1","eventType":2,"data":{"messageId":"inb_1","inboundNumber":"+447700900001",'
+        b'"sender":"+447700900123","body":"hi","receivedAt":"2026-01-15T14:22:30Z"}}'
+    )
+    try:
+        async with aiohttp.ClientSession() as client:
+            for _ in range(2):  # the second is a duplicate: answered, not stepped
+                stamp = str(int(wall.time()))
+                headers = {
+                    "X-Webhook-Timestamp": stamp,
+                    "X-Webhook-Signature": sign("s3cret", stamp, body),
+                }
+                async with client.post(
+                    f"http://127.0.0.1:{port}/webhooks/divergent", data=body, headers=headers
+                ) as response:
+                    assert response.status == 200
+            await asyncio.wait_for(replied.wait(), 10)
+        conn = sqlite3.connect(path)
+        deadline = wall.monotonic() + 10  # the outcome is written by the writer's next group
+        while conn.execute(
+            "SELECT outbox FROM messages WHERE direction = 'outbound'"
+        ).fetchone() != ("done",):
+            assert wall.monotonic() < deadline, "the reply's outcome was never written"
+            await asyncio.sleep(0.01)
+        events = conn.execute("SELECT event_id, state FROM webhook_events").fetchall()
+        convos = conn.execute("SELECT phone, version FROM conversations").fetchall()
+        messages = conn.execute(
+            "SELECT direction, body, outbox, status FROM messages ORDER BY direction"
+        ).fetchall()
+        conn.close()
+    finally:
+        await runner.cleanup()
+        await provider.stop()
+    assert [m.content for m in provider.messages] == ["You said: hi"]
+    assert provider.messages[0].recipient == "+447700900123"
+    assert events == [("evt_1", "done")]
+    assert convos == [("+447700900123", 1)]
+    assert messages == [("inbound", "hi", None, None), ("outbound", "You said: hi", "done", "sent")]
