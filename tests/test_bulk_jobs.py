@@ -6,6 +6,8 @@ end. Nothing is started unless the whole file is good, or --skip-invalid starts 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import datetime
 import os
 import sqlite3
 import subprocess
@@ -14,6 +16,8 @@ import time
 from pathlib import Path
 
 from smsbot.app.bulk import LinesByKey, repeated_lines
+from smsbot.pipeline.bulk_runs import Run, claim
+from smsbot.store.engine import Database
 from tests.support import VN
 from tests.test_bulk_starts import ENV
 from tests.test_cli import smsbot
@@ -248,3 +252,54 @@ def test_resume_takes_only_a_run_id(tmp_path: Path) -> None:
     assert out.returncode == 2
     assert "--resume: takes the run id a start printed (12 hex digits" in out.stderr
     assert not (tmp_path / "bulk.db").exists()
+
+
+def test_resume_goes_on_only_with_the_file_the_run_started_from(tmp_path: Path) -> None:
+    """A run records its file's SHA-256 (pipeline/bulk_runs): line N of another file is
+    someone else, so --resume with a changed file or an unknown run id is refused before
+    anything is started; the unchanged file resumes."""
+    path = tmp_path / "rows.csv"
+    original = "to,name,starts_at,location\n" + "".join(_row(i) for i in range(3))
+    path.write_text(original)
+    db = tmp_path / "bulk.db"
+    env = {**ENV, "SMSBOT_DATABASE_URL": f"sqlite:///{db}"}
+    first = smsbot("start", "appointment", "--csv", str(path), env=env)
+    assert first.returncode == 0, first.stderr
+    run = first.stderr.split("smsbot: starting run ")[1][:12]
+    assert len(_events(db)) == 3
+
+    path.write_text(original.replace("\n", "\n" + _row(9), 1))  # a row inserted at the top
+    changed = smsbot("start", "appointment", "--csv", str(path), "--resume", run, env=env)
+    assert changed.returncode == 2 and "Traceback" not in changed.stderr
+    assert f"this is not the file run {run} started from: it has changed since" in changed.stderr
+    assert "Resume with the file as it was" in changed.stderr
+    assert "nothing was started" in changed.stderr
+    assert len(_events(db)) == 3 and len(_messages(db)) == 3
+
+    unknown = smsbot("start", "appointment", "--csv", str(path), "--resume", "0" * 12, env=env)
+    assert unknown.returncode == 2
+    assert f"no run {'0' * 12} in this database" in unknown.stderr
+
+    path.write_text(original)
+    again = smsbot("start", "appointment", "--csv", str(path), "--resume", run, env=env)
+    assert again.returncode == 0, again.stderr
+    assert "started 0 conversation(s)" in again.stdout
+    assert "3 started before (--resume)" in again.stdout
+    assert len(_messages(db)) == 3
+
+
+async def test_a_resumed_run_must_keep_its_flow_and_workspace(db: Database) -> None:
+    """On SQLite and PostgreSQL (the conftest's `db`)."""
+    now = datetime.datetime(2026, 12, 6, 22, 50, tzinfo=datetime.UTC)
+    run = Run("3f9c0a1b2d4e", "default", "appointment", "ab" * 32, 3, now)
+    assert await db.write(lambda conn: claim(conn, run, resuming=False)) is None
+    same = dataclasses.replace(run, rows=2, created_at=now + datetime.timedelta(hours=1))
+    assert await db.write(lambda conn: claim(conn, same, resuming=True)) is None
+    flow = dataclasses.replace(run, flow="keywords")
+    assert await db.write(lambda conn: claim(conn, flow, resuming=True)) == (
+        "run 3f9c0a1b2d4e started flow 'appointment', not 'keywords': resume it with"
+        " `smsbot start appointment … --resume 3f9c0a1b2d4e`"
+    )
+    elsewhere = dataclasses.replace(run, workspace="clinic")
+    refused = await db.write(lambda conn: claim(conn, elsewhere, resuming=True))
+    assert refused is not None and "resume it with --workspace default" in refused

@@ -13,7 +13,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import csv
+import dataclasses
 import functools
+import hashlib
+import io
 import itertools
 import os
 import sys
@@ -39,6 +42,7 @@ from smsbot.app.operations import OperatorError
 from smsbot.clock import SystemClock
 from smsbot.config import Settings
 from smsbot.engine.runtime import FlowRuntime
+from smsbot.pipeline import bulk_runs
 from smsbot.pipeline.starts import stored_starts
 from smsbot.store.engine import Database
 from smsbot.workspaces import DEFAULT
@@ -66,11 +70,45 @@ def _checked(n: int, final: bool = False) -> None:
         sys.stderr.flush()
 
 
-def read_csv(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    """The rows of the CSV at `path` as they are read; OperatorError if it cannot be read."""
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Plan:
+    """What a run is: its id, flow and workspace, whether it resumes an earlier one, and the
+    SHA-256 of its file's bytes (complete once the file was read to its end)."""
+
+    run: str
+    flow: str
+    workspace: str
+    resuming: bool
+    digest: Any = dataclasses.field(default_factory=hashlib.sha256)
+
+
+class _Digesting(io.RawIOBase):
+    """A binary file that adds every byte read from it to `digest`."""
+
+    def __init__(self, raw: IO[bytes], digest: Any) -> None:
+        self._raw = raw
+        self._digest = digest
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        n = self._raw.readinto(buffer)  # type: ignore[attr-defined]
+        if n:
+            self._digest.update(memoryview(buffer)[:n])
+        return int(n or 0)
+
+
+def read_csv(path: Path, digest: Any = None) -> Iterator[tuple[int, dict[str, Any]]]:
+    """The rows of the CSV at `path` as they are read; OperatorError if it cannot be read.
+    `digest` (a hashlib object) gets the file's bytes as they are read."""
     try:
-        with path.open(encoding="utf-8-sig", newline="") as f:
-            yield from csv_rows(f)
+        with path.open("rb") as raw:
+            source: IO[bytes] = (
+                raw if digest is None else io.BufferedReader(_Digesting(raw, digest))
+            )
+            with io.TextIOWrapper(source, encoding="utf-8-sig", newline="") as f:
+                yield from csv_rows(f)
     except BulkInputError as exc:
         raise OperatorError(f"{path}: {exc}") from None
     except csv.Error as exc:
@@ -109,15 +147,32 @@ def _refused(path: Path, checked: Checked) -> OperatorError:
 
 
 async def _ready(
-    settings: Settings, path: Path, checked: Checked, skip_invalid: bool, run: str
+    settings: Settings, path: Path, checked: Checked, skip_invalid: bool, plan: _Plan
 ) -> None:
     """Between the check and the starts: refuse a file with bad rows (OperatorError) unless
-    `skip_invalid`, bring the schema up to date, and say the run's id (what --resume takes if
-    the starts stop part-way)."""
+    `skip_invalid`, bring the schema up to date, record the run (or refuse to resume it with
+    another file: pipeline/bulk_runs) and say its id (what --resume takes if the starts stop
+    part-way)."""
     if checked.bad and not skip_invalid:
         raise _refused(path, checked)
     if done := await asyncio.to_thread(migrate, settings):
         print(f"smsbot: {done}", file=sys.stderr)
+    run = plan.run
+    facts = bulk_runs.Run(
+        run,
+        plan.workspace,
+        plan.flow,
+        plan.digest.hexdigest(),
+        checked.good,
+        SystemClock().now(),
+    )
+    db = Database(settings.database_url)
+    try:
+        refused = await db.write(lambda conn: bulk_runs.claim(conn, facts, resuming=plan.resuming))
+    finally:
+        await db.dispose()
+    if refused is not None:
+        raise OperatorError(f"{path}: {refused}; nothing was started")
     print(
         f"smsbot: starting run {run}; should it stop part-way, the same command with"
         f" --resume {run} starts the rest",
@@ -160,13 +215,13 @@ async def start_from_csv(
     one-line summary. `resume`: the run id of an earlier start of the same file that stopped
     part-way; its rows already started are skipped (each row's start has its once-only event
     id, bulk:RUN:LINE)."""
-    run = resume or new_run_id()
+    plan = _Plan(resume or new_run_id(), flow, workspace, resuming=resume is not None)
     runtime = FlowRuntime.from_settings(settings, reload_templates=False)
     if flow not in runtime.flows:
         known = ", ".join(sorted(runtime.flows)) or "none"
         raise OperatorError(f"no flow named {flow!r}; known flows: {known}")
     settle_heap()  # as `smsbot serve` does once loaded: a row's or a start's objects die young
-    rows = read_csv(path)
+    rows = read_csv(path, plan.digest)
     # Enough of the file to choose: MANY_ROWS rows, or a chunk per process asked for.
     enough = MANY_ROWS if jobs is None else jobs * BATCH
     first = await asyncio.to_thread(lambda: list(itertools.islice(rows, enough)))
@@ -179,10 +234,10 @@ async def start_from_csv(
     del first
     if processes > 1:
         return await _in_processes(
-            settings, flow, path, skip_invalid, every, processes, run, workspace, sender
+            settings, flow, path, skip_invalid, every, processes, plan, workspace, sender
         )
     return await _in_this_process(
-        settings, runtime, flow, path, skip_invalid, every, run, workspace, sender
+        settings, runtime, flow, path, skip_invalid, every, plan, workspace, sender
     )
 
 
@@ -193,11 +248,12 @@ async def _in_processes(
     skip_invalid: bool,
     rows: Iterable[tuple[int, dict[str, Any]]],
     processes: int,
-    run: str,
+    plan: _Plan,
     workspace: str,
     sender: str | None,
 ) -> str:
     """Check and start `rows` in `processes` start processes (app/bulk_jobs)."""
+    run = plan.run
     job = Job(flow, workspace, sender, run, SystemClock().now())
     shown = [0]
 
@@ -213,7 +269,7 @@ async def _in_processes(
             raise OperatorError(f"checking {path} failed, nothing was started: {exc}") from None
         _checked(checked.good + checked.bad, final=True)
         try:
-            await _ready(settings, path, checked, skip_invalid, run)
+            await _ready(settings, path, checked, skip_invalid, plan)
         except OperatorError:
             started.stop()  # they end without starting anything
             raise
@@ -237,7 +293,7 @@ async def _in_this_process(
     path: Path,
     skip_invalid: bool,
     rows: Iterable[tuple[int, dict[str, Any]]],
-    run: str,
+    plan: _Plan,
     workspace: str,
     sender: str | None,
 ) -> str:
@@ -253,7 +309,7 @@ async def _in_this_process(
         spool = Spool(file)
         await asyncio.to_thread(check_rows, rows, validator, spool)
         checked = spool.checked
-        await _ready(settings, path, checked, skip_invalid, run)
+        await _ready(settings, path, checked, skip_invalid, plan)
         total = checked.good
         db = Database(settings.database_url)
         try:
@@ -265,7 +321,7 @@ async def _in_this_process(
                 spool.rows(),
                 progress=lambda n: progress(n, total),
                 workspace=workspace,
-                run=run,
+                run=plan.run,
                 step_timeout=settings.step_timeout,
             )
         finally:

@@ -275,12 +275,26 @@ class StateChangeRow(SQLModel, table=True):
     event_id: int | None = Field(default=None)  # the inbox event of the step
 
 
+class BulkRunRow(SQLModel, table=True):
+    """A bulk start (`smsbot start --csv`): the file it started from, for --resume to check."""
+
+    __tablename__ = "bulk_runs"
+
+    run: str = Field(primary_key=True, max_length=32)  # in its starts' event ids: bulk:RUN:LINE
+    workspace: str = Field(max_length=64)
+    flow: str = Field(max_length=100)
+    file_sha256: str = Field(max_length=64)  # hex SHA-256 of the file's bytes, as read
+    rows: int  # the rows it was to start (the good ones)
+    created_at: dt.datetime = ts(nullable=False)
+
+
 events_t = table(InboxEventRow)
 messages_t = table(MessageRow)
 conversations_t = table(ConversationRow)
 opt_outs_t = table(OptOutRow)
 timers_t = table(TimerRow)
 state_changes_t = table(StateChangeRow)
+bulk_runs_t = table(BulkRunRow)
 # A timer still waiting to fire (not fired, cancelled or missed): the claims' and writes' test.
 TIMER_SCHEDULED = is_value(timers_t.c.state, TimerState.SCHEDULED)
 # An event still to be stepped: the dispatcher's, receipts' and counts' test.
