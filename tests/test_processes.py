@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import time
 from pathlib import Path
 
 import aiohttp
@@ -19,6 +20,7 @@ from tests.processes import ServerProcess
 from tests.support import VN, inbound_body, signed
 
 pytestmark = pytest.mark.slow
+RETRY_FOR = 60.0  # seconds a phone's webhook is retried while no server answers
 
 
 def _sync(url: str) -> str:
@@ -33,7 +35,10 @@ async def _post_phone(
         event_id = f"evt_p{phone:03d}_m{j:02d}"
         body = inbound_body(event_id, f"p{phone:03d}-m{j:02d}", sender=f"+4477009{phone:05d}")
         url = urls[(phone + j) % len(urls)] + "/webhooks/divergent"
-        for _attempt in range(50):  # like the provider: retry until a 2xx
+        # Like the provider: retry until a 2xx, for longer than a restarted server takes to
+        # come up (50 tries 50 ms apart, as before, were not enough on a slow host).
+        deadline = time.monotonic() + RETRY_FOR
+        while time.monotonic() < deadline:
             try:
                 async with http.post(url, data=body, headers=signed(body, SystemClock())) as r:
                     if r.status == 200:
