@@ -85,7 +85,7 @@ class _Plan:
 class _Digesting(io.RawIOBase):
     """A binary file that adds every byte read from it to `digest`."""
 
-    def __init__(self, raw: IO[bytes], digest: Any) -> None:
+    def __init__(self, raw: io.BufferedReader, digest: Any) -> None:
         self._raw = raw
         self._digest = digest
 
@@ -93,10 +93,10 @@ class _Digesting(io.RawIOBase):
         return True
 
     def readinto(self, buffer: Any) -> int:
-        n = self._raw.readinto(buffer)  # type: ignore[attr-defined]
+        n = self._raw.readinto(buffer)
         if n:
             self._digest.update(memoryview(buffer)[:n])
-        return int(n or 0)
+        return n
 
 
 def read_csv(path: Path, digest: Any = None) -> Iterator[tuple[int, dict[str, Any]]]:
@@ -233,28 +233,22 @@ async def start_from_csv(
     every = itertools.chain(first, rows)
     del first
     if processes > 1:
-        return await _in_processes(
-            settings, flow, path, skip_invalid, every, processes, plan, workspace, sender
-        )
-    return await _in_this_process(
-        settings, runtime, flow, path, skip_invalid, every, plan, workspace, sender
-    )
+        return await _in_processes(settings, path, skip_invalid, every, processes, plan, sender)
+    return await _in_this_process(settings, runtime, path, skip_invalid, every, plan, sender)
 
 
 async def _in_processes(
     settings: Settings,
-    flow: str,
     path: Path,
     skip_invalid: bool,
     rows: Iterable[tuple[int, dict[str, Any]]],
     processes: int,
     plan: _Plan,
-    workspace: str,
     sender: str | None,
 ) -> str:
     """Check and start `rows` in `processes` start processes (app/bulk_jobs)."""
-    run = plan.run
-    job = Job(flow, workspace, sender, run, SystemClock().now())
+    run, flow = plan.run, plan.flow
+    job = Job(flow, plan.workspace, sender, run, SystemClock().now())
     shown = [0]
 
     def checked_so_far(n: int) -> None:
@@ -289,15 +283,14 @@ async def _in_processes(
 async def _in_this_process(
     settings: Settings,
     runtime: FlowRuntime,
-    flow: str,
     path: Path,
     skip_invalid: bool,
     rows: Iterable[tuple[int, dict[str, Any]]],
     plan: _Plan,
-    workspace: str,
     sender: str | None,
 ) -> str:
     """Check every row here, then start the good ones here."""
+    flow, workspace = plan.flow, plan.workspace
     clock = SystemClock()
     parse = functools.partial(runtime.flows[flow].parse_start_data, now=clock.now(), from_text=True)
     seen = SeenOnDisk()

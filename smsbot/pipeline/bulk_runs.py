@@ -35,10 +35,10 @@ class Run:
 def claim(conn: Connection, run: Run, *, resuming: bool) -> str | None:
     """Record a new run, or check a resumed one against its record (one write transaction);
     None when the starts may go on, else why not (a sentence naming the fix)."""
-    found = conn.execute(select(bulk_runs_t).where(bulk_runs_t.c.run == run.run)).first()
     if not resuming:
         conn.execute(insert(bulk_runs_t).values(**dataclasses.asdict(run)))
         return None
+    found = conn.execute(select(bulk_runs_t).where(bulk_runs_t.c.run == run.run)).first()
     if found is None:
         if stored_starts(conn, run.run):  # started before runs were recorded: nothing to check
             return None
