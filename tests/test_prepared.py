@@ -329,3 +329,35 @@ async def test_rows_bound_for_sqlite3_refuse_another_connection(tmp_path: Any) -
     finally:
         await files.dispose()
         await memory.dispose()
+
+
+async def test_keyed_rows_on_postgresql_are_one_statement_whatever_the_number_of_keys(
+    db: Database, contexts: Contexts
+) -> None:
+    if not db.is_postgres:
+        pytest.skip("SQLite runs its plans through sqlite3, one plan per number of keys")
+    numbers = [f"+44770090{n:04d}" for n in range(6)]
+    rows = [conversation(vn, f"+44770091{i:04d}") for i, vn in enumerate(numbers)]
+    rows += [conversation(numbers[0], "+447700919999")]  # a second phone on the first number
+    await db.write(lambda conn: INSERT.many(conn, rows))
+    everything = [(r["virtual_number"], r["phone"]) for r in rows]
+    # one number (the probe alone) and several (the exact test too), each at 1 to 7 keys
+    batches = [[everything[0]], [everything[0], everything[-1]]]
+    batches += [everything[:n] for n in range(2, len(everything) + 1)]
+
+    def look(conn: Connection) -> list[tuple[list[Any], list[Any]]]:
+        answers = []
+        for keys in batches:
+            core = conn.execute(select(C).where(rows_in(KEY, keys)).order_by(C.c.id)).all()
+            answers.append(([tuple(r) for r in BY_KEY.all(conn, keys)], [tuple(r) for r in core]))
+        return answers
+
+    answers = await db.read(look)
+    for prepared_rows, core_rows in answers:
+        assert prepared_rows == core_rows
+    assert [len(p) for p, _ in answers] == [len(b) for b in batches]
+    contexts.seen.clear()
+    await db.read(lambda conn: [BY_KEY.all(conn, keys) for keys in batches])
+    texts = {sql for sql, _ in contexts.seen if sql.startswith("SELECT conversations.id")}
+    # asyncpg prepares a statement per SQL text: two (probe, exact), not one per number of keys
+    assert len(texts) == 2, texts
