@@ -18,7 +18,7 @@ from smsbot.engine.contract import EventKind
 from smsbot.pipeline.inbox import NEW_EVENT, InboxEntry, event_row
 from smsbot.store import prepared
 from smsbot.store.engine import Database
-from smsbot.store.lookup import KeyedRows, rows_in
+from smsbot.store.lookup import KeyedRows, Listed, rows_in
 from smsbot.store.models import conversations_t, events_t, messages_t
 from smsbot.store.prepared import Prepared
 from smsbot.store.types import UTCDateTime
@@ -361,3 +361,43 @@ async def test_keyed_rows_on_postgresql_are_one_statement_whatever_the_number_of
     texts = {sql for sql, _ in contexts.seen if sql.startswith("SELECT conversations.id")}
     # asyncpg prepares a statement per SQL text: two (probe, exact), not one per number of keys
     assert len(texts) == 2, texts
+
+
+IDS_TOUCHED = Listed(
+    lambda listed: update(C).where(listed(C.c.id, "ids")).values(version=C.c.version + 1)
+)
+
+
+async def test_lists_and_rows_in_as_arrays_answer_as_in_lists(
+    db: Database, contexts: Contexts
+) -> None:
+    numbers = [f"+44770092{n:04d}" for n in range(5)]
+    rows = [conversation(vn, f"+44770093{i:04d}") for i, vn in enumerate(numbers)]
+    await db.write(lambda conn: INSERT.many(conn, rows))
+    everything = [(r["virtual_number"], r["phone"]) for r in rows]
+
+    def both(conn: Connection, keys: list[tuple[str, str]]) -> tuple[list[Any], list[Any]]:
+        def ids(arrays: bool) -> list[Any]:
+            found = select(C.c.id).where(rows_in(KEY, keys, arrays=arrays)).order_by(C.c.id)
+            return list(conn.execute(found).scalars())
+
+        return ids(False), ids(db.is_postgres)  # arrays only where there are arrays
+
+    contexts.seen.clear()
+    for n in range(1, len(everything) + 1):
+        listed, arrays = await db.read(lambda conn, n=n: both(conn, everything[:n]))
+        assert listed == arrays and len(listed) == n
+    if db.is_postgres:  # two texts for the arrays (one key; the exact test), at any length
+        texts = {sql for sql, _ in contexts.seen if "ANY" in sql}
+        assert len(texts) == 2, texts
+    # Listed: an id list, matched in the form the database prepares once
+    all_ids = await db.read(lambda conn: [r.id for r in BY_KEY.all(conn, everything)])
+    contexts.seen.clear()
+    for n in (1, 3, 5):
+        await db.write(lambda conn, n=n: IDS_TOUCHED.all(conn, {"ids": all_ids[:n]}))
+    async with db.engine.connect() as conn:
+        versions = (await conn.execute(select(C.c.version).order_by(C.c.id))).scalars().all()
+    touched = [3, 2, 2, 1, 1]  # the first id in all three lists, the last two in one
+    assert list(versions) == [r["version"] + t for r, t in zip(rows, touched, strict=True)]
+    updates = {sql for sql, _ in contexts.seen if sql.startswith("UPDATE conversations")}
+    assert len(updates) == (1 if db.is_postgres else 3)

@@ -157,14 +157,14 @@ def lock_conversations(
     key = (c.c.virtual_number, c.c.phone)
 
     def locking(pairs: set[tuple[str, str]]) -> Any:
-        query = select(c).where(rows_in(key, pairs))
+        query = select(c).where(rows_in(key, pairs, arrays=postgres))
         return query.with_for_update(skip_locked=True) if postgres else query
 
     rows = {(r.virtual_number, r.phone): r for r in (conn.execute(locking(wanted))).all()}
     missing = wanted - set(rows)
     if missing and postgres:
         # Rows that exist but SKIP LOCKED skipped belong to another process right now.
-        held = conn.execute(select(*key).where(rows_in(key, missing)))
+        held = conn.execute(select(*key).where(rows_in(key, missing, arrays=True)))
         missing -= {(vn, phone) for vn, phone in held.all()}
     if missing:
         # A new conversation belongs to the workspace of the event that opens it.
@@ -195,7 +195,7 @@ def _pending_workspaces(
     key = (e.c.virtual_number, e.c.phone)
     rows = conn.execute(
         select(*key, e.c.workspace)
-        .where(EVENT_PENDING, rows_in(key, pairs))
+        .where(EVENT_PENDING, rows_in(key, pairs, arrays=conn.dialect.name == "postgresql"))
         .order_by(e.c.id.desc())
     )
     return {(vn, phone): workspace for vn, phone, workspace in rows.all()}

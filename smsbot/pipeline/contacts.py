@@ -21,7 +21,7 @@ from sqlalchemy import Connection, bindparam, delete, select
 from smsbot.engine.contact import ContactSnapshot
 from smsbot.engine.contract import ConversationKey, EventKind
 from smsbot.pipeline.step_rows import Stepped
-from smsbot.store.lookup import KeyedRows, rows_in
+from smsbot.store.lookup import KeyedRows, Listed, rows_in
 from smsbot.store.models import (
     contact_fields_t,
     contact_groups_t,
@@ -73,9 +73,9 @@ _CONTACTS = KeyedRows(
         contacts_t.c.fields,
     ).where(where),
 )
-_GROUPS = Prepared(
-    select(contact_groups_t.c.contact_id, contact_groups_t.c.name).where(
-        contact_groups_t.c.contact_id.in_(bindparam("ids", expanding=True))
+_GROUPS = Listed(
+    lambda listed: select(contact_groups_t.c.contact_id, contact_groups_t.c.name).where(
+        listed(contact_groups_t.c.contact_id, "ids")
     )
 )
 _SUPPRESSIONS = Prepared(
@@ -183,7 +183,9 @@ def write_contacts(conn: Connection, items: Sequence[Stepped], now: dt.datetime)
         return
     c = contacts_t
     found = conn.execute(
-        select(c.c.workspace, c.c.phone, c.c.id).where(rows_in((c.c.workspace, c.c.phone), members))
+        select(c.c.workspace, c.c.phone, c.c.id).where(
+            rows_in((c.c.workspace, c.c.phone), members, arrays=conn.dialect.name == "postgresql")
+        )
     )
     ids: dict[tuple[str, str], int] = {(w, phone): i for w, phone, i in found.all()}
     join = [

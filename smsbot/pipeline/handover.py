@@ -27,11 +27,11 @@ import datetime as dt
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
-from sqlalchemy import Connection, bindparam, select
+from sqlalchemy import Connection, select
 
 from smsbot.engine.contract import Origin
 from smsbot.pipeline.outbox import Claimed
-from smsbot.store.lookup import KeyedRows
+from smsbot.store.lookup import KeyedRows, Listed
 from smsbot.store.models import (
     OutboxState,
     message_open,
@@ -39,7 +39,6 @@ from smsbot.store.models import (
     opt_out_applies,
     opt_outs_t,
 )
-from smsbot.store.prepared import Prepared
 
 # The write's two reads, prepared (store/prepared.py): compiled once, run through sqlite3.
 _BUSY = KeyedRows(
@@ -50,10 +49,10 @@ _BUSY = KeyedRows(
         .distinct()
     ),
 )
-_STOPS = Prepared(
-    select(opt_outs_t.c.virtual_number, opt_outs_t.c.phone, opt_outs_t.c.workspace).where(
-        opt_outs_t.c.phone.in_(bindparam("phones", expanding=True))
-    )
+_STOPS = Listed(
+    lambda listed: select(
+        opt_outs_t.c.virtual_number, opt_outs_t.c.phone, opt_outs_t.c.workspace
+    ).where(listed(opt_outs_t.c.phone, "phones"))
 )
 
 

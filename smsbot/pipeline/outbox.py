@@ -18,6 +18,7 @@ from sqlalchemy import (
     ColumnElement,
     Connection,
     Select,
+    Update,
     and_,
     bindparam,
     case,
@@ -30,6 +31,7 @@ from sqlalchemy import (
 from smsbot.engine.contract import Origin
 from smsbot.pipeline.receipts import enqueue_send_failed
 from smsbot.sms.status import DeliveryStatus
+from smsbot.store.lookup import Listed
 from smsbot.store.models import (
     DEFAULT_WORKSPACE,
     OutboxState,
@@ -63,13 +65,13 @@ class Claimed:
 Sent = tuple[list[str], str | None]
 
 
-def _sent(which: ColumnElement[bool]) -> Prepared:
+def _sent(which: ColumnElement[bool]) -> Update:
     """Mark messages sent. A receipt may have arrived before this answer: never move status
     back (nor wipe the error it recorded; only an earlier attempt's error goes)."""
     m = messages_t
     queued = m.c.status == DeliveryStatus.QUEUED.value
     now = utc_param("b_now")
-    return Prepared(
+    return (
         update(m)
         .where(which)
         .values(
@@ -85,8 +87,8 @@ def _sent(which: ColumnElement[bool]) -> Prepared:
 
 
 # Prepared (store/prepared.py): single sends in one executemany, a bulk call's ids in one IN.
-_SENT_ONE = _sent(messages_t.c.id == bindparam("b_id"))
-_SENT_MANY = _sent(messages_t.c.id.in_(bindparam("b_ids", expanding=True)))
+_SENT_ONE = Prepared(_sent(messages_t.c.id == bindparam("b_id")))
+_SENT_MANY = Listed(lambda listed: _sent(listed(messages_t.c.id, "b_ids")))
 # The sender's look, per (workspace, batch size): its due messages' senders, a lapsed claim.
 _LOOKS: dict[tuple[str, int], tuple[Prepared, Prepared]] = {}
 _NOW, _CUTOFF = utc_param("b_now"), utc_param("b_cutoff")

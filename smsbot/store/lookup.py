@@ -28,21 +28,58 @@ from smsbot.store.prepared import Prepared
 
 
 def rows_in(
-    columns: Sequence[ColumnElement[Any]], keys: Collection[Sequence[Any]]
+    columns: Sequence[ColumnElement[Any]],
+    keys: Collection[Sequence[Any]],
+    *,
+    arrays: bool = False,
 ) -> ColumnElement[bool]:
     """True for the rows whose `columns` equal one of `keys`, as conditions an index can serve.
 
     When more than one column has several values, the combinations of those values include
     keys nobody asked for: the exact row-value test is added as well, to filter what the index
-    found (it no longer decides how the table is read).
+    found (it no longer decides how the table is read). `arrays` (PostgreSQL only): the values
+    as one array a column, one SQL text at any number of keys (see above).
     """
     if not keys:
         return false()
     values = [list(dict.fromkeys(key[i] for key in keys)) for i in range(len(columns))]
+    exact = sum(len(v) > 1 for v in values) > 1
+    if arrays:
+        clause = and_(*(c == any_(_array(c, v)) for c, v in zip(columns, values, strict=True)))
+        if exact:
+            rows = select(
+                *(func.unnest(_array(c, [k[i] for k in keys])) for i, c in enumerate(columns))
+            )
+            clause = and_(clause, tuple_(*columns).in_(rows))
+        return clause
     clause = and_(*(column.in_(v) for column, v in zip(columns, values, strict=True)))
-    if sum(len(v) > 1 for v in values) > 1:
+    if exact:
         clause = and_(clause, tuple_(*columns).in_([tuple(key) for key in keys]))
     return clause
+
+
+def _array(column: ColumnElement[Any], values: list[Any]) -> BindParameter[Any]:
+    return bindparam(None, values, type_=ARRAY(column.type))
+
+
+class Listed:
+    """A prepared statement with a list of values to match, in the form each database
+    prepares once: an expanding `IN (…)` on SQLite (run by sqlite3), one array on PostgreSQL
+    (`= ANY (…)`: one SQL text at any length, see above)."""
+
+    def __init__(
+        self,
+        build: Callable[[Callable[[ColumnElement[Any], str], ColumnElement[bool]]], Executable],
+    ) -> None:
+        self.listed = Prepared(build(lambda c, name: c.in_(bindparam(name, expanding=True))))
+        self.arrays = Prepared(
+            build(lambda c, name: c == any_(bindparam(name, type_=ARRAY(c.type))))
+        )
+
+    def all(self, conn: Connection, params: dict[str, Any]) -> list[Any]:
+        """Run it with `params` (each list a plain list) on `conn`; the rows it returns."""
+        chosen = self.arrays if conn.dialect.name == "postgresql" else self.listed
+        return chosen.all(conn, params)
 
 
 class KeyedRows:
