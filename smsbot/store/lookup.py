@@ -7,11 +7,12 @@ in the (virtual_number, phone) index, one probe per combination: 0.4 ms at any s
 PostgreSQL plans both forms on an index; this one it turns into `= ANY (…)` index conditions.
 tests/test_query_plans.py checks the plans.
 
-On PostgreSQL `KeyedRows` passes each column's values as one array (`= ANY (:key_0)`, the exact
-test against `unnest` of one array per column) instead of an expanding `IN (…)`: an expanding
-list renders one SQL text per number of keys, and each new text is a statement asyncpg prepares
-anew (a round trip and a plan) once SQLAlchemy's cache of 100 per connection has moved on. In
-the turns benchmark with two processes 19 % of the statements missed that cache this way.
+On PostgreSQL `KeyedRows`, `rows_in(arrays=True)` and `Listed` pass each column's values as one
+array (`= ANY (:key_0)`, the exact test against `unnest` of one array per column) instead of an
+expanding `IN (…)`: an expanding list renders one SQL text per number of keys, and each new text
+is a statement asyncpg prepares anew (a round trip and a plan) once SQLAlchemy's cache of 100 per
+connection has moved on. In the turns benchmark with two processes a quarter of the statements
+missed that cache this way (bench/README.md, session 18).
 """
 
 from __future__ import annotations
@@ -19,8 +20,18 @@ from __future__ import annotations
 from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, and_, any_, bindparam, false, func, select, tuple_
-from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy import (
+    ARRAY,
+    ColumnElement,
+    Connection,
+    and_,
+    any_,
+    bindparam,
+    false,
+    func,
+    select,
+    tuple_,
+)
 from sqlalchemy.sql.elements import BindParameter
 from sqlalchemy.sql.expression import Executable
 
