@@ -25,7 +25,7 @@ from smsbot.pipeline.step_rows import (
     NewConversation,
     Stepped,
 )
-from smsbot.store.lookup import KeyedRows, rows_in
+from smsbot.store.lookup import KeyedRows, arrays_for, rows_in
 from smsbot.store.models import (
     DEFAULT_WORKSPACE,
     EVENT_PENDING,
@@ -164,7 +164,7 @@ def lock_conversations(
     missing = wanted - set(rows)
     if missing and postgres:
         # Rows that exist but SKIP LOCKED skipped belong to another process right now.
-        held = conn.execute(select(*key).where(rows_in(key, missing, arrays=True)))
+        held = conn.execute(select(*key).where(rows_in(key, missing, arrays=postgres)))
         missing -= {(vn, phone) for vn, phone in held.all()}
     if missing:
         # A new conversation belongs to the workspace of the event that opens it.
@@ -195,7 +195,7 @@ def _pending_workspaces(
     key = (e.c.virtual_number, e.c.phone)
     rows = conn.execute(
         select(*key, e.c.workspace)
-        .where(EVENT_PENDING, rows_in(key, pairs, arrays=conn.dialect.name == "postgresql"))
+        .where(EVENT_PENDING, rows_in(key, pairs, arrays=arrays_for(conn)))
         .order_by(e.c.id.desc())
     )
     return {(vn, phone): workspace for vn, phone, workspace in rows.all()}

@@ -21,7 +21,7 @@ from sqlalchemy import Connection, bindparam, delete, select
 from smsbot.engine.contact import ContactSnapshot
 from smsbot.engine.contract import ConversationKey, EventKind
 from smsbot.pipeline.step_rows import Stepped
-from smsbot.store.lookup import KeyedRows, Listed, rows_in
+from smsbot.store.lookup import KeyedRows, Listed, arrays_for, rows_in
 from smsbot.store.models import (
     contact_fields_t,
     contact_groups_t,
@@ -184,7 +184,7 @@ def write_contacts(conn: Connection, items: Sequence[Stepped], now: dt.datetime)
     c = contacts_t
     found = conn.execute(
         select(c.c.workspace, c.c.phone, c.c.id).where(
-            rows_in((c.c.workspace, c.c.phone), members, arrays=conn.dialect.name == "postgresql")
+            rows_in((c.c.workspace, c.c.phone), members, arrays=arrays_for(conn))
         )
     )
     ids: dict[tuple[str, str], int] = {(w, phone): i for w, phone, i in found.all()}

@@ -56,21 +56,37 @@ def rows_in(
     values = [list(dict.fromkeys(key[i] for key in keys)) for i in range(len(columns))]
     exact = sum(len(v) > 1 for v in values) > 1
     if arrays:
-        clause = and_(*(c == any_(_array(c, v)) for c, v in zip(columns, values, strict=True)))
-        if exact:
-            rows = select(
-                *(func.unnest(_array(c, [k[i] for k in keys])) for i, c in enumerate(columns))
-            )
-            clause = and_(clause, tuple_(*columns).in_(rows))
-        return clause
+        by_column = [_array(c, v) for c, v in zip(columns, values, strict=True)]
+        if not exact:
+            return _any_of(columns, by_column)
+        rows = [_array(c, [key[i] for key in keys]) for i, c in enumerate(columns)]
+        return _any_of(columns, by_column, rows)
     clause = and_(*(column.in_(v) for column, v in zip(columns, values, strict=True)))
     if exact:
         clause = and_(clause, tuple_(*columns).in_([tuple(key) for key in keys]))
     return clause
 
 
+def arrays_for(conn: Connection) -> bool:
+    """Whether `conn` takes value lists as arrays (PostgreSQL): `rows_in(arrays=…)`."""
+    return conn.dialect.name == "postgresql"
+
+
 def _array(column: ColumnElement[Any], values: list[Any]) -> BindParameter[Any]:
     return bindparam(None, values, type_=ARRAY(column.type))
+
+
+def _any_of(
+    columns: Sequence[ColumnElement[Any]],
+    arrays: Sequence[BindParameter[Any]],
+    rows: Sequence[BindParameter[Any]] | None = None,
+) -> ColumnElement[bool]:
+    """Each column `= ANY` its array; with `rows` (one array a column, one element a key), the
+    exact row test too, against them unnested side by side (one row a key)."""
+    clause = and_(*(c == any_(a) for c, a in zip(columns, arrays, strict=True)))
+    if rows:
+        clause = and_(clause, tuple_(*columns).in_(select(*(func.unnest(r) for r in rows))))
+    return clause
 
 
 class Listed:
@@ -84,12 +100,12 @@ class Listed:
     ) -> None:
         self.listed = Prepared(build(lambda c, name: c.in_(bindparam(name, expanding=True))))
         self.arrays = Prepared(
-            build(lambda c, name: c == any_(bindparam(name, type_=ARRAY(c.type))))
+            build(lambda c, name: _any_of([c], [bindparam(name, type_=ARRAY(c.type))]))
         )
 
     def all(self, conn: Connection, params: dict[str, Any]) -> list[Any]:
         """Run it with `params` (each list a plain list) on `conn`; the rows it returns."""
-        chosen = self.arrays if conn.dialect.name == "postgresql" else self.listed
+        chosen = self.arrays if arrays_for(conn) else self.listed
         return chosen.all(conn, params)
 
 
@@ -113,10 +129,8 @@ class KeyedRows:
         # PostgreSQL: one array a column, so one SQL text however many keys (see above)
         arrays = [bindparam(f"key_{i}", type_=ARRAY(c.type)) for i, c in enumerate(columns)]
         rows = [bindparam(f"row_{i}", type_=ARRAY(c.type)) for i, c in enumerate(columns)]
-        any_probe = and_(*(c == any_(a) for c, a in zip(columns, arrays, strict=True)))
-        zipped = select(*(func.unnest(r) for r in rows))  # unnest side by side: one row a key
-        self.pg_probe = Prepared(build(any_probe))
-        self.pg_exact = Prepared(build(and_(any_probe, tuple_(*columns).in_(zipped))))
+        self.pg_probe = Prepared(build(_any_of(columns, arrays)))
+        self.pg_exact = Prepared(build(_any_of(columns, arrays, rows)))
 
     def all(self, conn: Connection, keys: Collection[Sequence[Any]], **params: Any) -> list[Any]:
         """The rows of `keys` (none when there are no keys), with the statement's `params`."""
@@ -125,7 +139,7 @@ class KeyedRows:
         values = [list(dict.fromkeys(key[i] for key in keys)) for i in range(self.width)]
         params.update({f"key_{i}": v for i, v in enumerate(values)})
         exact = sum(len(v) > 1 for v in values) > 1
-        if conn.dialect.name == "postgresql":
+        if arrays_for(conn):
             if exact:
                 params.update({f"row_{i}": [key[i] for key in keys] for i in range(self.width)})
                 return self.pg_exact.all(conn, params)
