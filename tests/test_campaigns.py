@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
+import re
 import zoneinfo
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -189,6 +190,10 @@ async def test_a_changed_date_moves_the_reminder_and_the_old_one_never_fires(
         "campaign:reminder@2026-03-22T10:00:00+00:00": TimerState.CANCELLED.value,
         "campaign:reminder@2026-03-26T10:00:00+00:00": TimerState.SCHEDULED.value,
     }
+    with engine.connect() as conn:  # each fire its own token: 128 random bits as hex
+        tokens = conn.execute(select(timers_t.c.token)).scalars().all()
+    assert len(tokens) == len(set(tokens)) == 2
+    assert all(re.fullmatch(r"[0-9a-f]{32}", token) for token in tokens)
     await kit.advance(until=dt.datetime(2026, 3, 25, 9, 59, tzinfo=dt.UTC))
     assert kit.replies == []  # the old reminder (due 21 Mar 10:00) did not fire
     await kit.advance(minutes=2)

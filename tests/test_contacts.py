@@ -9,9 +9,10 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Engine, create_engine, pool, select
+from sqlalchemy import Engine, create_engine, pool, select, text
 
 from smsbot import Conversation, Flow, State
+from smsbot.app import contacts_io
 from smsbot.app.cli import main
 from smsbot.app.contacts_erase import erase, subject_data
 from smsbot.app.contacts_io import ContactsError, export_csv, import_csv, used_fields
@@ -245,6 +246,41 @@ def test_export_round_trips_through_import(engine: Engine, tmp_path: Path) -> No
     again = io.StringIO()
     export_csv(engine, again)
     assert again.getvalue() == exported
+
+
+def _planner_rows(engine: Engine) -> dict[str, float]:
+    """What the database's planner believes each contacts table holds (PostgreSQL's pg_class;
+    SQLite: its sqlite_stat1 rows, which exist only once ANALYZE has run)."""
+    with engine.connect() as conn:
+        if engine.dialect.name == "postgresql":
+            found = conn.execute(
+                text(
+                    "SELECT relname, reltuples FROM pg_class"
+                    " WHERE relname IN ('contacts', 'contact_groups')"
+                )
+            )
+            return {str(name): float(n) for name, n in found}
+        has_stats = conn.execute(
+            text("SELECT count(*) FROM sqlite_master WHERE name = 'sqlite_stat1'")
+        ).scalar_one()
+        return {"sqlite_stat1": float(has_stats)}
+
+
+def test_a_large_import_leaves_the_planner_its_statistics(
+    engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A small import leaves statistics to autovacuum: PostgreSQL still plans on the empty tables.
+    _import(engine, tmp_path / "a.csv", PEOPLE, group="patients")
+    before = _planner_rows(engine)
+    # ANALYZE_AFTER rows or more (10,000; lowered here to this file's two good rows): ANALYZE.
+    monkeypatch.setattr(contacts_io, "ANALYZE_AFTER", 2)
+    _import(engine, tmp_path / "b.csv", PEOPLE, group="patients")
+    after = _planner_rows(engine)
+    if engine.dialect.name == "postgresql":
+        assert before["contacts"] != 2 and before["contact_groups"] != 2
+        assert after == {"contacts": 2.0, "contact_groups": 2.0}
+    else:  # SQLite plans without statistics (tests/test_query_plans.py): none are made
+        assert before == after == {"sqlite_stat1": 0.0}
 
 
 def test_a_header_without_phone_or_with_a_bad_column_stops_the_import(

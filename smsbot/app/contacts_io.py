@@ -41,6 +41,12 @@ from smsbot.workspaces import DEFAULT
 log = logging.getLogger(__name__)
 
 BATCH = 1_000
+# PostgreSQL: an import of at least this many rows ends with ANALYZE of the tables it wrote.
+# Autovacuum gets there within a minute or so; until then the planner reads a table of 100,000
+# new rows with the statistics of an empty one, and the campaign sync that follows an import
+# read each page's group memberships through the whole group (27 ms a page of 2,000, against
+# 9 ms after ANALYZE: bench/README.md, session 19).
+ANALYZE_AFTER = 10_000
 STANDARD = ("phone", "name", "language", "timezone", "groups")
 
 Progress = Callable[[int, int], None]
@@ -143,10 +149,12 @@ class _Writer:
         # One connection for the whole import, a transaction per batch: a new connection per
         # batch cost as much as writing the batch on PostgreSQL.
         self._conn: Connection | None = None
+        self._rows = 0  # written so far
 
     def _write(self, batch: dict[str, ImportRow]) -> None:
         if self._conn is None:
             self._conn = self._engine.connect()
+        self._rows += len(batch)
         with self._conn.begin():
             # Each batch is stamped with when it is written, not when the import began: the
             # campaigns sync reads contacts changed since a cursor a few seconds behind the
@@ -165,6 +173,15 @@ class _Writer:
         if self._pending is not None:
             pending, self._pending = self._pending, None
             pending.result()
+
+    def finish(self) -> None:
+        """Wait for the last batch; after a large import on PostgreSQL, ANALYZE what it wrote
+        (see ANALYZE_AFTER)."""
+        self.wait()
+        if self._conn is None or self._rows < ANALYZE_AFTER:
+            return
+        if self._conn.dialect.name == "postgresql":
+            self._pool.submit(_analyze, self._conn).result()
 
     def close(self) -> None:
         """Finish the last batch and stop the thread."""
@@ -216,6 +233,11 @@ def count_lines(path: Path) -> int:
         while block := file.read(1 << 20):
             lines += block.count(b"\n")
     return lines
+
+
+def _analyze(conn: Connection) -> None:
+    with conn.begin():
+        conn.execute(text("ANALYZE contacts, contact_groups"))
 
 
 def import_csv(
@@ -288,6 +310,7 @@ def import_file(
         writer = _Writer(engine, group, now, workspace)
         try:
             _stream(reader, names, types, region, writer, report, progress, total)
+            writer.finish()
         finally:
             writer.close()
     except (csv.Error, UnicodeDecodeError) as exc:

@@ -24,10 +24,9 @@ import asyncio
 import dataclasses
 import datetime as dt
 import functools
-import json
 import logging
+import os
 import time
-import uuid
 import zoneinfo
 from collections.abc import Collection, Sequence
 from typing import Any
@@ -44,9 +43,10 @@ from smsbot.pipeline.campaign_plan import no_sender as no_sender
 from smsbot.pipeline.timer_claims import BY_ID, reads_by_id, scheduled_by_id
 from smsbot.sms.phone import PhoneNumberError
 from smsbot.store.engine import Database
+from smsbot.store.lookup import Listed
 from smsbot.store.models import TimerState, contact_groups_t, contacts_t, timers_t
 from smsbot.store.prepared import Prepared
-from smsbot.store.types import UTCDateTime
+from smsbot.store.types import UTCDateTime, json_text
 from smsbot.store.upsert import insert_on_conflict
 
 log = logging.getLogger(__name__)
@@ -72,6 +72,19 @@ _RESCHEDULE = (
 )
 
 
+# A page's groups and fires, by its contacts' ids: one statement text at any page size (a
+# PostgreSQL array; an expanding IN of 2,000 ids rendered 2,000 bind casts a page: a sixth of
+# the sync's CPU there, bench/README.md, session 19).
+_GROUPS_OF = Listed(
+    lambda is_in: select(contact_groups_t.c.contact_id, contact_groups_t.c.name).where(
+        is_in(contact_groups_t.c.contact_id, "ids"), is_in(contact_groups_t.c.name, "names")
+    )
+)
+_FIRES_OF = Listed(
+    lambda is_in: select(
+        timers_t.c.id, timers_t.c.contact_id, timers_t.c.name, timers_t.c.state, timers_t.c.due_at
+    ).where(is_in(timers_t.c.contact_id, "ids"))
+)
 _STATES = reads_by_id()  # a fire's id and state
 _END = Prepared(update(timers_t).where(BY_ID).values(state=bindparam("b_state")))
 
@@ -97,8 +110,11 @@ _NEW_FIRES_PG = text(  # built from the constant above only: the values are boun
 )
 
 
-def _token() -> str:
-    return uuid.uuid4().hex
+def _tokens(n: int) -> list[str]:
+    """n fresh timer tokens: 128 random bits each, as hex (uuid4().hex's length and alphabet,
+    without a UUID object per token: uuid4 took 7 % of the sync's CPU)."""
+    text = os.urandom(16 * n).hex()
+    return [text[i : i + 32] for i in range(0, 32 * n, 32)]
 
 
 @dataclasses.dataclass(slots=True)
@@ -148,22 +164,12 @@ def apply(
     """Bring the fires of these contact rows (id, workspace, phone, timezone, fields) in line."""
     ids = [r.id for r in rows]
     groups: dict[int, set[str]] = {}
-    wanted_groups = {camp.group for camp in plan.campaigns.values()}
+    wanted_groups = sorted({camp.group for camp in plan.campaigns.values()})
     if wanted_groups:
-        g = contact_groups_t
-        for contact_id, name in conn.execute(
-            select(g.c.contact_id, g.c.name).where(
-                g.c.contact_id.in_(ids), g.c.name.in_(wanted_groups)
-            )
-        ):
+        for contact_id, name in _GROUPS_OF.all(conn, {"ids": ids, "names": wanted_groups}):
             groups.setdefault(contact_id, set()).add(name)
-    t = timers_t
     have: dict[int, dict[str, Any]] = {}
-    for found in conn.execute(
-        select(t.c.id, t.c.contact_id, t.c.name, t.c.state, t.c.due_at).where(
-            t.c.contact_id.in_(ids)
-        )
-    ):
+    for found in _FIRES_OF.all(conn, {"ids": ids}):
         have.setdefault(found.contact_id, {})[found.name] = found
     inserts: list[dict[str, Any]] = []
     moves: list[dict[str, Any]] = []
@@ -186,7 +192,7 @@ def apply(
                         "workspace": row.workspace,
                         "name": name,
                         "kind": KIND,
-                        "token": _token(),
+                        "token": "",  # below, all at once
                         "due_at": due,
                         "payload": payload,
                         "state": (
@@ -205,7 +211,7 @@ def apply(
                 moves.append(
                     {
                         "b_id": timer.id,
-                        "b_token": _token(),
+                        "b_token": "",  # below, all at once
                         "b_due": due,
                         "b_payload": payload,
                         "b_now": now,
@@ -215,6 +221,11 @@ def apply(
             elif timer.state == TimerState.SCHEDULED.value:
                 skips.append(timer.id)  # moved into the past: skipped, not blasted
                 result.skipped += 1
+    tokens = iter(_tokens(len(inserts) + len(moves)))
+    for insert in inserts:
+        insert["token"] = next(tokens)
+    for move in moves:
+        move["b_token"] = next(tokens)
     if inserts:  # another process's sync may have just added the same fire: one is kept
         _insert_fires(conn, inserts)
     if moves:
@@ -235,7 +246,7 @@ def _insert_fires(conn: Connection, rows: list[dict[str, Any]]) -> None:
     columns = {name: [r[name] for r in rows] for name in _FIRE_COLUMNS}
     for name in ("due_at", "created_at"):
         columns[name] = [stamp(v, conn.dialect) for v in columns[name]]
-    columns["payload"] = [json.dumps(v) for v in columns["payload"]]
+    columns["payload"] = [json_text(v) for v in columns["payload"]]
     conn.execute(_NEW_FIRES_PG, columns)
 
 
