@@ -14,8 +14,9 @@ from typing import Any
 import pytest
 from sqlalchemy import Connection, Engine, bindparam, case, event, exc, or_, select, text, update
 
+from smsbot.clock import VirtualClock
 from smsbot.engine.contract import EventKind
-from smsbot.pipeline.inbox import NEW_EVENT, InboxEntry, event_row
+from smsbot.pipeline.inbox import NEW_EVENT, AcceptOutcome, Inbox, InboxEntry, event_row
 from smsbot.store import prepared
 from smsbot.store.engine import Database
 from smsbot.store.lookup import KeyedRows, Listed, rows_in
@@ -401,3 +402,35 @@ async def test_lists_and_rows_in_as_arrays_answer_as_in_lists(
     assert list(versions) == [r["version"] + t for r, t in zip(rows, touched, strict=True)]
     updates = {sql for sql, _ in contexts.seen if sql.startswith("UPDATE conversations")}
     assert len(updates) == (1 if db.is_postgres else 3)
+
+
+async def test_the_inbox_stores_any_group_size_with_one_statement_text(
+    db: Database, contexts: Contexts
+) -> None:
+    inbox = Inbox(db, VirtualClock(T0))
+
+    def entry(n: int, body: str = "same") -> InboxEntry:
+        payload = {"text": f"hello {n}", "n": n}
+        return InboxEntry("divergent", f"grp-{n}", EventKind.INBOUND, payload, "+447700900100",
+                          f"+4477009002{n:02d}", body)  # fmt: skip
+
+    contexts.seen.clear()
+    assert await inbox.accept_many([entry(0)]) == [AcceptOutcome.NEW]
+    assert await inbox.accept_many([entry(1), entry(2)]) == [AcceptOutcome.NEW] * 2
+    again = [entry(0), entry(1, "changed"), entry(3), entry(3), entry(4)]
+    assert await inbox.accept_many(again) == [
+        AcceptOutcome.DUPLICATE,
+        AcceptOutcome.CONFLICT,  # the same event id with another body
+        AcceptOutcome.NEW,
+        AcceptOutcome.DUPLICATE,  # twice in one group: stored once
+        AcceptOutcome.NEW,
+    ]
+    inserts = {sql for sql, _ in contexts.seen if sql.startswith("INSERT INTO webhook_events")}
+    # PostgreSQL: the group as arrays, one text for 1, 2 and 4 rows; SQLite: a VALUES group a row
+    assert len(inserts) == (1 if db.is_postgres else 3), inserts
+    async with db.engine.connect() as conn:
+        stored = (await conn.execute(select(events_t).order_by(events_t.c.id))).all()
+    assert [(r.event_id, r.phone, r.payload, r.received_at, r.state) for r in stored] == [
+        (f"grp-{n}", f"+4477009002{n:02d}", {"text": f"hello {n}", "n": n}, T0, "pending")
+        for n in range(5)
+    ]
