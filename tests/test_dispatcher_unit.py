@@ -252,3 +252,20 @@ async def test_a_stopping_sender_gives_back_what_it_was_handed(
     assert (rows["You said: first"].outbox, rows["You said: first"].status) == ("done", "accepted")
     second = rows["You said: second"]
     assert (second.outbox, second.attempts) == ("pending", 0)  # any process's claim takes it now
+
+
+async def test_a_stop_before_run_ends_the_loops_at_once_and_a_later_run_works(
+    db_url: str, sandbox: Sandbox
+) -> None:
+    bot = await make_bot(db_url, sandbox, EchoHandler(), VirtualClock(T0))
+    try:
+        for loop in (bot.dispatcher, bot.sender):
+            loop.stop()  # a bot stopped as soon as it started: its task has not run yet
+            await asyncio.wait_for(loop.run(), 10)  # returns: the stop was not forgotten
+            again = asyncio.create_task(loop.run())  # and the next run() runs until stopped
+            await asyncio.sleep(0)
+            assert not again.done()
+            loop.stop()
+            await asyncio.wait_for(again, 10)
+    finally:
+        await bot.stop()

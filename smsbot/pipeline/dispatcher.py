@@ -104,8 +104,11 @@ class Dispatcher:
         self._wakeup.set()
 
     async def run(self) -> None:
-        """Dispatch until stop() is called; batches in flight are finished, never abandoned."""
-        self._stopping = False
+        """Dispatch until stop() is called; batches in flight are finished, never abandoned.
+
+        A stop() that comes before run() starts (a bot stopped as soon as it started) ends it
+        at once; the flag is cleared as run() returns, so a later run() dispatches again.
+        """
         try:
             while not self._stopping:
                 progressed = await self._guarded(self.dispatch_round)
@@ -116,6 +119,7 @@ class Dispatcher:
         finally:
             if self._tasks:
                 await asyncio.gather(*self._tasks, return_exceptions=True)
+            self._stopping = False
 
     def stop(self) -> None:
         """Ask run() to stop claiming new work; it returns once batches in flight are done."""

@@ -120,8 +120,7 @@ class Sender:
         self._wakeup.set()
 
     async def run(self) -> None:
-        """Send until stop() is called."""
-        self._stopping = False
+        """Send until stop() is called (one that came before run() ends it at once)."""
         self.handover = True
         try:
             while not self._stopping:
@@ -138,6 +137,7 @@ class Sender:
         finally:
             self.handover = False
             await self._release_handed()
+            self._stopping = False  # a later run() sends again
 
     async def _release_handed(self) -> None:
         """Stopping: replies handed over but not sent go back to the outbox, for any process
