@@ -14,12 +14,20 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import Connection, select, text, update
 
 from smsbot.app.server.app import create_app
 from smsbot.channels.sandbox import Sandbox
 from smsbot.clock import VirtualClock
-from smsbot.engine.contract import ConversationSnapshot, DispatchEvent, EchoHandler, StepResult
+from smsbot.engine.contract import (
+    ConversationKey,
+    ConversationSnapshot,
+    DispatchEvent,
+    EchoHandler,
+    StepResult,
+)
+from smsbot.pipeline import claims
+from smsbot.store.engine import Database
 from smsbot.store.models import EventState, conversations_t, events_t, messages_t, opt_outs_t
 from tests.support import PHONE, VN, Harness, inbound_body, make_bot
 from tests.test_pipeline import Writes
@@ -269,3 +277,25 @@ async def test_a_stop_before_run_ends_the_loops_at_once_and_a_later_run_works(
             await asyncio.wait_for(again, 10)
     finally:
         await bot.stop()
+
+
+async def test_a_conversation_another_process_is_creating_is_left_to_it_not_waited_for(
+    pg_database: str,
+) -> None:
+    db = Database(pg_database.replace("postgresql://", "postgresql+asyncpg://", 1))
+    await db.create_all()
+    first, second = ConversationKey(VN, PHONE), ConversationKey(VN, "+447700900222")
+
+    def lock(keys: list[ConversationKey]) -> Callable[[Connection], Any]:
+        return lambda conn: claims.lock_conversations(conn, keys, postgres=True)
+
+    try:
+        async with db.transaction() as other:  # another process's batch creates `first`
+            assert set(await other.run(lock([first]))) == {first}
+            async with db.transaction() as batch:  # this one wants `first` too: not yet hers
+                await batch.run(lambda conn: conn.execute(text("SET LOCAL lock_timeout = '5s'")))
+                assert set(await batch.run(lock([first, second]))) == {second}
+        async with db.transaction() as batch:  # created and committed: an ordinary row now
+            assert set(await batch.run(lock([first, second]))) == {first, second}
+    finally:
+        await db.dispose()

@@ -166,6 +166,7 @@ def lock_conversations(
         # Rows that exist but SKIP LOCKED skipped belong to another process right now.
         held = conn.execute(select(*key).where(rows_in(key, missing, arrays=postgres)))
         missing -= {(vn, phone) for vn, phone in held.all()}
+        missing -= _being_created(conn, missing)
     if missing:
         # A new conversation belongs to the workspace of the event that opens it.
         owners = _pending_workspaces(conn, missing)
@@ -185,6 +186,35 @@ def lock_conversations(
         for r in (conn.execute(locking(missing))).all():
             rows[(r.virtual_number, r.phone)] = r
     return {ConversationKey(vn, phone): r for (vn, phone), r in rows.items()}
+
+
+# PostgreSQL: who is creating a conversation row right now. An INSERT that meets another
+# transaction's uncommitted row with the same key waits for that transaction to end, and SKIP
+# LOCKED does not apply to it: a batch creating a new conversation would wait for another
+# process's whole batch of steps. A transaction-level advisory lock per key, taken with
+# pg_try_advisory_xact_lock before the insert, says "being created elsewhere" without
+# waiting; such a key is left to that process, like a row SKIP LOCKED skips. The two-int
+# form keeps these locks apart from the single-key ones (migrations, the timer leader).
+CREATING_LOCKS = 0x736D7362  # the advisory lock class of conversation creation ("smsb")
+_BEING_CREATED = text(
+    "SELECT vn, phone FROM unnest(CAST(:vns AS TEXT[]), CAST(:phones AS TEXT[])) AS k(vn, phone)"
+    " WHERE NOT pg_try_advisory_xact_lock(:space, hashtext(vn || ' ' || phone))"
+)
+
+
+def _being_created(conn: Connection, pairs: set[tuple[str, str]]) -> set[tuple[str, str]]:
+    """The keys another transaction is creating a conversation for now (see above); the rest
+    are this transaction's to create, until it ends."""
+    ordered = sorted(pairs)
+    found = conn.execute(
+        _BEING_CREATED,
+        {
+            "vns": [vn for vn, _ in ordered],
+            "phones": [phone for _, phone in ordered],
+            "space": CREATING_LOCKS,
+        },
+    )
+    return {(vn, phone) for vn, phone in found.all()}
 
 
 def _pending_workspaces(
