@@ -28,10 +28,10 @@ import logging
 import os
 import time
 import zoneinfo
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, delete, func, select, text, tuple_, update
+from sqlalchemy import Connection, bindparam, delete, func, select, tuple_, update
 
 from smsbot.engine.campaign import campaign_of, timer_name
 from smsbot.engine.contact import decode
@@ -43,11 +43,10 @@ from smsbot.pipeline.campaign_plan import no_sender as no_sender
 from smsbot.pipeline.timer_claims import BY_ID, reads_by_id, scheduled_by_id
 from smsbot.sms.phone import PhoneNumberError
 from smsbot.store.engine import Database
-from smsbot.store.lookup import Listed
+from smsbot.store.lookup import Listed, arrays_for
 from smsbot.store.models import TimerState, contact_groups_t, contacts_t, timers_t
 from smsbot.store.prepared import Prepared
-from smsbot.store.types import UTCDateTime, json_text
-from smsbot.store.upsert import insert_on_conflict
+from smsbot.store.upsert import columns_of, insert_arrays, insert_on_conflict
 
 log = logging.getLogger(__name__)
 
@@ -89,32 +88,23 @@ _STATES = reads_by_id()  # a fire's id and state
 _END = Prepared(update(timers_t).where(BY_ID).values(state=bindparam("b_state")))
 
 _NEW_FIRE = insert_on_conflict(timers_t, ["contact_id", "name"])
-# PostgreSQL: a page's new fires as one statement over arrays. asyncpg's executemany runs the
-# INSERT once per row (its plan's start-up, its own index probes, a message each way), and the
-# sync was bound by the server: 100,000 fires took 8-10 s, the Python side mostly waiting.
-_FIRE_COLUMNS = {  # each column of a new fire, and its PostgreSQL array type
-    "contact_id": "INTEGER",
-    "workspace": "VARCHAR",
-    "name": "VARCHAR",
-    "kind": "VARCHAR",
-    "token": "VARCHAR",
-    "due_at": "TIMESTAMP",
-    "payload": "JSON",
-    "state": "VARCHAR",
-    "created_at": "TIMESTAMP",
-}
-_NEW_FIRES_PG = text(  # built from the constant above only: the values are bound
-    f"INSERT INTO timers ({', '.join(_FIRE_COLUMNS)}) SELECT * FROM unnest("  # noqa: S608
-    + ", ".join(f"CAST(:{name} AS {kind}[])" for name, kind in _FIRE_COLUMNS.items())
-    + ") ON CONFLICT (contact_id, name) DO NOTHING"
-)
+# PostgreSQL: a page's new fires as one statement over arrays (store/upsert.insert_arrays).
+# asyncpg's executemany runs the INSERT once per row (its plan's start-up, its own index probes,
+# a message each way), and the sync was bound by the server: 100,000 fires took 8-10 s, the
+# Python side mostly waiting.
+_FIRE_COLUMNS = (
+    "contact_id", "workspace", "name", "kind", "token", "due_at", "payload", "state", "created_at",
+)  # fmt: skip
+_NEW_FIRES_PG = insert_arrays(timers_t, _FIRE_COLUMNS, ["contact_id", "name"])
 
 
-def _tokens(n: int) -> list[str]:
-    """n fresh timer tokens: 128 random bits each, as hex (uuid4().hex's length and alphabet,
-    without a UUID object per token: uuid4 took 7 % of the sync's CPU)."""
-    text = os.urandom(16 * n).hex()
-    return [text[i : i + 32] for i in range(0, 32 * n, 32)]
+def _tokens() -> Iterator[str]:
+    """Fresh timer tokens: 128 random bits each, as hex (uuid4().hex's length and alphabet),
+    drawn 256 at a time: a UUID object per token took 7 % of the sync's CPU."""
+    while True:
+        text = os.urandom(16 * 256).hex()
+        for at in range(0, len(text), 32):
+            yield text[at : at + 32]
 
 
 @dataclasses.dataclass(slots=True)
@@ -163,6 +153,7 @@ def apply(
 ) -> None:
     """Bring the fires of these contact rows (id, workspace, phone, timezone, fields) in line."""
     ids = [r.id for r in rows]
+    tokens = _tokens()
     groups: dict[int, set[str]] = {}
     wanted_groups = sorted({camp.group for camp in plan.campaigns.values()})
     if wanted_groups:
@@ -192,7 +183,7 @@ def apply(
                         "workspace": row.workspace,
                         "name": name,
                         "kind": KIND,
-                        "token": "",  # below, all at once
+                        "token": next(tokens),
                         "due_at": due,
                         "payload": payload,
                         "state": (
@@ -211,7 +202,7 @@ def apply(
                 moves.append(
                     {
                         "b_id": timer.id,
-                        "b_token": "",  # below, all at once
+                        "b_token": next(tokens),
                         "b_due": due,
                         "b_payload": payload,
                         "b_now": now,
@@ -221,11 +212,6 @@ def apply(
             elif timer.state == TimerState.SCHEDULED.value:
                 skips.append(timer.id)  # moved into the past: skipped, not blasted
                 result.skipped += 1
-    tokens = iter(_tokens(len(inserts) + len(moves)))
-    for insert in inserts:
-        insert["token"] = next(tokens)
-    for move in moves:
-        move["b_token"] = next(tokens)
     if inserts:  # another process's sync may have just added the same fire: one is kept
         _insert_fires(conn, inserts)
     if moves:
@@ -239,15 +225,10 @@ def apply(
 
 def _insert_fires(conn: Connection, rows: list[dict[str, Any]]) -> None:
     """Insert new fires, skipping any another sync stored first."""
-    if conn.dialect.name != "postgresql":
+    if not arrays_for(conn):
         conn.execute(_NEW_FIRE, rows)  # SQLite: executemany, one prepared statement
         return
-    stamp = UTCDateTime().process_bind_param  # naive UTC, as the column stores it
-    columns = {name: [r[name] for r in rows] for name in _FIRE_COLUMNS}
-    for name in ("due_at", "created_at"):
-        columns[name] = [stamp(v, conn.dialect) for v in columns[name]]
-    columns["payload"] = [json_text(v) for v in columns["payload"]]
-    conn.execute(_NEW_FIRES_PG, columns)
+    conn.execute(_NEW_FIRES_PG, columns_of(rows, _FIRE_COLUMNS))
 
 
 def _end_scheduled(conn: Connection, ids: Collection[int], state: TimerState) -> int:

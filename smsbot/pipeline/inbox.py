@@ -16,7 +16,7 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import ARRAY, Connection, bindparam, func, select
+from sqlalchemy import Connection, select
 
 from smsbot.clock import Clock
 from smsbot.engine.contract import EventKind
@@ -24,7 +24,7 @@ from smsbot.store.engine import Database
 from smsbot.store.lookup import KeyedRows, arrays_for
 from smsbot.store.models import DEFAULT_WORKSPACE, EventState, events_t
 from smsbot.store.prepared import Prepared
-from smsbot.store.upsert import insert_on_conflict
+from smsbot.store.upsert import columns_of, insert_arrays, insert_on_conflict
 
 log = logging.getLogger(__name__)
 
@@ -77,15 +77,12 @@ EVENT_KEYS = (  # the keys of every event_row
 )  # fmt: skip
 
 
-# PostgreSQL: a group's rows as one array a column, unnested side by side, so the insert is one
-# statement text at any group size. A multi-row VALUES renders one text per number of rows, and
-# each new text is prepared anew once SQLAlchemy's cache of 100 a connection has moved on: the
-# last of the two-process turns benchmark's prepared-statement misses (bench/README.md,
-# sessions 18 and 19).
-_INSERTED_ARRAYS = NEW_EVENT.from_select(
-    EVENT_KEYS,
-    select(*(func.unnest(bindparam(k, type_=ARRAY(events_t.c[k].type))) for k in EVENT_KEYS)),
-).returning(events_t.c.source, events_t.c.event_id)
+# PostgreSQL: a group's rows as one array a column, so the insert is one statement text at any
+# group size (store/upsert.insert_arrays): a multi-row VALUES was the last of the two-process
+# turns benchmark's prepared-statement misses (bench/README.md, sessions 18 and 19).
+_INSERTED_ARRAYS = insert_arrays(events_t, EVENT_KEYS, ["source", "event_id"]).returning(
+    events_t.c.source, events_t.c.event_id
+)
 
 
 def event_row(entry: InboxEntry, now: dt.datetime) -> dict[str, Any]:
@@ -196,8 +193,7 @@ class Inbox:
     ) -> tuple[set[tuple[str, str]], dict[tuple[str, str], str | None]]:
         """Insert; return the keys that were new and the stored digests of those that were not."""
         if arrays_for(conn):
-            columns = {k: [r[k] for r in rows] for k in EVENT_KEYS}
-            found = list(conn.execute(_INSERTED_ARRAYS, columns))
+            found = list(conn.execute(_INSERTED_ARRAYS, columns_of(rows, EVENT_KEYS)))
         else:
             found = _INSERTED.inserted(conn, rows)
         inserted = {(r[0], r[1]) for r in found}

@@ -8,10 +8,10 @@ way, so this is one construct with a cache key, compiled once per engine like an
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import Table
+from sqlalchemy import ARRAY, Table, bindparam, func, select
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.dml import Insert
 from sqlalchemy.sql.elements import ClauseElement
@@ -53,3 +53,18 @@ def insert_on_conflict(
     stmt = _InsertOnConflict(table)
     stmt._post_values_clause = _OnConflict(tuple(index_elements), tuple(update))
     return stmt
+
+
+def insert_arrays(table: Table, keys: Sequence[str], index_elements: Iterable[str]) -> Insert:
+    """PostgreSQL: INSERT into `table` the rows given as one array a column (`columns_of`),
+    unnested side by side, skipping rows that conflict. One SQL text however many rows: a
+    multi-row VALUES renders one per number of rows, each prepared anew once SQLAlchemy's 100
+    a connection have moved on; asyncpg's executemany runs the INSERT once a row."""
+    unnested = (func.unnest(bindparam(k, type_=ARRAY(table.c[k].type))) for k in keys)
+    return insert_on_conflict(table, index_elements).from_select(keys, select(*unnested))
+
+
+def columns_of(rows: Iterable[Mapping[str, Any]], keys: Sequence[str]) -> dict[str, list[Any]]:
+    """`insert_arrays`'s parameters: each key's values across `rows`, one list a column."""
+    rows = list(rows)
+    return {k: [r[k] for r in rows] for k in keys}
