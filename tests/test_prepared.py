@@ -23,6 +23,7 @@ from smsbot.store.lookup import KeyedRows, Listed, rows_in
 from smsbot.store.models import conversations_t, events_t, messages_t
 from smsbot.store.prepared import Prepared
 from smsbot.store.types import UTCDateTime
+from smsbot.store.upsert import as_arrays, insert_on_conflict
 
 T0 = dt.datetime(2026, 12, 5, 9, 30, 15, 123456, tzinfo=dt.UTC)
 C = conversations_t
@@ -434,3 +435,63 @@ async def test_the_inbox_stores_any_group_size_with_one_statement_text(
         (f"grp-{n}", f"+4477009002{n:02d}", {"text": f"hello {n}", "n": n}, T0, "pending")
         for n in range(5)
     ]
+
+
+async def test_many_rows_inserted_are_one_text_at_any_count_on_postgresql(
+    db: Database, contexts: Contexts
+) -> None:
+    """Prepared.inserted of an insert_on_conflict … DO NOTHING: on PostgreSQL one array a
+    column (one SQL text, so one prepared statement, for 1, 2 or 3 rows); the same rows back
+    as SQLite's VALUES groups. Fired reminders and bulk starts insert their events so."""
+    create = Prepared(
+        insert_on_conflict(C, ["virtual_number", "phone"]).returning(
+            C.c.virtual_number, C.c.phone, C.c.id
+        )
+    )
+    found: list[Any] = []
+    for count in (1, 2, 3):
+        rows = [inbound(10 * count + n) for n in range(count)]
+        found += await db.write(lambda conn, rows=rows: NEW_EVENTS.inserted(conn, rows))
+        people = [conversation("+447700900100", f"+44770090{10 * count + n:04d}")
+                  for n in range(count)]  # fmt: skip
+        await db.write(lambda conn, people=people: create.inserted(conn, people))
+    again = [conversation("+447700900100", "+447700900010"), conversation("+447700900100", "x")]
+    made = await db.write(lambda conn: create.inserted(conn, again))  # the first is there
+    assert [(r.virtual_number, r.phone) for r in made] == [("+447700900100", "x")]
+    assert sorted(r.event_id for r in found) == sorted(
+        f"evt_{10 * c + n}" for c in (1, 2, 3) for n in range(c)
+    )
+    assert {r.received_at for r in found} == {
+        T0 + dt.timedelta(seconds=10 * c + n) for c in (1, 2, 3) for n in range(c)
+    }
+    stored = await db.read(lambda conn: conn.execute(select(C.c.id, C.c.data)).all())
+    assert len(stored) == 7 and all(r.data == conversation("", "")["data"] for r in stored)
+    assert made[0].id == max(r.id for r in stored)
+    events = {sql for sql, _ in contexts.seen if sql.startswith("INSERT INTO webhook_events")}
+    convos = {sql for sql, _ in contexts.seen if sql.startswith("INSERT INTO conversations")}
+    if db.is_postgres:
+        assert len(events) == 1 and "unnest" in next(iter(events)), events
+        assert len(convos) == 1 and "unnest" in next(iter(convos)), convos
+    else:  # a VALUES group a row: one text per row count
+        assert len(events) == 3 and len(convos) == 3
+
+
+async def test_an_insert_arrays_cannot_express_goes_through_core(
+    db: Database, contexts: Contexts
+) -> None:
+    upsert = Prepared(
+        insert_on_conflict(C, ["virtual_number", "phone"], update=["state"]).returning(C.c.state)
+    )
+    assert as_arrays(upsert.statement, tuple(conversation("", ""))) is None
+    assert as_arrays(C.insert(), tuple(conversation("", ""))) is None
+    skip = insert_on_conflict(C, ["virtual_number", "phone"])
+    assert as_arrays(skip, tuple(conversation("", ""))) is not None
+    # version and workspace have Python-side defaults: rows that leave them out go by Core
+    assert as_arrays(skip, ("virtual_number", "phone", "data")) is None
+    rows = [conversation("+447700900100", "+447700900001")]
+    await db.write(lambda conn: upsert.inserted(conn, rows))
+    rows = [conversation("+447700900100", "+447700900001", state="moved")]
+    found = await db.write(lambda conn: upsert.inserted(conn, rows))
+    assert [r.state for r in found] == ["moved"]
+    texts = {sql for sql, _ in contexts.seen if sql.startswith("INSERT INTO conversations")}
+    assert texts and not any("unnest" in sql for sql in texts)

@@ -21,10 +21,10 @@ from sqlalchemy import Connection, select
 from smsbot.clock import Clock
 from smsbot.engine.contract import EventKind
 from smsbot.store.engine import Database
-from smsbot.store.lookup import KeyedRows, arrays_for
+from smsbot.store.lookup import KeyedRows
 from smsbot.store.models import DEFAULT_WORKSPACE, EventState, events_t
 from smsbot.store.prepared import Prepared
-from smsbot.store.upsert import columns_of, insert_arrays, insert_on_conflict
+from smsbot.store.upsert import insert_on_conflict
 
 log = logging.getLogger(__name__)
 
@@ -75,14 +75,6 @@ EVENT_KEYS = (  # the keys of every event_row
     "source", "event_id", "kind", "virtual_number", "phone", "body_sha256", "payload",
     "received_at", "attempts", "workspace", "state", "processed_at",
 )  # fmt: skip
-
-
-# PostgreSQL: a group's rows as one array a column, so the insert is one statement text at any
-# group size (store/upsert.insert_arrays): a multi-row VALUES was the last of the two-process
-# turns benchmark's prepared-statement misses (bench/README.md, sessions 18 and 19).
-_INSERTED_ARRAYS = insert_arrays(events_t, EVENT_KEYS, ["source", "event_id"]).returning(
-    events_t.c.source, events_t.c.event_id
-)
 
 
 def event_row(entry: InboxEntry, now: dt.datetime) -> dict[str, Any]:
@@ -192,10 +184,8 @@ class Inbox:
         self, conn: Connection, rows: list[dict[str, Any]], first: dict[tuple[str, str], Any]
     ) -> tuple[set[tuple[str, str]], dict[tuple[str, str], str | None]]:
         """Insert; return the keys that were new and the stored digests of those that were not."""
-        if arrays_for(conn):
-            found = list(conn.execute(_INSERTED_ARRAYS, columns_of(rows, EVENT_KEYS)))
-        else:
-            found = _INSERTED.inserted(conn, rows)
+        # On PostgreSQL one array a column: one SQL text at any group size (Prepared.inserted).
+        found = _INSERTED.inserted(conn, rows)
         inserted = {(r[0], r[1]) for r in found}
         missing = [k for k in first if k not in inserted]
         known = {(src, eid): digest for src, eid, digest in _STORED.all(conn, missing)}

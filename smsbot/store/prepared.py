@@ -37,6 +37,8 @@ from sqlalchemy.sql.elements import BindParameter
 from sqlalchemy.sql.expression import Executable
 from sqlalchemy.types import TupleType
 
+from smsbot.store.upsert import as_arrays, columns_of
+
 Processor = Callable[[Any], Any] | None
 _POSTCOMPILE = "__[POSTCOMPILE_{}]"
 # A multi-row INSERT's page: SQLite (3.32+) takes at most 32,766 parameters a statement;
@@ -112,6 +114,7 @@ class Prepared:
         self.statement = statement
         self._plans: dict[tuple[str, ...], _Plan | None] = {}
         self._binders: dict[tuple[bool, tuple[str, ...]], Binder] = {}
+        self._arrays: dict[tuple[str, ...], Executable | None] = {}
 
     def all(self, conn: Connection, params: Mapping[str, Any] | None = None) -> list[Any]:
         """Run with one set of parameters; return every row (a SELECT, or DML … RETURNING)."""
@@ -149,10 +152,21 @@ class Prepared:
 
         `sqlite3`'s executemany returns no rows, so on SQLite this is one statement with a
         VALUES group per row, in pages under SQLite's limit on parameters (what Core's
-        "insertmanyvalues" renders too, without its per-batch compiling and `Row`s).
+        "insertmanyvalues" renders too, without its per-batch compiling and `Row`s). On
+        PostgreSQL an `insert_on_conflict` that skips conflicts binds one array a column
+        (`upsert.insert_arrays`): one SQL text at any number of rows, where Core's multi-row
+        VALUES renders one per row count, each a new prepare once asyncpg's cache of 100 a
+        connection has moved on.
         """
         if not rows:
             return []
+        if conn.dialect.name == "postgresql":
+            shape = tuple(rows[0])
+            if shape not in self._arrays:
+                self._arrays[shape] = as_arrays(self.statement, shape)
+            arrays = self._arrays[shape]
+            if arrays is not None:
+                return list(conn.execute(arrays, columns_of(rows, shape)))
         raw, plan = self._plan(conn, rows[0])
         split = None if plan is None or plan.expanding or plan.row is None else _values(plan)
         if raw is None or plan is None or split is None:

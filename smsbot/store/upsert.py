@@ -64,6 +64,26 @@ def insert_arrays(table: Table, keys: Sequence[str], index_elements: Iterable[st
     return insert_on_conflict(table, index_elements).from_select(keys, select(*unnested))
 
 
+def as_arrays(statement: Any, keys: Sequence[str]) -> Insert | None:
+    """`statement`, an `insert_on_conflict` that skips conflicts (with or without RETURNING),
+    as `insert_arrays` for rows with `keys`, returning the same columns; None for any other
+    statement, and when a column the rows leave out has a Python-side default (Core fills it
+    in; a SELECT of arrays would leave it NULL). `Prepared.inserted` runs it on PostgreSQL."""
+    if not isinstance(statement, _InsertOnConflict):
+        return None
+    clause = statement._post_values_clause
+    if not isinstance(clause, _OnConflict) or clause.update_columns:
+        return None
+    table = statement.table
+    if not isinstance(table, Table):
+        return None
+    if any(c.default is not None and c.key not in keys for c in table.columns):
+        return None
+    arrays = insert_arrays(table, keys, clause.index_elements)
+    returning = list(statement.exported_columns)
+    return arrays.returning(*returning) if returning else arrays
+
+
 def columns_of(rows: Iterable[Mapping[str, Any]], keys: Sequence[str]) -> dict[str, list[Any]]:
     """`insert_arrays`'s parameters: each key's values across `rows`, one list a column."""
     rows = list(rows)
