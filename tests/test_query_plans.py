@@ -44,10 +44,11 @@ from smsbot.channels.sandbox import Sandbox
 from smsbot.clock import VirtualClock
 from smsbot.engine.contract import EventKind
 from smsbot.engine.runtime import FlowRuntime
-from smsbot.pipeline import campaigns, timer_claims
+from smsbot.pipeline import campaigns, due_timers, timer_claims
 from smsbot.pipeline.bot import Bot
 from smsbot.pipeline.inbox import InboxEntry
 from smsbot.store import columns
+from smsbot.store.engine import Database
 from smsbot.store.models import (
     TIMER_SCHEDULED,
     TimerState,
@@ -477,3 +478,35 @@ async def test_a_sweep_marks_late_timers_missed_by_primary_key(bot: Bot) -> None
             assert "timers USING INTEGER PRIMARY KEY" in plan and "ix_timers_due" not in plan, (
                 f"{plan}\n    in: {sql}"
             )
+
+
+async def test_a_timer_page_probes_only_its_own_events_before_any_analyze(db: Database) -> None:
+    """due_timers' "fired already" read on PostgreSQL, as a prepared statement's generic plan
+    runs it on a webhook_events table that has no statistics yet (a fresh database filling
+    fast): one index probe an id. `IN (…)` and `= ANY (…)` read every 'timer' event there."""
+    if not db.is_postgres:
+        pytest.skip("SQLite answers an IN list on the unique index with or without statistics")
+    async with db.engine.begin() as conn:
+        await conn.execute(
+            text(
+                "INSERT INTO webhook_events (source, event_id, kind, payload, state, attempts,"
+                " received_at, workspace) SELECT 'timer', 'timer:' || g || :token, 'timer', '{}',"
+                " 'done', 0, now(), 'default' FROM generate_series(1, 3000) AS g"
+            ),
+            {"token": ":t"},
+        )
+    ids = [f"timer:{g}:t" for g in range(1000, 1010)] + ["timer:0:none"]
+    sql = str(due_timers._FIRED_PG.statement).replace(":ids", "$1")
+    async with db.engine.connect() as conn:
+        await conn.exec_driver_sql("SET plan_cache_mode = force_generic_plan")
+        found = await conn.exec_driver_sql(f"EXPLAIN (ANALYZE, FORMAT JSON) {sql}", (ids,))
+        doc = found.scalar_one()
+        rows = (await conn.exec_driver_sql(sql, (ids,))).scalars().all()
+    plan = (json.loads(doc) if isinstance(doc, str) else doc)[0]["Plan"]
+    read = sum(
+        n.get("Actual Rows", 0) * n.get("Actual Loops", 1) + n.get("Rows Removed by Filter", 0)
+        for n in _nodes(plan)
+        if n.get("Relation Name") == "webhook_events"
+    )
+    assert sorted(rows) == sorted(ids[:-1])
+    assert read <= len(ids), json.dumps(plan, indent=1)
