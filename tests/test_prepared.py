@@ -483,7 +483,8 @@ async def test_an_insert_arrays_cannot_express_goes_through_core(
         insert_on_conflict(C, ["virtual_number", "phone"], update=["state"]).returning(C.c.state)
     )
     assert as_arrays(upsert.statement, tuple(conversation("", ""))) is None
-    assert as_arrays(C.insert(), tuple(conversation("", ""))) is None
+    assert as_arrays(C.insert().values(state="x"), tuple(conversation("", ""))) is None
+    assert as_arrays(C.insert(), tuple(conversation("", ""))) is not None  # a plain INSERT
     skip = insert_on_conflict(C, ["virtual_number", "phone"])
     assert as_arrays(skip, tuple(conversation("", ""))) is not None
     # version and workspace have Python-side defaults: rows that leave them out go by Core
@@ -495,3 +496,24 @@ async def test_an_insert_arrays_cannot_express_goes_through_core(
     assert [r.state for r in found] == ["moved"]
     texts = {sql for sql, _ in contexts.seen if sql.startswith("INSERT INTO conversations")}
     assert texts and not any("unnest" in sql for sql in texts)
+
+
+async def test_many_rows_of_a_plain_insert_are_one_statement_on_postgresql(
+    db: Database, contexts: Contexts
+) -> None:
+    """Prepared.many of a plain INSERT: on PostgreSQL one statement over arrays (asyncpg's
+    executemany binds and executes a row at a time on the server); on SQLite executemany."""
+    for count in (1, 3):
+        rows = [conversation("+447700900100", f"+44770090{count}{n:03d}") for n in range(count)]
+        await db.write(lambda conn, rows=rows: INSERT.many(conn, rows))
+    stored = await db.read(
+        lambda conn: conn.execute(select(C.c.phone, C.c.data, C.c.started_at).order_by(C.c.id))
+    )
+    assert [tuple(r) for r in stored] == [
+        (f"+44770090{c}{n:03d}", conversation("", "")["data"], T0) for c in (1, 3) for n in range(c)
+    ]
+    texts = [sql for sql, _ in contexts.seen if sql.startswith("INSERT INTO conversations")]
+    if db.is_postgres:
+        assert len(texts) == 2 and len(set(texts)) == 1 and "unnest" in texts[0], texts
+    else:
+        assert len(texts) == 2 and not any("unnest" in sql for sql in texts)

@@ -137,8 +137,12 @@ class Prepared:
         return _read(plan, cursor if lazy else cursor.fetchall())
 
     def many(self, conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
-        """Run once per row of parameters (executemany; every row has the first row's keys)."""
+        """Run once per row of parameters (executemany; every row has the first row's keys).
+        On PostgreSQL an INSERT that `upsert.as_arrays` can express is one statement instead."""
         if not rows:
+            return
+        if (arrays := self._arrays_for(conn, rows[0])) is not None:
+            conn.execute(arrays, columns_of(rows, tuple(rows[0])))
             return
         raw, plan = self._plan(conn, rows[0])
         if raw is None or plan is None or plan.expanding:
@@ -160,19 +164,23 @@ class Prepared:
         """
         if not rows:
             return []
-        if conn.dialect.name == "postgresql":
-            shape = tuple(rows[0])
-            if shape not in self._arrays:
-                self._arrays[shape] = as_arrays(self.statement, shape)
-            arrays = self._arrays[shape]
-            if arrays is not None:
-                return list(conn.execute(arrays, columns_of(rows, shape)))
+        if (arrays := self._arrays_for(conn, rows[0])) is not None:
+            return list(conn.execute(arrays, columns_of(rows, tuple(rows[0]))))
         raw, plan = self._plan(conn, rows[0])
         split = None if plan is None or plan.expanding or plan.row is None else _values(plan)
         if raw is None or plan is None or split is None:
             return list(conn.execute(self.statement, [dict(r) for r in rows]))
         assert plan.args is not None  # not expanding
         return _insert_pages(conn, raw, plan, split, list(map(plan.args, rows)))
+
+    def _arrays_for(self, conn: Connection, first: Mapping[str, Any]) -> Executable | None:
+        """PostgreSQL: this INSERT over one array a column (upsert.as_arrays), if it has one."""
+        if conn.dialect.name != "postgresql":
+            return None
+        shape = tuple(first)
+        if shape not in self._arrays:
+            self._arrays[shape] = as_arrays(self.statement, shape)
+        return self._arrays[shape]
 
     def _plan(
         self, conn: Connection, params: Mapping[str, Any]

@@ -55,31 +55,43 @@ def insert_on_conflict(
     return stmt
 
 
-def insert_arrays(table: Table, keys: Sequence[str], index_elements: Iterable[str]) -> Insert:
+def insert_arrays(
+    table: Table, keys: Sequence[str], index_elements: Iterable[str] | None
+) -> Insert:
     """PostgreSQL: INSERT into `table` the rows given as one array a column (`columns_of`),
-    unnested side by side, skipping rows that conflict. One SQL text however many rows: a
-    multi-row VALUES renders one per number of rows, each prepared anew once SQLAlchemy's 100
-    a connection have moved on; asyncpg's executemany runs the INSERT once a row."""
+    unnested side by side, skipping rows that conflict on `index_elements` (None: a plain
+    INSERT). One SQL text however many rows: a multi-row VALUES renders one per number of rows,
+    each prepared anew once SQLAlchemy's 100 a connection have moved on; asyncpg's
+    executemany runs the INSERT once a row, each a bind and an execution on the server."""
     unnested = (func.unnest(bindparam(k, type_=ARRAY(table.c[k].type))) for k in keys)
-    return insert_on_conflict(table, index_elements).from_select(keys, select(*unnested))
+    stmt = table.insert() if index_elements is None else insert_on_conflict(table, index_elements)
+    return stmt.from_select(keys, select(*unnested))
 
 
 def as_arrays(statement: Any, keys: Sequence[str]) -> Insert | None:
-    """`statement`, an `insert_on_conflict` that skips conflicts (with or without RETURNING),
-    as `insert_arrays` for rows with `keys`, returning the same columns; None for any other
-    statement, and when a column the rows leave out has a Python-side default (Core fills it
-    in; a SELECT of arrays would leave it NULL). `Prepared.inserted` runs it on PostgreSQL."""
-    if not isinstance(statement, _InsertOnConflict):
+    """`statement`, a plain INSERT of a table or an `insert_on_conflict` that skips conflicts
+    (with or without RETURNING), as `insert_arrays` for rows with `keys`, returning the same
+    columns; None for any other statement, and when a column the rows leave out has a
+    Python-side default (Core fills it in; a SELECT of arrays would leave it NULL).
+    `Prepared.inserted` and `Prepared.many` run it on PostgreSQL."""
+    if not isinstance(statement, Insert):
         return None
+    if statement._values or statement._multi_values or statement.select is not None:
+        return None  # values or a SELECT of its own: not rows given at the call
     clause = statement._post_values_clause
-    if not isinstance(clause, _OnConflict) or clause.update_columns:
-        return None
+    index_elements: tuple[str, ...] | None = None
+    if isinstance(statement, _InsertOnConflict):
+        if not isinstance(clause, _OnConflict) or clause.update_columns:
+            return None
+        index_elements = clause.index_elements
+    elif clause is not None or type(statement) is not Insert:
+        return None  # a dialect's own insert, ON CONFLICT of its own, …: Core runs it
     table = statement.table
     if not isinstance(table, Table):
         return None
     if any(c.default is not None and c.key not in keys for c in table.columns):
         return None
-    arrays = insert_arrays(table, keys, clause.index_elements)
+    arrays = insert_arrays(table, keys, index_elements)
     returning = list(statement.exported_columns)
     return arrays.returning(*returning) if returning else arrays
 
