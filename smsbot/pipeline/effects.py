@@ -18,6 +18,7 @@ from smsbot.engine.contract import ConversationKey
 from smsbot.pipeline import handover, step_rows
 from smsbot.pipeline.outbox import Claimed
 from smsbot.pipeline.step_rows import Binders, NewConversation, Stepped, StepRows
+from smsbot.store.lookup import Listed, arrays_for
 from smsbot.store.models import (
     TIMER_SCHEDULED,
     EventState,
@@ -47,6 +48,16 @@ _FINISH_EVENT = Prepared(
     update(events_t)
     .where(events_t.c.id == bindparam("b_id"))
     .values(state=bindparam("b_state"), processed_at=utc_param("b_now"))
+)
+# PostgreSQL: a batch's events in one statement. asyncpg's executemany binds and executes a row
+# at a time on the server (~41 µs each in benchmark 2's statement log, bench/README.md session
+# 20); SQLite keeps its executemany by primary key, which costs it less than an IN list.
+_FINISH_EVENTS = Listed(
+    lambda listed: (
+        update(events_t)
+        .where(listed(events_t.c.id, "b_ids"))
+        .values(state=bindparam("b_state"), processed_at=utc_param("b_now"))
+    )
 )
 _CANCEL_ALL_TIMERS = Prepared(
     update(timers_t)
@@ -110,11 +121,13 @@ def write_effects(
 def finish_events(
     conn: Connection, event_ids: list[int], state: EventState, now: dt.datetime
 ) -> None:
-    """Mark events finished (done, ignored, …) in one executemany."""
-    if event_ids:
-        _FINISH_EVENT.many(
-            conn, [{"b_id": i, "b_state": state.value, "b_now": now} for i in event_ids]
-        )
+    """Mark events finished (done, ignored, …): one executemany, one UPDATE on PostgreSQL."""
+    if not event_ids:
+        return
+    if arrays_for(conn):
+        _FINISH_EVENTS.all(conn, {"b_ids": list(event_ids), "b_state": state.value, "b_now": now})
+        return
+    _FINISH_EVENT.many(conn, [{"b_id": i, "b_state": state.value, "b_now": now} for i in event_ids])
 
 
 def _write_opt_out(conn: Connection, item: Stepped, now: dt.datetime) -> None:
