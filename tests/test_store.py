@@ -10,11 +10,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import psycopg
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import Connection, create_engine, inspect, text
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlmodel import SQLModel, select
 
 from smsbot.engine.contract import EventKind
@@ -195,3 +196,43 @@ async def test_write_runs_its_before_first_and_once(db: Database) -> None:
         await db.write(work, before=broken)
     assert seen == ["before", "work"]  # the work never ran
     assert await db.write(work) == 42  # and the writer is free again
+
+
+@pytest.mark.postgres
+async def test_a_pooled_postgresql_connection_is_pinged_only_after_sitting_unused(
+    pg_database: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """store/engine._ping_when_idle: a connection unused for PING_AFTER_IDLE is pinged at
+    checkout, and a dead one replaced before anyone uses it; one that just worked is not
+    pinged (three round trips saved a transaction), so if the server dropped it meanwhile the
+    next use fails once and the pool starts afresh."""
+    from smsbot.store import engine as engine_module
+
+    db = Database(pg_database.replace("postgresql://", "postgresql+asyncpg://", 1), pool_size=1)
+    backend = text("SELECT pg_backend_pid()")
+
+    async def pid() -> int:
+        return int(await db.read(lambda conn: conn.execute(backend).scalar_one()))
+
+    async def kill(victim: int) -> None:  # from outside the pool, as a server restart would
+        def terminate() -> None:
+            with psycopg.connect(pg_database, autocommit=True) as other:
+                other.execute("SELECT pg_terminate_backend(%s)", (victim,))
+
+        await asyncio.to_thread(terminate)
+
+    try:
+        first = await pid()
+        assert await pid() == first  # one pooled connection, reused
+        monkeypatch.setattr(engine_module, "PING_AFTER_IDLE", 0.0)  # any wait counts as idle
+        await kill(first)
+        second = await pid()  # pinged at checkout, found dead, replaced: the read just works
+        assert second != first
+        monkeypatch.setattr(engine_module, "PING_AFTER_IDLE", 3600.0)  # nothing is idle
+        await kill(second)
+        with pytest.raises(DBAPIError) as raised:
+            await pid()  # not pinged: the dead connection fails its statement
+        assert raised.value.connection_invalidated
+        assert await pid() not in (first, second)  # and the pool connected anew
+    finally:
+        await db.dispose()

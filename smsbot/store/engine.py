@@ -6,12 +6,13 @@ import asyncio
 import contextlib
 import logging
 import sqlite3
+import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol, TypeVar
 
 from sqlalchemy import Connection, Dialect, Engine, create_engine, event, text
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import InvalidatePoolError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import (
     AsyncConnection,
     AsyncEngine,
@@ -31,6 +32,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 CONNECT_TIMEOUT = 5.0  # seconds
+PING_AFTER_IDLE = 1.0  # seconds a pooled PostgreSQL connection sits unused before a ping
 COMMAND_TIMEOUT = 15.0
 
 
@@ -47,13 +49,14 @@ class Database:
             kwargs.update(
                 pool_size=pool_size,
                 max_overflow=pool_size,
-                pool_pre_ping=True,
                 pool_timeout=CONNECT_TIMEOUT,
                 # A server that accepts connections but answers nothing must not hang a webhook
                 # past the provider's 45 s: connect and every statement give up in seconds.
                 connect_args={"timeout": CONNECT_TIMEOUT, "command_timeout": COMMAND_TIMEOUT},
             )
         self.engine: AsyncEngine = create_async_engine(url, **kwargs)
+        if self.is_postgres:
+            _ping_when_idle(self.engine.sync_engine)
         # SQLite through aiosqlite costs about four thread hops per statement. write() runs a
         # whole transaction on a synchronous connection in one thread instead: one hop.
         self._sync: Engine | None = None
@@ -267,6 +270,37 @@ class _AsyncTransaction:
 
     async def run(self, fn: Callable[[Connection], T]) -> T:
         return await self.conn.run_sync(fn)
+
+
+def _ping_when_idle(engine: Engine) -> None:
+    """Ping a pooled PostgreSQL connection at checkout only after PING_AFTER_IDLE unused.
+
+    `pool_pre_ping` pings at every checkout, and SQLAlchemy's asyncpg ping is three round trips
+    (BEGIN, ";", ROLLBACK): 12,582 of them in 14 s of benchmark 2's two processes, as many
+    round trips as the work's own statements (bench/README.md, session 20). A connection put
+    back moments ago by a transaction that worked is not worth a ping; one that sat unused
+    (the server may have restarted meanwhile) is pinged as before, and a dead one replaced
+    before anyone uses it. A restart under load fails what was in flight, as it would anyway,
+    and the first disconnect makes SQLAlchemy replace every older connection in the pool.
+    """
+
+    @event.listens_for(engine, "checkin")
+    def _checkin(_dbapi_connection: Any, record: Any) -> None:
+        if record is not None:
+            record.info["idle_since"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _checkout(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        since = record.info.pop("idle_since", None)
+        if since is None or time.monotonic() - since < PING_AFTER_IDLE:
+            return  # a fresh connection, or one that just worked
+        dialect = engine.dialect
+        try:
+            dialect.do_ping(dbapi_connection)
+        except dialect.loaded_dbapi.Error as error:
+            if dialect.is_disconnect(error, dbapi_connection, None):
+                raise InvalidatePoolError() from error  # the pool connects anew and retries
+            raise
 
 
 def _configure_sqlite(engine: Engine, begin: str = "BEGIN IMMEDIATE") -> None:
