@@ -299,3 +299,37 @@ async def test_a_conversation_another_process_is_creating_is_left_to_it_not_wait
             assert set(await batch.run(lock([first, second]))) == {first, second}
     finally:
         await db.dispose()
+
+
+async def test_a_batch_writes_its_messages_and_events_with_one_statement_each(
+    meddled: tuple[Harness, Meddler],
+) -> None:
+    """The batch's messages and events each go in one statement: sqlite3's executemany on
+    SQLite; on PostgreSQL arrays (asyncpg's executemany would run a row at a time on the
+    server). Its conversations stay an executemany on both: as arrays, measured, no faster."""
+    harness, _ = meddled
+    senders = [f"+4477009001{n:02d}" for n in range(5)]
+    for n, sender in enumerate(senders):
+        await harness.post(inbound_body(f"evt_a{n}", f"hi {n}", sender=sender))
+    await harness.bot.dispatcher.run_until_idle()  # the conversations are created
+    harness.clock.advance(dt.timedelta(minutes=5))
+    for n, sender in enumerate(senders):
+        await harness.post(inbound_body(f"evt_b{n}", f"again {n}", sender=sender))
+    with Writes(harness.bot.db) as writes:
+        assert await harness.bot.dispatcher.run_until_idle() == 5
+    [statements] = writes.transactions
+    for table in ("INSERT INTO messages", "UPDATE webhook_events"):
+        mine = [s for s in statements if s.startswith(table)]
+        assert len(mine) == 1, (table, mine)
+        assert ("unnest" in mine[0] or "ANY" in mine[0]) == harness.bot.db.is_postgres, mine
+    async with harness.bot.db.engine.connect() as conn:
+        rows = (await conn.execute(select(conversations_t).order_by(conversations_t.c.phone))).all()
+        states = (await conn.execute(select(events_t.c.event_id, events_t.c.state))).all()
+    assert [(r.phone, r.version, r.last_activity_at) for r in rows] == [
+        (sender, 2, T0 + dt.timedelta(minutes=5)) for sender in senders
+    ]
+    assert {state for _, state in states} == {EventState.DONE.value}
+    await harness.bot.run_until_idle()  # and the replies go out
+    bodies = sorted(m.content for m in harness.sandbox.messages)
+    assert bodies == sorted([f"You said: hi {n}" for n in range(5)] + [
+        f"You said: again {n}" for n in range(5)])  # fmt: skip
