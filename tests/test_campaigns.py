@@ -494,9 +494,9 @@ async def test_new_fires_another_sync_stored_first_are_kept_once(db: Database) -
         }
         for i in range(3)
     ]
-    await db.write(lambda conn: campaigns_sync._insert_fires(conn, rows[:2]))
+    await db.write(lambda conn: campaigns_sync._NEW_FIRES.many(conn, rows[:2]))
     again = [{**r, "token": "f" * 32} for r in rows]  # the other sync's, with its own tokens
-    await db.write(lambda conn: campaigns_sync._insert_fires(conn, again))
+    await db.write(lambda conn: campaigns_sync._NEW_FIRES.many(conn, again))
     async with db.session() as s:
         t = timers_t
         found = (

@@ -43,10 +43,10 @@ from smsbot.pipeline.campaign_plan import no_sender as no_sender
 from smsbot.pipeline.timer_claims import BY_ID, reads_by_id, scheduled_by_id
 from smsbot.sms.phone import PhoneNumberError
 from smsbot.store.engine import Database
-from smsbot.store.lookup import Listed, arrays_for
+from smsbot.store.lookup import Listed
 from smsbot.store.models import TimerState, contact_groups_t, contacts_t, timers_t
 from smsbot.store.prepared import Prepared
-from smsbot.store.upsert import columns_of, insert_arrays, insert_on_conflict
+from smsbot.store.upsert import insert_on_conflict
 
 log = logging.getLogger(__name__)
 
@@ -87,15 +87,11 @@ _FIRES_OF = Listed(
 _STATES = reads_by_id()  # a fire's id and state
 _END = Prepared(update(timers_t).where(BY_ID).values(state=bindparam("b_state")))
 
-_NEW_FIRE = insert_on_conflict(timers_t, ["contact_id", "name"])
-# PostgreSQL: a page's new fires as one statement over arrays (store/upsert.insert_arrays).
-# asyncpg's executemany runs the INSERT once per row (its plan's start-up, its own index probes,
-# a message each way), and the sync was bound by the server: 100,000 fires took 8-10 s, the
-# Python side mostly waiting.
-_FIRE_COLUMNS = (
-    "contact_id", "workspace", "name", "kind", "token", "due_at", "payload", "state", "created_at",
-)  # fmt: skip
-_NEW_FIRES_PG = insert_arrays(timers_t, _FIRE_COLUMNS, ["contact_id", "name"])
+# A page's new fires, skipping any another sync stored first: sqlite3's executemany on SQLite;
+# on PostgreSQL one statement over arrays (Prepared.many). asyncpg's executemany ran the INSERT
+# once per row (its plan's start-up, its own index probes, a message each way), and the sync was
+# bound by the server: 100,000 fires took 8-10 s, the Python side mostly waiting.
+_NEW_FIRES = Prepared(insert_on_conflict(timers_t, ["contact_id", "name"]))
 
 
 def _tokens() -> Iterator[str]:
@@ -213,7 +209,7 @@ def apply(
                 skips.append(timer.id)  # moved into the past: skipped, not blasted
                 result.skipped += 1
     if inserts:  # another process's sync may have just added the same fire: one is kept
-        _insert_fires(conn, inserts)
+        _NEW_FIRES.many(conn, inserts)
     if moves:
         conn.execute(_RESCHEDULE, moves)
     if skips:
@@ -221,14 +217,6 @@ def apply(
     if cancels:
         result.cancelled += len(cancels)
         _end_scheduled(conn, cancels, TimerState.CANCELLED)
-
-
-def _insert_fires(conn: Connection, rows: list[dict[str, Any]]) -> None:
-    """Insert new fires, skipping any another sync stored first."""
-    if not arrays_for(conn):
-        conn.execute(_NEW_FIRE, rows)  # SQLite: executemany, one prepared statement
-        return
-    conn.execute(_NEW_FIRES_PG, columns_of(rows, _FIRE_COLUMNS))
 
 
 def _end_scheduled(conn: Connection, ids: Collection[int], state: TimerState) -> int:

@@ -103,9 +103,9 @@ _PAGES = {(ids, after): _page(ids, after) for ids in (False, True) for after in 
 # 'timer' event and compared it with each of the page's 500 ids in turn while webhook_events
 # had no statistics yet (a fresh or fast-growing database): 67 ms a page at 20,000 events and
 # 1.8 s at 200,000, against 1.1-1.8 ms for the probes in every case (bench/README.md, session 20).
-_FIRED = Listed(
-    lambda listed: select(events_t.c.event_id).where(
-        events_t.c.source == "timer", listed(events_t.c.event_id, "ids")
+_FIRED = Prepared(
+    select(events_t.c.event_id).where(
+        events_t.c.source == "timer", events_t.c.event_id.in_(bindparam("ids", expanding=True))
     )
 )
 _FIRED_PG = Prepared(

@@ -157,8 +157,9 @@ class Prepared:
         `sqlite3`'s executemany returns no rows, so on SQLite this is one statement with a
         VALUES group per row, in pages under SQLite's limit on parameters (what Core's
         "insertmanyvalues" renders too, without its per-batch compiling and `Row`s). On
-        PostgreSQL an `insert_on_conflict` that skips conflicts binds one array a column
-        (`upsert.insert_arrays`): one SQL text at any number of rows, where Core's multi-row
+        PostgreSQL an INSERT that `upsert.as_arrays` can express (a plain one, or an
+        `insert_on_conflict` that skips conflicts) binds one array a column: one SQL text at
+        any number of rows, where Core's multi-row
         VALUES renders one per row count, each a new prepare once asyncpg's cache of 100 a
         connection has moved on.
         """
