@@ -224,6 +224,9 @@ async def bulk(o: Options) -> list[Figure]:
         env = server_env(db, port, provider.url)
         run = await run_bulk(o, n, provider, env=env, port=port, replies=(provider, Probe()))
         ceiling = await bulk_ceiling.figure(o, n, provider)
+        cores = os.cpu_count() or 2
+        ceiling2 = await bulk_ceiling.figure(o, n, provider, procs=cores)
+        ceiling3 = await bulk_ceiling.figure(o, n, provider, procs=cores, outbox=True)
     peak = max(run.starter_peak, run.server_peak)
     note = "" if run.done else f"INCOMPLETE: {run.sent:,} of {n:,} after {run.elapsed:.0f} s"
     p99 = run.p99
@@ -253,4 +256,6 @@ async def bulk(o: Options) -> list[Figure]:
             note=f"serve {run.server_peak:.0f} MB, `smsbot start` {run.starter_peak:.0f} MB",
         ),
         ceiling,
+        ceiling2,
+        ceiling3,
     ]
