@@ -470,8 +470,9 @@ async def test_a_reply_is_claimed_and_recorded_in_two_transactions_of_one_update
     with Writes(harness.bot.db) as writes:
         assert await harness.bot.sender.send_until_idle() == 1
     [claim, record] = writes.transactions  # and no empty claim after the useful one
-    # the interactive lane, then the send-order lane for the room left; one UPDATE claims
-    assert [s.split()[0] for s in claim] == ["SELECT", "SELECT", "UPDATE"]
+    # the interactive lane (a SELECT for each answers' origin: outbox.INTERACTIVE), then the
+    # send-order lane for the room left; one UPDATE claims
+    assert [s.split()[0] for s in claim] == ["SELECT", "SELECT", "SELECT", "UPDATE"]
     assert [s.split()[0] for s in record] == ["UPDATE"]
     [sent] = harness.sandbox.messages
     async with harness.bot.db.session() as s:
