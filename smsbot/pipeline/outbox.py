@@ -17,6 +17,7 @@ from typing import Any
 from sqlalchemy import (
     ColumnElement,
     Connection,
+    Integer,
     Select,
     Update,
     and_,
@@ -96,9 +97,22 @@ _SENT_ONE = Prepared(_sent(messages_t.c.id == bindparam("b_id")))
 _SENT_MANY = Listed(lambda listed: _sent(listed(messages_t.c.id, "b_ids")))
 # The sender's look, per (workspace, batch size): its due messages' senders, a lapsed claim.
 _LOOKS: dict[tuple[str, int], tuple[Prepared, Prepared]] = {}
+# The claim's statements, per outbox (Outbox._claims).
+_CLAIMS: dict[Outbox, _Claims] = {}
 _NOW, _CUTOFF = utc_param("b_now"), utc_param("b_cutoff")
 # (the message, the error's text, the columns to set: retry later or failed for good)
 Failed = tuple[Claimed, str, dict[str, Any]]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Claims:
+    """One outbox's claim statements (Outbox._claims)."""
+
+    half: int  # the interactive lane's share of a batch
+    lanes: tuple[Prepared, ...]  # the interactive lane: one query for each of INTERACTIVE
+    rest: Prepared  # the send-order lane (b_room rows)
+    rest_past: Prepared  # the same past the ids the first lane took (b_taken)
+    take: Prepared  # the UPDATE that claims them (b_ids) until b_lease
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -130,7 +144,7 @@ class Outbox:
         now: dt.datetime | ColumnElement[dt.datetime],
         *columns: ColumnElement[Any],
         origin: str | None = None,
-        limit: int | None = None,
+        limit: int | ColumnElement[int] | None = None,
     ) -> Select[Any]:
         """This workspace's messages a claim takes, oldest first: due, and none to the same phone
         in flight (ix_messages_outbox: other workspaces' backlog is not read).
@@ -180,7 +194,9 @@ class Outbox:
                     )
                 ),
             )
-        return query.order_by(m.c.send_after, m.c.created_at).limit(limit or self.batch_size)
+        return query.order_by(m.c.send_after, m.c.created_at).limit(
+            self.batch_size if limit is None else limit
+        )
 
     def claim(
         self, conn: Connection, now: dt.datetime, sweep: bool, take: Callable[[str], bool]
@@ -190,46 +206,24 @@ class Outbox:
         m = messages_t
         if sweep:
             self.recover_lapsed(conn, now)
-        # a number's own STOP, and for an alphanumeric sender any of the phone's in this
-        # workspace (opt_out_blocks): another client's STOP never silences this one
-        opted_out = exists().where(opt_out_blocks(m.c.virtual_number, m.c.phone, self.workspace))
-        columns = (
-            m.c.id,
-            m.c.virtual_number,
-            m.c.phone,
-            m.c.body,
-            m.c.encoding,
-            m.c.attempts,
-            m.c.created_at,
-            m.c.origin,
-            m.c.send_after,
-            opted_out.label("opted_out"),
-        )
-
-        def run(query: Select[Any]) -> list[Any]:
-            if self.postgres:
-                query = query.with_for_update(of=m, skip_locked=True)
-            return list(conn.execute(query).all())
-
+        if (claims := _CLAIMS.get(self)) is None:  # built and compiled once (prepared.py)
+            claims = _CLAIMS[self] = self._claims()
         # Two lanes: answers to people first, up to half the batch, so a reply never waits
         # behind a campaign's backlog; then everything in send order, so bulk keeps moving.
         # The first lane is one query an origin, each on ix_messages_lane in send order: with
         # `origin IN (…)` SQLite (no ANALYZE) took ix_messages_outbox for its order instead and
         # read the whole pending backlog to find no answer in it, 22-40 ms a claim at 100,000
         # pending messages (bench/README.md, session 21).
-        half = max(1, self.batch_size // 2)
-        rows = [
-            r
-            for origin in INTERACTIVE
-            for r in run(self.due(now, *columns, origin=origin, limit=half))
-        ]
+        params: dict[str, Any] = {"b_now": now}
+        rows = [r for lane in claims.lanes for r in lane.all(conn, params)]
         if len(rows) > 1:
-            rows = sorted(rows, key=_send_order)[:half]
+            rows = sorted(rows, key=_send_order)[: claims.half]
         if (room := self.batch_size - len(rows)) > 0:
-            rest = self.due(now, *columns, limit=room)
             if rows:
-                rest = rest.where(m.c.id.not_in([r.id for r in rows]))
-            rows += run(rest)
+                params = {"b_now": now, "b_room": room, "b_taken": [r.id for r in rows]}
+                rows += claims.rest_past.all(conn, params)
+            else:
+                rows = claims.rest.all(conn, {"b_now": now, "b_room": room})
         # Opt-out is checked as the message is claimed: only the STOP confirmation itself
         # goes to a phone that opted out; everything else is marked suppressed, never sent.
         blocked = {r.id for r in rows if r.opted_out and r.origin != Origin.COMPLIANCE.value}
@@ -246,16 +240,55 @@ class Outbox:
             rows = [r for r in rows if r.id not in blocked]
         taken = [r for r in rows if take(r.virtual_number)]
         if taken:
-            conn.execute(
+            lease = now + self.lease
+            claims.take.all(conn, {"b_ids": [r.id for r in taken], "b_lease": lease})
+        return {r.virtual_number for r in rows}, taken, len(blocked)
+
+    def _claims(self) -> _Claims:
+        """This outbox's claim statements, built once: Core statement building and its cache
+        key were about a third of a claim's CPU when they were built at every claim."""
+        m = messages_t
+        # a number's own STOP, and for an alphanumeric sender any of the phone's in this
+        # workspace (opt_out_blocks): another client's STOP never silences this one
+        opted_out = exists().where(opt_out_blocks(m.c.virtual_number, m.c.phone, self.workspace))
+        columns = (
+            m.c.id,
+            m.c.virtual_number,
+            m.c.phone,
+            m.c.body,
+            m.c.encoding,
+            m.c.attempts,
+            m.c.created_at,
+            m.c.origin,
+            m.c.send_after,
+            opted_out.label("opted_out"),
+        )
+
+        def locked(query: Select[Any]) -> Prepared:
+            if self.postgres:
+                query = query.with_for_update(of=m, skip_locked=True)
+            return Prepared(query)
+
+        half = max(1, self.batch_size // 2)
+        room = bindparam("b_room", type_=Integer())
+        rest = self.due(_NOW, *columns, limit=room)
+        return _Claims(
+            half=half,
+            lanes=tuple(
+                locked(self.due(_NOW, *columns, origin=o, limit=half)) for o in INTERACTIVE
+            ),
+            rest=locked(rest),
+            rest_past=locked(rest.where(m.c.id.not_in(bindparam("b_taken", expanding=True)))),
+            take=Prepared(
                 update(m)
-                .where(m.c.id.in_([r.id for r in taken]))
+                .where(m.c.id.in_(bindparam("b_ids", expanding=True)))
                 .values(
                     outbox=OutboxState.INFLIGHT.value,
-                    lease_until=now + self.lease,
+                    lease_until=utc_param("b_lease"),
                     attempts=m.c.attempts + 1,
                 )
-            )
-        return {r.virtual_number for r in rows}, taken, len(blocked)
+            ),
+        )
 
     @staticmethod
     def write_outcomes(
