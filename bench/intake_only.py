@@ -11,6 +11,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from smsbot.app.assembly import build_provider
+from smsbot.app.heap import settle_heap
 from smsbot.app.server.app import create_app
 from smsbot.config import Settings
 from smsbot.engine.contract import EchoHandler
@@ -23,6 +24,7 @@ def main() -> None:
     upgrade(settings.sync_database_url)
     bot = Bot(settings, provider=build_provider(settings), handler=EchoHandler())
     app = create_app(bot, run_workers=False)
+    settle_heap()  # as `smsbot serve` does once loaded
     web.run_app(app, host="127.0.0.1", port=settings.port, access_log=None, print=None)
 
 
