@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -333,3 +333,88 @@ async def test_a_batch_writes_its_messages_and_events_with_one_statement_each(
     bodies = sorted(m.content for m in harness.sandbox.messages)
     assert bodies == sorted([f"You said: hi {n}" for n in range(5)] + [
         f"You said: again {n}" for n in range(5)])  # fmt: skip
+
+
+class Held:
+    """The echo handler, except that the step of the text `body` waits until released."""
+
+    def __init__(self, body: str) -> None:
+        self.echo = EchoHandler()
+        self.body = body
+        self.entered = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def handle(
+        self, event: DispatchEvent, snapshot: ConversationSnapshot, now: dt.datetime
+    ) -> StepResult:
+        if event.payload.get("body") == self.body:
+            self.entered.set()
+            await self.release.wait()
+        return await self.echo.handle(event, snapshot, now)
+
+
+async def _pending_of(bot: Any, phone: str) -> int:
+    async with bot.db.session() as s:
+        query = select(events_t.c.id).where(
+            events_t.c.phone == phone, events_t.c.state == EventState.PENDING.value
+        )
+        return len((await s.execute(query)).all())
+
+
+@pytest.fixture
+async def held(
+    pg_database: str, sandbox: Sandbox, aiohttp_client: Any
+) -> AsyncIterator[tuple[Harness, Held]]:
+    """PostgreSQL (where a dispatcher runs several batches at once), its loop running, and the
+    step of the text "slow" held until the test releases it."""
+    clock = VirtualClock(T0)
+    handler = Held("slow")
+    db_url = pg_database.replace("postgresql://", "postgresql+asyncpg://", 1)
+    bot = await make_bot(db_url, sandbox, handler, clock)
+    assert bot.dispatcher.workers > 1
+    client = await aiohttp_client(create_app(bot, run_workers=False))
+    running = asyncio.create_task(bot.dispatcher.run())
+    try:
+        yield Harness(bot, client, sandbox, clock), handler
+    finally:
+        handler.release.set()
+        bot.dispatcher.stop()
+        await asyncio.wait_for(running, 30)
+        await bot.stop()
+
+
+OTHERS = [f"+4477009003{i:02d}" for i in range(5)]
+
+
+async def test_a_few_due_wait_for_the_batch_in_flight_and_go_together(
+    held: tuple[Harness, Held],
+) -> None:
+    """Texts that come while a batch runs go as one batch after it, not a batch each."""
+    harness, handler = held
+    harness.bot.dispatcher.gather_wait = 60.0  # the release below comes first, however slow
+    assert (await harness.post(inbound_body("evt_slow", "slow"))).status == 200
+    async with asyncio.timeout(30):  # deadlines, not measurements
+        await handler.entered.wait()
+        for i, phone in enumerate(OTHERS):  # each stored and the dispatcher told of it
+            assert (await harness.post(inbound_body(f"evt_{i}", "hi", sender=phone))).status == 200
+        assert [await _pending_of(harness.bot, p) for p in OTHERS] == [1] * len(OTHERS)
+        handler.release.set()
+        while sum([await _pending_of(harness.bot, p) for p in [PHONE, *OTHERS]]):
+            await asyncio.sleep(0.01)
+    # the held text's batch, then the five together (a batch each as they came, before)
+    assert harness.bot.metrics.value("smsbot_step_batches_total") == 2
+
+
+async def test_a_slow_step_holds_the_others_back_no_longer_than_the_gather_wait(
+    held: tuple[Harness, Held],
+) -> None:
+    harness, handler = held
+    assert (await harness.post(inbound_body("evt_slow", "slow"))).status == 200
+    async with asyncio.timeout(30):
+        await handler.entered.wait()
+        for i, phone in enumerate(OTHERS):
+            assert (await harness.post(inbound_body(f"evt_{i}", "hi", sender=phone))).status == 200
+        while sum([await _pending_of(harness.bot, p) for p in OTHERS]):
+            await asyncio.sleep(0.01)
+    assert await _pending_of(harness.bot, PHONE) == 1  # still held: the others went beside it
+    handler.release.set()

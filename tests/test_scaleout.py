@@ -1,9 +1,10 @@
 """Scale-out on PostgreSQL: two real `smsbot serve` processes share a backlog, in large batches.
 
-The dispatcher spreads the due conversations over its free workers only while each batch keeps
-MIN_SPREAD (32) steps: a batch costs mostly per transaction, and a spread over 8 workers used
-to cut a burst of 50 due conversations into 8 batches of about 7. docs/deployment.md
-("Scaling out") builds its throughput model on batches staying large with several processes.
+The dispatcher runs several batches at once only for a backlog (a full batch each); fewer due
+conversations wait for the batch in flight and go together after it: a batch costs mostly per
+transaction, and a spread over 8 workers used to cut a burst of 50 due conversations into 8
+batches of about 7. docs/deployment.md ("Scaling out") builds its throughput model on batches
+staying large with several processes.
 """
 
 from __future__ import annotations

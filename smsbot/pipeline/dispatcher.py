@@ -46,9 +46,10 @@ _UNAVAILABLE = (OperationalError, InterfaceError, OSError, TimeoutError)
 
 BATCH_BUDGET = 0.010  # seconds a step batch may keep other writers (webhooks) waiting
 MIN_BATCH = 8
-# Due keys are spread over the free workers only while each batch keeps at least this many:
-# a batch's cost is mostly per transaction, so 50 due keys make two batches, not eight of 7.
-MIN_SPREAD = 32
+# Seconds a few due conversations wait at most for the batch in flight to end, to go with it
+# in the next one (dispatch_round): a batch takes milliseconds; a slow step (a flow waiting on
+# something) holds the others back no longer than this.
+GATHER_WAIT = 0.05
 
 __all__ = ["Dispatcher", "StepOutcome", "backoff"]
 
@@ -68,6 +69,7 @@ class Dispatcher:
         max_attempts: int = 5,
         step_timeout: float = STEP_TIMEOUT,
         poll_interval: float = 0.2,
+        gather_wait: float = GATHER_WAIT,
         on_commit: Callable[[StepOutcome], None] | None = None,
         takers: handover.Takers | None = None,
     ) -> None:
@@ -84,6 +86,7 @@ class Dispatcher:
         self.max_attempts = max_attempts
         self.step_timeout = step_timeout
         self.poll_interval = poll_interval
+        self.gather_wait = gather_wait
         self.on_commit = on_commit
         self.batches = Batches(
             db,
@@ -98,6 +101,8 @@ class Dispatcher:
         self._stopping = False
         self._busy: set[ConversationKey] = set()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._gathering = False  # too few were due for a batch beside one in flight
+        self._late = False  # the batches in flight did not end within gather_wait
 
     def notify(self) -> None:
         """Wake the dispatcher: new events were committed."""
@@ -151,13 +156,31 @@ class Dispatcher:
         """Start batches for due conversations (up to the worker limit); apply receipts."""
         applied = await apply_receipts(self.db, self.clock, self.metrics)
         free = self.workers - len(self._tasks)
-        if free <= 0:
+        if self._tasks and free <= 0:
             await asyncio.wait(self._tasks, return_when=asyncio.FIRST_COMPLETED)
+            return True
+        if self._tasks and self._gathering:
+            self._gathering = False
+            ended, _ = await asyncio.wait(
+                self._tasks, timeout=self.gather_wait, return_when=asyncio.FIRST_COMPLETED
+            )
+            self._late = not ended
             return True
         keys = await self.due_keys(limit=self._size * free + len(self._busy))
         keys = [k for k in keys if k not in self._busy]
-        # spread over the free workers, but never into batches smaller than MIN_SPREAD
-        size = min(self._size, max(MIN_SPREAD, -(-len(keys) // free)))
+        if self._tasks and 0 < len(keys) < self._size and not self._late:
+            # Another batch starts beside one in flight only for a full batch (a backlog); fewer
+            # wait for it to end (gather_wait at most) and go with what arrived meanwhile. A
+            # batch costs mostly per transaction and per read, and batches side by side read
+            # the same due keys (on PostgreSQL another process's too, then skip the locked
+            # ones): with every round starting a batch, two processes under benchmark 2's load
+            # ran 2-5 batches at once of ~24 keys, ~15 of them stepped, at 1,284-1,529 turns/s;
+            # like this ~100 keys and ~50 steps a batch, 2,255 turns/s (bench/README.md,
+            # session 21). SQLite runs one batch at a time anyway (workers).
+            self._gathering = True
+            return True
+        self._late = False
+        size = self._size  # full batches over the free workers (a backlog), else one batch
         for start in range(0, len(keys), size):
             batch = keys[start : start + size]
             self._busy.update(batch)
