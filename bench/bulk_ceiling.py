@@ -19,7 +19,8 @@ with less CPU per message on the same machine: the figure that says how far the 
 With `--procs P` (P > 1) the same work runs in P processes at once, each taking every P-th
 chunk of the file (as `smsbot start --jobs` does) and sending its own messages 15,000 a call as
 it goes; the writes take turns as smsbot's do: an exclusive flock beside the database around
-each transaction (store/sqlite_writer.WriterHandoff), so none sleeps in SQLite's busy handler.
+each transaction (store/sqlite_writer.WriterHandoff itself), so none sleeps in SQLite's busy
+handler.
 Then the figure is wall time, from launching the processes until the last one has its messages
 accepted: what both cores together can do when the one writer is the only thing shared.
 
@@ -38,7 +39,6 @@ import asyncio
 import contextlib
 import csv
 import datetime as dt
-import fcntl
 import json
 import os
 import sqlite3
@@ -54,6 +54,7 @@ import jinja2
 import phonenumbers
 
 from bench.common import API_KEY, VN, Figure, base_env, python_argv, say, skipped, sqlite_url
+from smsbot.store.sqlite_writer import WriterHandoff
 
 REPO = Path(__file__).resolve().parents[1]
 CHUNK = 1_000
@@ -125,6 +126,7 @@ def _run_part(
     env.filters["datetime"] = lambda v: dt.datetime.fromisoformat(v).strftime("%a %-d %b, %H:%M")
     template = env.get_template("appointment/ask.txt")
     conn = sqlite3.connect(db, isolation_level=None, timeout=600)
+    handoff = WriterHandoff.beside(str(db))
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=NORMAL")
     spent = {"check": 0.0, "render": 0.0, "write": 0.0, "send": 0.0}
@@ -161,7 +163,7 @@ def _run_part(
             t1 = time.perf_counter()
             texts = [template.render(name=a, starts_at=b, location=c) for _, a, b, c in chunk]
             t2 = time.perf_counter()
-            with _turn(conn, db):
+            with _turn(conn, handoff):
                 _write(conn, chunk, texts, n, stamp, now)
             t3 = time.perf_counter()
             n += len(chunk)
@@ -187,22 +189,21 @@ def _run_part(
     loop.close()
     spent["send"] += time.perf_counter() - t4
     conn.close()
+    handoff.close()
     per = {name: seconds / mine * 1e6 for name, seconds in spent.items()}
     return {"rows": mine, "us_per_message": per, "total_us": sum(per.values())}
 
 
 @contextlib.contextmanager
-def _turn(conn: sqlite3.Connection, db: Path) -> Iterator[None]:
-    """One write transaction, in turn with the other processes (smsbot's WriterHandoff)."""
-    fd = os.open(f"{db}-writer.lock", os.O_RDWR | os.O_CREAT, 0o666)
-    fcntl.flock(fd, fcntl.LOCK_EX)
+def _turn(conn: sqlite3.Connection, handoff: WriterHandoff) -> Iterator[None]:
+    """One write transaction, in turn with the other processes (smsbot's own flock)."""
+    handoff.acquire()
     try:
         conn.execute("BEGIN IMMEDIATE")
         yield
         conn.execute("COMMIT")
     finally:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        os.close(fd)
+        handoff.release()
 
 
 def _write(
@@ -270,6 +271,7 @@ _SENT = (
 def _send_outbox(rows: int, db: Path, provider: str, api_key: str) -> dict[str, Any]:
     """Send `rows` messages from the outbox as a lean sender would: claim, post, mark sent."""
     conn = sqlite3.connect(db, isolation_level=None, timeout=600)
+    handoff = WriterHandoff.beside(str(db))
     conn.execute("PRAGMA synchronous=NORMAL")
     loop = asyncio.new_event_loop()
     http = loop.run_until_complete(_session())
@@ -277,7 +279,7 @@ def _send_outbox(rows: int, db: Path, provider: str, api_key: str) -> dict[str, 
     while sent < rows:
         t0 = time.perf_counter()
         now = dt.datetime.now(dt.UTC)
-        with _turn(conn, db):
+        with _turn(conn, handoff):
             claim = (_ts(now + dt.timedelta(minutes=5)), _ts(now), BULK_CALL)
             taken = conn.execute(_CLAIM, claim).fetchall()
         if not taken:
@@ -291,13 +293,14 @@ def _send_outbox(rows: int, db: Path, provider: str, api_key: str) -> dict[str, 
         loop.run_until_complete(_send(http, outbox, provider, api_key))
         stamp = _ts(dt.datetime.now(dt.UTC))
         ids = json.dumps([mid for mid, *_ in taken])
-        with _turn(conn, db):
+        with _turn(conn, handoff):
             conn.execute(_SENT, (stamp, stamp, f"b{sent}", ids))
         sent += len(taken)
         busy += time.perf_counter() - t0
     loop.run_until_complete(http.close())
     loop.close()
     conn.close()
+    handoff.close()
     return {"rows": sent, "us_per_message": {"send": busy / sent * 1e6}, "total_us": 0.0}
 
 

@@ -174,7 +174,7 @@ class Dispatcher:
             # batch costs mostly per transaction and per read, and batches side by side read
             # the same due keys (on PostgreSQL another process's too, then skip the locked
             # ones): with every round starting a batch, two processes under benchmark 2's load
-            # ran 2-5 batches at once of ~24 keys, ~15 of them stepped, at 1,284-1,529 turns/s;
+            # ran 2-5 batches at once of ~24 keys, ~15 of them stepped, at 1,284-1,317 turns/s;
             # like this ~100 keys and ~50 steps a batch, 2,255 turns/s (bench/README.md,
             # session 21). SQLite runs one batch at a time anyway (workers).
             self._gathering = True

@@ -95,19 +95,19 @@ def _sent(which: ColumnElement[bool]) -> Update:
 # Prepared (store/prepared.py): single sends in one executemany, a bulk call's ids in one IN.
 _SENT_ONE = Prepared(_sent(messages_t.c.id == bindparam("b_id")))
 _SENT_MANY = Listed(lambda listed: _sent(listed(messages_t.c.id, "b_ids")))
-# The sender's look, per (workspace, batch size): its due messages' senders, a lapsed claim.
-_LOOKS: dict[tuple[str, int], tuple[Prepared, Prepared]] = {}
-# The claim's statements, per outbox (Outbox._claims).
-_CLAIMS: dict[Outbox, _Claims] = {}
+# The sender's look and claim statements, built once per outbox (Outbox._statements).
+_STATEMENTS: dict[Outbox, _Statements] = {}
 _NOW, _CUTOFF = utc_param("b_now"), utc_param("b_cutoff")
 # (the message, the error's text, the columns to set: retry later or failed for good)
 Failed = tuple[Claimed, str, dict[str, Any]]
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
-class _Claims:
-    """One outbox's claim statements (Outbox._claims)."""
+class _Statements:
+    """One outbox's look and claim statements (Outbox._statements), Prepared."""
 
+    senders_due: Prepared  # the look: the senders of its due messages
+    lapsed: Prepared  # the look: one claim whose lease lapsed, if any
     half: int  # the interactive lane's share of a batch
     lanes: tuple[Prepared, ...]  # the interactive lane: one query for each of INTERACTIVE
     rest: Prepared  # the send-order lane (b_room rows)
@@ -127,17 +127,12 @@ class Outbox:
 
     def look(self, conn: Connection, now: dt.datetime, sweep: bool) -> tuple[set[str], bool]:
         """In a read: the senders of the messages a claim would take now; any lapsed claim?"""
-        key = (self.workspace, self.batch_size)
-        if (looks := _LOOKS.get(key)) is None:  # compiled once per workspace (prepared.py)
-            m = messages_t
-            due = Prepared(self.due(_NOW, m.c.virtual_number))
-            lapsed = Prepared(select(m.c.id).where(self.lapsed(_NOW, _CUTOFF)).limit(1))
-            looks = _LOOKS[key] = (due, lapsed)
-        senders = {vn for (vn,) in looks[0].all(conn, {"b_now": now})}
+        looks = self._statements()
+        senders = {vn for (vn,) in looks.senders_due.all(conn, {"b_now": now})}
         if not sweep:
             return senders, False
         cutoff = now - self.resend_grace
-        return senders, bool(looks[1].all(conn, {"b_now": now, "b_cutoff": cutoff}))
+        return senders, bool(looks.lapsed.all(conn, {"b_now": now, "b_cutoff": cutoff}))
 
     def due(
         self,
@@ -206,8 +201,7 @@ class Outbox:
         m = messages_t
         if sweep:
             self.recover_lapsed(conn, now)
-        if (claims := _CLAIMS.get(self)) is None:  # built and compiled once (prepared.py)
-            claims = _CLAIMS[self] = self._claims()
+        claims = self._statements()
         # Two lanes: answers to people first, up to half the batch, so a reply never waits
         # behind a campaign's backlog; then everything in send order, so bulk keeps moving.
         # The first lane is one query an origin, each on ix_messages_lane in send order: with
@@ -244,9 +238,14 @@ class Outbox:
             claims.take.all(conn, {"b_ids": [r.id for r in taken], "b_lease": lease})
         return {r.virtual_number for r in rows}, taken, len(blocked)
 
-    def _claims(self) -> _Claims:
-        """This outbox's claim statements, built once: Core statement building and its cache
-        key were about a third of a claim's CPU when they were built at every claim."""
+    def _statements(self) -> _Statements:
+        """This outbox's statements, built and compiled once (prepared.py): Core statement
+        building and its cache key were about a third of a claim's CPU at every claim."""
+        if (built := _STATEMENTS.get(self)) is None:
+            built = _STATEMENTS[self] = self._build()
+        return built
+
+    def _build(self) -> _Statements:
         m = messages_t
         # a number's own STOP, and for an alphanumeric sender any of the phone's in this
         # workspace (opt_out_blocks): another client's STOP never silences this one
@@ -272,7 +271,9 @@ class Outbox:
         half = max(1, self.batch_size // 2)
         room = bindparam("b_room", type_=Integer())
         rest = self.due(_NOW, *columns, limit=room)
-        return _Claims(
+        return _Statements(
+            senders_due=Prepared(self.due(_NOW, m.c.virtual_number)),
+            lapsed=Prepared(select(m.c.id).where(self.lapsed(_NOW, _CUTOFF)).limit(1)),
             half=half,
             lanes=tuple(
                 locked(self.due(_NOW, *columns, origin=o, limit=half)) for o in INTERACTIVE
