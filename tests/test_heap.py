@@ -35,12 +35,18 @@ def test_settle_heap_freezes_what_is_loaded_and_widens_the_young_generation() ->
     assert seen["frozen"] > 10_000  # smsbot's modules, SQLAlchemy's, aiohttp's: all frozen
 
 
-def test_a_sqlite_server_does_not_load_postgresqls_dialect() -> None:
-    # Partial indexes written with postgresql_where= loaded SQLAlchemy's PostgreSQL dialect
-    # (19 modules, 2.4 MB of idle RSS) when the models were defined (store/columns.py).
+# Modules an idle SQLite server has no use for, each a slice of idle RSS (goal: 80 MB):
+# SQLAlchemy's PostgreSQL dialect (19 modules, 2.4 MB) was loaded by partial indexes written
+# with postgresql_where= (store/columns.py); PyJWT (10 modules with urllib.request's
+# loader, ~0.3 MB) by the operator API's tokens, which now import it when one is issued or
+# read (app/tokens.py).
+@pytest.mark.parametrize("prefix", ["sqlalchemy.dialects.postgresql", "jwt"])
+def test_an_idle_sqlite_server_does_not_load(prefix: str) -> None:
     child = (
         "import sys, smsbot.app.serve, smsbot.app.cli, smsbot.store.models\n"
-        "print(sorted(m for m in sys.modules if m.startswith('sqlalchemy.dialects.postgresql')))"
+        "import smsbot.app.server.app, smsbot.app.server.oauth, smsbot.app.credentials\n"
+        f"print(sorted(m for m in sys.modules if m.split('.')[0:{prefix.count('.') + 1}]"
+        f" == {prefix.split('.')!r}))"
     )
     out = subprocess.run(
         [sys.executable, "-c", child], capture_output=True, text=True, check=True, timeout=60

@@ -18,7 +18,6 @@ import secrets
 import weakref
 from typing import TYPE_CHECKING, Any
 
-import jwt
 from sqlalchemy import Connection, select
 
 from smsbot.store.engine import Database
@@ -86,6 +85,8 @@ async def issue_token(bot: Bot, key_id: str, workspace: str) -> tuple[str, int]:
         "exp": int((now + LIFETIME).timestamp()),
         "jti": secrets.token_hex(8),
     }
+    import jwt  # here, not at the top: an idle server that issues no token never loads PyJWT
+
     token = jwt.encode(claims, await signing_key(bot.db, now), algorithm=ALGORITHM)
     return token, int(LIFETIME.total_seconds())
 
@@ -94,6 +95,8 @@ async def read_token(bot: Bot, token: str) -> Claims | None:
     """The claims of a token this deployment signed and that has not expired, else None."""
     if token.count(".") != 2:
         return None
+    import jwt  # see issue_token
+
     now = bot.clock.now()
     try:
         claims = jwt.decode(
