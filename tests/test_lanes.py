@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import sqlite3
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from smsbot.app.bulk import StartRow, enqueue_starts
 from smsbot.channels.sandbox import Sandbox
@@ -192,3 +193,61 @@ async def test_the_outbox_lane_reads_only_answers_past_the_backlog(
         with contextlib.closing(sqlite3.connect(path, isolation_level=None)) as conn:
             # the campaign's 999 messages are still pending: a pass over them is far past it
             assert sqlite_steps(conn, sql, params) < SQLITE_BUDGET
+
+
+# One conversation's many pending events must not hide every other conversation from the
+# lanes: a phone (or another bot's auto-reply looping with ours) that sends thousands of texts,
+# or thousands of events waiting for a retry after a flow failed for each of them. The lanes
+# read pending events in arrival order and keep each conversation's first; they read on past
+# what they skip until a batch is found, instead of stopping after a fixed number of rows.
+AHEAD = 3_000  # more than a lane's first read: LANE_WINDOW rows a key, 1,600 for a batch
+
+
+async def test_one_phones_flood_does_not_hide_the_others(
+    db_url: str, sandbox: Sandbox, aiohttp_client: Any
+) -> None:
+    rig = await flow_rig(db_url, sandbox, aiohttp_client, VirtualClock(T0))
+    flood = [
+        InboxEntry(
+            source="divergent",
+            event_id=f"flood-{i}",
+            kind=EventKind.INBOUND,
+            payload={"body": "again", "message_id": f"flood-{i}"},
+            virtual_number=VN,
+            phone=phone(1),
+        )
+        for i in range(AHEAD)
+    ]
+    assert await rig.bot.inbox.accept_many(flood) == [AcceptOutcome.NEW] * AHEAD
+    assert (await rig.post(inbound_body("evt_person", "hello", sender=PERSON))).status == 200
+    later = InboxEntry(
+        "api", "start-after", EventKind.START,
+        {"flow": "appointment", "data": appointment(T0.replace(day=20))}, VN, phone(2),
+    )  # fmt: skip
+    await rig.bot.inbox.accept(later)
+    keys = await rig.bot.dispatcher.due_keys(limit=rig.bot.dispatcher.batch_size)
+    # the flooding phone once, the person in the interactive lane, the start in arrival order
+    assert [k.phone for k in keys] == [phone(1), PERSON, phone(2)]
+
+
+async def test_events_waiting_for_a_retry_do_not_hide_the_due_ones(
+    db_url: str, sandbox: Sandbox, aiohttp_client: Any
+) -> None:
+    rig = await flow_rig(db_url, sandbox, aiohttp_client, VirtualClock(T0))
+    await queue_campaign(rig)  # 5,000 starts; the first AHEAD failed and wait for their retry
+    retry = T0 + dt.timedelta(minutes=5)
+
+    def failed(conn: Any) -> None:
+        first = [f"start-{i}" for i in range(AHEAD)]
+        conn.execute(
+            update(events_t)
+            .where(events_t.c.event_id.in_(first))
+            .values(attempts=1, next_attempt_at=retry)
+        )
+
+    await rig.bot.db.write(failed)
+    keys = await rig.bot.dispatcher.due_keys(limit=10)
+    assert [k.phone for k in keys] == [phone(i) for i in range(AHEAD, AHEAD + 10)]
+    rig.clock.set(retry)  # now they are due again, first in arrival order
+    keys = await rig.bot.dispatcher.due_keys(limit=10)
+    assert [k.phone for k in keys] == [phone(i) for i in range(10)]

@@ -109,8 +109,8 @@ def waiting_workspaces(conn: Connection) -> list[str]:
 def _pending(*where: ColumnElement[bool]) -> Prepared:
     e = events_t
     return Prepared(
-        select(e.c.virtual_number, e.c.phone, e.c.next_attempt_at)
-        .where(EVENT_PENDING, e.c.virtual_number.is_not(None), *where)
+        select(e.c.id, e.c.virtual_number, e.c.phone, e.c.next_attempt_at)
+        .where(EVENT_PENDING, e.c.virtual_number.is_not(None), e.c.id > bindparam("after"), *where)
         .order_by(e.c.id)
         .limit(bindparam("limit"))
     )
@@ -122,6 +122,17 @@ _INBOUND_LANE = _pending(events_t.c.kind == EventKind.INBOUND.value)  # on ix_ev
 _WORKSPACE_LANE = _pending(events_t.c.workspace == bindparam("workspace"))
 
 
+# How far a lane reads to find its keys. It reads pending events in arrival order and keeps
+# each conversation's first, so whatever it skips (one phone's thousands of texts, thousands
+# of events waiting for a retry after a flow failed for each) must not end the read: a lane
+# that stopped after a fixed number of rows found nobody behind such a crowd, and every other
+# conversation waited until it had gone. It reads on, a window at a time (LANE_WINDOW rows a
+# key it wants, doubling), up to MAX_LANE_ROWS rows a read; past that the rest waits for a
+# later round (a crowd that large shrinks as its events are stepped, retried or parked).
+LANE_WINDOW = 8
+MAX_LANE_ROWS = 50_000
+
+
 def _pending_keys(
     conn: Connection,
     now: dt.datetime | None,
@@ -131,21 +142,29 @@ def _pending_keys(
 ) -> list[ConversationKey]:
     """The conversations of pending events (in `lane`), by their first event in arrival order;
     with `now`, one whose first event is not due yet is skipped. The rows are read as they
-    come (SQLite streams them) and reading stops once `limit` are found."""
-    params: dict[str, Any] = {"limit": limit * 8}
+    come (SQLite streams them) and reading stops once `limit` are found (see above)."""
+    params: dict[str, Any] = {"limit": limit * LANE_WINDOW, "after": 0}
     if workspace is not None:
         params["workspace"] = workspace
     seen: set[tuple[str, str]] = set()
     keys: list[ConversationKey] = []
-    for vn, phone, due in lane.each(conn, params):
-        if (vn, phone) in seen:
-            continue
-        seen.add((vn, phone))
-        if now is None or due is None or due <= now:
-            keys.append(ConversationKey(vn, phone))
-            if len(keys) >= limit:
-                break
-    return keys
+    read = 0
+    while True:
+        got = 0
+        for event_id, vn, phone, due in lane.each(conn, params):
+            got += 1
+            params["after"] = event_id
+            if (vn, phone) in seen:
+                continue
+            seen.add((vn, phone))
+            if now is None or due is None or due <= now:
+                keys.append(ConversationKey(vn, phone))
+                if len(keys) >= limit:
+                    return keys
+        read += got
+        if got < params["limit"] or read >= MAX_LANE_ROWS:
+            return keys
+        params["limit"] = min(2 * params["limit"], MAX_LANE_ROWS - read)
 
 
 def lock_conversations(
