@@ -251,3 +251,28 @@ async def test_events_waiting_for_a_retry_do_not_hide_the_due_ones(
     rig.clock.set(retry)  # now they are due again, first in arrival order
     keys = await rig.bot.dispatcher.due_keys(limit=10)
     assert [k.phone for k in keys] == [phone(i) for i in range(10)]
+
+
+async def test_texts_waiting_for_a_retry_leave_the_interactive_lane_to_due_ones(
+    db_url: str, sandbox: Sandbox, aiohttp_client: Any
+) -> None:
+    rig = await flow_rig(db_url, sandbox, aiohttp_client, VirtualClock(T0))
+    waiting = [f"+44771160{i:04d}" for i in range(10)]  # their steps failed: retry in 5 minutes
+    for i, p in enumerate(waiting):
+        assert (await rig.post(inbound_body(f"evt_w{i}", "hi", sender=p))).status == 200
+    retry = T0 + dt.timedelta(minutes=5)
+
+    def failed(conn: Any) -> None:
+        e = events_t
+        conn.execute(
+            update(e).where(e.c.kind == EventKind.INBOUND.value).values(next_attempt_at=retry)
+        )
+
+    await rig.bot.db.write(failed)
+    await queue_campaign(rig)
+    due = [f"+44771170{i:04d}" for i in range(5)]
+    for i, p in enumerate(due):
+        assert (await rig.post(inbound_body(f"evt_d{i}", "hi", sender=p))).status == 200
+    keys = await rig.bot.dispatcher.due_keys(limit=10)
+    # the lane's five places go to the texts that are due, then the campaign
+    assert [k.phone for k in keys] == due + [phone(i) for i in range(5)]

@@ -47,7 +47,7 @@ def due_keys(conn: Connection, now: dt.datetime, limit: int) -> list[Conversatio
     # of queued starts; the arrival-order lane fills the rest, so bulk keeps progressing
     # while people text. Per-conversation order is untouched: whichever lane picks a key,
     # `oldest_events` steps that conversation's oldest pending event, and only if it is due.
-    keys = _interactive_keys(conn, max(1, limit // 2)) if limit > 1 else []
+    keys = _interactive_keys(conn, now, max(1, limit // 2)) if limit > 1 else []
     picked = {(k.virtual_number, k.phone) for k in keys}
     for key in _arrival_keys(conn, now, limit):
         if len(keys) >= limit:
@@ -58,9 +58,11 @@ def due_keys(conn: Connection, now: dt.datetime, limit: int) -> list[Conversatio
     return keys
 
 
-def _interactive_keys(conn: Connection, limit: int) -> list[ConversationKey]:
-    """Up to `limit` conversations with a pending inbound message, oldest message first."""
-    return _pending_keys(conn, None, limit, _INBOUND_LANE)
+def _interactive_keys(conn: Connection, now: dt.datetime, limit: int) -> list[ConversationKey]:
+    """Up to `limit` conversations with a due inbound message, oldest message first."""
+    # With `now`: texts waiting for a retry (their step failed) do not take the lane's places,
+    # which `oldest_events` would leave empty, from texts that are due.
+    return _pending_keys(conn, now, limit, _INBOUND_LANE)
 
 
 def _arrival_keys(conn: Connection, now: dt.datetime, limit: int) -> list[ConversationKey]:
