@@ -252,10 +252,10 @@ async def turns(o: Options) -> list[Figure]:
 
     SQLite with one process and PostgreSQL with two are up at once and take the load in turn,
     half the duration at a time: SQLite, PostgreSQL, PostgreSQL, SQLite (as 2b does). Measured
-    one after the other, the machine's drift between the two runs decided the comparison: on
-    one host in one hour SQLite's one process gave 1,848-2,652 turns/s and PostgreSQL's two
-    1,980-2,606, the verdict flipping from run to run (session 22). In this order a drift in
-    time weighs on both alike.
+    one after the other, the machine's drift between the two runs decided the comparison: two
+    runs of the same code minutes apart gave SQLite 1,848 and 2,652 turns/s, PostgreSQL 2,606
+    and 2,202, PostgreSQL ahead in one and behind in the other (session 22). In this order a
+    drift in time weighs on both alike.
     """
     base = await baseline(o)
     figures: list[Figure] = []
@@ -287,6 +287,7 @@ async def turns(o: Options) -> list[Figure]:
                 cpu[label] += sum(cpu_seconds(pid) for pid in pids) - cpu0
                 turns[label] += r["turns_per_s"] * (part.duration + part.warmup)
                 seconds[label] += part.duration + part.warmup
+                # the p99 reported is the worse of the database's two halves
                 p99[label] = max(p99[label], r["turn_latency_ms"]["p99"] or 0.0)
                 say(
                     f"turns ({NAMES[label]}): {r['turns_per_s']:,.0f} turns/s, turn latency"
